@@ -1,0 +1,835 @@
+//! The wire codec: one stream entry per event, as flat fields.
+//!
+//! An entry holds `id`, `type`, `v`, `origin`, `ts`, `hash` and `body`, and optionally `corr`,
+//! `cause`, `traceparent` and `h.<name>` user headers. The decoder also reads the entries of the
+//! TypeScript library this crate grew from: one field `data` holding
+//! `{"pattern": .., "data": {"header": {..}, "body": ..}}`.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+
+use crate::Event;
+
+/// Prefix of the fields that carry user headers, such as `h.tenant`.
+pub const HEADER_PREFIX: &str = "h.";
+
+/// An event as it travels in a stream entry: its metadata and its JSON body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// Unique id of this event (a UUID for events published by this crate).
+    pub id: String,
+    /// Event type, such as `user.created`.
+    pub event_type: String,
+    /// Schema version of the body.
+    pub version: u32,
+    /// Name of the service that published it.
+    pub origin: String,
+    /// When it was published, to the millisecond.
+    pub timestamp: SystemTime,
+    /// Lowercase hex SHA-256 of the type, a NUL byte and the body: see [`hash_body`].
+    pub hash: String,
+    /// The body as JSON text.
+    pub body: String,
+    /// Id of the request or flow this event belongs to.
+    pub correlation_id: Option<String>,
+    /// Id of the event that caused this one.
+    pub causation_id: Option<String>,
+    /// W3C trace context of the span that published it.
+    pub traceparent: Option<String>,
+    /// User headers, written as `h.<name>` fields.
+    pub headers: BTreeMap<String, String>,
+}
+
+/// What is wrong with a stream entry that is not a valid event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// A required field is absent.
+    #[error("missing field `{field}`")]
+    MissingField {
+        /// The field's name.
+        field: &'static str,
+    },
+    /// A field appears more than once.
+    #[error("field `{field}` appears more than once")]
+    DuplicateField {
+        /// The field's name.
+        field: String,
+    },
+    /// A field's value is not UTF-8 text.
+    #[error("field `{field}` is not valid UTF-8")]
+    NotUtf8 {
+        /// The field's name.
+        field: String,
+    },
+    /// A field's value is not what the format allows.
+    #[error("field `{field}` is invalid: {reason}")]
+    InvalidField {
+        /// The field's name.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The `hash` field does not match the type and body.
+    #[error(
+        "hash mismatch for event type `{event_type}`: the entry says {found}, its body hashes to {computed}"
+    )]
+    HashMismatch {
+        /// The event's type.
+        event_type: String,
+        /// The hash in the entry.
+        found: String,
+        /// The hash of its type and body.
+        computed: String,
+    },
+    /// The entry holds another event type than the one asked for.
+    #[error("expected event type `{expected}`, found `{found}`")]
+    TypeMismatch {
+        /// The type asked for.
+        expected: &'static str,
+        /// The entry's type.
+        found: String,
+    },
+    /// The entry's schema version is newer than the one this code knows.
+    #[error(
+        "event type `{event_type}` has version {found}, newer than the version {known} this code knows"
+    )]
+    UnknownVersion {
+        /// The event's type.
+        event_type: String,
+        /// The entry's version.
+        found: u32,
+        /// The newest version this code knows.
+        known: u32,
+    },
+    /// The body does not deserialize into the event's struct.
+    #[error("body of event type `{event_type}` does not match its struct: {reason}")]
+    Body {
+        /// The event's type.
+        event_type: String,
+        /// The deserializer's message.
+        reason: String,
+    },
+    /// The body deserializes but fails validation.
+    #[error("event type `{event_type}` is invalid: {report}")]
+    Invalid {
+        /// The event's type.
+        event_type: String,
+        /// Every failing field.
+        report: crate::ValidationReport,
+    },
+}
+
+/// Lowercase hex SHA-256 of `event_type`, a NUL byte, and `body`.
+pub fn hash_body(event_type: &str, body: &str) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(event_type.as_bytes());
+    hasher.update([0]);
+    hasher.update(body.as_bytes());
+    let digest = hasher.finalize();
+    let mut hex = String::with_capacity(64);
+    for byte in digest {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        hex.push(DIGITS[usize::from(byte >> 4)] as char);
+        hex.push(DIGITS[usize::from(byte & 0xf)] as char);
+    }
+    hex
+}
+
+impl Envelope {
+    /// A new envelope for a body of JSON text: a fresh UUID (v7, time-ordered), the current time,
+    /// and the body's hash.
+    pub fn new(
+        event_type: impl Into<String>,
+        version: u32,
+        origin: impl Into<String>,
+        body: String,
+    ) -> Self {
+        let event_type = event_type.into();
+        let now = SystemTime::now();
+        let millis = now
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
+        Self {
+            id: uuid::Uuid::now_v7().to_string(),
+            hash: hash_body(&event_type, &body),
+            event_type,
+            version,
+            origin: origin.into(),
+            timestamp: UNIX_EPOCH
+                + Duration::from_millis(u64::try_from(millis).unwrap_or(u64::MAX)),
+            body,
+            correlation_id: None,
+            causation_id: None,
+            traceparent: None,
+            headers: BTreeMap::new(),
+        }
+    }
+
+    /// The entry's fields, in the order they are written.
+    pub fn fields(&self) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
+        let mut fields: Vec<(Cow<'_, str>, Cow<'_, str>)> =
+            Vec::with_capacity(10 + self.headers.len());
+        fields.extend([
+            ("id".into(), self.id.as_str().into()),
+            ("type".into(), self.event_type.as_str().into()),
+            ("v".into(), self.version.to_string().into()),
+            ("origin".into(), self.origin.as_str().into()),
+            ("ts".into(), format_timestamp(self.timestamp).into()),
+            ("hash".into(), self.hash.as_str().into()),
+            ("body".into(), self.body.as_str().into()),
+        ]);
+        let optional = [
+            ("corr", &self.correlation_id),
+            ("cause", &self.causation_id),
+            ("traceparent", &self.traceparent),
+        ];
+        for (name, value) in optional {
+            if let Some(value) = value {
+                fields.push((name.into(), value.as_str().into()));
+            }
+        }
+        for (name, value) in &self.headers {
+            fields.push((
+                format!("{HEADER_PREFIX}{name}").into(),
+                value.as_str().into(),
+            ));
+        }
+        fields
+    }
+
+    /// Reads an envelope from an entry's field-value pairs, in this crate's format or the seed
+    /// library's. Never panics: anything malformed is a [`DecodeError`] that says what is wrong.
+    pub fn decode<I, K, V>(fields: I) -> Result<Self, DecodeError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<[u8]>,
+        V: Into<Vec<u8>>,
+    {
+        let mut flat = FlatFields::default();
+        for (name, value) in fields {
+            flat.insert(name.as_ref(), value.into())?;
+        }
+        match (flat.event_type.is_some(), flat.seed_data.take()) {
+            (false, Some(data)) => decode_seed(&data),
+            _ => flat.into_envelope(),
+        }
+    }
+
+    /// The body as the event struct `E`: checks the type and version, deserializes, and validates.
+    pub fn decode_body<E: Event>(&self) -> Result<E, DecodeError> {
+        if self.event_type != E::NAME {
+            return Err(DecodeError::TypeMismatch {
+                expected: E::NAME,
+                found: self.event_type.clone(),
+            });
+        }
+        if self.version > E::VERSION {
+            return Err(DecodeError::UnknownVersion {
+                event_type: self.event_type.clone(),
+                found: self.version,
+                known: E::VERSION,
+            });
+        }
+        let event: E = serde_json::from_str(&self.body).map_err(|error| DecodeError::Body {
+            event_type: self.event_type.clone(),
+            reason: error.to_string(),
+        })?;
+        event.validate().map_err(|report| DecodeError::Invalid {
+            event_type: self.event_type.clone(),
+            report,
+        })?;
+        Ok(event)
+    }
+
+    /// The value of user header `name`, if set.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+}
+
+/// The fields of a flat entry as they are read, before checking that the required ones are there.
+#[derive(Default)]
+struct FlatFields {
+    id: Option<String>,
+    event_type: Option<String>,
+    version: Option<String>,
+    origin: Option<String>,
+    timestamp: Option<String>,
+    hash: Option<String>,
+    body: Option<String>,
+    correlation_id: Option<String>,
+    causation_id: Option<String>,
+    traceparent: Option<String>,
+    seed_data: Option<String>,
+    headers: BTreeMap<String, String>,
+}
+
+impl FlatFields {
+    fn insert(&mut self, name: &[u8], value: Vec<u8>) -> Result<(), DecodeError> {
+        let slot = match name {
+            b"id" => &mut self.id,
+            b"type" => &mut self.event_type,
+            b"v" => &mut self.version,
+            b"origin" => &mut self.origin,
+            b"ts" => &mut self.timestamp,
+            b"hash" => &mut self.hash,
+            b"body" => &mut self.body,
+            b"corr" => &mut self.correlation_id,
+            b"cause" => &mut self.causation_id,
+            b"traceparent" => &mut self.traceparent,
+            b"data" => &mut self.seed_data,
+            _ => return self.insert_header(name, value),
+        };
+        let name = String::from_utf8_lossy(name);
+        if slot.is_some() {
+            return Err(DecodeError::DuplicateField {
+                field: name.into_owned(),
+            });
+        }
+        *slot = Some(text(&name, value)?);
+        Ok(())
+    }
+
+    /// Keeps `h.<name>` fields as headers; any other unknown field is ignored, so that newer
+    /// producers can add fields.
+    fn insert_header(&mut self, name: &[u8], value: Vec<u8>) -> Result<(), DecodeError> {
+        let Some(header) = name.strip_prefix(HEADER_PREFIX.as_bytes()) else {
+            return Ok(());
+        };
+        let field = String::from_utf8_lossy(name);
+        let header = std::str::from_utf8(header).map_err(|_| DecodeError::NotUtf8 {
+            field: field.clone().into_owned(),
+        })?;
+        if header.is_empty() {
+            return Err(DecodeError::InvalidField {
+                field: field.into_owned(),
+                reason: "a header needs a name after `h.`".into(),
+            });
+        }
+        let value = text(&field, value)?;
+        if self.headers.insert(header.to_owned(), value).is_some() {
+            return Err(DecodeError::DuplicateField {
+                field: field.into_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    fn into_envelope(self) -> Result<Envelope, DecodeError> {
+        let event_type = required("type", self.event_type)?;
+        let body = required("body", self.body)?;
+        if let Err(error) = serde_json::from_str::<serde::de::IgnoredAny>(&body) {
+            return Err(invalid("body", format!("not valid JSON: {error}")));
+        }
+        let computed = hash_body(&event_type, &body);
+        let hash = match self.hash {
+            Some(found) if found != computed => {
+                return Err(DecodeError::HashMismatch {
+                    event_type,
+                    found,
+                    computed,
+                });
+            }
+            _ => computed,
+        };
+        Ok(Envelope {
+            id: required("id", self.id)?,
+            version: parse_version("v", &required("v", self.version)?)?,
+            origin: required("origin", self.origin)?,
+            timestamp: parse_timestamp("ts", &required("ts", self.timestamp)?)?,
+            hash,
+            body,
+            event_type,
+            correlation_id: self.correlation_id,
+            causation_id: self.causation_id,
+            traceparent: self.traceparent,
+            headers: self.headers,
+        })
+    }
+}
+
+fn text(field: &str, value: Vec<u8>) -> Result<String, DecodeError> {
+    String::from_utf8(value).map_err(|_| DecodeError::NotUtf8 {
+        field: field.to_owned(),
+    })
+}
+
+fn required(field: &'static str, value: Option<String>) -> Result<String, DecodeError> {
+    match value {
+        None => Err(DecodeError::MissingField { field }),
+        Some(value) if value.is_empty() => Err(invalid(field, "is empty")),
+        Some(value) => Ok(value),
+    }
+}
+
+fn invalid(field: &str, reason: impl Into<String>) -> DecodeError {
+    DecodeError::InvalidField {
+        field: field.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// A schema version: a positive integer, or for the seed library a version string whose major part
+/// is one (`"1.0.0"`).
+fn parse_version(field: &str, text: &str) -> Result<u32, DecodeError> {
+    let major = text.split('.').next().unwrap_or_default();
+    match major.parse::<u32>() {
+        Ok(0) => Err(invalid(
+            field,
+            "version 0 does not exist (versions start at 1)",
+        )),
+        Ok(version) => Ok(version),
+        Err(_) => Err(invalid(field, format!("`{text}` is not a version number"))),
+    }
+}
+
+/// The last millisecond that RFC 3339 can write, in year 9999.
+const LAST_MILLIS: u64 = 253_402_300_799_999;
+
+/// `time` as RFC 3339 UTC to the millisecond, clamped to the years 1970 to 9999 that it can write.
+fn format_timestamp(time: SystemTime) -> String {
+    let last = UNIX_EPOCH + Duration::from_millis(LAST_MILLIS);
+    humantime::format_rfc3339_millis(time.clamp(UNIX_EPOCH, last)).to_string()
+}
+
+/// A time written as milliseconds since the Unix epoch, up to the end of year 9999.
+fn timestamp_from_millis(field: &str, millis: u64) -> Result<SystemTime, DecodeError> {
+    if millis > LAST_MILLIS {
+        return Err(invalid(
+            field,
+            format!("{millis} ms since 1970 is after the year 9999"),
+        ));
+    }
+    Ok(UNIX_EPOCH + Duration::from_millis(millis))
+}
+
+/// An RFC 3339 UTC time such as `2026-11-23T07:05:37.123Z`.
+fn parse_timestamp(field: &str, text: &str) -> Result<SystemTime, DecodeError> {
+    humantime::parse_rfc3339_weak(text).map_err(|error| {
+        invalid(
+            field,
+            format!("`{text}` is not an RFC 3339 UTC time: {error}"),
+        )
+    })
+}
+
+/// The seed library's entry: `{"pattern": .., "data": {"header": {..}, "body": ..}}`.
+#[derive(Deserialize)]
+struct SeedEntry<'a> {
+    #[serde(borrow)]
+    data: SeedData<'a>,
+}
+
+#[derive(Deserialize)]
+struct SeedData<'a> {
+    header: SeedHeader,
+    #[serde(borrow)]
+    body: &'a RawValue,
+}
+
+#[derive(Deserialize)]
+struct SeedHeader {
+    id: String,
+    #[serde(rename = "type")]
+    event_type: String,
+    origin: String,
+    timestamp: SeedScalar,
+    #[serde(default)]
+    hash: Option<String>,
+    #[serde(default)]
+    version: Option<SeedScalar>,
+}
+
+/// A header value the seed library wrote as a string or a number.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SeedScalar {
+    Number(u64),
+    Text(String),
+}
+
+fn decode_seed(data: &str) -> Result<Envelope, DecodeError> {
+    let entry: SeedEntry<'_> = serde_json::from_str(data)
+        .map_err(|error| invalid("data", format!("not a seed-library event: {error}")))?;
+    let SeedData { header, body } = entry.data;
+    if header.event_type.is_empty() {
+        return Err(invalid("data", "`data.header.type` is empty"));
+    }
+    if header.id.is_empty() {
+        return Err(invalid("data", "`data.header.id` is empty"));
+    }
+    if header.origin.is_empty() {
+        return Err(invalid("data", "`data.header.origin` is empty"));
+    }
+    let timestamp = match header.timestamp {
+        SeedScalar::Number(millis) => timestamp_from_millis("data.header.timestamp", millis)?,
+        SeedScalar::Text(text) => parse_timestamp("data.header.timestamp", &text)?,
+    };
+    let version = match header.version {
+        None => 1,
+        Some(SeedScalar::Number(number)) => {
+            parse_version("data.header.version", &number.to_string())?
+        }
+        Some(SeedScalar::Text(text)) => parse_version("data.header.version", &text)?,
+    };
+    let body = body.get().to_owned();
+    Ok(Envelope {
+        id: header.id,
+        hash: header
+            .hash
+            .unwrap_or_else(|| hash_body(&header.event_type, &body)),
+        event_type: header.event_type,
+        version,
+        origin: header.origin,
+        timestamp,
+        body,
+        correlation_id: None,
+        causation_id: None,
+        traceparent: None,
+        headers: BTreeMap::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Envelope {
+        let mut envelope = Envelope::new("user.created", 2, "users", r#"{"id":7}"#.to_owned());
+        envelope.correlation_id = Some("req-1".into());
+        envelope.traceparent =
+            Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
+        envelope.headers.insert("tenant".into(), "acme".into());
+        envelope
+    }
+
+    fn owned(envelope: &Envelope) -> Vec<(String, String)> {
+        envelope
+            .fields()
+            .into_iter()
+            .map(|(name, value)| (name.into_owned(), value.into_owned()))
+            .collect()
+    }
+
+    fn decode_pairs(pairs: &[(&str, &str)]) -> Result<Envelope, DecodeError> {
+        Envelope::decode(
+            pairs
+                .iter()
+                .map(|(name, value)| (name.as_bytes(), value.as_bytes())),
+        )
+    }
+
+    fn without(field: &str) -> Vec<(String, String)> {
+        owned(&sample())
+            .into_iter()
+            .filter(|(name, _)| name != field)
+            .collect()
+    }
+
+    fn with(field: &str, value: &str) -> Vec<(String, String)> {
+        owned(&sample())
+            .into_iter()
+            .map(|(name, old)| {
+                if name == field {
+                    (name, value.to_owned())
+                } else {
+                    (name, old)
+                }
+            })
+            .collect()
+    }
+
+    fn decode_owned(pairs: Vec<(String, String)>) -> Result<Envelope, DecodeError> {
+        Envelope::decode(
+            pairs
+                .into_iter()
+                .map(|(name, value)| (name, value.into_bytes())),
+        )
+    }
+
+    #[test]
+    fn hash_is_sha256_of_type_nul_body() {
+        // printf 'user.created\0{"id":7}' | sha256sum
+        assert_eq!(
+            hash_body("user.created", r#"{"id":7}"#),
+            "129e4829324f280892437529cb5ba70b48ff71d97819149f830502451ca6537d"
+        );
+    }
+
+    #[test]
+    fn round_trips_every_field() {
+        let envelope = sample();
+        assert_eq!(decode_owned(owned(&envelope)), Ok(envelope));
+    }
+
+    #[test]
+    fn writes_flat_readable_fields() {
+        let fields = owned(&sample());
+        let names: Vec<&str> = fields.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "id",
+                "type",
+                "v",
+                "origin",
+                "ts",
+                "hash",
+                "body",
+                "corr",
+                "traceparent",
+                "h.tenant"
+            ]
+        );
+        assert_eq!(fields[2].1, "2");
+        assert!(
+            fields[4].1.ends_with('Z') && fields[4].1.len() == "2026-11-23T07:05:37.123Z".len()
+        );
+    }
+
+    #[test]
+    fn each_required_field_is_named_when_missing() {
+        for field in ["id", "type", "v", "origin", "ts", "body"] {
+            assert_eq!(
+                decode_owned(without(field)),
+                Err(DecodeError::MissingField { field }),
+                "{field}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_missing_hash_is_computed() {
+        let decoded = decode_owned(without("hash")).unwrap();
+        assert_eq!(decoded.hash, sample().hash);
+    }
+
+    #[test]
+    fn a_wrong_hash_is_a_mismatch() {
+        let error = decode_owned(with("hash", &"0".repeat(64))).unwrap_err();
+        assert!(
+            matches!(error, DecodeError::HashMismatch { ref event_type, .. } if event_type == "user.created")
+        );
+    }
+
+    #[test]
+    fn bad_json_body() {
+        let error = decode_pairs(&[
+            ("id", "1"),
+            ("type", "a.b"),
+            ("v", "1"),
+            ("origin", "o"),
+            ("ts", "2026-01-01T00:00:00.000Z"),
+            ("body", "{not json"),
+        ])
+        .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("field `body` is invalid: not valid JSON"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn wrong_types_and_unknown_versions() {
+        for (field, value, reason) in [
+            ("v", "one", "`one` is not a version number"),
+            ("v", "0", "version 0 does not exist (versions start at 1)"),
+            ("v", "-1", "`-1` is not a version number"),
+            ("ts", "yesterday", "`yesterday` is not an RFC 3339 UTC time"),
+            ("id", "", "is empty"),
+        ] {
+            let error = decode_owned(with(field, value)).unwrap_err();
+            let DecodeError::InvalidField {
+                field: named,
+                reason: said,
+            } = &error
+            else {
+                panic!("{field}={value}: {error}");
+            };
+            assert_eq!(named, field);
+            assert!(said.starts_with(reason), "{said}");
+        }
+    }
+
+    #[test]
+    fn non_utf8_values_and_header_names() {
+        let mut fields: Vec<(Vec<u8>, Vec<u8>)> = owned(&sample())
+            .into_iter()
+            .map(|(name, value)| (name.into_bytes(), value.into_bytes()))
+            .collect();
+        fields[1].1 = vec![0xff, 0xfe];
+        assert_eq!(
+            Envelope::decode(fields.clone()),
+            Err(DecodeError::NotUtf8 {
+                field: "type".into()
+            })
+        );
+        fields[1].1 = b"user.created".to_vec();
+        fields.push((b"h.\xff".to_vec(), b"x".to_vec()));
+        assert!(matches!(
+            Envelope::decode(fields),
+            Err(DecodeError::NotUtf8 { .. })
+        ));
+    }
+
+    #[test]
+    fn duplicate_fields() {
+        let mut fields = owned(&sample());
+        fields.push(("type".into(), "other.type".into()));
+        assert_eq!(
+            decode_owned(fields),
+            Err(DecodeError::DuplicateField {
+                field: "type".into()
+            })
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored() {
+        let mut fields = owned(&sample());
+        let expected = decode_owned(fields.clone()).unwrap();
+        fields.push(("future".into(), "x".into()));
+        assert_eq!(decode_owned(fields), Ok(expected));
+    }
+
+    #[test]
+    fn reads_seed_library_entries() {
+        let data = r#"{"pattern":"user.created","data":{"header":{"id":"9b2c","type":"user.created","origin":"user-service","timestamp":"2024-05-01T10:00:00.123Z","hash":"abc","version":"1.0.0"},"body":{"userId":"123","name":"John"}}}"#;
+        let envelope = decode_pairs(&[("data", data)]).unwrap();
+        assert_eq!(envelope.id, "9b2c");
+        assert_eq!(envelope.event_type, "user.created");
+        assert_eq!(envelope.origin, "user-service");
+        assert_eq!(envelope.version, 1);
+        assert_eq!(envelope.hash, "abc");
+        assert_eq!(envelope.body, r#"{"userId":"123","name":"John"}"#);
+        assert_eq!(
+            humantime::format_rfc3339_millis(envelope.timestamp).to_string(),
+            "2024-05-01T10:00:00.123Z"
+        );
+    }
+
+    #[test]
+    fn seed_entries_with_numeric_timestamps_and_versions() {
+        let data = r#"{"pattern":"x","data":{"header":{"id":"1","type":"a.b","origin":"o","timestamp":1714557600123,"version":3},"body":[1,2]}}"#;
+        let envelope = decode_pairs(&[("data", data)]).unwrap();
+        assert_eq!(envelope.version, 3);
+        assert_eq!(envelope.hash, hash_body("a.b", "[1,2]"));
+        assert_eq!(
+            envelope.timestamp,
+            UNIX_EPOCH + Duration::from_millis(1_714_557_600_123)
+        );
+    }
+
+    #[test]
+    fn malformed_seed_entries_say_what_is_wrong() {
+        for (data, expected) in [
+            ("not json", "not a seed-library event"),
+            (
+                r#"{"data":{"header":{"id":"1","origin":"o","timestamp":1},"body":{}}}"#,
+                "missing field `type`",
+            ),
+            (
+                r#"{"data":{"header":{"id":"1","type":"a","origin":"o","timestamp":1}}}"#,
+                "missing field `body`",
+            ),
+            (
+                r#"{"data":{"header":{"id":"1","type":"a","timestamp":1},"body":{}}}"#,
+                "missing field `origin`",
+            ),
+            (
+                r#"{"data":{"header":{"id":1,"type":"a","origin":"o","timestamp":1},"body":{}}}"#,
+                "invalid type",
+            ),
+            (
+                r#"{"data":{"header":{"id":"1","type":"","origin":"o","timestamp":1},"body":{}}}"#,
+                "`data.header.type` is empty",
+            ),
+            (
+                r#"{"data":{"header":{"id":"1","type":"a","origin":"","timestamp":1},"body":{}}}"#,
+                "`data.header.origin` is empty",
+            ),
+            (
+                r#"{"data":{"header":{"id":"1","type":"a","origin":"o","timestamp":"soon"},"body":{}}}"#,
+                "`soon` is not an RFC 3339",
+            ),
+            (
+                r#"{"data":{"header":{"id":"1","type":"a","origin":"o","timestamp":1e30},"body":{}}}"#,
+                "data did not match any variant",
+            ),
+            (
+                r#"{"data":{"header":{"id":"1","type":"a","origin":"o","timestamp":253402300800000},"body":{}}}"#,
+                "after the year 9999",
+            ),
+            (
+                r#"{"data":{"header":{"id":"1","type":"a","origin":"o","timestamp":1,"version":"x"},"body":{}}}"#,
+                "not a version number",
+            ),
+        ] {
+            let error = decode_pairs(&[("data", data)]).unwrap_err().to_string();
+            assert!(error.contains(expected), "{data}: {error}");
+        }
+    }
+
+    #[test]
+    fn an_empty_entry_misses_its_type() {
+        let none: [(&[u8], &[u8]); 0] = [];
+        assert_eq!(
+            Envelope::decode(none),
+            Err(DecodeError::MissingField { field: "type" })
+        );
+    }
+
+    mod never_panics {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn field_name() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                prop::sample::select(vec![
+                    "id", "type", "v", "origin", "ts", "hash", "body", "data", "h.x", "h.", "corr"
+                ])
+                .prop_map(|name| name.as_bytes().to_vec()),
+                prop::collection::vec(any::<u8>(), 0..8),
+            ]
+        }
+
+        fn field_value() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                prop::collection::vec(any::<u8>(), 0..32),
+                "[ -~]{0,40}".prop_map(String::into_bytes),
+                Just(br#"{"data":{"header":{"id":"1","type":"a","origin":"o","timestamp":1},"body":{}}}"#.to_vec()),
+                Just(b"2026-01-01T00:00:00Z".to_vec()),
+                Just(b"1".to_vec()),
+                Just(b"{}".to_vec()),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn on_arbitrary_field_maps(fields in prop::collection::vec((field_name(), field_value()), 0..12)) {
+                // Decoding never panics; what it accepts in this crate's format encodes back to the
+                // same event.
+                if let Ok(envelope) = Envelope::decode(fields) {
+                    if envelope.hash == hash_body(&envelope.event_type, &envelope.body) {
+                        let again = Envelope::decode(envelope.fields()
+                            .into_iter()
+                            .map(|(name, value)| (name.into_owned(), value.into_owned())))
+                            .unwrap();
+                        prop_assert_eq!(again.timestamp.duration_since(UNIX_EPOCH).unwrap().as_millis(),
+                            envelope.timestamp.duration_since(UNIX_EPOCH).unwrap().as_millis());
+                        prop_assert_eq!(Envelope { timestamp: envelope.timestamp, ..again }, envelope);
+                    }
+                }
+            }
+        }
+    }
+}

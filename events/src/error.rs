@@ -1,0 +1,118 @@
+//! The crate's error type.
+
+use crate::{DecodeError, ValidationReport};
+
+/// A `Result` whose error is this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong, each naming the event type, stream or pattern involved.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An event type name breaks the naming rule.
+    #[error("invalid event type `{event_type}`: it {reason}")]
+    InvalidEventType {
+        /// The rejected name.
+        event_type: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
+    /// An event failed validation; nothing was written.
+    #[error("event `{event_type}` is invalid: {report}")]
+    Validation {
+        /// The event's type.
+        event_type: String,
+        /// Every failing field.
+        #[source]
+        report: ValidationReport,
+    },
+
+    /// An event's body could not be serialized to JSON.
+    #[error("event `{event_type}` could not be serialized to JSON: {source}")]
+    Serialize {
+        /// The event's type.
+        event_type: String,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// No route matches the event type and the router has no default stream.
+    #[error("no route matches event type `{event_type}` and there is no default stream")]
+    NoRoute {
+        /// The unrouted event's type.
+        event_type: String,
+    },
+
+    /// A route's glob pattern does not parse.
+    #[error("invalid route pattern `{pattern}`: {reason}")]
+    InvalidPattern {
+        /// The pattern as given.
+        pattern: String,
+        /// Why it does not parse.
+        reason: String,
+    },
+
+    /// A route or option is configured in a way that cannot work.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+
+    /// Redis could not be reached.
+    #[error("could not connect to Redis: {source}")]
+    Connect {
+        /// The client's error.
+        #[source]
+        source: redis::RedisError,
+    },
+
+    /// Writing an event to its stream failed; the event may or may not have been written if the
+    /// connection dropped while waiting for the reply.
+    #[error("could not write event `{event_type}` to stream `{stream}`: {source}")]
+    Write {
+        /// The event's type.
+        event_type: String,
+        /// The stream it was routed to.
+        stream: String,
+        /// The client's or the server's error.
+        #[source]
+        source: redis::RedisError,
+    },
+
+    /// Reading a stream failed.
+    #[error("could not read stream `{stream}`: {source}")]
+    Read {
+        /// The stream.
+        stream: String,
+        /// The client's or the server's error.
+        #[source]
+        source: redis::RedisError,
+    },
+
+    /// A stream entry is not a valid event.
+    #[error("entry {entry_id} of stream `{stream}` is not a valid event: {source}")]
+    Decode {
+        /// The stream.
+        stream: String,
+        /// The entry's id in the stream.
+        entry_id: String,
+        /// What is wrong with it.
+        #[source]
+        source: DecodeError,
+    },
+}
+
+impl Error {
+    /// Whether trying the same operation again may succeed: connection and server-side transient
+    /// failures are, invalid events and configuration are not.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Connect { source }
+            | Error::Write { source, .. }
+            | Error::Read { source, .. } => {
+                !matches!(source.retry_method(), redis::RetryMethod::NoRetry)
+            }
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,382 @@
+//! Routing: which stream each event type is written to, chosen by glob patterns.
+//!
+//! Patterns match event types segment by segment: `*` stands for one dot-separated segment,
+//! `**` for any number of them, and `?`, `[abc]` and `{a,b}` work as in shell globs. So
+//! `user.*` matches `user.created` but not `user.profile.updated`, which `user.**` matches.
+
+use std::borrow::Cow;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+
+use crate::{Error, Result};
+
+/// How a stream is trimmed as events are added, so it does not grow without bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Trim {
+    limit: TrimLimit,
+    exact: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TrimLimit {
+    MaxLen(u64),
+    MaxAge(Duration),
+}
+
+impl Trim {
+    /// Keep about the newest `len` entries (`MAXLEN ~ len`).
+    pub fn max_len(len: u64) -> Self {
+        Self {
+            limit: TrimLimit::MaxLen(len),
+            exact: false,
+        }
+    }
+
+    /// Keep about the entries added in the last `age` (`MINID ~ <now - age>`).
+    pub fn max_age(age: Duration) -> Self {
+        Self {
+            limit: TrimLimit::MaxAge(age),
+            exact: false,
+        }
+    }
+
+    /// Trim exactly (`=`) rather than approximately (`~`). Exact trimming costs more: Redis frees
+    /// memory best when it removes whole nodes of the stream, which `~` lets it do.
+    pub fn exact(mut self) -> Self {
+        self.exact = true;
+        self
+    }
+
+    /// The `XADD` trimming arguments, with `now` for age limits.
+    pub(crate) fn arguments(&self, now: SystemTime) -> [String; 3] {
+        let operator = if self.exact { "=" } else { "~" };
+        match self.limit {
+            TrimLimit::MaxLen(len) => ["MAXLEN".into(), operator.into(), len.to_string()],
+            TrimLimit::MaxAge(age) => {
+                let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+                let oldest = since_epoch.saturating_sub(age).as_millis();
+                ["MINID".into(), operator.into(), oldest.to_string()]
+            }
+        }
+    }
+}
+
+/// Where a route writes: one fixed stream, or a stream per event type named prefix + type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Target {
+    Fixed(String),
+    Prefixed(String),
+}
+
+/// A route: event types matching a glob pattern go to a stream, optionally trimmed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pattern: String,
+    target: Target,
+    trim: Option<Trim>,
+}
+
+impl Route {
+    /// Events whose type matches `pattern` go to `stream`.
+    pub fn to(pattern: impl Into<String>, stream: impl Into<String>) -> Self {
+        Self {
+            pattern: pattern.into(),
+            target: Target::Fixed(stream.into()),
+            trim: None,
+        }
+    }
+
+    /// Events whose type matches `pattern` go to a stream of their own, named `prefix` + type:
+    /// with prefix `audit:`, `audit.login` goes to `audit:audit.login`.
+    pub fn prefixed(pattern: impl Into<String>, prefix: impl Into<String>) -> Self {
+        Self {
+            pattern: pattern.into(),
+            target: Target::Prefixed(prefix.into()),
+            trim: None,
+        }
+    }
+
+    /// Trims the stream on every write.
+    pub fn trim(mut self, trim: Trim) -> Self {
+        self.trim = Some(trim);
+        self
+    }
+
+    /// The glob pattern.
+    pub fn pattern(&self) -> &str {
+        &self.pattern
+    }
+}
+
+/// Where one event goes: the stream, and how to trim it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination<'a> {
+    /// The stream's key.
+    pub stream: Cow<'a, str>,
+    /// Trimming applied with the write.
+    pub trim: Option<Trim>,
+}
+
+/// Ordered routes, first match wins, then an optional default. Build it with [`Router::builder`].
+#[derive(Debug, Clone)]
+pub struct Router {
+    globs: GlobSet,
+    routes: Vec<Route>,
+    default: Option<Route>,
+}
+
+/// Collects routes for a [`Router`].
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct RouterBuilder {
+    routes: Vec<Route>,
+    default: Option<Route>,
+}
+
+impl RouterBuilder {
+    /// Adds a route after those already added: earlier routes win.
+    pub fn route(mut self, route: Route) -> Self {
+        self.routes.push(route);
+        self
+    }
+
+    /// Events that match no route go to `stream`.
+    pub fn default_stream(mut self, stream: impl Into<String>) -> Self {
+        self.default = Some(Route::to("**", stream));
+        self
+    }
+
+    /// Events that match no route go to a stream of their own, named `prefix` + type.
+    pub fn default_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.default = Some(Route::prefixed("**", prefix));
+        self
+    }
+
+    /// Trims the default stream on every write.
+    pub fn default_trim(mut self, trim: Trim) -> Self {
+        self.default = self.default.map(|route| route.trim(trim));
+        self
+    }
+
+    /// Checks every pattern and stream name; an invalid glob fails here, naming the pattern.
+    pub fn build(self) -> Result<Router> {
+        let mut globs = GlobSetBuilder::new();
+        for route in self.routes.iter().chain(&self.default) {
+            if let Target::Fixed(stream) = &route.target
+                && stream.is_empty()
+            {
+                return Err(Error::Config(format!(
+                    "route `{}` names an empty stream",
+                    route.pattern
+                )));
+            }
+        }
+        for route in &self.routes {
+            let glob = GlobBuilder::new(&route.pattern.replace('.', "/"))
+                .literal_separator(true)
+                .backslash_escape(true)
+                .build()
+                .map_err(|error| Error::InvalidPattern {
+                    pattern: route.pattern.clone(),
+                    reason: error.kind().to_string(),
+                })?;
+            globs.add(glob);
+        }
+        let globs = globs.build().map_err(|error| Error::InvalidPattern {
+            pattern: error.glob().unwrap_or_default().replace('/', "."),
+            reason: error.kind().to_string(),
+        })?;
+        Ok(Router {
+            globs,
+            routes: self.routes,
+            default: self.default,
+        })
+    }
+}
+
+impl Router {
+    /// An empty builder: no routes, no default.
+    pub fn builder() -> RouterBuilder {
+        RouterBuilder::default()
+    }
+
+    /// Every event to one stream.
+    pub fn single(stream: impl Into<String>) -> Self {
+        Self::builder()
+            .default_stream(stream)
+            .build()
+            .expect("a router without patterns always builds")
+    }
+
+    /// Where events of `event_type` go: the first matching route, else the default.
+    pub fn resolve(&self, event_type: &str) -> Result<Destination<'_>> {
+        let first = if self.routes.is_empty() {
+            None
+        } else {
+            self.globs
+                .matches(event_type.replace('.', "/"))
+                .into_iter()
+                .min()
+        };
+        let route = first
+            .map(|index| &self.routes[index])
+            .or(self.default.as_ref())
+            .ok_or_else(|| Error::NoRoute {
+                event_type: event_type.to_owned(),
+            })?;
+        let stream = match &route.target {
+            Target::Fixed(stream) => Cow::Borrowed(stream.as_str()),
+            Target::Prefixed(prefix) => Cow::Owned(format!("{prefix}{event_type}")),
+        };
+        Ok(Destination {
+            stream,
+            trim: route.trim,
+        })
+    }
+
+    /// The routes in order, then the default if there is one.
+    pub fn routes(&self) -> impl Iterator<Item = &Route> {
+        self.routes.iter().chain(&self.default)
+    }
+}
+
+impl Default for Router {
+    /// Every event type to a stream named after the type.
+    fn default() -> Self {
+        Self::builder()
+            .default_prefix("")
+            .build()
+            .expect("a router without patterns always builds")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn router() -> Router {
+        Router::builder()
+            .route(Route::to("user.*", "users"))
+            .route(Route::to("payment.**", "payments").trim(Trim::max_len(1000)))
+            .route(Route::prefixed("audit.{login,logout}", "audit:"))
+            .route(Route::to("user.deleted", "never-reached"))
+            .build()
+            .unwrap()
+    }
+
+    fn stream(router: &Router, event_type: &str) -> Result<String> {
+        router
+            .resolve(event_type)
+            .map(|destination| destination.stream.into_owned())
+    }
+
+    #[test]
+    fn star_matches_one_segment() {
+        let router = router();
+        assert_eq!(stream(&router, "user.created").unwrap(), "users");
+        assert!(matches!(
+            stream(&router, "user.profile.updated"),
+            Err(Error::NoRoute { .. })
+        ));
+    }
+
+    #[test]
+    fn double_star_matches_any_depth() {
+        let router = router();
+        assert_eq!(
+            stream(&router, "payment.card.captured").unwrap(),
+            "payments"
+        );
+        assert_eq!(
+            router.resolve("payment.refunded").unwrap().trim,
+            Some(Trim::max_len(1000))
+        );
+    }
+
+    #[test]
+    fn first_match_wins() {
+        assert_eq!(stream(&router(), "user.deleted").unwrap(), "users");
+    }
+
+    #[test]
+    fn prefixed_routes_name_a_stream_per_type() {
+        let router = router();
+        assert_eq!(stream(&router, "audit.login").unwrap(), "audit:audit.login");
+        assert!(stream(&router, "audit.export").is_err());
+    }
+
+    #[test]
+    fn unrouted_types_go_to_the_default() {
+        let router = Router::builder()
+            .route(Route::to("user.*", "users"))
+            .default_stream("events")
+            .default_trim(Trim::max_len(10))
+            .build()
+            .unwrap();
+        assert_eq!(stream(&router, "order.paid").unwrap(), "events");
+        assert_eq!(
+            router.resolve("order.paid").unwrap().trim,
+            Some(Trim::max_len(10))
+        );
+        assert_eq!(stream(&router, "user.created").unwrap(), "users");
+    }
+
+    #[test]
+    fn no_route_and_no_default_names_the_type() {
+        let error = stream(&router(), "order.paid").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "no route matches event type `order.paid` and there is no default stream"
+        );
+    }
+
+    #[test]
+    fn invalid_glob_fails_at_build_naming_the_pattern() {
+        let error = Router::builder()
+            .route(Route::to("user.*", "users"))
+            .route(Route::to("order.[", "orders"))
+            .build()
+            .unwrap_err();
+        let message = error.to_string();
+        assert!(
+            message.starts_with("invalid route pattern `order.[`: "),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn empty_stream_names_are_rejected() {
+        let error = Router::builder()
+            .route(Route::to("a.*", ""))
+            .build()
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "invalid configuration: route `a.*` names an empty stream"
+        );
+    }
+
+    #[test]
+    fn the_default_router_names_streams_after_types() {
+        assert_eq!(
+            stream(&Router::default(), "user.created").unwrap(),
+            "user.created"
+        );
+        assert_eq!(stream(&Router::single("all"), "x.y").unwrap(), "all");
+    }
+
+    #[test]
+    fn trim_arguments() {
+        let now = UNIX_EPOCH + Duration::from_secs(100);
+        assert_eq!(Trim::max_len(5).arguments(now), ["MAXLEN", "~", "5"]);
+        assert_eq!(
+            Trim::max_len(5).exact().arguments(now),
+            ["MAXLEN", "=", "5"]
+        );
+        assert_eq!(
+            Trim::max_age(Duration::from_secs(40)).arguments(now),
+            ["MINID", "~", "60000"]
+        );
+    }
+}
