@@ -1,8 +1,40 @@
 //! Typed events over Redis Streams.
+//!
+//! Derive [`Event`] on a struct to give it a type name, a version and validation; publish it with a
+//! [`Publisher`], whose [`Router`] picks the stream by glob patterns over the event type; read entries
+//! back as [`Envelope`]s, the flat wire format, and decode their bodies into the struct again.
+//!
+//! ```no_run
+//! use events::{Event, Publisher, PublisherConfig, Route, Router};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Debug, Serialize, Deserialize, Event)]
+//! #[event(name = "user.created", version = 1)]
+//! struct UserCreated {
+//!     #[event(uuid)]
+//!     user_id: String,
+//!     #[event(email)]
+//!     email: String,
+//! }
+//!
+//! # async fn run() -> events::Result<()> {
+//! let router = Router::builder().route(Route::to("user.*", "user-events")).build()?;
+//! let publisher = Publisher::connect("redis://127.0.0.1:6379", PublisherConfig::new("users").router(router)).await?;
+//! let event = UserCreated {
+//!     user_id: "0b5a3c1e-8d4f-4a51-9d0e-6b7f1c2d3e4f".into(),
+//!     email: "ada@example.com".into(),
+//! };
+//! let published = publisher.publish(&event).await?;
+//! println!("{} is entry {} of {}", published.event_id, published.entry_id, published.stream);
+//! # Ok(())
+//! # }
+//! ```
 
+mod entry;
 mod envelope;
 mod error;
 mod event;
+mod publisher;
 mod routing;
 mod validation;
 
@@ -10,9 +42,11 @@ mod validation;
 #[path = "private.rs"]
 pub mod __private;
 
+pub use entry::{StreamEntry, read_range};
 pub use envelope::{DecodeError, Envelope, HEADER_PREFIX, hash_body};
 pub use error::{Error, Result};
 pub use event::{Event, check_event_type};
+pub use publisher::{PublishOptions, Published, Publisher, PublisherConfig, RawValidator};
 pub use routing::{Destination, Route, Router, RouterBuilder, Trim};
 pub use validation::{FieldError, Validate, ValidationReport};
 

@@ -1,6 +1,7 @@
 //! Support for the code that `#[derive(Event)]` and `#[derive(Validate)]` generate. Not a public API:
 //! it may change in any release.
 
+use std::cmp::Ordering::{Equal, Greater, Less};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::fmt::Display;
 
@@ -158,8 +159,13 @@ pub fn length<T: Measure + ?Sized>(
 
 /// Checks `#[event(range(min = .., max = ..))]`, both bounds inclusive.
 pub fn range<T: PartialOrd + Display>(value: &T, min: Option<T>, max: Option<T>) -> Option<String> {
-    let below = min.as_ref().is_some_and(|min| !(value >= min));
-    let above = max.as_ref().is_some_and(|max| !(value <= max));
+    // Incomparable values (NaN) are outside any bound.
+    let below = min
+        .as_ref()
+        .is_some_and(|min| !matches!(value.partial_cmp(min), Some(Greater | Equal)));
+    let above = max
+        .as_ref()
+        .is_some_and(|max| !matches!(value.partial_cmp(max), Some(Less | Equal)));
     (below || above).then(|| match (&min, &max) {
         (Some(min), Some(max)) => format!("must be between {min} and {max} (it is {value})"),
         (Some(min), None) => format!("must be at least {min} (it is {value})"),

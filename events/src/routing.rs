@@ -7,9 +7,27 @@
 use std::borrow::Cow;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 
 use crate::{Error, Result};
+
+/// A glob over event types, where `*` stays within one dot-separated segment: globset's path
+/// matching, with dots as the separators.
+pub(crate) fn event_glob(pattern: &str) -> Result<Glob> {
+    GlobBuilder::new(&glob_path(pattern))
+        .literal_separator(true)
+        .backslash_escape(true)
+        .build()
+        .map_err(|error| Error::InvalidPattern {
+            pattern: pattern.to_owned(),
+            reason: error.kind().to_string(),
+        })
+}
+
+/// An event type or pattern as the path that [`event_glob`] matches.
+pub(crate) fn glob_path(event_type: &str) -> String {
+    event_type.replace('.', "/")
+}
 
 /// How a stream is trimmed as events are added, so it does not grow without bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,15 +191,7 @@ impl RouterBuilder {
             }
         }
         for route in &self.routes {
-            let glob = GlobBuilder::new(&route.pattern.replace('.', "/"))
-                .literal_separator(true)
-                .backslash_escape(true)
-                .build()
-                .map_err(|error| Error::InvalidPattern {
-                    pattern: route.pattern.clone(),
-                    reason: error.kind().to_string(),
-                })?;
-            globs.add(glob);
+            globs.add(event_glob(&route.pattern)?);
         }
         let globs = globs.build().map_err(|error| Error::InvalidPattern {
             pattern: error.glob().unwrap_or_default().replace('/', "."),

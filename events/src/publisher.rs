@@ -1,0 +1,346 @@
+//! The publisher: validates, encodes, routes and writes events, one round trip per call.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use redis::aio::{ConnectionLike, ConnectionManager};
+use serde_json::Value;
+
+use crate::{Envelope, Error, Event, Result, Router, ValidationReport, check_event_type};
+
+/// Validates untyped bodies published with [`Publisher::publish_raw`]; typed events validate
+/// themselves. Any `Fn(&str, &Value) -> Result<(), ValidationReport>` is one.
+pub trait RawValidator: Send + Sync + 'static {
+    /// Checks `body` for an event of `event_type`, reporting every failing field.
+    fn validate(&self, event_type: &str, body: &Value) -> Result<(), ValidationReport>;
+}
+
+impl<F> RawValidator for F
+where
+    F: Fn(&str, &Value) -> Result<(), ValidationReport> + Send + Sync + 'static,
+{
+    fn validate(&self, event_type: &str, body: &Value) -> Result<(), ValidationReport> {
+        self(event_type, body)
+    }
+}
+
+/// How a [`Publisher`] names, validates and routes what it writes.
+#[derive(Clone)]
+#[must_use]
+pub struct PublisherConfig {
+    origin: String,
+    router: Router,
+    raw_validator: Option<Arc<dyn RawValidator>>,
+}
+
+impl fmt::Debug for PublisherConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PublisherConfig")
+            .field("origin", &self.origin)
+            .field("router", &self.router)
+            .field("raw_validator", &self.raw_validator.is_some())
+            .finish()
+    }
+}
+
+impl PublisherConfig {
+    /// Events are published as coming from service `origin`, each type to a stream named after it,
+    /// until [`router`](Self::router) says otherwise.
+    pub fn new(origin: impl Into<String>) -> Self {
+        Self {
+            origin: origin.into(),
+            router: Router::default(),
+            raw_validator: None,
+        }
+    }
+
+    /// Routes event types to streams.
+    pub fn router(mut self, router: Router) -> Self {
+        self.router = router;
+        self
+    }
+
+    /// Validates the bodies of untyped events before they are written.
+    pub fn raw_validator(mut self, validator: impl RawValidator) -> Self {
+        self.raw_validator = Some(Arc::new(validator));
+        self
+    }
+}
+
+/// Metadata for one publish: correlation and causation ids, trace context, user headers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[must_use]
+pub struct PublishOptions {
+    correlation_id: Option<String>,
+    causation_id: Option<String>,
+    traceparent: Option<String>,
+    version: Option<u32>,
+    headers: BTreeMap<String, String>,
+}
+
+impl PublishOptions {
+    /// No metadata.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The id of the request or flow the event belongs to.
+    pub fn correlation_id(mut self, id: impl Into<String>) -> Self {
+        self.correlation_id = Some(id.into());
+        self
+    }
+
+    /// The id of the event that caused this one.
+    pub fn causation_id(mut self, id: impl Into<String>) -> Self {
+        self.causation_id = Some(id.into());
+        self
+    }
+
+    /// A W3C `traceparent` to continue a trace in the consumer.
+    pub fn traceparent(mut self, traceparent: impl Into<String>) -> Self {
+        self.traceparent = Some(traceparent.into());
+        self
+    }
+
+    /// The schema version of an untyped event (1 unless set); typed events carry their own.
+    pub fn version(mut self, version: u32) -> Self {
+        self.version = Some(version);
+        self
+    }
+
+    /// A user header, written as the field `h.<name>`.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.insert(name.into(), value.into());
+        self
+    }
+
+    fn apply(self, mut envelope: Envelope) -> Result<Envelope> {
+        if self.headers.contains_key("") {
+            return Err(Error::Config(format!(
+                "event `{}` has a header with an empty name",
+                envelope.event_type
+            )));
+        }
+        envelope.correlation_id = self.correlation_id;
+        envelope.causation_id = self.causation_id;
+        envelope.traceparent = self.traceparent;
+        envelope.headers = self.headers;
+        Ok(envelope)
+    }
+}
+
+/// Where a published event was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// The event's own id (the envelope's `id`).
+    pub event_id: String,
+    /// The stream it was routed to.
+    pub stream: String,
+    /// Its entry id in that stream, such as `1700000000000-0`.
+    pub entry_id: String,
+}
+
+/// Publishes events to Redis Streams: validates, encodes, routes and `XADD`s them.
+///
+/// Cheap to clone; clones share the connection, which reconnects by itself after a failure.
+#[derive(Clone)]
+pub struct Publisher<C = ConnectionManager> {
+    connection: C,
+    config: Arc<PublisherConfig>,
+}
+
+impl<C> fmt::Debug for Publisher<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Publisher")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Publisher<ConnectionManager> {
+    /// Connects to the Redis at `url` (such as `redis://127.0.0.1:6379`) with a connection that
+    /// reconnects by itself.
+    pub async fn connect(url: &str, config: PublisherConfig) -> Result<Self> {
+        let client = redis::Client::open(url).map_err(|source| Error::Connect { source })?;
+        let connection = client
+            .get_connection_manager()
+            .await
+            .map_err(|source| Error::Connect { source })?;
+        Ok(Self::new(connection, config))
+    }
+}
+
+impl<C: ConnectionLike + Clone + Send + Sync + 'static> Publisher<C> {
+    /// A publisher over an existing connection.
+    pub fn new(connection: C, config: PublisherConfig) -> Self {
+        Self {
+            connection,
+            config: Arc::new(config),
+        }
+    }
+
+    /// The router that picks each event's stream.
+    pub fn router(&self) -> &Router {
+        &self.config.router
+    }
+
+    /// Validates and encodes `event` without writing it.
+    pub fn envelope<E: Event>(&self, event: &E, options: PublishOptions) -> Result<Envelope> {
+        event.validate().map_err(|report| Error::Validation {
+            event_type: E::NAME.to_owned(),
+            report,
+        })?;
+        let body = serde_json::to_string(event).map_err(|source| Error::Serialize {
+            event_type: E::NAME.to_owned(),
+            source,
+        })?;
+        options.apply(Envelope::new(
+            E::NAME,
+            E::VERSION,
+            &self.config.origin,
+            body,
+        ))
+    }
+
+    /// Checks the type name, validates `body` with the configured [`RawValidator`], and encodes it,
+    /// without writing it.
+    pub fn raw_envelope(
+        &self,
+        event_type: &str,
+        body: &Value,
+        options: PublishOptions,
+    ) -> Result<Envelope> {
+        check_event_type(event_type).map_err(|reason| Error::InvalidEventType {
+            event_type: event_type.to_owned(),
+            reason,
+        })?;
+        if let Some(validator) = &self.config.raw_validator {
+            validator
+                .validate(event_type, body)
+                .map_err(|report| Error::Validation {
+                    event_type: event_type.to_owned(),
+                    report,
+                })?;
+        }
+        let version = options.version.unwrap_or(1);
+        options.apply(Envelope::new(
+            event_type,
+            version,
+            &self.config.origin,
+            body.to_string(),
+        ))
+    }
+
+    /// Validates, encodes, routes and writes one event.
+    pub async fn publish<E: Event>(&self, event: &E) -> Result<Published> {
+        self.publish_with(event, PublishOptions::new()).await
+    }
+
+    /// [`publish`](Self::publish) with correlation and causation ids, trace context or headers.
+    pub async fn publish_with<E: Event>(
+        &self,
+        event: &E,
+        options: PublishOptions,
+    ) -> Result<Published> {
+        self.write_one(self.envelope(event, options)?).await
+    }
+
+    /// Publishes an untyped JSON body under `event_type`, checked by the configured [`RawValidator`].
+    pub async fn publish_raw(&self, event_type: &str, body: Value) -> Result<Published> {
+        self.publish_raw_with(event_type, body, PublishOptions::new())
+            .await
+    }
+
+    /// [`publish_raw`](Self::publish_raw) with metadata.
+    pub async fn publish_raw_with(
+        &self,
+        event_type: &str,
+        body: Value,
+        options: PublishOptions,
+    ) -> Result<Published> {
+        self.write_one(self.raw_envelope(event_type, &body, options)?)
+            .await
+    }
+
+    /// Publishes many events of one type in one round trip. All are validated before any is written.
+    pub async fn publish_many<E: Event>(&self, events: &[E]) -> Result<Vec<Published>> {
+        let envelopes = events
+            .iter()
+            .map(|event| self.envelope(event, PublishOptions::new()))
+            .collect::<Result<Vec<_>>>()?;
+        self.publish_envelopes(envelopes).await
+    }
+
+    /// Writes envelopes of any types, made with [`envelope`](Self::envelope) or
+    /// [`raw_envelope`](Self::raw_envelope), in one round trip.
+    ///
+    /// The writes are pipelined, not a transaction: on an error some may have been written. Writing
+    /// the same envelopes again is safe with idempotent consumers, since ids and hashes stay the same.
+    pub async fn publish_envelopes(&self, envelopes: Vec<Envelope>) -> Result<Vec<Published>> {
+        if envelopes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = SystemTime::now();
+        let mut pipeline = redis::pipe();
+        let mut streams = Vec::with_capacity(envelopes.len());
+        for envelope in &envelopes {
+            let destination = self.config.router.resolve(&envelope.event_type)?;
+            pipeline.add_command(xadd(&destination, envelope, now));
+            streams.push(destination.stream.into_owned());
+        }
+        let write_error = |index: usize, source| Error::Write {
+            event_type: envelopes[index].event_type.clone(),
+            stream: streams[index].clone(),
+            source,
+        };
+        let replies: Vec<redis::RedisResult<String>> = pipeline
+            .ignore_errors()
+            .query_async(&mut self.connection.clone())
+            .await
+            .map_err(|source| write_error(0, source))?;
+        let mut published = Vec::with_capacity(envelopes.len());
+        for (index, reply) in replies.into_iter().enumerate() {
+            let entry_id = reply.map_err(|source| write_error(index, source))?;
+            published.push(Published {
+                event_id: envelopes[index].id.clone(),
+                stream: streams[index].clone(),
+                entry_id,
+            });
+        }
+        Ok(published)
+    }
+
+    async fn write_one(&self, envelope: Envelope) -> Result<Published> {
+        let destination = self.config.router.resolve(&envelope.event_type)?;
+        let command = xadd(&destination, &envelope, SystemTime::now());
+        let stream = destination.stream.into_owned();
+        match command.query_async(&mut self.connection.clone()).await {
+            Ok(entry_id) => Ok(Published {
+                event_id: envelope.id,
+                stream,
+                entry_id,
+            }),
+            Err(source) => Err(Error::Write {
+                event_type: envelope.event_type,
+                stream,
+                source,
+            }),
+        }
+    }
+}
+
+/// `XADD <stream> [trim] * <fields>` for one envelope.
+fn xadd(destination: &crate::Destination<'_>, envelope: &Envelope, now: SystemTime) -> redis::Cmd {
+    let mut command = redis::cmd("XADD");
+    command.arg(destination.stream.as_ref());
+    if let Some(trim) = &destination.trim {
+        command.arg(&trim.arguments(now));
+    }
+    command.arg("*");
+    for (name, value) in envelope.fields() {
+        command.arg(name.as_ref()).arg(value.as_ref());
+    }
+    command
+}

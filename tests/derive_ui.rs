@@ -1,0 +1,10 @@
+//! Compile-time checks of `#[derive(Event)]` and `#[derive(Validate)]`: each mistake under `ui/` must
+//! fail with the error in its `.stderr`, and a full-featured event must compile.
+
+#[test]
+fn derive_ui() {
+    let cases = trybuild::TestCases::new();
+    // Paths are relative to the `events` package, where cargo runs its tests.
+    cases.pass("../tests/ui/pass/*.rs");
+    cases.compile_fail("../tests/ui/*.rs");
+}

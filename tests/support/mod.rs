@@ -1,0 +1,54 @@
+//! Shared helpers of the integration tests.
+#![allow(dead_code)]
+
+pub(crate) mod redis_server;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub(crate) use redis_server::RedisServer;
+
+/// A key prefix no other test in any process uses, so tests can share one server.
+pub(crate) fn unique(name: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
+    format!(
+        "{name}-{}-{}-{nanos}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A plain multiplexed connection to `server`, for reading back what the library wrote.
+pub(crate) async fn connection(server: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(server.url())
+        .expect("valid url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to the test server")
+}
+
+/// Polls `done` every 20 ms until it holds, failing the test with `what` after 30 seconds.
+pub(crate) async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Entries of `stream` still pending in `group`.
+pub(crate) async fn pending(server: &RedisServer, stream: &str, group: &str) -> usize {
+    let summary: (usize, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .query_async(&mut connection(server).await)
+        .await
+        .expect("XPENDING");
+    summary.0
+}

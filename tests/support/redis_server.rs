@@ -1,0 +1,191 @@
+//! A throwaway `redis-server` for tests, examples and benchmarks: started on a free port, stopped
+//! when dropped. With `REDIS_URL` set, that server is used instead and nothing is started.
+
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+/// A running Redis: one this process started, or the one `REDIS_URL` names.
+#[derive(Debug)]
+pub(crate) struct RedisServer {
+    url: String,
+    child: Option<Child>,
+    dir: Option<PathBuf>,
+    durable: bool,
+}
+
+impl RedisServer {
+    /// The server named by `REDIS_URL`, or else a new `redis-server` from `PATH`. Panics with the
+    /// reason when neither is possible.
+    #[allow(dead_code)]
+    pub(crate) fn start() -> Self {
+        Self::from_env_or_start().unwrap_or_else(|reason| panic!("{reason}"))
+    }
+
+    /// Like [`RedisServer::start`], but says in one line why no server could be had.
+    pub(crate) fn from_env_or_start() -> Result<Self, String> {
+        if let Ok(url) = std::env::var("REDIS_URL") {
+            return Ok(Self {
+                url,
+                child: None,
+                dir: None,
+                durable: false,
+            });
+        }
+        Self::spawn().map_err(|error| match error.kind() {
+            io::ErrorKind::NotFound => {
+                "redis-server is not on PATH: install it (Debian/Ubuntu: `sudo apt-get install \
+                 redis-server`, macOS: `brew install redis`) or set REDIS_URL to a running Redis"
+                    .to_owned()
+            }
+            _ => format!("could not start redis-server: {error}"),
+        })
+    }
+
+    /// The URL to connect to, such as `redis://127.0.0.1:41234`.
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// A new `redis-server` of this process's own, even when `REDIS_URL` is set: for tests that
+    /// stop and restart it.
+    #[allow(dead_code)]
+    pub(crate) fn own() -> Self {
+        Self::spawn().unwrap_or_else(|error| panic!("could not start redis-server: {error}"))
+    }
+
+    /// Like [`RedisServer::own`], but it writes every change to an append-only file, so its data
+    /// survives a [`restart`](RedisServer::restart).
+    #[allow(dead_code)]
+    pub(crate) fn own_durable() -> Self {
+        let mut server = Self::own();
+        server.durable = true;
+        server.restart();
+        server
+    }
+
+    /// Stops the server and starts it again on the same port, with the same data directory.
+    #[allow(dead_code)]
+    pub(crate) fn restart(&mut self) {
+        let mut child = self
+            .child
+            .take()
+            .expect("only a server this process started can be restarted");
+        let _ = child.kill();
+        let _ = child.wait();
+        let port: u16 = self
+            .url
+            .rsplit(':')
+            .next()
+            .and_then(|port| port.parse().ok())
+            .expect("port in url");
+        let dir = self.dir.clone().expect("data directory");
+        let mut command = redis_command(port, &dir);
+        if self.durable {
+            command.args(["--appendonly", "yes", "--appendfsync", "always"]);
+        }
+        let mut child = command.spawn().expect("restart redis-server");
+        wait_until_ready(&mut child, port).expect("restarted redis-server answers");
+        self.child = Some(child);
+    }
+
+    /// Starts `redis-server` on a free port, trying again on another if the port was taken meanwhile.
+    fn spawn() -> io::Result<Self> {
+        let mut last_error = None;
+        for _ in 0..5 {
+            let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+                .local_addr()?
+                .port();
+            let dir =
+                std::env::temp_dir().join(format!("events-redis-{}-{port}", std::process::id()));
+            std::fs::create_dir_all(&dir)?;
+            let mut child = redis_command(port, &dir).spawn()?;
+            match wait_until_ready(&mut child, port) {
+                Ok(()) => {
+                    return Ok(Self {
+                        url: format!("redis://127.0.0.1:{port}"),
+                        child: Some(child),
+                        dir: Some(dir),
+                        durable: false,
+                    });
+                }
+                Err(error) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    let _ = std::fs::remove_dir_all(&dir);
+                    last_error = Some(error);
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| io::Error::other("redis-server did not start")))
+    }
+}
+
+/// `redis-server` on `port`, keeping nothing on disk but what it is told to, in `dir`.
+fn redis_command(port: u16, dir: &Path) -> Command {
+    let mut command = Command::new("redis-server");
+    command
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    command
+}
+
+/// Waits until the server answers PING, or fails if it exits or takes more than 10 seconds.
+fn wait_until_ready(child: &mut Child, port: u16) -> io::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait()? {
+            return Err(io::Error::other(format!(
+                "redis-server exited with {status}"
+            )));
+        }
+        if ping(port).is_ok() {
+            return Ok(());
+        }
+        sleep(Duration::from_millis(10));
+    }
+    Err(io::Error::new(
+        io::ErrorKind::TimedOut,
+        "redis-server did not answer within 10 s",
+    ))
+}
+
+fn ping(port: u16) -> io::Result<()> {
+    let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+    stream.write_all(b"PING\r\n")?;
+    let mut reply = [0; 7];
+    stream.read_exact(&mut reply)?;
+    if &reply == b"+PONG\r\n" {
+        Ok(())
+    } else {
+        Err(io::Error::other("unexpected reply to PING"))
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}

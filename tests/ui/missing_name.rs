@@ -1,0 +1,15 @@
+use events::Event;
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize, Event)]
+#[event(version = 2)]
+struct UserCreated {
+    id: u64,
+}
+
+// The stub impls keep uses of the type compiling: only the mistake above is reported.
+fn needs_event<E: Event>() {}
+
+fn main() {
+    needs_event::<UserCreated>();
+}

@@ -1,0 +1,11 @@
+use events::Validate;
+
+#[derive(Validate)]
+struct Marker;
+
+// The stub impl keeps uses of the type compiling: only the mistake above is reported.
+fn needs_validate<V: Validate>() {}
+
+fn main() {
+    needs_validate::<Marker>();
+}

@@ -1,0 +1,16 @@
+use events::Event;
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize, Event)]
+#[event(name = "user.created")]
+struct UserCreated {
+    #[event(emial)]
+    email: String,
+}
+
+// The stub impls keep uses of the type compiling: only the mistake above is reported.
+fn needs_event<E: Event>() {}
+
+fn main() {
+    needs_event::<UserCreated>();
+}
