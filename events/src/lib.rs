@@ -30,10 +30,12 @@
 //! # }
 //! ```
 
+mod consumer;
 mod entry;
 mod envelope;
 mod error;
 mod event;
+mod keys;
 mod publisher;
 mod routing;
 mod validation;
@@ -42,10 +44,15 @@ mod validation;
 #[path = "private.rs"]
 pub mod __private;
 
+pub use consumer::{
+    Backoff, Consumer, ConsumerBuilder, Context, DEAD_LETTER_PREFIX, DeadLetter, Failure,
+    HandlerError, HandlerOptions, PullConsumer, Reserved, StartFrom, Status, Unhandled,
+};
 pub use entry::{StreamEntry, read_range};
 pub use envelope::{DecodeError, Envelope, HEADER_PREFIX, hash_body};
 pub use error::{Error, Result};
 pub use event::{Event, check_event_type};
+pub use keys::{dead_letter_stream, slot_prefix};
 pub use publisher::{PublishOptions, Published, Publisher, PublisherConfig, RawValidator};
 pub use routing::{Destination, Route, Router, RouterBuilder, Trim};
 pub use validation::{FieldError, Validate, ValidationReport};

@@ -1,0 +1,172 @@
+//! Events per second through `Consumer` (read, decode, typed handler, acknowledge) with and without
+//! idempotency, next to a raw redis-rs `XREADGROUP` + `XACK` loop over the same entries, all in this
+//! run against the same throwaway `redis-server` (or `REDIS_URL`).
+//!
+//! `cargo bench --bench consume` (set `EVENTS_BENCH_EVENTS` to change the number of events).
+
+#[path = "../tests/support/redis_server.rs"]
+mod redis_server;
+
+mod order_placed;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use events::{Consumer, Context, HandlerError, Publisher, PublisherConfig, Router, StartFrom};
+use order_placed::OrderPlaced;
+use redis::Value;
+
+const STREAM: &str = "bench:consume";
+
+/// A stream entry as the raw loop reads it: its id and field-value pairs.
+type Entry = (String, Vec<(Vec<u8>, Vec<u8>)>);
+
+fn row(name: &str, events: u64, elapsed: Duration, baseline: f64) -> f64 {
+    let rate = events as f64 / elapsed.as_secs_f64();
+    println!(
+        "{name:<52} {rate:>10.0} events/s {:>7.2}x baseline",
+        rate / baseline
+    );
+    rate
+}
+
+/// Reads every entry through a new group with XREADGROUP and acknowledges each batch with XACK.
+async fn raw_loop(url: &str, events: u64, batch: usize) -> Duration {
+    let mut connection = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(STREAM)
+        .arg("raw")
+        .arg("0")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let mut read = 0;
+    while read < events {
+        let reply: Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("raw")
+            .arg("c")
+            .arg("COUNT")
+            .arg(batch)
+            .arg("STREAMS")
+            .arg(STREAM)
+            .arg(">")
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        let reply: Vec<(String, Vec<Entry>)> = redis::from_redis_value(reply).unwrap();
+        let ids: Vec<String> = reply
+            .into_iter()
+            .flat_map(|(_, entries)| entries)
+            .map(|(id, _)| id)
+            .collect();
+        read += ids.len() as u64;
+        let _: u64 = redis::cmd("XACK")
+            .arg(STREAM)
+            .arg("raw")
+            .arg(&ids)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+    }
+    start.elapsed()
+}
+
+/// Runs a consumer in a new group until it has handled every entry.
+async fn consumer(
+    url: &str,
+    group: &str,
+    events: u64,
+    batch: usize,
+    idempotency: bool,
+) -> Duration {
+    let handled = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&handled);
+    let consumer = Consumer::builder(url)
+        .stream(STREAM)
+        .group(group)
+        .start_from(StartFrom::Beginning)
+        .batch_size(batch)
+        .max_unacked(batch * 8)
+        .concurrency(batch)
+        .block(Duration::from_millis(100))
+        .idempotency(idempotency)
+        .handle(move |order: OrderPlaced, _: Context| {
+            std::hint::black_box(order);
+            counter.fetch_add(1, Ordering::Relaxed);
+            std::future::ready(Ok::<(), HandlerError>(()))
+        })
+        .build()
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let shutdown = async {
+        while handled.load(Ordering::Relaxed) < events {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    consumer.run_until(shutdown).await.unwrap();
+    let elapsed = start.elapsed();
+    assert_eq!(consumer.status().processed, events);
+    elapsed
+}
+
+#[tokio::main]
+async fn main() {
+    let events: u64 = std::env::var("EVENTS_BENCH_EVENTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(200_000);
+    let batch = 500;
+    let server =
+        redis_server::RedisServer::from_env_or_start().unwrap_or_else(|reason| panic!("{reason}"));
+    let url = server.url().to_owned();
+    let publisher = Publisher::connect(
+        &url,
+        PublisherConfig::new("bench").router(Router::single(STREAM)),
+    )
+    .await
+    .unwrap();
+    let mut published = 0;
+    while published < events {
+        // Distinct bodies, so that idempotency sees distinct events.
+        let chunk: Vec<OrderPlaced> = (published..events.min(published + 1000))
+            .map(|n| OrderPlaced::sample(n as u32))
+            .collect();
+        publisher.publish_many(&chunk).await.unwrap();
+        published += chunk.len() as u64;
+    }
+    println!(
+        "{events} events of 160-byte JSON bodies in one stream, batches of {batch}, Redis at {url}"
+    );
+
+    let raw = raw_loop(&url, events, batch).await;
+    let baseline = events as f64 / raw.as_secs_f64();
+    row(
+        "raw redis-rs XREADGROUP + XACK loop (baseline)",
+        events,
+        raw,
+        baseline,
+    );
+    let plain = consumer(&url, "plain", events, batch, false).await;
+    row(
+        "Consumer, typed handler, idempotency off",
+        events,
+        plain,
+        baseline,
+    );
+    let idempotent = consumer(&url, "idempotent", events, batch, true).await;
+    row(
+        "Consumer, typed handler, idempotency on",
+        events,
+        idempotent,
+        baseline,
+    );
+}

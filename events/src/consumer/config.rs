@@ -1,0 +1,139 @@
+//! A consumer's settings, with the defaults a service starts from.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Backoff, Context, DeadLetter, Failure, StartFrom};
+
+/// What to do with an event whose type has no handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Unhandled {
+    /// Acknowledge it and count it as skipped: another group or service handles it.
+    #[default]
+    Skip,
+    /// Move it to the dead-letter stream.
+    DeadLetter,
+}
+
+/// Settings of one handler that differ from the consumer's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[must_use]
+pub struct HandlerOptions {
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) idempotent: Option<bool>,
+}
+
+impl HandlerOptions {
+    /// The consumer's settings.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How long one attempt of this handler may take.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Whether repeats of an event already handled are skipped (on by default).
+    pub fn idempotent(mut self, idempotent: bool) -> Self {
+        self.idempotent = Some(idempotent);
+        self
+    }
+}
+
+type ErrorHook = Arc<dyn Fn(&Context, &Failure) + Send + Sync>;
+type ContextHook = Arc<dyn Fn(&Context) + Send + Sync>;
+type DeadLetterHook = Arc<dyn Fn(&DeadLetter) + Send + Sync>;
+
+/// Callbacks around each delivery; they run inline, so keep them quick.
+#[derive(Clone, Default)]
+pub(crate) struct Hooks {
+    pub(crate) before: Option<ContextHook>,
+    pub(crate) after: Option<ContextHook>,
+    pub(crate) on_error: Option<ErrorHook>,
+    pub(crate) on_dead_letter: Option<DeadLetterHook>,
+}
+
+impl std::fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hooks")
+            .field("before", &self.before.is_some())
+            .field("after", &self.after.is_some())
+            .field("on_error", &self.on_error.is_some())
+            .field("on_dead_letter", &self.on_dead_letter.is_some())
+            .finish()
+    }
+}
+
+/// Everything a consumer is configured with.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) streams: Vec<String>,
+    pub(crate) group: String,
+    pub(crate) consumer: String,
+    pub(crate) start_from: StartFrom,
+    pub(crate) batch_size: usize,
+    pub(crate) block: Duration,
+    pub(crate) concurrency: usize,
+    pub(crate) max_unacked: usize,
+    pub(crate) max_attempts: u32,
+    pub(crate) backoff: Backoff,
+    pub(crate) handler_timeout: Duration,
+    pub(crate) claim_idle: Duration,
+    pub(crate) claim_interval: Duration,
+    pub(crate) idempotent: bool,
+    pub(crate) idempotency_ttl: Duration,
+    pub(crate) unhandled: Unhandled,
+    pub(crate) dead_letter_stream: Option<String>,
+    pub(crate) dead_letter_max_len: u64,
+    pub(crate) shutdown_timeout: Duration,
+}
+
+impl Settings {
+    pub(crate) fn new() -> Self {
+        Self {
+            streams: Vec::new(),
+            group: String::new(),
+            consumer: default_consumer_name(),
+            start_from: StartFrom::New,
+            batch_size: 100,
+            block: Duration::from_secs(2),
+            concurrency: 64,
+            max_unacked: 1_000,
+            max_attempts: 5,
+            backoff: Backoff::default(),
+            handler_timeout: Duration::from_secs(30),
+            claim_idle: Duration::from_secs(60),
+            claim_interval: Duration::from_secs(5),
+            idempotent: true,
+            idempotency_ttl: Duration::from_secs(24 * 3600),
+            unhandled: Unhandled::Skip,
+            dead_letter_stream: None,
+            dead_letter_max_len: 0,
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// The dead-letter stream of `stream`.
+    pub(crate) fn dead_letter_stream(&self, stream: &str) -> String {
+        self.dead_letter_stream
+            .clone()
+            .unwrap_or_else(|| crate::keys::dead_letter_stream(stream))
+    }
+}
+
+/// `<host>-<pid>`: the same for the life of the process, different between processes.
+fn default_consumer_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|host| !host.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|host| host.trim().to_owned())
+        })
+        .filter(|host| !host.is_empty())
+        .unwrap_or_else(|| "consumer".into());
+    format!("{host}-{}", std::process::id())
+}

@@ -1,0 +1,323 @@
+//! One entry from delivery to its end: handled and acknowledged, skipped, dead-lettered, or left
+//! pending for another consumer. Retries wait here, so they never hold up other entries.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::dead_letter::dead_letter_fields;
+use super::group::Hold;
+use super::status::{Counters, InFlight};
+use super::{Context, DeadLetter, Failure, Inner, Unhandled};
+use crate::{StreamEntry, keys};
+
+/// An entry to acknowledge, with the idempotency key to mark done and the backpressure permit to
+/// release once it is.
+#[derive(Debug)]
+pub(crate) struct Settle {
+    pub(crate) stream: Arc<str>,
+    pub(crate) entry_id: String,
+    pub(crate) done_key: Option<String>,
+    pub(crate) _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// One delivery of one entry, owned by its task.
+pub(crate) struct Delivery {
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) stream: Arc<str>,
+    pub(crate) entry: StreamEntry,
+    pub(crate) attempt: u32,
+    pub(crate) permit: Option<OwnedSemaphorePermit>,
+    pub(crate) settle: mpsc::UnboundedSender<Settle>,
+    pub(crate) shutdown: CancellationToken,
+}
+
+impl Delivery {
+    /// Handles the entry until it is settled or left pending.
+    pub(crate) async fn run(mut self) {
+        let inner = Arc::clone(&self.inner);
+        let _in_flight = InFlight::new(&inner.counters.in_flight);
+        loop {
+            let goes_on = match self.attempt().await {
+                Next::Done => false,
+                Next::RetryAfter(delay) => self.sleep(delay).await && self.take_back(delay).await,
+                Next::WaitFor(delay) => self.sleep(delay).await && self.keep(delay).await,
+            };
+            if !goes_on {
+                return;
+            }
+        }
+    }
+
+    /// Waits `delay`; false if the consumer shuts down meanwhile, leaving the entry pending.
+    async fn sleep(&self, delay: Duration) -> bool {
+        tokio::select! {
+            () = self.shutdown.cancelled() => false,
+            () = tokio::time::sleep(delay) => true,
+        }
+    }
+
+    /// One attempt: decode, check idempotency, run the handler, settle or plan the next step.
+    async fn attempt(&mut self) -> Next {
+        let inner = Arc::clone(&self.inner);
+        let settings = &inner.settings;
+        let envelope = match self.entry.decode() {
+            Ok(envelope) => envelope,
+            Err(error) => return self.dead_letter(None, &Failure::Decode(error)).await,
+        };
+        let Some(registration) = inner.registry.find(&envelope.event_type) else {
+            return match settings.unhandled {
+                Unhandled::Skip => {
+                    Counters::add(&inner.counters.skipped, 1);
+                    self.settle(None)
+                }
+                Unhandled::DeadLetter => {
+                    let reason = format!("no handler for event type `{}`", envelope.event_type);
+                    self.dead_letter(Some(envelope.event_type), &Failure::Unhandled(reason))
+                        .await
+                }
+            };
+        };
+        let context = Context {
+            envelope,
+            stream: Arc::clone(&self.stream),
+            group: Arc::clone(&inner.group_name),
+            entry_id: self.entry.id.clone(),
+            attempt: self.attempt,
+        };
+        if self.attempt > settings.max_attempts {
+            let failure = Failure::Exhausted(self.attempt - 1);
+            return self
+                .dead_letter(Some(context.envelope.event_type.clone()), &failure)
+                .await;
+        }
+        let hold = match self.hold(&context, registration).await {
+            Ok(Some(HoldState::Taken(key, token))) => Some((key, token)),
+            Ok(Some(HoldState::Done)) => {
+                Counters::add(&inner.counters.duplicates, 1);
+                return self.settle(None);
+            }
+            Ok(Some(HoldState::Busy)) => return Next::WaitFor(settings.backoff.delay(1)),
+            Ok(None) => None,
+            Err(error) => {
+                tracing::warn!(stream = %self.stream, entry_id = %self.entry.id, %error, "could not check idempotency; the entry stays pending");
+                return Next::Done;
+            }
+        };
+
+        if let Some(before) = &inner.hooks.before {
+            before(&context);
+        }
+        let outcome = {
+            let _slot = inner.concurrency.acquire().await;
+            let timeout = registration.timeout.unwrap_or(settings.handler_timeout);
+            let run = AssertUnwindSafe((registration.run)(context.clone())).catch_unwind();
+            match tokio::time::timeout(timeout, run).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(panic)) => Err(Failure::Panic(panic_message(panic.as_ref()))),
+                Err(_) => Err(Failure::Timeout(timeout)),
+            }
+        };
+        if let Some(after) = &inner.hooks.after {
+            after(&context);
+        }
+
+        match outcome {
+            Ok(()) => {
+                Counters::add(&inner.counters.processed, 1);
+                self.settle(hold.map(|(key, _)| key))
+            }
+            Err(failure) => {
+                Counters::add(&inner.counters.failed, 1);
+                if let Some(on_error) = &inner.hooks.on_error {
+                    on_error(&context, &failure);
+                }
+                tracing::debug!(stream = %self.stream, entry_id = %self.entry.id, attempt = self.attempt, %failure, "attempt failed");
+                if failure.is_retryable() && self.attempt < settings.max_attempts {
+                    if let Some((key, token)) = &hold
+                        && let Err(error) = inner.commands.release(key, token).await
+                    {
+                        tracing::warn!(%error, "could not release an idempotency hold; it expires by itself");
+                    }
+                    Counters::add(&inner.counters.retried, 1);
+                    Next::RetryAfter(settings.backoff.delay(self.attempt))
+                } else {
+                    let event_type = Some(context.envelope.event_type.clone());
+                    self.dead_letter_holding(event_type, &failure, hold).await
+                }
+            }
+        }
+    }
+
+    /// Takes the event's idempotency key, when idempotency applies to its handler.
+    async fn hold(
+        &self,
+        context: &Context,
+        registration: &super::handler::Registration,
+    ) -> redis::RedisResult<Option<HoldState>> {
+        let inner = &self.inner;
+        if !registration.idempotent.unwrap_or(inner.settings.idempotent) {
+            return Ok(None);
+        }
+        let id = (registration.idempotency_key)(&context.envelope)
+            .unwrap_or_else(|| context.envelope.hash.clone());
+        let key = keys::idempotency_key(&self.stream, &inner.group_name, &id);
+        let token = format!("{}:{}", inner.settings.consumer, self.entry.id);
+        let hold_for = registration
+            .timeout
+            .unwrap_or(inner.settings.handler_timeout)
+            + Duration::from_secs(1);
+        Ok(Some(
+            match inner.commands.begin(&key, &token, hold_for).await? {
+                Hold::Taken => HoldState::Taken(key, token),
+                Hold::Done => HoldState::Done,
+                Hold::Busy => HoldState::Busy,
+            },
+        ))
+    }
+
+    /// Queues the entry for acknowledgement, passing on its backpressure permit.
+    fn settle(&mut self, done_key: Option<String>) -> Next {
+        let settle = Settle {
+            stream: Arc::clone(&self.stream),
+            entry_id: self.entry.id.clone(),
+            done_key,
+            _permit: self.permit.take(),
+        };
+        if self.settle.send(settle).is_err() {
+            tracing::warn!(stream = %self.stream, entry_id = %self.entry.id, "consumer stopped before the entry was acknowledged; it stays pending");
+        }
+        Next::Done
+    }
+
+    async fn dead_letter(&mut self, event_type: Option<String>, failure: &Failure) -> Next {
+        self.dead_letter_holding(event_type, failure, None).await
+    }
+
+    /// Moves the entry to the dead-letter stream, acknowledging it in the same step.
+    async fn dead_letter_holding(
+        &mut self,
+        event_type: Option<String>,
+        failure: &Failure,
+        hold: Option<(String, String)>,
+    ) -> Next {
+        let inner = Arc::clone(&self.inner);
+        let settings = &inner.settings;
+        let reason = failure.to_string();
+        let dead_letter_stream = settings.dead_letter_stream(&self.stream);
+        let attempts = match failure {
+            Failure::Exhausted(attempts) => *attempts,
+            _ => self.attempt,
+        };
+        let fields = dead_letter_fields(
+            &self.stream,
+            &inner.group_name,
+            &settings.consumer,
+            &self.entry,
+            &reason,
+            attempts,
+        );
+        let hold = hold
+            .as_ref()
+            .map(|(key, token)| (key.as_str(), token.as_str()));
+        match inner
+            .commands
+            .dead_letter(
+                &self.stream,
+                &dead_letter_stream,
+                &self.entry.id,
+                hold,
+                settings.dead_letter_max_len,
+                &fields,
+            )
+            .await
+        {
+            Ok(dead_letter_id) => {
+                Counters::add(&inner.counters.dead_lettered, 1);
+                tracing::warn!(stream = %self.stream, entry_id = %self.entry.id, %dead_letter_stream, %reason, "moved to the dead-letter stream");
+                if let Some(hook) = &inner.hooks.on_dead_letter {
+                    hook(&DeadLetter {
+                        stream: self.stream.to_string(),
+                        entry_id: self.entry.id.clone(),
+                        event_type,
+                        dead_letter_stream,
+                        dead_letter_id,
+                        reason,
+                        attempts,
+                    });
+                }
+            }
+            Err(error) => {
+                tracing::warn!(stream = %self.stream, entry_id = %self.entry.id, %error, "could not dead-letter the entry; it stays pending and will be reclaimed");
+            }
+        }
+        Next::Done
+    }
+
+    /// Keeps the entry pending on this consumer while it waits, without counting a delivery; false
+    /// when it is gone or another consumer has it.
+    async fn keep(&self, idle: Duration) -> bool {
+        match self
+            .inner
+            .commands
+            .touch(&self.stream, &self.entry.id, idle)
+            .await
+        {
+            Ok(kept) => kept,
+            Err(error) => {
+                tracing::warn!(stream = %self.stream, entry_id = %self.entry.id, %error, "could not keep the entry while it waits; it stays pending and will be reclaimed");
+                false
+            }
+        }
+    }
+
+    /// Claims the entry back for the next attempt; false when it is gone or another consumer has it.
+    async fn take_back(&mut self, idle: Duration) -> bool {
+        match self
+            .inner
+            .commands
+            .reclaim(&self.stream, &self.entry.id, idle)
+            .await
+        {
+            Ok(Some(entry)) => {
+                self.entry = entry;
+                self.attempt += 1;
+                true
+            }
+            Ok(None) => false,
+            Err(error) => {
+                tracing::warn!(stream = %self.stream, entry_id = %self.entry.id, %error, "could not claim the entry for a retry; it stays pending and will be reclaimed");
+                false
+            }
+        }
+    }
+}
+
+/// What a delivery does after an attempt.
+enum Next {
+    /// Settled, dead-lettered or left pending: the delivery is over.
+    Done,
+    /// Claim the entry back after the delay and try again.
+    RetryAfter(Duration),
+    /// Another delivery of the same event is in progress: look again after the delay.
+    WaitFor(Duration),
+}
+
+/// The state of an event's idempotency key for this delivery.
+enum HoldState {
+    Taken(String, String),
+    Done,
+    Busy,
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|message| (*message).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}

@@ -1,0 +1,311 @@
+//! Handlers: typed handlers for derived events and pattern handlers over raw envelopes, erased to
+//! one shape when they are registered.
+
+use std::collections::HashMap;
+use std::error::Error as StdError;
+use std::fmt;
+use std::future::Future;
+use std::panic::Location;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use globset::GlobMatcher;
+
+use super::HandlerOptions;
+use crate::routing::{event_glob, glob_path};
+use crate::{DecodeError, Envelope, Error, Event, Result};
+
+/// Everything about a delivery besides the typed body: the raw envelope, where it was read from and
+/// which attempt this is.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub(crate) envelope: Envelope,
+    pub(crate) stream: Arc<str>,
+    pub(crate) group: Arc<str>,
+    pub(crate) entry_id: String,
+    pub(crate) attempt: u32,
+}
+
+impl Context {
+    /// The event's id.
+    pub fn event_id(&self) -> &str {
+        &self.envelope.id
+    }
+
+    /// The event's type.
+    pub fn event_type(&self) -> &str {
+        &self.envelope.event_type
+    }
+
+    /// The stream it was read from.
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    /// The consumer group reading it.
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    /// Its entry id in the stream.
+    pub fn entry_id(&self) -> &str {
+        &self.entry_id
+    }
+
+    /// Which delivery this is: 1 for the first, more for retries and reclaims.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The service that published it.
+    pub fn origin(&self) -> &str {
+        &self.envelope.origin
+    }
+
+    /// When it was published.
+    pub fn timestamp(&self) -> SystemTime {
+        self.envelope.timestamp
+    }
+
+    /// A user header.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.envelope.header(name)
+    }
+
+    /// The whole envelope: metadata, headers and the body as JSON text.
+    pub fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+}
+
+/// Why a handler failed. Any error converts into one with `?`; by default the event is retried.
+///
+/// It does not implement `std::error::Error` itself, so that every error type can convert into it.
+pub struct HandlerError {
+    source: Box<dyn StdError + Send + Sync>,
+    permanent: bool,
+}
+
+impl HandlerError {
+    /// A failure that retrying cannot fix: the event goes to the dead-letter stream at once.
+    pub fn permanent(error: impl Into<Box<dyn StdError + Send + Sync>>) -> Self {
+        Self {
+            source: error.into(),
+            permanent: true,
+        }
+    }
+
+    /// Whether the event goes to the dead-letter stream without further attempts.
+    pub fn is_permanent(&self) -> bool {
+        self.permanent
+    }
+}
+
+impl<E: Into<Box<dyn StdError + Send + Sync>>> From<E> for HandlerError {
+    fn from(error: E) -> Self {
+        Self {
+            source: error.into(),
+            permanent: false,
+        }
+    }
+}
+
+impl fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.source, f)
+    }
+}
+
+impl fmt::Debug for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HandlerError")
+            .field("source", &self.source)
+            .field("permanent", &self.permanent)
+            .finish()
+    }
+}
+
+/// Why an attempt to handle an entry failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Failure {
+    /// The entry is not a valid event, or its body is not the registered struct: never retried.
+    Decode(DecodeError),
+    /// The handler returned an error.
+    Handler(HandlerError),
+    /// The handler panicked.
+    Panic(String),
+    /// The handler ran past its timeout.
+    Timeout(Duration),
+    /// No handler is registered for the event's type, and the consumer dead-letters such events.
+    Unhandled(String),
+    /// The entry was delivered more often than the consumer's maximum number of attempts, for
+    /// example because consumers holding it crashed.
+    Exhausted(u32),
+}
+
+impl Failure {
+    /// Whether another attempt may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Failure::Decode(_) | Failure::Unhandled(_) | Failure::Exhausted(_) => false,
+            Failure::Handler(error) => !error.is_permanent(),
+            Failure::Panic(_) | Failure::Timeout(_) => true,
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Decode(error) => write!(f, "undecodable: {error}"),
+            Failure::Handler(error) => write!(f, "handler failed: {error}"),
+            Failure::Panic(message) => write!(f, "handler panicked: {message}"),
+            Failure::Timeout(limit) => write!(f, "handler timed out after {limit:?}"),
+            Failure::Unhandled(reason) => f.write_str(reason),
+            Failure::Exhausted(attempts) => write!(f, "gave up after {attempts} deliveries"),
+        }
+    }
+}
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<(), Failure>> + Send>>;
+
+/// A handler with its event type erased: takes a context, decodes what it needs, runs.
+pub(crate) type ErasedHandler = Arc<dyn Fn(Context) -> BoxFuture + Send + Sync>;
+
+/// Takes the idempotency key of a delivery from its envelope.
+pub(crate) type KeyOf = Arc<dyn Fn(&Envelope) -> Option<String> + Send + Sync>;
+
+/// One registered handler and its own settings.
+#[derive(Clone)]
+pub(crate) struct Registration {
+    pub(crate) run: ErasedHandler,
+    pub(crate) timeout: Option<Duration>,
+    /// Extracts the idempotency key from a delivery, or `None` to use the hash.
+    pub(crate) idempotency_key: KeyOf,
+    /// Whether repeats are skipped; `None` follows the consumer.
+    pub(crate) idempotent: Option<bool>,
+}
+
+impl fmt::Debug for Registration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registration")
+            .field("timeout", &self.timeout)
+            .field("idempotent", &self.idempotent)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Handlers by exact event type, then by glob pattern in registration order.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Registry {
+    typed: HashMap<String, (Registration, &'static Location<'static>)>,
+    patterns: Vec<(String, GlobMatcher, Registration)>,
+}
+
+impl Registry {
+    /// Registers a typed handler for `E`; a second one for the same type fails naming both callers.
+    #[track_caller]
+    pub(crate) fn add_typed<E, F, Fut>(&mut self, handler: F, options: HandlerOptions) -> Result<()>
+    where
+        E: Event,
+        F: Fn(E, Context) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
+        let caller = Location::caller();
+        if let Some((_, first)) = self.typed.get(E::NAME) {
+            return Err(Error::Config(format!(
+                "a handler for event type `{}` is already registered (at {first}); the second is at {caller}",
+                E::NAME
+            )));
+        }
+        let handler = Arc::new(handler);
+        let run: ErasedHandler = Arc::new(move |context: Context| {
+            let handler = Arc::clone(&handler);
+            Box::pin(async move {
+                let event = context
+                    .envelope
+                    .decode_body::<E>()
+                    .map_err(Failure::Decode)?;
+                handler(event, context).await.map_err(Failure::Handler)
+            })
+        });
+        let idempotency_key = Arc::new(|envelope: &Envelope| {
+            serde_json::from_str::<E>(&envelope.body)
+                .ok()
+                .and_then(|event| event.idempotency_key())
+        });
+        let registration = Registration {
+            run,
+            timeout: options.timeout,
+            idempotency_key,
+            idempotent: options.idempotent,
+        };
+        self.typed
+            .insert(E::NAME.to_owned(), (registration, caller));
+        Ok(())
+    }
+
+    /// Registers a handler for every event type matching `pattern`.
+    pub(crate) fn add_pattern<F, Fut>(
+        &mut self,
+        pattern: &str,
+        handler: F,
+        options: HandlerOptions,
+    ) -> Result<()>
+    where
+        F: Fn(Context) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
+        if self
+            .patterns
+            .iter()
+            .any(|(existing, ..)| existing == pattern)
+        {
+            return Err(Error::Config(format!(
+                "a handler for pattern `{pattern}` is already registered"
+            )));
+        }
+        let matcher = event_glob(pattern)?.compile_matcher();
+        let handler = Arc::new(handler);
+        let run: ErasedHandler = Arc::new(move |context: Context| {
+            let handler = Arc::clone(&handler);
+            Box::pin(async move { handler(context).await.map_err(Failure::Handler) })
+        });
+        let registration = Registration {
+            run,
+            timeout: options.timeout,
+            idempotency_key: Arc::new(|_: &Envelope| None),
+            idempotent: options.idempotent,
+        };
+        self.patterns
+            .push((pattern.to_owned(), matcher, registration));
+        Ok(())
+    }
+
+    /// The handler for `event_type`: the typed one, else the first matching pattern.
+    pub(crate) fn find(&self, event_type: &str) -> Option<&Registration> {
+        if let Some((registration, _)) = self.typed.get(event_type) {
+            return Some(registration);
+        }
+        let path = glob_path(event_type);
+        self.patterns
+            .iter()
+            .find(|(_, matcher, _)| matcher.is_match(&path))
+            .map(|(_, _, registration)| registration)
+    }
+
+    /// The registered event types and patterns, for status reports.
+    pub(crate) fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.typed.keys().cloned().collect();
+        names.sort();
+        names.extend(self.patterns.iter().map(|(pattern, ..)| pattern.clone()));
+        names
+    }
+
+    /// Whether nothing is registered.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.typed.is_empty() && self.patterns.is_empty()
+    }
+}

@@ -1,0 +1,70 @@
+//! Names of the keys that belong to a stream: its dead-letter stream and idempotency marks.
+//!
+//! They share the stream's hash slot, so one Lua script may touch them together on Redis Cluster: a
+//! stream named `orders` hashes on all of `orders`, and so do `{orders}:dlq` and
+//! `{orders}:done:..`, whose hash tag is `orders`. A stream whose name already has a hash tag keeps
+//! it: `{shop}:orders` gives `{shop}:orders:dlq`.
+
+/// The stream's name with a hash tag that selects the same slot as the stream itself.
+pub fn slot_prefix(stream: &str) -> String {
+    if has_hash_tag(stream) {
+        stream.to_owned()
+    } else {
+        format!("{{{stream}}}")
+    }
+}
+
+/// Checks that keys in the slot of `stream` can be named: a name with a `}` needs a hash tag of its
+/// own, since wrapping it in braces would change its slot.
+pub(crate) fn check_stream_name(stream: &str) -> Result<(), String> {
+    if stream.is_empty() {
+        return Err("the stream name is empty".into());
+    }
+    if stream.contains('}') && !has_hash_tag(stream) {
+        return Err(format!(
+            "stream `{stream}` contains `}}` but no hash tag: name it with a `{{tag}}` of its own"
+        ));
+    }
+    Ok(())
+}
+
+/// Whether Redis Cluster hashes `key` on a `{tag}` inside it rather than on the whole key.
+fn has_hash_tag(key: &str) -> bool {
+    key.find('{')
+        .and_then(|open| key[open + 1..].find('}'))
+        .is_some_and(|length| length > 0)
+}
+
+/// The default dead-letter stream of `stream`.
+pub fn dead_letter_stream(stream: &str) -> String {
+    format!("{}:dlq", slot_prefix(stream))
+}
+
+/// The key that marks the event with idempotency key `key` as handled by `group` on `stream`.
+pub(crate) fn idempotency_key(stream: &str, group: &str, key: &str) -> String {
+    format!("{}:done:{group}:{key}", slot_prefix(stream))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_share_the_stream_slot() {
+        assert_eq!(dead_letter_stream("orders"), "{orders}:dlq");
+        assert_eq!(dead_letter_stream("{shop}:orders"), "{shop}:orders:dlq");
+        assert_eq!(
+            idempotency_key("orders", "billing", "abc"),
+            "{orders}:done:billing:abc"
+        );
+    }
+
+    #[test]
+    fn names_with_braces_need_a_hash_tag() {
+        assert!(check_stream_name("{shop}:orders").is_ok());
+        assert!(check_stream_name("a{}b").is_err());
+        assert!(check_stream_name("a}{b").is_err());
+        assert!(check_stream_name("").is_err());
+        assert_eq!(slot_prefix("a{b"), "{a{b}");
+    }
+}

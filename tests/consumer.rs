@@ -1,0 +1,1007 @@
+//! The consumer-group server against a real redis-server: every event handled once, failures
+//! retried or dead-lettered, crashed consumers' work reclaimed, shutdown clean.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use events::{
+    Backoff, Consumer, ConsumerBuilder, Context, Event, HandlerError, PublishOptions, Publisher,
+    PublisherConfig, Router, StartFrom, Unhandled, read_range,
+};
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+use support::{RedisServer, connection, pending, unique, wait_until};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
+#[event(name = "task.created")]
+struct TaskCreated {
+    n: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
+#[event(name = "audit.login")]
+struct Login {
+    user: String,
+}
+
+/// What handlers saw: event number to the attempts that completed it.
+type Seen = Arc<Mutex<BTreeMap<u64, Vec<u32>>>>;
+
+fn seen() -> Seen {
+    Arc::new(Mutex::new(BTreeMap::new()))
+}
+
+fn count(seen: &Seen) -> usize {
+    seen.lock().unwrap().len()
+}
+
+fn record(seen: &Seen, n: u64, attempt: u32) {
+    seen.lock().unwrap().entry(n).or_default().push(attempt);
+}
+
+/// A consumer tuned for tests: short blocks, backoffs and claim times.
+fn consumer(server: &RedisServer, stream: &str, group: &str) -> ConsumerBuilder {
+    Consumer::builder(server.url())
+        .stream(stream)
+        .group(group)
+        .start_from(StartFrom::Beginning)
+        .block(Duration::from_millis(100))
+        .backoff(Backoff::exponential(
+            Duration::from_millis(20),
+            Duration::from_millis(200),
+        ))
+        .handler_timeout(Duration::from_millis(500))
+        .claim_idle(Duration::from_millis(1000))
+        .claim_interval(Duration::from_millis(200))
+        .shutdown_timeout(Duration::from_secs(5))
+}
+
+/// A handler that records each event it completes.
+fn recording(
+    seen: &Seen,
+) -> impl Fn(TaskCreated, Context) -> futures::future::Ready<Result<(), HandlerError>> + use<> {
+    let seen = Arc::clone(seen);
+    move |task: TaskCreated, context: Context| {
+        record(&seen, task.n, context.attempt());
+        futures::future::ready(Ok(()))
+    }
+}
+
+/// Runs a consumer in `group` whose handler records every event it completes.
+async fn run_recording(
+    server: &RedisServer,
+    stream: &str,
+    group: &str,
+) -> (Seen, Consumer, Running) {
+    let seen = seen();
+    let consumer = consumer(server, stream, group)
+        .handle(recording(&seen))
+        .build()
+        .await
+        .unwrap();
+    let running = spawn(&consumer);
+    (seen, consumer, running)
+}
+
+async fn publisher(server: &RedisServer, stream: &str) -> Publisher {
+    Publisher::connect(
+        server.url(),
+        PublisherConfig::new("test").router(Router::single(stream)),
+    )
+    .await
+    .unwrap()
+}
+
+async fn publish_tasks(publisher: &Publisher, range: std::ops::Range<u64>) {
+    let tasks: Vec<TaskCreated> = range.map(|n| TaskCreated { n }).collect();
+    publisher.publish_many(&tasks).await.unwrap();
+}
+
+/// A consumer running in a task, and the token that stops it.
+type Running = (
+    CancellationToken,
+    tokio::task::JoinHandle<events::Result<()>>,
+);
+
+/// Runs `consumer` in a task until the returned token is cancelled.
+fn spawn(consumer: &Consumer) -> Running {
+    let token = CancellationToken::new();
+    let running = consumer.clone();
+    let stop = token.clone();
+    (token, tokio::spawn(async move { running.run(stop).await }))
+}
+
+async fn stop(running: Running) {
+    running.0.cancel();
+    running.1.await.unwrap().unwrap();
+}
+
+async fn dead_letters(server: &RedisServer, stream: &str) -> Vec<BTreeMap<String, String>> {
+    let entries = read_range(
+        &mut connection(server).await,
+        &events::dead_letter_stream(stream),
+        "-",
+        "+",
+        10_000,
+    )
+    .await
+    .unwrap();
+    entries
+        .into_iter()
+        .map(|entry| {
+            entry
+                .fields
+                .into_iter()
+                .map(|(name, value)| {
+                    (
+                        String::from_utf8_lossy(&name).into_owned(),
+                        String::from_utf8_lossy(&value).into_owned(),
+                    )
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_consumers_in_one_group_handle_each_of_1000_events_once() {
+    let server = RedisServer::start();
+    let stream = unique("three");
+    let seen = seen();
+    let mut consumers = Vec::new();
+    for name in ["a", "b", "c"] {
+        let consumer = consumer(&server, &stream, "workers")
+            .consumer_name(name)
+            .batch_size(10)
+            .handle(recording(&seen))
+            .build()
+            .await
+            .unwrap();
+        consumers.push(consumer);
+    }
+    let running: Vec<_> = consumers.iter().map(spawn).collect();
+
+    publish_tasks(&publisher(&server, &stream).await, 0..1000).await;
+    wait_until("all 1000 events are handled", || count(&seen) == 1000).await;
+    for run in running {
+        stop(run).await;
+    }
+
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen.values().all(|attempts| attempts == &[1]),
+        "each event handled once, first time"
+    );
+    assert_eq!(
+        seen.keys().copied().collect::<Vec<_>>(),
+        (0..1000).collect::<Vec<_>>()
+    );
+    let processed: Vec<u64> = consumers
+        .iter()
+        .map(|consumer| consumer.status().processed)
+        .collect();
+    assert_eq!(processed.iter().sum::<u64>(), 1000);
+    assert!(
+        processed.iter().filter(|&&n| n > 0).count() >= 2,
+        "the work was shared: {processed:?}"
+    );
+    assert_eq!(pending(&server, &stream, "workers").await, 0);
+}
+
+#[tokio::test]
+async fn two_groups_each_get_every_event() {
+    let server = RedisServer::start();
+    let stream = unique("groups");
+    let (billing, shipping) = (seen(), seen());
+    let first = consumer(&server, &stream, "billing")
+        .handle(recording(&billing))
+        .build()
+        .await
+        .unwrap();
+    let second = consumer(&server, &stream, "shipping")
+        .handle(recording(&shipping))
+        .build()
+        .await
+        .unwrap();
+    let running = [spawn(&first), spawn(&second)];
+
+    publish_tasks(&publisher(&server, &stream).await, 0..200).await;
+    wait_until("both groups handled all", || {
+        count(&billing) == 200 && count(&shipping) == 200
+    })
+    .await;
+    for run in running {
+        stop(run).await;
+    }
+    assert_eq!(first.status().processed, 200);
+    assert_eq!(second.status().processed, 200);
+}
+
+#[tokio::test]
+async fn a_failing_handler_is_retried_while_later_events_flow() {
+    let server = RedisServer::start();
+    let stream = unique("retry");
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let failures = Arc::new(AtomicU32::new(0));
+    let handler = {
+        let (order, failures) = (Arc::clone(&order), Arc::clone(&failures));
+        move |task: TaskCreated, context: Context| {
+            let (order, failures) = (Arc::clone(&order), Arc::clone(&failures));
+            async move {
+                if task.n == 0 && context.attempt() < 3 {
+                    failures.fetch_add(1, Ordering::SeqCst);
+                    return Err(HandlerError::from(format!(
+                        "flaky dependency, attempt {}",
+                        context.attempt()
+                    )));
+                }
+                order.lock().unwrap().push((task.n, context.attempt()));
+                Ok(())
+            }
+        }
+    };
+    let consumer = consumer(&server, &stream, "g")
+        .backoff(
+            Backoff::exponential(Duration::from_millis(150), Duration::from_millis(300))
+                .without_jitter(),
+        )
+        .handle(handler)
+        .build()
+        .await
+        .unwrap();
+    let running = spawn(&consumer);
+
+    publish_tasks(&publisher(&server, &stream).await, 0..21).await;
+    wait_until("all 21 events are handled", || {
+        order.lock().unwrap().len() == 21
+    })
+    .await;
+    stop(running).await;
+
+    let order = order.lock().unwrap().clone();
+    assert_eq!(failures.load(Ordering::SeqCst), 2);
+    let position = order.iter().position(|(n, _)| *n == 0).unwrap();
+    assert_eq!(
+        order[position],
+        (0, 3),
+        "event 0 succeeded on its third attempt"
+    );
+    assert_eq!(
+        position, 20,
+        "the other 20 events were handled while event 0 waited: {order:?}"
+    );
+    let status = consumer.status();
+    assert_eq!(
+        (
+            status.processed,
+            status.retried,
+            status.failed,
+            status.dead_lettered
+        ),
+        (21, 2, 2, 0)
+    );
+    assert_eq!(pending(&server, &stream, "g").await, 0);
+}
+
+#[tokio::test]
+async fn a_poison_event_ends_in_the_dead_letter_stream_after_max_attempts() {
+    let server = RedisServer::start();
+    let stream = unique("poison");
+    let seen = seen();
+    let handler = {
+        let seen = Arc::clone(&seen);
+        move |task: TaskCreated, context: Context| {
+            let seen = Arc::clone(&seen);
+            async move {
+                if task.n == 7 {
+                    return Err(HandlerError::from("cannot charge card 7"));
+                }
+                record(&seen, task.n, context.attempt());
+                Ok(())
+            }
+        }
+    };
+    let dead = Arc::new(Mutex::new(Vec::new()));
+    let consumer = consumer(&server, &stream, "g")
+        .max_attempts(3)
+        .handle(handler)
+        .on_dead_letter({
+            let dead = Arc::clone(&dead);
+            move |letter| dead.lock().unwrap().push(letter.clone())
+        })
+        .build()
+        .await
+        .unwrap();
+    let running = spawn(&consumer);
+
+    publish_tasks(&publisher(&server, &stream).await, 0..20).await;
+    wait_until("19 handled and one dead-lettered", || {
+        count(&seen) == 19 && consumer.status().dead_lettered == 1
+    })
+    .await;
+    stop(running).await;
+
+    let letters = dead_letters(&server, &stream).await;
+    assert_eq!(letters.len(), 1, "only the poison event is dead-lettered");
+    let letter = &letters[0];
+    assert_eq!(letter["dlq.reason"], "handler failed: cannot charge card 7");
+    assert_eq!(letter["dlq.attempts"], "3");
+    assert_eq!(letter["dlq.stream"], stream);
+    assert_eq!(letter["dlq.group"], "g");
+    assert_eq!(letter["type"], "task.created");
+    assert_eq!(letter["body"], r#"{"n":7}"#, "the original fields are kept");
+    let hooked = dead.lock().unwrap().clone();
+    assert_eq!(hooked.len(), 1);
+    assert_eq!(hooked[0].entry_id, letter["dlq.entry_id"]);
+    assert_eq!(hooked[0].event_type.as_deref(), Some("task.created"));
+    assert_eq!(pending(&server, &stream, "g").await, 0);
+}
+
+#[tokio::test]
+async fn malformed_entries_go_to_the_dead_letter_stream_and_the_consumer_keeps_going() {
+    let server = RedisServer::start();
+    let stream = unique("malformed");
+    let (seen, consumer, running) = run_recording(&server, &stream, "g").await;
+    let publisher = publisher(&server, &stream).await;
+
+    publish_tasks(&publisher, 0..5).await;
+    let mut redis = connection(&server).await;
+    let junk: Vec<Vec<(&str, &[u8])>> = vec![
+        vec![("foo", b"bar")],
+        vec![("type", b"task.created"), ("body", b"{not json")],
+        vec![("data", b"\xff\xfe binary")],
+    ];
+    for fields in &junk {
+        let _: String = redis.xadd(&stream, "*", fields).await.unwrap();
+    }
+    let wrong_shape = publisher
+        .raw_envelope(
+            "task.created",
+            &serde_json::json!({"n": "seven"}),
+            PublishOptions::new(),
+        )
+        .unwrap();
+    publisher
+        .publish_envelopes(vec![wrong_shape])
+        .await
+        .unwrap();
+    publish_tasks(&publisher, 5..10).await;
+
+    wait_until("10 handled and 4 dead-lettered", || {
+        count(&seen) == 10 && consumer.status().dead_lettered == 4
+    })
+    .await;
+    stop(running).await;
+
+    let reasons: Vec<String> = dead_letters(&server, &stream)
+        .await
+        .iter()
+        .map(|l| l["dlq.reason"].clone())
+        .collect();
+    assert_eq!(reasons.len(), 4);
+    assert!(reasons[0].contains("missing field `type`"), "{reasons:?}");
+    assert!(
+        reasons[1].contains("field `body` is invalid: not valid JSON"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[2].contains("field `data` is not valid UTF-8"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[3].contains("body of event type `task.created` does not match its struct"),
+        "{reasons:?}"
+    );
+    assert_eq!(
+        consumer.status().retried,
+        0,
+        "undecodable entries are not retried"
+    );
+    assert_eq!(pending(&server, &stream, "g").await, 0);
+}
+
+#[tokio::test]
+async fn a_duplicate_publish_is_handled_once() {
+    let server = RedisServer::start();
+    let stream = unique("duplicate");
+    let seen = seen();
+    let handled = Arc::new(AtomicU32::new(0));
+    let handler = {
+        let (seen, handled) = (Arc::clone(&seen), Arc::clone(&handled));
+        move |task: TaskCreated, context: Context| {
+            handled.fetch_add(1, Ordering::SeqCst);
+            record(&seen, task.n, context.attempt());
+            futures::future::ready(Ok::<(), HandlerError>(()))
+        }
+    };
+    let consumer = consumer(&server, &stream, "g")
+        .handle(handler)
+        .build()
+        .await
+        .unwrap();
+    let publisher = publisher(&server, &stream).await;
+    let envelope = publisher
+        .envelope(&TaskCreated { n: 1 }, PublishOptions::new())
+        .unwrap();
+    // The same envelope written twice (a retried publish), and the same event published again.
+    publisher
+        .publish_envelopes(vec![envelope.clone(), envelope])
+        .await
+        .unwrap();
+    publisher.publish(&TaskCreated { n: 1 }).await.unwrap();
+    publisher.publish(&TaskCreated { n: 2 }).await.unwrap();
+    let running = spawn(&consumer);
+
+    wait_until("all four entries are settled", || {
+        let status = consumer.status();
+        status.processed + status.duplicates == 4
+    })
+    .await;
+    publisher.publish(&TaskCreated { n: 1 }).await.unwrap();
+    wait_until("the late repeat is settled too", || {
+        consumer.status().duplicates == 3
+    })
+    .await;
+    stop(running).await;
+
+    assert_eq!(
+        handled.load(Ordering::SeqCst),
+        2,
+        "events 1 and 2 once each"
+    );
+    assert_eq!(consumer.status().processed, 2);
+    assert_eq!(pending(&server, &stream, "g").await, 0);
+}
+
+#[tokio::test]
+async fn entries_of_a_consumer_dropped_mid_handler_are_finished_by_another() {
+    let server = RedisServer::start();
+    let stream = unique("crash");
+    let started = Arc::new(AtomicU32::new(0));
+    let stuck = {
+        let started = Arc::clone(&started);
+        move |_: TaskCreated, _: Context| {
+            started.fetch_add(1, Ordering::SeqCst);
+            async {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok::<(), HandlerError>(())
+            }
+        }
+    };
+    let doomed = consumer(&server, &stream, "g")
+        .consumer_name("doomed")
+        .handle(stuck)
+        .build()
+        .await
+        .unwrap();
+    let crashed = tokio::spawn({
+        let doomed = doomed.clone();
+        async move { doomed.run(CancellationToken::new()).await }
+    });
+    publish_tasks(&publisher(&server, &stream).await, 0..10).await;
+    wait_until("the doomed consumer started all 10", || {
+        started.load(Ordering::SeqCst) == 10
+    })
+    .await;
+    crashed.abort();
+    let _ = crashed.await;
+    drop(doomed);
+    assert_eq!(
+        pending(&server, &stream, "g").await,
+        10,
+        "the dropped consumer left its entries pending"
+    );
+
+    let seen = seen();
+    let survivor = consumer(&server, &stream, "g")
+        .consumer_name("survivor")
+        .handle(recording(&seen))
+        .build()
+        .await
+        .unwrap();
+    let running = spawn(&survivor);
+    wait_until("the survivor finished all 10", || count(&seen) == 10).await;
+    stop(running).await;
+
+    assert!(
+        seen.lock()
+            .unwrap()
+            .values()
+            .all(|attempts| attempts == &[2]),
+        "reclaimed as the second delivery"
+    );
+    assert_eq!(survivor.status().reclaimed, 10);
+    assert_eq!(pending(&server, &stream, "g").await, 0);
+}
+
+#[tokio::test]
+async fn a_redis_restart_mid_stream_loses_nothing() {
+    let mut server = RedisServer::own_durable();
+    let stream = unique("restart");
+    let (seen, _, running) = run_recording(&server, &stream, "g").await;
+    let publisher = publisher(&server, &stream).await;
+    publish_tasks(&publisher, 0..100).await;
+    wait_until("the first 100 are handled", || count(&seen) == 100).await;
+
+    server.restart();
+    let mut next = 100;
+    while next < 200 {
+        match publisher.publish(&TaskCreated { n: next }).await {
+            Ok(_) => next += 1,
+            Err(error) if error.is_retryable() => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(error) => panic!("{error}"),
+        }
+    }
+    wait_until("all 200 are handled", || count(&seen) == 200).await;
+    stop(running).await;
+
+    assert_eq!(
+        seen.lock().unwrap().keys().copied().collect::<Vec<_>>(),
+        (0..200).collect::<Vec<_>>()
+    );
+    assert_eq!(pending(&server, &stream, "g").await, 0);
+}
+
+#[tokio::test]
+async fn graceful_shutdown_acknowledges_exactly_what_was_handled() {
+    let server = RedisServer::start();
+    let stream = unique("shutdown");
+    let handled = Arc::new(Mutex::new(BTreeSet::new()));
+    let slow = {
+        let handled = Arc::clone(&handled);
+        move |_: TaskCreated, context: Context| {
+            let handled = Arc::clone(&handled);
+            async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                handled
+                    .lock()
+                    .unwrap()
+                    .insert(context.entry_id().to_owned());
+                Ok(())
+            }
+        }
+    };
+    let consumer = consumer(&server, &stream, "g")
+        .concurrency(4)
+        .max_unacked(8)
+        .batch_size(8)
+        .handle(slow)
+        .build()
+        .await
+        .unwrap();
+    publish_tasks(&publisher(&server, &stream).await, 0..100).await;
+    let running = spawn(&consumer);
+    wait_until("some events are handled", || {
+        handled.lock().unwrap().len() >= 10
+    })
+    .await;
+    stop(running).await;
+
+    let handled = handled.lock().unwrap().clone();
+    assert!(handled.len() < 100, "shutdown came before the end");
+    let entries = read_range(&mut connection(&server).await, &stream, "-", "+", 1000)
+        .await
+        .unwrap();
+    let pending_ids: BTreeSet<String> = {
+        let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+            .arg(&stream)
+            .arg("g")
+            .arg("-")
+            .arg("+")
+            .arg(1000)
+            .query_async(&mut connection(&server).await)
+            .await
+            .unwrap();
+        pending.into_iter().map(|(id, ..)| id).collect()
+    };
+    let info: Vec<BTreeMap<String, redis::Value>> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(&stream)
+        .query_async(&mut connection(&server).await)
+        .await
+        .unwrap();
+    let last_delivered: String =
+        redis::from_redis_value_ref(&info[0]["last-delivered-id"]).unwrap();
+    let acked: BTreeSet<String> = entries
+        .iter()
+        .map(|entry| entry.id.clone())
+        .filter(|id| entry_le(id, &last_delivered) && !pending_ids.contains(id))
+        .collect();
+    assert_eq!(
+        acked, handled,
+        "acknowledged entries are exactly the handled ones"
+    );
+    assert_eq!(consumer.status().in_flight, 0);
+    assert!(!consumer.status().running);
+}
+
+/// Whether stream entry id `a` is at or before `b`.
+fn entry_le(a: &str, b: &str) -> bool {
+    let parse = |id: &str| {
+        let (ms, seq) = id.split_once('-').unwrap();
+        (ms.parse::<u64>().unwrap(), seq.parse::<u64>().unwrap())
+    };
+    parse(a) <= parse(b)
+}
+
+#[tokio::test]
+async fn panics_and_timeouts_are_failures_with_reasons() {
+    let server = RedisServer::start();
+    let stream = unique("panic");
+    let handler = |task: TaskCreated, _: Context| async move {
+        if task.n == 1 {
+            panic!("boom on {}", task.n);
+        }
+        if task.n == 2 {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
+        Ok(())
+    };
+    let consumer = consumer(&server, &stream, "g")
+        .max_attempts(2)
+        .handle_with(
+            events::HandlerOptions::new().timeout(Duration::from_millis(100)),
+            handler,
+        )
+        .build()
+        .await
+        .unwrap();
+    let running = spawn(&consumer);
+    publish_tasks(&publisher(&server, &stream).await, 0..4).await;
+    wait_until("two handled, two dead-lettered", || {
+        let status = consumer.status();
+        status.processed == 2 && status.dead_lettered == 2
+    })
+    .await;
+    stop(running).await;
+
+    let reasons: BTreeSet<String> = dead_letters(&server, &stream)
+        .await
+        .iter()
+        .map(|l| l["dlq.reason"].clone())
+        .collect();
+    assert_eq!(
+        reasons,
+        BTreeSet::from([
+            "handler panicked: boom on 1".to_owned(),
+            "handler timed out after 100ms".to_owned()
+        ])
+    );
+}
+
+#[tokio::test]
+async fn events_without_a_handler_are_skipped_or_dead_lettered_and_patterns_match() {
+    let server = RedisServer::start();
+    let stream = unique("unhandled");
+    let publisher = publisher(&server, &stream).await;
+    let logins = Arc::new(Mutex::new(Vec::new()));
+    let pattern = {
+        let logins = Arc::clone(&logins);
+        move |context: Context| {
+            logins.lock().unwrap().push((
+                context.event_type().to_owned(),
+                context.envelope().body.clone(),
+            ));
+            futures::future::ready(Ok::<(), HandlerError>(()))
+        }
+    };
+    let seen = seen();
+    let skipping = consumer(&server, &stream, "skip")
+        .handle(recording(&seen))
+        .handle_pattern("audit.*", pattern)
+        .build()
+        .await
+        .unwrap();
+    let strict = consumer(&server, &stream, "strict")
+        .unhandled(Unhandled::DeadLetter)
+        .handle(recording(&seen))
+        .build()
+        .await
+        .unwrap();
+    publisher
+        .publish(&Login { user: "ada".into() })
+        .await
+        .unwrap();
+    publisher
+        .publish_raw("billing.charged", serde_json::json!({"amount": 5}))
+        .await
+        .unwrap();
+    publisher.publish(&TaskCreated { n: 1 }).await.unwrap();
+    let running = [spawn(&skipping), spawn(&strict)];
+
+    wait_until("both groups settled all three", || {
+        let (a, b) = (skipping.status(), strict.status());
+        a.processed + a.skipped == 3 && b.processed + b.dead_lettered == 3
+    })
+    .await;
+    for run in running {
+        stop(run).await;
+    }
+
+    assert_eq!(
+        *logins.lock().unwrap(),
+        [("audit.login".to_owned(), r#"{"user":"ada"}"#.to_owned())]
+    );
+    assert_eq!(
+        (skipping.status().processed, skipping.status().skipped),
+        (2, 1)
+    );
+    assert_eq!(
+        (strict.status().processed, strict.status().dead_lettered),
+        (1, 2)
+    );
+    let reasons: Vec<String> = dead_letters(&server, &stream)
+        .await
+        .iter()
+        .map(|l| l["dlq.reason"].clone())
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "no handler for event type `audit.login`",
+            "no handler for event type `billing.charged`"
+        ]
+    );
+}
+
+#[tokio::test]
+#[should_panic(expected = "a handler for event type `task.created` is already registered")]
+async fn registering_two_handlers_for_one_type_panics_at_the_caller() {
+    let seen = seen();
+    let _ = Consumer::builder("redis://127.0.0.1:1")
+        .handle(recording(&seen))
+        .handle(recording(&seen));
+}
+
+#[tokio::test]
+async fn a_vanished_group_is_recreated_where_it_was() {
+    let server = RedisServer::start();
+    let stream = unique("nogroup");
+    let (seen, _, running) = run_recording(&server, &stream, "g").await;
+    let publisher = publisher(&server, &stream).await;
+    publish_tasks(&publisher, 0..10).await;
+    wait_until("the first 10 are handled", || count(&seen) == 10).await;
+
+    let _: () = redis::cmd("XGROUP")
+        .arg("DESTROY")
+        .arg(&stream)
+        .arg("g")
+        .query_async(&mut connection(&server).await)
+        .await
+        .unwrap();
+    publish_tasks(&publisher, 10..20).await;
+    wait_until("the next 10 are handled", || count(&seen) == 20).await;
+    stop(running).await;
+
+    assert!(
+        seen.lock()
+            .unwrap()
+            .values()
+            .all(|attempts| attempts.len() == 1),
+        "nothing handled twice"
+    );
+}
+
+#[tokio::test]
+async fn trimmed_pending_entries_are_cleaned_not_looped_on() {
+    let server = RedisServer::start();
+    let stream = unique("trimmed");
+    let publisher = publisher(&server, &stream).await;
+    let mut redis = connection(&server).await;
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg("g")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    publish_tasks(&publisher, 0..10).await;
+    // A consumer that died read all ten; then the stream was trimmed under it.
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("g")
+        .arg("dead")
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let _: u64 = redis::cmd("XTRIM")
+        .arg(&stream)
+        .arg("MAXLEN")
+        .arg(4)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+
+    let (seen, consumer, running) = run_recording(&server, &stream, "g").await;
+    wait_until("the 4 remaining are handled", || count(&seen) == 4).await;
+    wait_until("the 6 trimmed ids are cleaned", || {
+        consumer.status().cleaned == 6
+    })
+    .await;
+    stop(running).await;
+
+    assert_eq!(
+        seen.lock().unwrap().keys().copied().collect::<Vec<_>>(),
+        [6, 7, 8, 9]
+    );
+    assert_eq!(pending(&server, &stream, "g").await, 0);
+}
+
+#[tokio::test]
+async fn stale_consumers_are_removed_only_without_pending_entries() {
+    let server = RedisServer::start();
+    let stream = unique("stale");
+    let mut redis = connection(&server).await;
+    let (_, consumer, running) = run_recording(&server, &stream, "g").await;
+    wait_until("the group exists", || consumer.status().running).await;
+    stop(running).await;
+    publish_tasks(&publisher(&server, &stream).await, 0..1).await;
+    for name in ["idle-empty", "idle-busy"] {
+        let _: i64 = redis::cmd("XGROUP")
+            .arg("CREATECONSUMER")
+            .arg(&stream)
+            .arg("g")
+            .arg(name)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+    }
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("g")
+        .arg("idle-busy")
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let removed = consumer
+        .remove_stale_consumers(Duration::from_millis(20))
+        .await
+        .unwrap();
+
+    assert_eq!(removed, ["idle-empty"]);
+    let left: Vec<BTreeMap<String, redis::Value>> = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(&stream)
+        .arg("g")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let names: BTreeSet<String> = left
+        .iter()
+        .map(|c| redis::from_redis_value_ref::<String>(&c["name"]).unwrap())
+        .collect();
+    assert!(
+        names.contains("idle-busy"),
+        "a consumer with pending entries stays"
+    );
+    assert!(!names.contains("idle-empty"));
+}
+
+#[tokio::test]
+async fn hooks_see_every_delivery() {
+    let server = RedisServer::start();
+    let stream = unique("hooks");
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let note = |tag: &'static str| {
+        let log = Arc::clone(&log);
+        move |context: &Context| {
+            log.lock()
+                .unwrap()
+                .push(format!("{tag} {}", context.attempt()))
+        }
+    };
+    let on_error = {
+        let log = Arc::clone(&log);
+        move |context: &Context, failure: &events::Failure| {
+            log.lock()
+                .unwrap()
+                .push(format!("error {} {failure}", context.attempt()))
+        }
+    };
+    let handler = |_: TaskCreated, context: Context| async move {
+        if context.attempt() == 1 {
+            Err(HandlerError::from("first try fails"))
+        } else {
+            Ok(())
+        }
+    };
+    let consumer = consumer(&server, &stream, "g")
+        .before(note("before"))
+        .after(note("after"))
+        .on_error(on_error)
+        .handle(handler)
+        .build()
+        .await
+        .unwrap();
+    let running = spawn(&consumer);
+    publish_tasks(&publisher(&server, &stream).await, 0..1).await;
+    wait_until("the event is handled", || consumer.status().processed == 1).await;
+    stop(running).await;
+
+    assert_eq!(
+        *log.lock().unwrap(),
+        [
+            "before 1",
+            "after 1",
+            "error 1 handler failed: first try fails",
+            "before 2",
+            "after 2"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn pull_mode_reserves_acks_and_fails() {
+    let server = RedisServer::start();
+    let stream = unique("pull");
+    let publisher = publisher(&server, &stream).await;
+    publish_tasks(&publisher, 0..5).await;
+    let _: String = connection(&server)
+        .await
+        .xadd(&stream, "*", &[("junk", "x")])
+        .await
+        .unwrap();
+    let mut pull = consumer(&server, &stream, "g")
+        .max_attempts(2)
+        .backoff(Backoff::exponential(
+            Duration::from_millis(10),
+            Duration::from_millis(10),
+        ))
+        .build_pull()
+        .await
+        .unwrap();
+
+    let first = pull.reserve(10).await.unwrap();
+    assert_eq!(
+        first.len(),
+        5,
+        "the junk entry is dead-lettered, not returned"
+    );
+    let numbers: Vec<u64> = first
+        .iter()
+        .map(|r| r.envelope.decode_body::<TaskCreated>().unwrap().n)
+        .collect();
+    assert_eq!(numbers, [0, 1, 2, 3, 4]);
+    pull.ack(&first[..3]).await.unwrap();
+    pull.fail(&first[3..], "downstream unavailable")
+        .await
+        .unwrap();
+    assert_eq!(pending(&server, &stream, "g").await, 2);
+
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let retried = pull.reserve(10).await.unwrap();
+    assert_eq!(
+        retried.iter().map(|r| r.attempt).collect::<Vec<_>>(),
+        [2, 2]
+    );
+    assert_eq!(retried[0].entry_id, first[3].entry_id);
+    pull.ack(&retried[..1]).await.unwrap();
+    pull.fail(&retried[1..], "still unavailable").await.unwrap();
+
+    let letters = dead_letters(&server, &stream).await;
+    assert_eq!(letters.len(), 2);
+    assert!(letters[0]["dlq.reason"].starts_with("undecodable: missing field `type`"));
+    assert_eq!(
+        letters[1]["dlq.reason"],
+        "failed after 2 attempts: still unavailable"
+    );
+    assert_eq!(pending(&server, &stream, "g").await, 0);
+    assert!(pull.reserve(10).await.unwrap().is_empty());
+}
