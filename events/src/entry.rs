@@ -19,11 +19,7 @@ pub struct StreamEntry {
 impl StreamEntry {
     /// Decodes the fields into an envelope, leaving the entry as it is.
     pub fn decode(&self) -> Result<Envelope, DecodeError> {
-        Envelope::decode(
-            self.fields
-                .iter()
-                .map(|(name, value)| (name, value.as_slice())),
-        )
+        Envelope::decode(&self.fields)
     }
 }
 

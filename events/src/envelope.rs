@@ -206,18 +206,13 @@ impl Envelope {
 
     /// Reads an envelope from an entry's field-value pairs, in this crate's format or the seed
     /// library's. Never panics: anything malformed is a [`DecodeError`] that says what is wrong.
-    pub fn decode<I, K, V>(fields: I) -> Result<Self, DecodeError>
-    where
-        I: IntoIterator<Item = (K, V)>,
-        K: AsRef<[u8]>,
-        V: Into<Vec<u8>>,
-    {
+    pub fn decode<K: AsRef<[u8]>, V: AsRef<[u8]>>(fields: &[(K, V)]) -> Result<Self, DecodeError> {
         let mut flat = FlatFields::default();
         for (name, value) in fields {
-            flat.insert(name.as_ref(), value.into())?;
+            flat.insert(name.as_ref(), value.as_ref())?;
         }
         match (flat.event_type.is_some(), flat.seed_data.take()) {
-            (false, Some(data)) => decode_seed(&data),
+            (false, Some(data)) => decode_seed(data),
             _ => flat.into_envelope(),
         }
     }
@@ -254,25 +249,26 @@ impl Envelope {
     }
 }
 
-/// The fields of a flat entry as they are read, before checking that the required ones are there.
+/// The fields of a flat entry as they are read, borrowed from the entry, before checking that the
+/// required ones are there. Only what the envelope keeps is copied.
 #[derive(Default)]
-struct FlatFields {
-    id: Option<String>,
-    event_type: Option<String>,
-    version: Option<String>,
-    origin: Option<String>,
-    timestamp: Option<String>,
-    hash: Option<String>,
-    body: Option<String>,
-    correlation_id: Option<String>,
-    causation_id: Option<String>,
-    traceparent: Option<String>,
-    seed_data: Option<String>,
-    headers: BTreeMap<String, String>,
+struct FlatFields<'a> {
+    id: Option<&'a str>,
+    event_type: Option<&'a str>,
+    version: Option<&'a str>,
+    origin: Option<&'a str>,
+    timestamp: Option<&'a str>,
+    hash: Option<&'a str>,
+    body: Option<&'a str>,
+    correlation_id: Option<&'a str>,
+    causation_id: Option<&'a str>,
+    traceparent: Option<&'a str>,
+    seed_data: Option<&'a str>,
+    headers: BTreeMap<&'a str, &'a str>,
 }
 
-impl FlatFields {
-    fn insert(&mut self, name: &[u8], value: Vec<u8>) -> Result<(), DecodeError> {
+impl<'a> FlatFields<'a> {
+    fn insert(&mut self, name: &'a [u8], value: &'a [u8]) -> Result<(), DecodeError> {
         let slot = match name {
             b"id" => &mut self.id,
             b"type" => &mut self.event_type,
@@ -299,22 +295,19 @@ impl FlatFields {
 
     /// Keeps `h.<name>` fields as headers; any other unknown field is ignored, so that newer
     /// producers can add fields.
-    fn insert_header(&mut self, name: &[u8], value: Vec<u8>) -> Result<(), DecodeError> {
+    fn insert_header(&mut self, name: &'a [u8], value: &'a [u8]) -> Result<(), DecodeError> {
         let Some(header) = name.strip_prefix(HEADER_PREFIX.as_bytes()) else {
             return Ok(());
         };
         let field = String::from_utf8_lossy(name);
-        let header = std::str::from_utf8(header).map_err(|_| DecodeError::NotUtf8 {
-            field: field.clone().into_owned(),
-        })?;
+        let header = text(&field, header)?;
         if header.is_empty() {
             return Err(DecodeError::InvalidField {
                 field: field.into_owned(),
                 reason: "a header needs a name after `h.`".into(),
             });
         }
-        let value = text(&field, value)?;
-        if self.headers.insert(header.to_owned(), value).is_some() {
+        if self.headers.insert(header, text(&field, value)?).is_some() {
             return Err(DecodeError::DuplicateField {
                 field: field.into_owned(),
             });
@@ -325,46 +318,50 @@ impl FlatFields {
     fn into_envelope(self) -> Result<Envelope, DecodeError> {
         let event_type = required("type", self.event_type)?;
         let body = required("body", self.body)?;
-        if let Err(error) = serde_json::from_str::<serde::de::IgnoredAny>(&body) {
+        if let Err(error) = serde_json::from_str::<serde::de::IgnoredAny>(body) {
             return Err(invalid("body", format!("not valid JSON: {error}")));
         }
-        let computed = hash_body(&event_type, &body);
-        let hash = match self.hash {
-            Some(found) if found != computed => {
-                return Err(DecodeError::HashMismatch {
-                    event_type,
-                    found,
-                    computed,
-                });
-            }
-            _ => computed,
-        };
+        let computed = hash_body(event_type, body);
+        if let Some(found) = self.hash
+            && found != computed
+        {
+            return Err(DecodeError::HashMismatch {
+                event_type: event_type.to_owned(),
+                found: found.to_owned(),
+                computed,
+            });
+        }
+        let owned = |value: Option<&str>| value.map(str::to_owned);
         Ok(Envelope {
-            id: required("id", self.id)?,
-            version: parse_version("v", &required("v", self.version)?)?,
-            origin: required("origin", self.origin)?,
-            timestamp: parse_timestamp("ts", &required("ts", self.timestamp)?)?,
-            hash,
-            body,
-            event_type,
-            correlation_id: self.correlation_id,
-            causation_id: self.causation_id,
-            traceparent: self.traceparent,
-            headers: self.headers,
+            id: required("id", self.id)?.to_owned(),
+            version: parse_version("v", required("v", self.version)?)?,
+            origin: required("origin", self.origin)?.to_owned(),
+            timestamp: parse_timestamp("ts", required("ts", self.timestamp)?)?,
+            hash: computed,
+            body: body.to_owned(),
+            event_type: event_type.to_owned(),
+            correlation_id: owned(self.correlation_id),
+            causation_id: owned(self.causation_id),
+            traceparent: owned(self.traceparent),
+            headers: self
+                .headers
+                .into_iter()
+                .map(|(name, value)| (name.to_owned(), value.to_owned()))
+                .collect(),
         })
     }
 }
 
-fn text(field: &str, value: Vec<u8>) -> Result<String, DecodeError> {
-    String::from_utf8(value).map_err(|_| DecodeError::NotUtf8 {
+fn text<'a>(field: &str, value: &'a [u8]) -> Result<&'a str, DecodeError> {
+    std::str::from_utf8(value).map_err(|_| DecodeError::NotUtf8 {
         field: field.to_owned(),
     })
 }
 
-fn required(field: &'static str, value: Option<String>) -> Result<String, DecodeError> {
+fn required<'a>(field: &'static str, value: Option<&'a str>) -> Result<&'a str, DecodeError> {
     match value {
         None => Err(DecodeError::MissingField { field }),
-        Some(value) if value.is_empty() => Err(invalid(field, "is empty")),
+        Some("") => Err(invalid(field, "is empty")),
         Some(value) => Ok(value),
     }
 }
@@ -519,11 +516,7 @@ mod tests {
     }
 
     fn decode_pairs(pairs: &[(&str, &str)]) -> Result<Envelope, DecodeError> {
-        Envelope::decode(
-            pairs
-                .iter()
-                .map(|(name, value)| (name.as_bytes(), value.as_bytes())),
-        )
+        Envelope::decode(pairs)
     }
 
     fn without(field: &str) -> Vec<(String, String)> {
@@ -547,11 +540,7 @@ mod tests {
     }
 
     fn decode_owned(pairs: Vec<(String, String)>) -> Result<Envelope, DecodeError> {
-        Envelope::decode(
-            pairs
-                .into_iter()
-                .map(|(name, value)| (name, value.into_bytes())),
-        )
+        Envelope::decode(&pairs)
     }
 
     #[test]
@@ -668,7 +657,7 @@ mod tests {
             .collect();
         fields[1].1 = vec![0xff, 0xfe];
         assert_eq!(
-            Envelope::decode(fields.clone()),
+            Envelope::decode(&fields),
             Err(DecodeError::NotUtf8 {
                 field: "type".into()
             })
@@ -676,7 +665,7 @@ mod tests {
         fields[1].1 = b"user.created".to_vec();
         fields.push((b"h.\xff".to_vec(), b"x".to_vec()));
         assert!(matches!(
-            Envelope::decode(fields),
+            Envelope::decode(&fields),
             Err(DecodeError::NotUtf8 { .. })
         ));
     }
@@ -783,7 +772,7 @@ mod tests {
     fn an_empty_entry_misses_its_type() {
         let none: [(&[u8], &[u8]); 0] = [];
         assert_eq!(
-            Envelope::decode(none),
+            Envelope::decode(&none),
             Err(DecodeError::MissingField { field: "type" })
         );
     }
@@ -818,18 +807,17 @@ mod tests {
             fn on_arbitrary_field_maps(fields in prop::collection::vec((field_name(), field_value()), 0..12)) {
                 // Decoding never panics; what it accepts in this crate's format encodes back to the
                 // same event.
-                if let Ok(envelope) = Envelope::decode(fields)
+                if let Ok(envelope) = Envelope::decode(&fields)
                     && envelope.hash == hash_body(&envelope.event_type, &envelope.body)
                 {
-                    {
-                        let again = Envelope::decode(envelope.fields()
-                            .into_iter()
-                            .map(|(name, value)| (name.into_owned(), value.into_owned())))
-                            .unwrap();
-                        prop_assert_eq!(again.timestamp.duration_since(UNIX_EPOCH).unwrap().as_millis(),
-                            envelope.timestamp.duration_since(UNIX_EPOCH).unwrap().as_millis());
-                        prop_assert_eq!(Envelope { timestamp: envelope.timestamp, ..again }, envelope);
-                    }
+                    let fields: Vec<(String, String)> = envelope.fields()
+                        .into_iter()
+                        .map(|(name, value)| (name.into_owned(), value.into_owned()))
+                        .collect();
+                    let again = Envelope::decode(&fields).unwrap();
+                    prop_assert_eq!(again.timestamp.duration_since(UNIX_EPOCH).unwrap().as_millis(),
+                        envelope.timestamp.duration_since(UNIX_EPOCH).unwrap().as_millis());
+                    prop_assert_eq!(Envelope { timestamp: envelope.timestamp, ..again }, envelope);
                 }
             }
         }

@@ -3,6 +3,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -11,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::dead_letter::dead_letter_fields;
 use super::group::Hold;
+use super::idempotency::Holds;
 use super::status::{Counters, InFlight};
 use super::{Context, DeadLetter, Failure, Inner, Unhandled};
 use crate::{StreamEntry, keys};
@@ -33,6 +35,7 @@ pub(crate) struct Delivery {
     pub(crate) attempt: u32,
     pub(crate) permit: Option<OwnedSemaphorePermit>,
     pub(crate) settle: mpsc::UnboundedSender<Settle>,
+    pub(crate) holds: Holds,
     pub(crate) shutdown: CancellationToken,
 }
 
@@ -83,10 +86,10 @@ impl Delivery {
             };
         };
         let context = Context {
-            envelope,
+            envelope: Arc::new(envelope),
             stream: Arc::clone(&self.stream),
             group: Arc::clone(&inner.group_name),
-            entry_id: self.entry.id.clone(),
+            entry_id: Arc::from(self.entry.id.as_str()),
             attempt: self.attempt,
         };
         if self.attempt > settings.max_attempts {
@@ -115,8 +118,15 @@ impl Delivery {
         let outcome = {
             let _slot = inner.concurrency.acquire().await;
             let timeout = registration.timeout.unwrap_or(settings.handler_timeout);
-            let run = AssertUnwindSafe((registration.run)(context.clone())).catch_unwind();
-            match tokio::time::timeout(timeout, run).await {
+            let mut run = std::pin::pin!(
+                AssertUnwindSafe((registration.run)(context.clone())).catch_unwind()
+            );
+            // A handler that finishes at once needs no timer: most do.
+            let finished = match futures::poll!(run.as_mut()) {
+                Poll::Ready(finished) => Ok(finished),
+                Poll::Pending => tokio::time::timeout(timeout, run).await,
+            };
+            match finished {
                 Ok(Ok(result)) => result,
                 Ok(Err(panic)) => Err(Failure::Panic(panic_message(panic.as_ref()))),
                 Err(_) => Err(Failure::Timeout(timeout)),
@@ -172,7 +182,11 @@ impl Delivery {
             .unwrap_or(inner.settings.handler_timeout)
             + Duration::from_secs(1);
         Ok(Some(
-            match inner.commands.begin(&key, &token, hold_for).await? {
+            match self
+                .holds
+                .take(&self.stream, key.clone(), token.clone(), hold_for)
+                .await?
+            {
                 Hold::Taken => HoldState::Taken(key, token),
                 Hold::Done => HoldState::Done,
                 Hold::Busy => HoldState::Busy,

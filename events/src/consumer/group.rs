@@ -256,24 +256,29 @@ impl<C: ConnectionLike + Clone + Send + Sync> Group<C> {
         Ok(())
     }
 
-    /// Takes idempotency key `key` for the delivery `token`, for at most `hold`.
+    /// Takes each idempotency key for its delivery's token, for at most `hold`; all keys in the
+    /// slot of one stream.
     pub(crate) async fn begin(
         &self,
-        key: &str,
-        token: &str,
+        holds: &[(String, String)],
         hold: Duration,
-    ) -> redis::RedisResult<Hold> {
-        let status: i64 = BEGIN
-            .key(key)
-            .arg(token)
-            .arg(millis(hold))
+    ) -> redis::RedisResult<Vec<Hold>> {
+        let mut invocation = BEGIN.prepare_invoke();
+        invocation.arg(millis(hold));
+        for (key, token) in holds {
+            invocation.key(key).arg(token);
+        }
+        let statuses: Vec<i64> = invocation
             .invoke_async(&mut self.connection.clone())
             .await?;
-        Ok(match status {
-            0 => Hold::Taken,
-            1 => Hold::Done,
-            _ => Hold::Busy,
-        })
+        Ok(statuses
+            .into_iter()
+            .map(|status| match status {
+                0 => Hold::Taken,
+                1 => Hold::Done,
+                _ => Hold::Busy,
+            })
+            .collect())
     }
 
     /// Lets go of idempotency key `key` if the delivery `token` holds it.

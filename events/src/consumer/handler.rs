@@ -20,10 +20,10 @@ use crate::{DecodeError, Envelope, Error, Event, Result};
 /// which attempt this is.
 #[derive(Debug, Clone)]
 pub struct Context {
-    pub(crate) envelope: Envelope,
+    pub(crate) envelope: Arc<Envelope>,
     pub(crate) stream: Arc<str>,
     pub(crate) group: Arc<str>,
-    pub(crate) entry_id: String,
+    pub(crate) entry_id: Arc<str>,
     pub(crate) attempt: u32,
 }
 

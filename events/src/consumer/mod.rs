@@ -7,6 +7,7 @@ mod dead_letter;
 mod delivery;
 mod group;
 mod handler;
+mod idempotency;
 mod pull;
 mod settle;
 mod status;
@@ -20,6 +21,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 pub use backoff::Backoff;
 pub use config::{HandlerOptions, Unhandled};
@@ -138,7 +140,9 @@ impl Consumer {
             settle_receiver,
             settings.idempotency_ttl,
         ));
+        let (holds, holds_task) = idempotency::Holds::serve(inner.commands.clone());
         let mut reading = Reading {
+            holds,
             inner: Arc::clone(inner),
             unacked: Arc::new(Semaphore::new(settings.max_unacked)),
             deliveries: JoinSet::new(),
@@ -155,9 +159,11 @@ impl Consumer {
         let Reading {
             mut deliveries,
             settle,
+            holds,
             ..
         } = reading;
-        drop(settle);
+        // The acknowledger and the holds task end once the deliveries drop their senders too.
+        drop((settle, holds));
         if tokio::time::timeout(settings.shutdown_timeout, async {
             while deliveries.join_next().await.is_some() {}
         })
@@ -170,8 +176,10 @@ impl Consumer {
             );
             deliveries.shutdown().await;
         }
-        if let Err(error) = acknowledger.await {
-            tracing::error!(%error, "the acknowledger task failed");
+        for task in [acknowledger, holds_task] {
+            if let Err(error) = task.await {
+                tracing::error!(%error, "a consumer task failed");
+            }
         }
         inner
             .counters
@@ -229,6 +237,9 @@ impl Consumer {
     }
 }
 
+/// What one read of the streams gives: per stream, its entries.
+type ReadResult = redis::RedisResult<Vec<(String, Vec<StreamEntry>)>>;
+
 /// The read loop's state while a consumer runs.
 struct Reading {
     inner: Arc<Inner>,
@@ -236,6 +247,7 @@ struct Reading {
     unacked: Arc<Semaphore>,
     deliveries: JoinSet<()>,
     settle: mpsc::UnboundedSender<delivery::Settle>,
+    holds: idempotency::Holds,
     shutdown: CancellationToken,
     /// The last entry id read per stream, to recreate a vanished group where it was.
     last_seen: HashMap<Arc<str>, String>,
@@ -244,31 +256,41 @@ struct Reading {
 
 impl Reading {
     async fn read_until_shutdown(&mut self) {
-        let settings = &self.inner.settings.clone();
-        let stream_names: Vec<String> = settings.streams.clone();
+        let settings = self.inner.settings.clone();
         let mut last_claim: Option<Instant> = None;
         let mut failures = 0u32;
-        while !self.shutdown.is_cancelled() {
+        // A read already sent, so Redis prepares the next batch while this one is delivered.
+        let mut next_read: Option<AbortOnDropHandle<ReadResult>> = None;
+        loop {
             while self.deliveries.try_join_next().is_some() {}
-            let first = tokio::select! {
-                () = self.shutdown.cancelled() => break,
-                permit = Arc::clone(&self.unacked).acquire_owned() => permit.expect("the semaphore is never closed"),
+            let read = match next_read.take() {
+                Some(read) => read,
+                None => {
+                    let first = tokio::select! {
+                        () = self.shutdown.cancelled() => break,
+                        permit = Arc::clone(&self.unacked).acquire_owned() => permit.expect("the semaphore is never closed"),
+                    };
+                    if last_claim.is_none_or(|at| at.elapsed() >= settings.claim_interval) {
+                        drop(first);
+                        self.reclaim().await;
+                        last_claim = Some(Instant::now());
+                        continue;
+                    }
+                    self.start_read(1 + self.unacked.available_permits())
+                }
             };
-            if last_claim.is_none_or(|at| at.elapsed() >= settings.claim_interval) {
-                drop(first);
-                self.reclaim().await;
-                last_claim = Some(Instant::now());
-                continue;
+            let read = match read.await {
+                Ok(read) => read,
+                Err(error) => Err(redis::RedisError::from(std::io::Error::other(error))),
+            };
+            let received: usize = read.as_ref().map_or(0, |streams| {
+                streams.iter().map(|(_, entries)| entries.len()).sum()
+            });
+            let room = self.unacked.available_permits().saturating_sub(received);
+            let claim_due = last_claim.is_some_and(|at| at.elapsed() >= settings.claim_interval);
+            if received > 0 && room > 0 && !claim_due && !self.shutdown.is_cancelled() {
+                next_read = Some(self.start_read(room));
             }
-            let count = settings
-                .batch_size
-                .min(1 + self.unacked.available_permits());
-            let read = self
-                .inner
-                .reader
-                .read(&stream_names, count, settings.block)
-                .await;
-            drop(first);
             match read {
                 Ok(streams) => {
                     failures = 0;
@@ -281,9 +303,8 @@ impl Reading {
                         if let Some(last) = entries.last() {
                             self.last_seen.insert(Arc::clone(&stream), last.id.clone());
                         }
-                        for entry in entries {
-                            self.deliver(Arc::clone(&stream), entry, 1).await;
-                        }
+                        self.deliver(&stream, entries.into_iter().map(|entry| (entry, 1)))
+                            .await;
                     }
                 }
                 Err(error) if is_no_group(&error) => {
@@ -305,22 +326,49 @@ impl Reading {
         }
     }
 
-    /// Starts a delivery of `entry`, waiting for a backpressure permit.
-    async fn deliver(&mut self, stream: Arc<str>, entry: StreamEntry, attempt: u32) {
-        let permit = Arc::clone(&self.unacked)
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
-        let delivery = Delivery {
-            inner: Arc::clone(&self.inner),
-            stream,
-            entry,
-            attempt,
-            permit: Some(permit),
-            settle: self.settle.clone(),
-            shutdown: self.shutdown.clone(),
-        };
-        self.deliveries.spawn(delivery.run());
+    /// Sends a read of up to `room` entries (at most a batch) from every stream.
+    fn start_read(&self, room: usize) -> AbortOnDropHandle<ReadResult> {
+        let reader = self.inner.reader.clone();
+        let streams = self.inner.settings.streams.clone();
+        let count = self.inner.settings.batch_size.min(room);
+        let block = self.inner.settings.block;
+        AbortOnDropHandle::new(tokio::spawn(async move {
+            reader.read(&streams, count, block).await
+        }))
+    }
+
+    /// Starts deliveries of `entries` of `stream` (each with its attempt number), each once it has
+    /// a backpressure permit. They run concurrently in one task: cheaper than a task each.
+    async fn deliver(
+        &mut self,
+        stream: &Arc<str>,
+        entries: impl IntoIterator<Item = (StreamEntry, u32)>,
+    ) {
+        let mut deliveries = Vec::new();
+        for (entry, attempt) in entries {
+            let permit = Arc::clone(&self.unacked)
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
+            deliveries.push(
+                Delivery {
+                    inner: Arc::clone(&self.inner),
+                    stream: Arc::clone(stream),
+                    entry,
+                    attempt,
+                    permit: Some(permit),
+                    settle: self.settle.clone(),
+                    holds: self.holds.clone(),
+                    shutdown: self.shutdown.clone(),
+                }
+                .run(),
+            );
+        }
+        if !deliveries.is_empty() {
+            self.deliveries.spawn(async move {
+                futures::future::join_all(deliveries).await;
+            });
+        }
     }
 
     /// Claims entries idle past `claim_idle` on any consumer of the group, as far as backpressure
@@ -352,9 +400,7 @@ impl Reading {
                 };
                 Counters::add(&self.inner.counters.cleaned, deleted as u64);
                 Counters::add(&self.inner.counters.reclaimed, entries.len() as u64);
-                for (entry, deliveries) in entries {
-                    self.deliver(Arc::clone(&stream), entry, deliveries).await;
-                }
+                self.deliver(&stream, entries).await;
                 if next == "0-0" {
                     break;
                 }

@@ -29,10 +29,10 @@ pub(crate) async fn acknowledge<C>(
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let mut by_stream: HashMap<Arc<str>, (Vec<String>, Vec<String>)> = HashMap::new();
-        for settle in &batch {
+        for settle in &mut batch {
             let (ids, keys) = by_stream.entry(Arc::clone(&settle.stream)).or_default();
-            ids.push(settle.entry_id.clone());
-            keys.extend(settle.done_key.clone());
+            ids.push(std::mem::take(&mut settle.entry_id));
+            keys.extend(settle.done_key.take());
         }
         for (stream, (ids, keys)) in by_stream {
             settle_with_retries(&group, &stream, &ids, &keys, ttl).await;

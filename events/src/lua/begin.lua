@@ -1,17 +1,24 @@
--- Takes the idempotency key of an entry before its handler runs.
--- KEYS[1]  the idempotency key
--- ARGV[1]  this delivery's token (consumer and entry id)
--- ARGV[2]  how long the hold lasts if the consumer dies, in milliseconds
--- Returns 0 when this delivery holds the key, 1 when the event was already handled, 2 when another
--- delivery of the same event holds it right now.
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return 0
+-- Takes the idempotency keys of entries before their handlers run, one key per delivery.
+-- KEYS[i]    the idempotency key of delivery i
+-- ARGV[1]    how long a hold lasts if its consumer dies, in milliseconds
+-- ARGV[i+1]  delivery i's token (consumer and entry id)
+-- Returns, per delivery, 0 when it holds its key, 1 when the event was already handled, 2 when
+-- another delivery of the same event holds the key right now.
+local results = {}
+for i, key in ipairs(KEYS) do
+  local token = ARGV[i + 1]
+  if redis.call('SET', key, token, 'NX', 'PX', ARGV[1]) then
+    results[i] = 0
+  else
+    local holder = redis.call('GET', key)
+    if holder == 'done' then
+      results[i] = 1
+    elseif holder == token then
+      redis.call('PEXPIRE', key, ARGV[1])
+      results[i] = 0
+    else
+      results[i] = 2
+    end
+  end
 end
-local holder = redis.call('GET', KEYS[1])
-if holder == 'done' then
-  return 1
-elseif holder == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 0
-end
-return 2
+return results

@@ -1,0 +1,101 @@
+//! Idempotency holds, taken in batches: deliveries ask for their event's key, and one task asks
+//! Redis for every key asked for meanwhile, in one script call per stream.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::ConnectionLike;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::group::{Group, Hold};
+
+/// Most keys taken in one script call.
+const MAX_BATCH: usize = 1_000;
+
+/// One delivery's request for its key.
+#[derive(Debug)]
+struct Request {
+    stream: Arc<str>,
+    key: String,
+    token: String,
+    hold: Duration,
+    reply: oneshot::Sender<redis::RedisResult<Hold>>,
+}
+
+/// Where deliveries ask for idempotency holds. The serving task ends when every clone is dropped.
+#[derive(Debug, Clone)]
+pub(crate) struct Holds {
+    requests: mpsc::UnboundedSender<Request>,
+}
+
+impl Holds {
+    /// Starts the task that takes holds through `group`.
+    pub(crate) fn serve<C>(group: Group<C>) -> (Self, JoinHandle<()>)
+    where
+        C: ConnectionLike + Clone + Send + Sync + 'static,
+    {
+        let (requests, receiver) = mpsc::unbounded_channel();
+        (
+            Self { requests },
+            tokio::spawn(take_batches(group, receiver)),
+        )
+    }
+
+    /// Takes `key` of `stream` for the delivery `token`, for at most `hold`.
+    pub(crate) async fn take(
+        &self,
+        stream: &Arc<str>,
+        key: String,
+        token: String,
+        hold: Duration,
+    ) -> redis::RedisResult<Hold> {
+        let (reply, answer) = oneshot::channel();
+        let request = Request {
+            stream: Arc::clone(stream),
+            key,
+            token,
+            hold,
+            reply,
+        };
+        let stopped =
+            || redis::RedisError::from((redis::ErrorKind::Client, "the consumer is stopping"));
+        self.requests.send(request).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+async fn take_batches<C>(group: Group<C>, mut receiver: mpsc::UnboundedReceiver<Request>)
+where
+    C: ConnectionLike + Clone + Send + Sync,
+{
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let mut by_stream: HashMap<(Arc<str>, Duration), Vec<Request>> = HashMap::new();
+        for request in batch.drain(..) {
+            by_stream
+                .entry((Arc::clone(&request.stream), request.hold))
+                .or_default()
+                .push(request);
+        }
+        for ((_, hold), requests) in by_stream {
+            let holds: Vec<(String, String)> = requests
+                .iter()
+                .map(|request| (request.key.clone(), request.token.clone()))
+                .collect();
+            match group.begin(&holds, hold).await {
+                Ok(results) => {
+                    for (request, result) in requests.into_iter().zip(results) {
+                        let _ = request.reply.send(Ok(result));
+                    }
+                }
+                Err(error) => {
+                    for request in requests {
+                        let _ = request.reply.send(Err(error.clone()));
+                    }
+                }
+            }
+        }
+    }
+}
