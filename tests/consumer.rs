@@ -1005,3 +1005,66 @@ async fn pull_mode_reserves_acks_and_fails() {
     assert_eq!(pending(&server, &stream, "g").await, 0);
     assert!(pull.reserve(10).await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn configuration_mistakes_are_named_before_connecting() {
+    let seen = seen();
+    let nowhere = "redis://127.0.0.1:1";
+    let message =
+        |builder: ConsumerBuilder| async move { builder.build().await.unwrap_err().to_string() };
+
+    let no_stream = Consumer::builder(nowhere)
+        .group("g")
+        .handle(recording(&seen));
+    assert!(
+        message(no_stream)
+            .await
+            .contains("the consumer has no stream")
+    );
+    let no_group = Consumer::builder(nowhere)
+        .stream("s")
+        .handle(recording(&seen));
+    assert!(
+        message(no_group)
+            .await
+            .contains("the consumer has no group")
+    );
+    let no_handler = Consumer::builder(nowhere).stream("s").group("g");
+    assert!(
+        message(no_handler)
+            .await
+            .contains("the consumer has no handlers")
+    );
+    let bad_pattern = Consumer::builder(nowhere)
+        .stream("s")
+        .group("g")
+        .handle_pattern("audit.[", |_: Context| async { Ok(()) });
+    assert!(
+        message(bad_pattern)
+            .await
+            .starts_with("invalid route pattern `audit.[`")
+    );
+    let slow_handler = Consumer::builder(nowhere)
+        .stream("s")
+        .group("g")
+        .claim_idle(Duration::from_secs(60))
+        .handle_with(
+            events::HandlerOptions::new().timeout(Duration::from_secs(90)),
+            recording(&seen),
+        );
+    assert!(
+        message(slow_handler)
+            .await
+            .contains("must be shorter than claim_idle")
+    );
+    let short_claim = Consumer::builder(nowhere)
+        .stream("s")
+        .group("g")
+        .claim_idle(Duration::from_secs(1))
+        .handle(recording(&seen));
+    assert!(
+        message(short_claim)
+            .await
+            .contains("claim_idle (1s) must be longer than the handler timeout")
+    );
+}

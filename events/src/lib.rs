@@ -1,8 +1,10 @@
 //! Typed events over Redis Streams.
 //!
 //! Derive [`Event`] on a struct to give it a type name, a version and validation; publish it with a
-//! [`Publisher`], whose [`Router`] picks the stream by glob patterns over the event type; read entries
-//! back as [`Envelope`]s, the flat wire format, and decode their bodies into the struct again.
+//! [`Publisher`], whose [`Router`] picks the stream by glob patterns over the event type; consume it
+//! in a consumer group with a [`Consumer`], which runs typed handlers with retries, idempotency,
+//! dead letters and reclaim of crashed consumers' work. Entries travel as [`Envelope`]s, a flat wire
+//! format that `redis-cli` shows readably.
 //!
 //! ```no_run
 //! use events::{Event, Publisher, PublisherConfig, Route, Router};
@@ -26,6 +28,17 @@
 //! };
 //! let published = publisher.publish(&event).await?;
 //! println!("{} is entry {} of {}", published.event_id, published.entry_id, published.stream);
+//!
+//! let consumer = events::Consumer::builder("redis://127.0.0.1:6379")
+//!     .stream("user-events")
+//!     .group("mailer")
+//!     .handle(|user: UserCreated, ctx: events::Context| async move {
+//!         println!("welcome {} (attempt {})", user.email, ctx.attempt());
+//!         Ok(())
+//!     })
+//!     .build()
+//!     .await?;
+//! consumer.run_until(async { tokio::signal::ctrl_c().await.unwrap() }).await?;
 //! # Ok(())
 //! # }
 //! ```

@@ -304,6 +304,19 @@ impl Registry {
         names
     }
 
+    /// The longest timeout a handler sets for itself.
+    pub(crate) fn longest_timeout(&self) -> Option<Duration> {
+        let typed = self.typed.values().map(|(registration, _)| registration);
+        let patterns = self
+            .patterns
+            .iter()
+            .map(|(_, _, registration)| registration);
+        typed
+            .chain(patterns)
+            .filter_map(|registration| registration.timeout)
+            .max()
+    }
+
     /// Whether nothing is registered.
     pub(crate) fn is_empty(&self) -> bool {
         self.typed.is_empty() && self.patterns.is_empty()

@@ -1,0 +1,341 @@
+//! Configuring a consumer: streams, group, handlers, policies and hooks, checked before it connects.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::Semaphore;
+
+use super::config::{Hooks, Settings};
+use super::group::Group;
+use super::handler::Registry;
+use super::status::Counters;
+use super::{
+    Backoff, Consumer, Context, DeadLetter, Failure, HandlerError, HandlerOptions, Inner,
+    PullConsumer, StartFrom, Unhandled,
+};
+use crate::{Error, Event, Result, keys};
+
+/// Configures a [`Consumer`]: streams, group, handlers and policies.
+#[must_use]
+pub struct ConsumerBuilder {
+    url: String,
+    settings: Settings,
+    registry: Registry,
+    hooks: Hooks,
+    error: Option<Error>,
+}
+
+impl std::fmt::Debug for ConsumerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsumerBuilder")
+            .field("settings", &self.settings)
+            .field("handlers", &self.registry.names())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConsumerBuilder {
+    pub(crate) fn new(url: String) -> Self {
+        Self {
+            url,
+            settings: Settings::new(),
+            registry: Registry::default(),
+            hooks: Hooks::default(),
+            error: None,
+        }
+    }
+
+    fn settings(mut self, change: impl FnOnce(&mut Settings)) -> Self {
+        change(&mut self.settings);
+        self
+    }
+
+    /// Adds a stream to consume; call it once per stream.
+    pub fn stream(self, stream: impl Into<String>) -> Self {
+        let stream = stream.into();
+        self.settings(|settings| settings.streams.push(stream))
+    }
+
+    /// The consumer group (created if missing).
+    pub fn group(self, group: impl Into<String>) -> Self {
+        let group = group.into();
+        self.settings(|settings| settings.group = group)
+    }
+
+    /// This consumer's name in the group; by default `<host>-<pid>`, stable for the process.
+    pub fn consumer_name(self, name: impl Into<String>) -> Self {
+        let name = name.into();
+        self.settings(|settings| settings.consumer = name)
+    }
+
+    /// Where a newly created group starts reading (default: new entries only).
+    pub fn start_from(self, start: StartFrom) -> Self {
+        self.settings(|settings| settings.start_from = start)
+    }
+
+    /// How many entries one read asks for (default 100).
+    pub fn batch_size(self, batch_size: usize) -> Self {
+        self.settings(|settings| settings.batch_size = batch_size)
+    }
+
+    /// How long one read waits for new entries (default 2 s); shutdown waits for it to return.
+    pub fn block(self, block: Duration) -> Self {
+        self.settings(|settings| settings.block = block)
+    }
+
+    /// How many handlers run at once (default 64).
+    pub fn concurrency(self, concurrency: usize) -> Self {
+        self.settings(|settings| settings.concurrency = concurrency)
+    }
+
+    /// How many entries may be read and not yet acknowledged, waiting or retrying included
+    /// (default 1,000): the bound on the memory entries take.
+    pub fn max_unacked(self, max_unacked: usize) -> Self {
+        self.settings(|settings| settings.max_unacked = max_unacked)
+    }
+
+    /// Deliveries of an entry before it goes to the dead-letter stream (default 5).
+    pub fn max_attempts(self, max_attempts: u32) -> Self {
+        self.settings(|settings| settings.max_attempts = max_attempts)
+    }
+
+    /// Delays between attempts (default 200 ms doubling to 30 s, with jitter).
+    pub fn backoff(self, backoff: Backoff) -> Self {
+        self.settings(|settings| settings.backoff = backoff)
+    }
+
+    /// How long one attempt of a handler may take (default 30 s).
+    pub fn handler_timeout(self, timeout: Duration) -> Self {
+        self.settings(|settings| settings.handler_timeout = timeout)
+    }
+
+    /// How long an entry stays pending on another consumer before this one takes it over (default
+    /// 60 s). Must be longer than the handler timeout and the longest backoff.
+    pub fn claim_idle(self, idle: Duration) -> Self {
+        self.settings(|settings| settings.claim_idle = idle)
+    }
+
+    /// How often to look for entries to take over (default 5 s).
+    pub fn claim_interval(self, interval: Duration) -> Self {
+        self.settings(|settings| settings.claim_interval = interval)
+    }
+
+    /// Whether events already handled are skipped when they come again (default on).
+    pub fn idempotency(self, enabled: bool) -> Self {
+        self.settings(|settings| settings.idempotent = enabled)
+    }
+
+    /// How long an event is remembered as handled (default 24 h).
+    pub fn idempotency_ttl(self, ttl: Duration) -> Self {
+        self.settings(|settings| settings.idempotency_ttl = ttl)
+    }
+
+    /// What to do with events no handler is registered for (default: skip).
+    pub fn unhandled(self, unhandled: Unhandled) -> Self {
+        self.settings(|settings| settings.unhandled = unhandled)
+    }
+
+    /// One dead-letter stream for every stream; by default each stream `s` has its own, `{s}:dlq`,
+    /// in the same Redis Cluster slot.
+    pub fn dead_letter_stream(self, stream: impl Into<String>) -> Self {
+        let stream = stream.into();
+        self.settings(|settings| settings.dead_letter_stream = Some(stream))
+    }
+
+    /// Trims dead-letter streams to about `max_len` entries (default: no trimming).
+    pub fn dead_letter_max_len(self, max_len: u64) -> Self {
+        self.settings(|settings| settings.dead_letter_max_len = max_len)
+    }
+
+    /// How long shutdown waits for in-flight handlers (default 30 s).
+    pub fn shutdown_timeout(self, timeout: Duration) -> Self {
+        self.settings(|settings| settings.shutdown_timeout = timeout)
+    }
+
+    /// Handles events of type `E`, deserialized and validated.
+    ///
+    /// # Panics
+    /// When a handler for `E` is already registered, at the caller's line.
+    #[track_caller]
+    pub fn handle<E, F, Fut>(self, handler: F) -> Self
+    where
+        E: Event,
+        F: Fn(E, Context) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
+        self.handle_with(HandlerOptions::new(), handler)
+    }
+
+    /// [`handle`](Self::handle) with its own timeout or idempotency.
+    ///
+    /// # Panics
+    /// When a handler for `E` is already registered, at the caller's line.
+    #[track_caller]
+    pub fn handle_with<E, F, Fut>(mut self, options: HandlerOptions, handler: F) -> Self
+    where
+        E: Event,
+        F: Fn(E, Context) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
+        if let Err(error) = self.registry.add_typed(handler, options) {
+            panic!("{error}");
+        }
+        self
+    }
+
+    /// Handles every event whose type matches the glob `pattern` (`audit.*`), as a raw envelope
+    /// in the [`Context`]. Typed handlers take precedence; patterns are tried in order.
+    pub fn handle_pattern<F, Fut>(self, pattern: &str, handler: F) -> Self
+    where
+        F: Fn(Context) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
+        self.handle_pattern_with(pattern, HandlerOptions::new(), handler)
+    }
+
+    /// [`handle_pattern`](Self::handle_pattern) with its own timeout or idempotency.
+    pub fn handle_pattern_with<F, Fut>(
+        mut self,
+        pattern: &str,
+        options: HandlerOptions,
+        handler: F,
+    ) -> Self
+    where
+        F: Fn(Context) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
+        if let Err(error) = self.registry.add_pattern(pattern, handler, options) {
+            self.error.get_or_insert(error);
+        }
+        self
+    }
+
+    /// Runs before each handler call.
+    pub fn before(mut self, hook: impl Fn(&Context) + Send + Sync + 'static) -> Self {
+        self.hooks.before = Some(Arc::new(hook));
+        self
+    }
+
+    /// Runs after each handler call, whatever its outcome.
+    pub fn after(mut self, hook: impl Fn(&Context) + Send + Sync + 'static) -> Self {
+        self.hooks.after = Some(Arc::new(hook));
+        self
+    }
+
+    /// Runs when an attempt fails, before the retry or dead-letter decision is carried out.
+    pub fn on_error(mut self, hook: impl Fn(&Context, &Failure) + Send + Sync + 'static) -> Self {
+        self.hooks.on_error = Some(Arc::new(hook));
+        self
+    }
+
+    /// Runs when an entry has been moved to a dead-letter stream.
+    pub fn on_dead_letter(mut self, hook: impl Fn(&DeadLetter) + Send + Sync + 'static) -> Self {
+        self.hooks.on_dead_letter = Some(Arc::new(hook));
+        self
+    }
+
+    /// Checks the configuration and connects, for pull mode: the caller reserves entries and
+    /// acknowledges or fails them; handlers and hooks are not used.
+    pub async fn build_pull(self) -> Result<PullConsumer> {
+        if let Some(error) = self.error {
+            return Err(error);
+        }
+        self.settings.check()?;
+        let connection = connect(&self.url, self.settings.block + Duration::from_secs(5)).await?;
+        PullConsumer::start(self.settings.group_on(connection), self.settings).await
+    }
+
+    /// Checks the configuration and connects.
+    pub async fn build(self) -> Result<Consumer> {
+        if let Some(error) = self.error {
+            return Err(error);
+        }
+        let settings = self.settings;
+        settings.check()?;
+        if let Some(timeout) = self.registry.longest_timeout()
+            && timeout >= settings.claim_idle
+        {
+            return Err(Error::Config(format!(
+                "a handler's timeout ({timeout:?}) must be shorter than claim_idle ({:?}), or entries still \
+                 being handled would be taken over",
+                settings.claim_idle
+            )));
+        }
+        if self.registry.is_empty() {
+            return Err(Error::Config("the consumer has no handlers".into()));
+        }
+        let reader = connect(&self.url, settings.block + Duration::from_secs(5)).await?;
+        let commands = connect(&self.url, Duration::from_secs(10)).await?;
+        let inner = Inner {
+            reader: settings.group_on(reader),
+            commands: settings.group_on(commands),
+            group_name: Arc::from(settings.group.as_str()),
+            concurrency: Semaphore::new(settings.concurrency),
+            registry: self.registry,
+            hooks: self.hooks,
+            counters: Counters::default(),
+            settings,
+        };
+        Ok(Consumer {
+            inner: Arc::new(inner),
+        })
+    }
+}
+
+/// A connection to `url` that reconnects by itself and gives up on a reply after `response_timeout`.
+async fn connect(url: &str, response_timeout: Duration) -> Result<ConnectionManager> {
+    let client = redis::Client::open(url).map_err(|source| Error::Connect { source })?;
+    let config = ConnectionManagerConfig::new().set_response_timeout(Some(response_timeout));
+    ConnectionManager::new_with_config(client, config)
+        .await
+        .map_err(|source| Error::Connect { source })
+}
+
+impl Settings {
+    /// This consumer of this group, over `connection`.
+    fn group_on(&self, connection: ConnectionManager) -> Group<ConnectionManager> {
+        Group {
+            connection,
+            group: self.group.clone(),
+            consumer: self.consumer.clone(),
+        }
+    }
+
+    /// Checks the settings for values that cannot work, naming the setting.
+    fn check(&self) -> Result<()> {
+        let fail = |message: String| Err(Error::Config(message));
+        if self.streams.is_empty() {
+            return fail("the consumer has no stream: add one with `.stream(..)`".into());
+        }
+        for stream in &self.streams {
+            keys::check_stream_name(stream).map_err(Error::Config)?;
+        }
+        if self.group.is_empty() {
+            return fail("the consumer has no group: set one with `.group(..)`".into());
+        }
+        if self.consumer.is_empty() {
+            return fail("the consumer name is empty".into());
+        }
+        if self.batch_size == 0
+            || self.concurrency == 0
+            || self.max_unacked == 0
+            || self.max_attempts == 0
+        {
+            return fail(
+                "batch_size, concurrency, max_unacked and max_attempts must each be at least 1"
+                    .into(),
+            );
+        }
+        let longest_backoff = self.backoff.max();
+        if self.claim_idle <= self.handler_timeout || self.claim_idle <= longest_backoff {
+            return fail(format!(
+                "claim_idle ({:?}) must be longer than the handler timeout ({:?}) and the longest backoff ({:?}), \
+                 or entries still being handled would be taken over",
+                self.claim_idle, self.handler_timeout, longest_backoff
+            ));
+        }
+        Ok(())
+    }
+}

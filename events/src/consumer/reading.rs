@@ -1,0 +1,204 @@
+//! The read loop of a running consumer: reads batches, reclaims idle entries, starts deliveries.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
+
+use super::delivery::{Delivery, Settle};
+use super::group::is_no_group;
+use super::idempotency::Holds;
+use super::status::Counters;
+use super::{Backoff, Inner, StartFrom};
+use crate::StreamEntry;
+
+/// What one read of the streams gives: per stream, its entries.
+type ReadResult = redis::RedisResult<Vec<(String, Vec<StreamEntry>)>>;
+
+/// The read loop's state while a consumer runs.
+pub(crate) struct Reading {
+    pub(crate) inner: Arc<Inner>,
+    /// One permit per entry read and not yet acknowledged: the backpressure bound.
+    pub(crate) unacked: Arc<Semaphore>,
+    pub(crate) deliveries: JoinSet<()>,
+    pub(crate) settle: mpsc::UnboundedSender<Settle>,
+    pub(crate) holds: Holds,
+    pub(crate) shutdown: CancellationToken,
+    /// The last entry id read per stream, to recreate a vanished group where it was.
+    pub(crate) last_seen: HashMap<Arc<str>, String>,
+    pub(crate) streams: Vec<Arc<str>>,
+}
+
+impl Reading {
+    pub(crate) async fn read_until_shutdown(&mut self) {
+        let settings = self.inner.settings.clone();
+        let mut last_claim: Option<Instant> = None;
+        let mut failures = 0u32;
+        // A read already sent, so Redis prepares the next batch while this one is delivered.
+        let mut next_read: Option<AbortOnDropHandle<ReadResult>> = None;
+        loop {
+            while self.deliveries.try_join_next().is_some() {}
+            let read = match next_read.take() {
+                Some(read) => read,
+                None => {
+                    let first = tokio::select! {
+                        () = self.shutdown.cancelled() => break,
+                        permit = Arc::clone(&self.unacked).acquire_owned() => permit.expect("the semaphore is never closed"),
+                    };
+                    if last_claim.is_none_or(|at| at.elapsed() >= settings.claim_interval) {
+                        drop(first);
+                        self.reclaim().await;
+                        last_claim = Some(Instant::now());
+                        continue;
+                    }
+                    self.start_read(1 + self.unacked.available_permits())
+                }
+            };
+            let read = match read.await {
+                Ok(read) => read,
+                Err(error) => Err(redis::RedisError::from(std::io::Error::other(error))),
+            };
+            let received: usize = read.as_ref().map_or(0, |streams| {
+                streams.iter().map(|(_, entries)| entries.len()).sum()
+            });
+            let room = self.unacked.available_permits().saturating_sub(received);
+            let claim_due = last_claim.is_some_and(|at| at.elapsed() >= settings.claim_interval);
+            if received > 0 && room > 0 && !claim_due && !self.shutdown.is_cancelled() {
+                next_read = Some(self.start_read(room));
+            }
+            match read {
+                Ok(streams) => {
+                    failures = 0;
+                    for (stream, entries) in streams {
+                        let Some(stream) =
+                            self.streams.iter().find(|name| ***name == *stream).cloned()
+                        else {
+                            continue;
+                        };
+                        if let Some(last) = entries.last() {
+                            self.last_seen.insert(Arc::clone(&stream), last.id.clone());
+                        }
+                        self.deliver(&stream, entries.into_iter().map(|entry| (entry, 1)))
+                            .await;
+                    }
+                }
+                Err(error) if is_no_group(&error) => {
+                    tracing::warn!(%error, "the consumer group or its stream vanished; recreating it");
+                    self.recreate_groups().await;
+                }
+                Err(error) => {
+                    failures += 1;
+                    let delay =
+                        Backoff::exponential(Duration::from_millis(100), Duration::from_secs(5))
+                            .delay(failures);
+                    tracing::warn!(%error, retry_in = ?delay, "reading the streams failed");
+                    tokio::select! {
+                        () = self.shutdown.cancelled() => break,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends a read of up to `room` entries (at most a batch) from every stream.
+    fn start_read(&self, room: usize) -> AbortOnDropHandle<ReadResult> {
+        let reader = self.inner.reader.clone();
+        let streams = self.inner.settings.streams.clone();
+        let count = self.inner.settings.batch_size.min(room);
+        let block = self.inner.settings.block;
+        AbortOnDropHandle::new(tokio::spawn(async move {
+            reader.read(&streams, count, block).await
+        }))
+    }
+
+    /// Starts deliveries of `entries` of `stream` (each with its attempt number), each once it has
+    /// a backpressure permit. They run concurrently in one task: cheaper than a task each.
+    async fn deliver(
+        &mut self,
+        stream: &Arc<str>,
+        entries: impl IntoIterator<Item = (StreamEntry, u32)>,
+    ) {
+        let mut deliveries = Vec::new();
+        for (entry, attempt) in entries {
+            let permit = Arc::clone(&self.unacked)
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
+            deliveries.push(
+                Delivery {
+                    inner: Arc::clone(&self.inner),
+                    stream: Arc::clone(stream),
+                    entry,
+                    attempt,
+                    permit: Some(permit),
+                    settle: self.settle.clone(),
+                    holds: self.holds.clone(),
+                    shutdown: self.shutdown.clone(),
+                }
+                .run(),
+            );
+        }
+        if !deliveries.is_empty() {
+            self.deliveries.spawn(async move {
+                futures::future::join_all(deliveries).await;
+            });
+        }
+    }
+
+    /// Claims entries idle past `claim_idle` on any consumer of the group, as far as backpressure
+    /// allows, and delivers them again as their next attempt.
+    async fn reclaim(&mut self) {
+        let settings = self.inner.settings.clone();
+        for stream in self.streams.clone() {
+            let mut cursor = "0-0".to_owned();
+            loop {
+                let room = self.unacked.available_permits().min(settings.batch_size);
+                if room == 0 {
+                    return;
+                }
+                let claimed = self
+                    .inner
+                    .commands
+                    .claim_idle(&stream, settings.claim_idle, &cursor, room)
+                    .await;
+                let (next, entries, deleted) = match claimed {
+                    Ok(claimed) => claimed,
+                    Err(error) => {
+                        if is_no_group(&error) {
+                            self.recreate_groups().await;
+                        } else {
+                            tracing::warn!(%stream, %error, "reclaiming idle entries failed");
+                        }
+                        break;
+                    }
+                };
+                Counters::add(&self.inner.counters.cleaned, deleted as u64);
+                Counters::add(&self.inner.counters.reclaimed, entries.len() as u64);
+                self.deliver(&stream, entries).await;
+                if next == "0-0" {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+    }
+
+    /// Creates missing groups again, after the last entry read from each stream so nothing is
+    /// skipped and nothing read is delivered twice.
+    async fn recreate_groups(&mut self) {
+        for stream in &self.streams {
+            let start = match self.last_seen.get(stream) {
+                Some(id) => StartFrom::Id(id.clone()),
+                None => self.inner.settings.start_from.clone(),
+            };
+            if let Err(error) = self.inner.commands.ensure(stream, &start).await {
+                tracing::warn!(%stream, %error, "could not recreate the consumer group");
+            }
+        }
+    }
+}
