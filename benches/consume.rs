@@ -143,8 +143,7 @@ async fn main() {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(500);
-    let server =
-        redis_server::RedisServer::from_env_or_start().unwrap_or_else(|reason| panic!("{reason}"));
+    let server = redis_server::RedisServer::start();
     let url = server.url().to_owned();
     let publisher = Publisher::connect(
         &url,

@@ -43,8 +43,7 @@ async fn main() {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(20_000);
-    let server =
-        redis_server::RedisServer::from_env_or_start().unwrap_or_else(|reason| panic!("{reason}"));
+    let server = redis_server::RedisServer::start();
     let client = redis::Client::open(server.url()).unwrap();
     let mut raw = ConnectionManager::new(client.clone()).await.unwrap();
     let stream = "bench:publish";

@@ -44,13 +44,7 @@ const STREAM: &str = "example:events";
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {
-    let server = match redis_server::RedisServer::from_env_or_start() {
-        Ok(server) => server,
-        Err(reason) => {
-            eprintln!("{reason}");
-            std::process::exit(1);
-        }
-    };
+    let server = redis_server::RedisServer::start_or_exit();
     let router = Router::builder().route(Route::to("**", STREAM)).build()?;
     let publisher =
         Publisher::connect(server.url(), PublisherConfig::new("shop").router(router)).await?;

@@ -25,13 +25,7 @@ struct UserCreated {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {
-    let server = match redis_server::RedisServer::from_env_or_start() {
-        Ok(server) => server,
-        Err(reason) => {
-            eprintln!("{reason}");
-            std::process::exit(1);
-        }
-    };
+    let server = redis_server::RedisServer::start_or_exit();
     println!("Redis at {}", server.url());
 
     // `user.*` events go to the stream `quickstart:users`; anything else is an error.

@@ -26,7 +26,7 @@ impl RedisServer {
     }
 
     /// Like [`RedisServer::start`], but says in one line why no server could be had.
-    pub(crate) fn from_env_or_start() -> Result<Self, String> {
+    fn from_env_or_start() -> Result<Self, String> {
         if let Ok(url) = std::env::var("REDIS_URL") {
             return Ok(Self {
                 url,
@@ -42,6 +42,16 @@ impl RedisServer {
                     .to_owned()
             }
             _ => format!("could not start redis-server: {error}"),
+        })
+    }
+
+    /// Like [`RedisServer::start`], for programs: says in one line why no server could be had and
+    /// exits with status 1.
+    #[allow(dead_code)]
+    pub(crate) fn start_or_exit() -> Self {
+        Self::from_env_or_start().unwrap_or_else(|reason| {
+            eprintln!("{reason}");
+            std::process::exit(1);
         })
     }
 
