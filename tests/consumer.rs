@@ -353,7 +353,14 @@ async fn malformed_entries_go_to_the_dead_letter_stream_and_the_consumer_keeps_g
     let mut redis = connection(&server).await;
     let junk: Vec<Vec<(&str, &[u8])>> = vec![
         vec![("foo", b"bar")],
-        vec![("type", b"task.created"), ("body", b"{not json")],
+        vec![
+            ("id", b"1"),
+            ("type", b"task.created"),
+            ("v", b"1"),
+            ("origin", b"hand-written"),
+            ("ts", b"2026-01-01T00:00:00.000Z"),
+            ("body", b"{not json"),
+        ],
         vec![("data", b"\xff\xfe binary")],
     ];
     for fields in &junk {

@@ -207,6 +207,14 @@ impl Envelope {
     /// Reads an envelope from an entry's field-value pairs, in this crate's format or the seed
     /// library's. Never panics: anything malformed is a [`DecodeError`] that says what is wrong.
     pub fn decode<K: AsRef<[u8]>, V: AsRef<[u8]>>(fields: &[(K, V)]) -> Result<Self, DecodeError> {
+        let envelope = Self::decode_leaving_body(fields)?;
+        envelope.check_body()?;
+        Ok(envelope)
+    }
+
+    /// [`decode`](Self::decode) but for the check that the body is JSON, for readers that parse the
+    /// body anyway and so check it then, at no extra cost.
+    pub(crate) fn decode_leaving_body<K: AsRef<[u8]>, V: AsRef<[u8]>>(fields: &[(K, V)]) -> Result<Self, DecodeError> {
         let mut flat = FlatFields::default();
         for (name, value) in fields {
             flat.insert(name.as_ref(), value.as_ref())?;
@@ -215,6 +223,13 @@ impl Envelope {
             (false, Some(data)) => decode_seed(data),
             _ => flat.into_envelope(),
         }
+    }
+
+    /// Checks that the body is JSON.
+    pub(crate) fn check_body(&self) -> Result<(), DecodeError> {
+        serde_json::from_str::<serde::de::IgnoredAny>(&self.body)
+            .map(|_| ())
+            .map_err(body_not_json)
     }
 
     /// The body as the event struct `E`: checks the type and version, deserializes, and validates.
@@ -232,9 +247,12 @@ impl Envelope {
                 known: E::VERSION,
             });
         }
-        let event: E = serde_json::from_str(&self.body).map_err(|error| DecodeError::Body {
-            event_type: self.event_type.clone(),
-            reason: error.to_string(),
+        let event: E = serde_json::from_str(&self.body).map_err(|error| match error.classify() {
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => body_not_json(error),
+            _ => DecodeError::Body {
+                event_type: self.event_type.clone(),
+                reason: error.to_string(),
+            },
         })?;
         event.validate().map_err(|report| DecodeError::Invalid {
             event_type: self.event_type.clone(),
@@ -318,9 +336,6 @@ impl<'a> FlatFields<'a> {
     fn into_envelope(self) -> Result<Envelope, DecodeError> {
         let event_type = required("type", self.event_type)?;
         let body = required("body", self.body)?;
-        if let Err(error) = serde_json::from_str::<serde::de::IgnoredAny>(body) {
-            return Err(invalid("body", format!("not valid JSON: {error}")));
-        }
         let computed = hash_body(event_type, body);
         if let Some(found) = self.hash
             && found != computed
@@ -364,6 +379,10 @@ fn required<'a>(field: &'static str, value: Option<&'a str>) -> Result<&'a str, 
         Some("") => Err(invalid(field, "is empty")),
         Some(value) => Ok(value),
     }
+}
+
+fn body_not_json(error: serde_json::Error) -> DecodeError {
+    invalid("body", format!("not valid JSON: {error}"))
 }
 
 fn invalid(field: &str, reason: impl Into<String>) -> DecodeError {

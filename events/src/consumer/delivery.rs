@@ -15,7 +15,7 @@ use super::group::Hold;
 use super::idempotency::Holds;
 use super::status::{Counters, InFlight};
 use super::{Context, DeadLetter, Failure, Inner, Unhandled};
-use crate::{StreamEntry, keys};
+use crate::{Envelope, StreamEntry, keys};
 
 /// An entry to acknowledge, with the idempotency key to mark done and the backpressure permit to
 /// release once it is.
@@ -68,16 +68,20 @@ impl Delivery {
     async fn attempt(&mut self) -> Next {
         let inner = Arc::clone(&self.inner);
         let settings = &inner.settings;
-        let envelope = match self.entry.decode() {
+        // Typed handlers check the body while deserializing it; everything else checks it here.
+        let envelope = match Envelope::decode_leaving_body(&self.entry.fields) {
             Ok(envelope) => envelope,
             Err(error) => return self.dead_letter(None, &Failure::Decode(error)).await,
         };
         let Some(registration) = inner.registry.find(&envelope.event_type) else {
             return match settings.unhandled {
-                Unhandled::Skip => {
-                    Counters::add(&inner.counters.skipped, 1);
-                    self.settle(None)
-                }
+                Unhandled::Skip => match envelope.check_body() {
+                    Ok(()) => {
+                        Counters::add(&inner.counters.skipped, 1);
+                        self.settle(None)
+                    }
+                    Err(error) => self.dead_letter(Some(envelope.event_type), &Failure::Decode(error)).await,
+                },
                 Unhandled::DeadLetter => {
                     let reason = format!("no handler for event type `{}`", envelope.event_type);
                     self.dead_letter(Some(envelope.event_type), &Failure::Unhandled(reason))
@@ -194,16 +198,18 @@ impl Delivery {
         ))
     }
 
-    /// Queues the entry for acknowledgement, passing on its backpressure permit.
+    /// Queues the entry for acknowledgement, passing on its id and its backpressure permit: the
+    /// delivery is over.
     fn settle(&mut self, done_key: Option<String>) -> Next {
         let settle = Settle {
             stream: Arc::clone(&self.stream),
-            entry_id: self.entry.id.clone(),
+            entry_id: std::mem::take(&mut self.entry.id),
             done_key,
             _permit: self.permit.take(),
         };
-        if self.settle.send(settle).is_err() {
-            tracing::warn!(stream = %self.stream, entry_id = %self.entry.id, "consumer stopped before the entry was acknowledged; it stays pending");
+        if let Err(unsent) = self.settle.send(settle) {
+            let Settle { stream, entry_id, .. } = unsent.0;
+            tracing::warn!(%stream, %entry_id, "consumer stopped before the entry was acknowledged; it stays pending");
         }
         Next::Done
     }

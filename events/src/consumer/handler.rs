@@ -271,7 +271,10 @@ impl Registry {
         let handler = Arc::new(handler);
         let run: ErasedHandler = Arc::new(move |context: Context| {
             let handler = Arc::clone(&handler);
-            Box::pin(async move { handler(context).await.map_err(Failure::Handler) })
+            Box::pin(async move {
+                context.envelope.check_body().map_err(Failure::Decode)?;
+                handler(context).await.map_err(Failure::Handler)
+            })
         });
         let registration = Registration {
             run,
