@@ -214,7 +214,9 @@ impl Envelope {
 
     /// [`decode`](Self::decode) but for the check that the body is JSON, for readers that parse the
     /// body anyway and so check it then, at no extra cost.
-    pub(crate) fn decode_leaving_body<K: AsRef<[u8]>, V: AsRef<[u8]>>(fields: &[(K, V)]) -> Result<Self, DecodeError> {
+    pub(crate) fn decode_leaving_body<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+        fields: &[(K, V)],
+    ) -> Result<Self, DecodeError> {
         let mut flat = FlatFields::default();
         for (name, value) in fields {
             flat.insert(name.as_ref(), value.as_ref())?;
@@ -247,13 +249,16 @@ impl Envelope {
                 known: E::VERSION,
             });
         }
-        let event: E = serde_json::from_str(&self.body).map_err(|error| match error.classify() {
-            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => body_not_json(error),
-            _ => DecodeError::Body {
-                event_type: self.event_type.clone(),
-                reason: error.to_string(),
-            },
-        })?;
+        let event: E =
+            serde_json::from_str(&self.body).map_err(|error| match error.classify() {
+                serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                    body_not_json(error)
+                }
+                _ => DecodeError::Body {
+                    event_type: self.event_type.clone(),
+                    reason: error.to_string(),
+                },
+            })?;
         event.validate().map_err(|report| DecodeError::Invalid {
             event_type: self.event_type.clone(),
             report,

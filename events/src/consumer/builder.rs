@@ -17,6 +17,10 @@ use super::{
 };
 use crate::{Error, Event, Result, keys};
 
+/// Connections for blocking reads: two, so that a read is under way while the reply to the one
+/// before is parsed.
+const READERS: usize = 2;
+
 /// Configures a [`Consumer`]: streams, group, handlers and policies.
 #[must_use]
 pub struct ConsumerBuilder {
@@ -266,10 +270,14 @@ impl ConsumerBuilder {
         if self.registry.is_empty() {
             return Err(Error::Config("the consumer has no handlers".into()));
         }
-        let reader = connect(&self.url, settings.block + Duration::from_secs(5)).await?;
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let reader = connect(&self.url, settings.block + Duration::from_secs(5)).await?;
+            readers.push(settings.group_on(reader));
+        }
         let commands = connect(&self.url, Duration::from_secs(10)).await?;
         let inner = Inner {
-            reader: settings.group_on(reader),
+            readers,
             commands: settings.group_on(commands),
             group_name: Arc::from(settings.group.as_str()),
             concurrency: Semaphore::new(settings.concurrency),

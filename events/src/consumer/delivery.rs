@@ -80,7 +80,10 @@ impl Delivery {
                         Counters::add(&inner.counters.skipped, 1);
                         self.settle(None)
                     }
-                    Err(error) => self.dead_letter(Some(envelope.event_type), &Failure::Decode(error)).await,
+                    Err(error) => {
+                        self.dead_letter(Some(envelope.event_type), &Failure::Decode(error))
+                            .await
+                    }
                 },
                 Unhandled::DeadLetter => {
                     let reason = format!("no handler for event type `{}`", envelope.event_type);
@@ -208,7 +211,9 @@ impl Delivery {
             _permit: self.permit.take(),
         };
         if let Err(unsent) = self.settle.send(settle) {
-            let Settle { stream, entry_id, .. } = unsent.0;
+            let Settle {
+                stream, entry_id, ..
+            } = unsent.0;
             tracing::warn!(%stream, %entry_id, "consumer stopped before the entry was acknowledged; it stays pending");
         }
         Next::Done

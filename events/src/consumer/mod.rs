@@ -48,8 +48,9 @@ pub(crate) struct Inner {
     registry: Registry,
     hooks: Hooks,
     group_name: Arc<str>,
-    /// Blocking reads only, so they never hold up the commands behind them.
-    reader: Group<ConnectionManager>,
+    /// Blocking reads only, so they never hold up the commands behind them; more than one, so
+    /// that a read can be under way while the reply to the one before is parsed.
+    readers: Vec<Group<ConnectionManager>>,
     /// Everything else: acknowledgements, scripts, claims.
     commands: Group<ConnectionManager>,
     counters: Counters,

@@ -1,6 +1,6 @@
 //! The read loop of a running consumer: reads batches, reclaims idle entries, starts deliveries.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,41 +38,49 @@ impl Reading {
         let settings = self.inner.settings.clone();
         let mut last_claim: Option<Instant> = None;
         let mut failures = 0u32;
-        // A read already sent, so Redis prepares the next batch while this one is delivered.
-        let mut next_read: Option<AbortOnDropHandle<ReadResult>> = None;
+        // Reads already sent, each on a connection of its own, so that Redis prepares the next
+        // batches and their replies are parsed while earlier ones are delivered. Only while
+        // entries keep coming: an idle consumer has one blocking read out.
+        let mut reads: VecDeque<(AbortOnDropHandle<ReadResult>, usize)> = VecDeque::new();
+        let mut busy = false;
+        let mut turn = 0;
         loop {
             while self.deliveries.try_join_next().is_some() {}
-            let read = match next_read.take() {
-                Some(read) => read,
-                None => {
-                    let first = tokio::select! {
-                        () = self.shutdown.cancelled() => break,
-                        permit = Arc::clone(&self.unacked).acquire_owned() => permit.expect("the semaphore is never closed"),
-                    };
-                    if last_claim.is_none_or(|at| at.elapsed() >= settings.claim_interval) {
-                        drop(first);
-                        self.reclaim().await;
-                        last_claim = Some(Instant::now());
-                        continue;
-                    }
-                    self.start_read(1 + self.unacked.available_permits())
+            let claim_due = last_claim.is_none_or(|at| at.elapsed() >= settings.claim_interval);
+            while !self.shutdown.is_cancelled()
+                && !claim_due
+                && reads.len() < self.inner.readers.len()
+            {
+                let requested: usize = reads.iter().map(|(_, count)| count).sum();
+                let room = self.unacked.available_permits().saturating_sub(requested);
+                if room == 0 || (!busy && !reads.is_empty()) {
+                    break;
                 }
+                let count = settings.batch_size.min(room);
+                turn = (turn + 1) % self.inner.readers.len();
+                reads.push_back((self.start_read(turn, count), count));
+            }
+            let Some((read, _)) = reads.pop_front() else {
+                if claim_due && !self.shutdown.is_cancelled() {
+                    self.reclaim().await;
+                    last_claim = Some(Instant::now());
+                    continue;
+                }
+                // No room for a read: wait until a delivery is acknowledged, or shutdown.
+                tokio::select! {
+                    () = self.shutdown.cancelled() => break,
+                    permit = Arc::clone(&self.unacked).acquire_owned() => drop(permit),
+                }
+                continue;
             };
             let read = match read.await {
                 Ok(read) => read,
                 Err(error) => Err(redis::RedisError::from(std::io::Error::other(error))),
             };
-            let received: usize = read.as_ref().map_or(0, |streams| {
-                streams.iter().map(|(_, entries)| entries.len()).sum()
-            });
-            let room = self.unacked.available_permits().saturating_sub(received);
-            let claim_due = last_claim.is_some_and(|at| at.elapsed() >= settings.claim_interval);
-            if received > 0 && room > 0 && !claim_due && !self.shutdown.is_cancelled() {
-                next_read = Some(self.start_read(room));
-            }
             match read {
                 Ok(streams) => {
                     failures = 0;
+                    busy = streams.iter().any(|(_, entries)| !entries.is_empty());
                     for (stream, entries) in streams {
                         let Some(stream) =
                             self.streams.iter().find(|name| ***name == *stream).cloned()
@@ -92,12 +100,13 @@ impl Reading {
                 }
                 Err(error) => {
                     failures += 1;
+                    busy = false;
                     let delay =
                         Backoff::exponential(Duration::from_millis(100), Duration::from_secs(5))
                             .delay(failures);
                     tracing::warn!(%error, retry_in = ?delay, "reading the streams failed");
                     tokio::select! {
-                        () = self.shutdown.cancelled() => break,
+                        () = self.shutdown.cancelled() => {}
                         () = tokio::time::sleep(delay) => {}
                     }
                 }
@@ -105,11 +114,10 @@ impl Reading {
         }
     }
 
-    /// Sends a read of up to `room` entries (at most a batch) from every stream.
-    fn start_read(&self, room: usize) -> AbortOnDropHandle<ReadResult> {
-        let reader = self.inner.reader.clone();
+    /// Sends a read of up to `count` entries from every stream, on reader connection `index`.
+    fn start_read(&self, index: usize, count: usize) -> AbortOnDropHandle<ReadResult> {
+        let reader = self.inner.readers[index].clone();
         let streams = self.inner.settings.streams.clone();
-        let count = self.inner.settings.batch_size.min(room);
         let block = self.inner.settings.block;
         AbortOnDropHandle::new(tokio::spawn(async move {
             reader.read(&streams, count, block).await
