@@ -105,7 +105,14 @@ impl Delivery {
                 .dead_letter(Some(context.envelope.event_type.clone()), &failure)
                 .await;
         }
-        let hold = match self.hold(&context, registration).await {
+        let prepared =
+            std::panic::catch_unwind(AssertUnwindSafe(|| (registration.prepare)(&context)))
+                .unwrap_or_else(|panic| Err(Failure::Panic(panic_message(panic.as_ref()))));
+        let prepared = match prepared {
+            Ok(prepared) => prepared,
+            Err(failure) => return self.fail(&context, failure, None).await,
+        };
+        let hold = match self.hold(&context, registration, prepared.key).await {
             Ok(Some(HoldState::Taken(key, token))) => Some((key, token)),
             Ok(Some(HoldState::Done)) => {
                 Counters::add(&inner.counters.duplicates, 1);
@@ -125,9 +132,7 @@ impl Delivery {
         let outcome = {
             let _slot = inner.concurrency.acquire().await;
             let timeout = registration.timeout.unwrap_or(settings.handler_timeout);
-            let mut run = std::pin::pin!(
-                AssertUnwindSafe((registration.run)(context.clone())).catch_unwind()
-            );
+            let mut run = std::pin::pin!(AssertUnwindSafe(prepared.run).catch_unwind());
             // A handler that finishes at once needs no timer: most do.
             let finished = match futures::poll!(run.as_mut()) {
                 Poll::Ready(finished) => Ok(finished),
@@ -148,25 +153,35 @@ impl Delivery {
                 Counters::add(&inner.counters.processed, 1);
                 self.settle(hold.map(|(key, _)| key))
             }
-            Err(failure) => {
-                Counters::add(&inner.counters.failed, 1);
-                if let Some(on_error) = &inner.hooks.on_error {
-                    on_error(&context, &failure);
-                }
-                tracing::debug!(stream = %self.stream, entry_id = %self.entry.id, attempt = self.attempt, %failure, "attempt failed");
-                if failure.is_retryable() && self.attempt < settings.max_attempts {
-                    if let Some((key, token)) = &hold
-                        && let Err(error) = inner.commands.release(key, token).await
-                    {
-                        tracing::warn!(%error, "could not release an idempotency hold; it expires by itself");
-                    }
-                    Counters::add(&inner.counters.retried, 1);
-                    Next::RetryAfter(settings.backoff.delay(self.attempt))
-                } else {
-                    let event_type = Some(context.envelope.event_type.clone());
-                    self.dead_letter_holding(event_type, &failure, hold).await
-                }
+            Err(failure) => self.fail(&context, failure, hold).await,
+        }
+    }
+
+    /// Counts a failed attempt, then plans a retry or moves the entry to the dead-letter stream.
+    async fn fail(
+        &mut self,
+        context: &Context,
+        failure: Failure,
+        hold: Option<(String, String)>,
+    ) -> Next {
+        let inner = Arc::clone(&self.inner);
+        let settings = &inner.settings;
+        Counters::add(&inner.counters.failed, 1);
+        if let Some(on_error) = &inner.hooks.on_error {
+            on_error(context, &failure);
+        }
+        tracing::debug!(stream = %self.stream, entry_id = %self.entry.id, attempt = self.attempt, %failure, "attempt failed");
+        if failure.is_retryable() && self.attempt < settings.max_attempts {
+            if let Some((key, token)) = &hold
+                && let Err(error) = inner.commands.release(key, token).await
+            {
+                tracing::warn!(%error, "could not release an idempotency hold; it expires by itself");
             }
+            Counters::add(&inner.counters.retried, 1);
+            Next::RetryAfter(settings.backoff.delay(self.attempt))
+        } else {
+            let event_type = Some(context.envelope.event_type.clone());
+            self.dead_letter_holding(event_type, &failure, hold).await
         }
     }
 
@@ -175,30 +190,25 @@ impl Delivery {
         &self,
         context: &Context,
         registration: &super::handler::Registration,
+        declared: Option<String>,
     ) -> redis::RedisResult<Option<HoldState>> {
         let inner = &self.inner;
         if !registration.idempotent.unwrap_or(inner.settings.idempotent) {
             return Ok(None);
         }
-        let id = (registration.idempotency_key)(&context.envelope)
-            .unwrap_or_else(|| context.envelope.hash.clone());
-        let key = keys::idempotency_key(&self.stream, &inner.group_name, &id);
+        let id = declared.as_deref().unwrap_or(&context.envelope.hash);
+        let key = keys::idempotency_key(&self.stream, &inner.group_name, id);
         let token = format!("{}:{}", inner.settings.consumer, self.entry.id);
         let hold_for = registration
             .timeout
             .unwrap_or(inner.settings.handler_timeout)
             + Duration::from_secs(1);
-        Ok(Some(
-            match self
-                .holds
-                .take(&self.stream, key.clone(), token.clone(), hold_for)
-                .await?
-            {
-                Hold::Taken => HoldState::Taken(key, token),
-                Hold::Done => HoldState::Done,
-                Hold::Busy => HoldState::Busy,
-            },
-        ))
+        let (hold, key, token) = self.holds.take(&self.stream, key, token, hold_for).await;
+        Ok(Some(match hold? {
+            Hold::Taken => HoldState::Taken(key, token),
+            Hold::Done => HoldState::Done,
+            Hold::Busy => HoldState::Busy,
+        }))
     }
 
     /// Queues the entry for acknowledgement, passing on its id and its backpressure permit: the

@@ -270,7 +270,7 @@ impl<C: ConnectionLike + Clone + Send + Sync> Group<C> {
     /// slot of one stream.
     pub(crate) async fn begin(
         &self,
-        holds: &[(String, String)],
+        holds: impl Iterator<Item = (&str, &str)>,
         hold: Duration,
     ) -> redis::RedisResult<Vec<Hold>> {
         let mut invocation = BEGIN.prepare_invoke();

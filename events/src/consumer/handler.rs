@@ -171,19 +171,24 @@ impl fmt::Display for Failure {
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<(), Failure>> + Send>>;
 
-/// A handler with its event type erased: takes a context, decodes what it needs, runs.
-pub(crate) type ErasedHandler = Arc<dyn Fn(Context) -> BoxFuture + Send + Sync>;
+/// A delivery made ready for its handler, its body decoded once.
+pub(crate) struct Prepared {
+    /// The idempotency key the event declares with `#[event(idempotency_key)]`; `None` means
+    /// its hash identifies it.
+    pub(crate) key: Option<String>,
+    /// The handler's run over the decoded event.
+    pub(crate) run: BoxFuture,
+}
 
-/// Takes the idempotency key of a delivery from its envelope.
-pub(crate) type KeyOf = Arc<dyn Fn(&Envelope) -> Option<String> + Send + Sync>;
+/// A handler with its event type erased: decodes the body for the handler, or fails with a
+/// decode failure that no retry can fix.
+pub(crate) type Prepare = Arc<dyn Fn(&Context) -> Result<Prepared, Failure> + Send + Sync>;
 
 /// One registered handler and its own settings.
 #[derive(Clone)]
 pub(crate) struct Registration {
-    pub(crate) run: ErasedHandler,
+    pub(crate) prepare: Prepare,
     pub(crate) timeout: Option<Duration>,
-    /// Extracts the idempotency key from a delivery, or `None` to use the hash.
-    pub(crate) idempotency_key: KeyOf,
     /// Whether repeats are skipped; `None` follows the consumer.
     pub(crate) idempotent: Option<bool>,
 }
@@ -221,25 +226,20 @@ impl Registry {
             )));
         }
         let handler = Arc::new(handler);
-        let run: ErasedHandler = Arc::new(move |context: Context| {
-            let handler = Arc::clone(&handler);
-            Box::pin(async move {
-                let event = context
-                    .envelope
-                    .decode_body::<E>()
-                    .map_err(Failure::Decode)?;
-                handler(event, context).await.map_err(Failure::Handler)
-            })
-        });
-        let idempotency_key = Arc::new(|envelope: &Envelope| {
-            serde_json::from_str::<E>(&envelope.body)
-                .ok()
-                .and_then(|event| event.idempotency_key())
+        let prepare: Prepare = Arc::new(move |context: &Context| {
+            let event = context
+                .envelope
+                .decode_body::<E>()
+                .map_err(Failure::Decode)?;
+            let key = event.idempotency_key();
+            let (handler, context) = (Arc::clone(&handler), context.clone());
+            let run =
+                Box::pin(async move { handler(event, context).await.map_err(Failure::Handler) });
+            Ok(Prepared { key, run })
         });
         let registration = Registration {
-            run,
+            prepare,
             timeout: options.timeout,
-            idempotency_key,
             idempotent: options.idempotent,
         };
         self.typed
@@ -269,17 +269,15 @@ impl Registry {
         }
         let matcher = event_glob(pattern)?.compile_matcher();
         let handler = Arc::new(handler);
-        let run: ErasedHandler = Arc::new(move |context: Context| {
-            let handler = Arc::clone(&handler);
-            Box::pin(async move {
-                context.envelope.check_body().map_err(Failure::Decode)?;
-                handler(context).await.map_err(Failure::Handler)
-            })
+        let prepare: Prepare = Arc::new(move |context: &Context| {
+            context.envelope.check_body().map_err(Failure::Decode)?;
+            let (handler, context) = (Arc::clone(&handler), context.clone());
+            let run = Box::pin(async move { handler(context).await.map_err(Failure::Handler) });
+            Ok(Prepared { key: None, run })
         });
         let registration = Registration {
-            run,
+            prepare,
             timeout: options.timeout,
-            idempotency_key: Arc::new(|_: &Envelope| None),
             idempotent: options.idempotent,
         };
         self.patterns

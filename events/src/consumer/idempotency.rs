@@ -21,8 +21,11 @@ struct Request {
     key: String,
     token: String,
     hold: Duration,
-    reply: oneshot::Sender<redis::RedisResult<Hold>>,
+    reply: oneshot::Sender<Answer>,
 }
+
+/// What a request gets back: the hold, or why none could be taken, and its key and token.
+type Answer = (redis::RedisResult<Hold>, String, String);
 
 /// Where deliveries ask for idempotency holds. The serving task ends when every clone is dropped.
 #[derive(Debug, Clone)]
@@ -43,15 +46,18 @@ impl Holds {
         )
     }
 
-    /// Takes `key` of `stream` for the delivery `token`, for at most `hold`.
+    /// Takes `key` of `stream` for the delivery `token`, for at most `hold`; gives back the key and
+    /// token with the answer.
     pub(crate) async fn take(
         &self,
         stream: &Arc<str>,
         key: String,
         token: String,
         hold: Duration,
-    ) -> redis::RedisResult<Hold> {
+    ) -> Answer {
         let (reply, answer) = oneshot::channel();
+        let stopped =
+            || redis::RedisError::from((redis::ErrorKind::Client, "the consumer is stopping"));
         let request = Request {
             stream: Arc::clone(stream),
             key,
@@ -59,10 +65,14 @@ impl Holds {
             hold,
             reply,
         };
-        let stopped =
-            || redis::RedisError::from((redis::ErrorKind::Client, "the consumer is stopping"));
-        self.requests.send(request).map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        if let Err(unsent) = self.requests.send(request) {
+            let Request { key, token, .. } = unsent.0;
+            return (Err(stopped()), key, token);
+        }
+        // The serving task answers every request it takes; it ends only after every sender.
+        answer
+            .await
+            .unwrap_or_else(|_| (Err(stopped()), String::new(), String::new()))
     }
 }
 
@@ -80,21 +90,15 @@ where
                 .push(request);
         }
         for ((_, hold), requests) in by_stream {
-            let holds: Vec<(String, String)> = requests
+            let holds = requests
                 .iter()
-                .map(|request| (request.key.clone(), request.token.clone()))
-                .collect();
-            match group.begin(&holds, hold).await {
-                Ok(results) => {
-                    for (request, result) in requests.into_iter().zip(results) {
-                        let _ = request.reply.send(Ok(result));
-                    }
-                }
-                Err(error) => {
-                    for request in requests {
-                        let _ = request.reply.send(Err(error.clone()));
-                    }
-                }
+                .map(|request| (request.key.as_str(), request.token.as_str()));
+            let results: Vec<redis::RedisResult<Hold>> = match group.begin(holds, hold).await {
+                Ok(results) => results.into_iter().map(Ok).collect(),
+                Err(error) => vec![Err(error); requests.len()],
+            };
+            for (request, result) in requests.into_iter().zip(results) {
+                let _ = request.reply.send((result, request.key, request.token));
             }
         }
     }
