@@ -1075,3 +1075,130 @@ async fn configuration_mistakes_are_named_before_connecting() {
             .contains("claim_idle (1s) must be longer than the handler timeout")
     );
 }
+
+#[tokio::test]
+async fn a_new_group_replays_from_an_entry_id_or_a_time() {
+    let server = RedisServer::start();
+    let stream = unique("replay");
+    let publisher = publisher(&server, &stream).await;
+    let mut published = Vec::new();
+    for n in 0..10 {
+        published.push(publisher.publish(&TaskCreated { n }).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    let entries = read_range(&mut connection(&server).await, &stream, "-", "+", 100)
+        .await
+        .unwrap();
+    let sixth_time = entries[6].decode().unwrap().timestamp;
+
+    let after_id = seen();
+    let from_id = consumer(&server, &stream, "from-id")
+        .start_from(StartFrom::Id(published[4].entry_id.clone()))
+        .handle(recording(&after_id))
+        .build()
+        .await
+        .unwrap();
+    let since_time = seen();
+    let from_time = consumer(&server, &stream, "from-time")
+        .start_from(StartFrom::Time(sixth_time))
+        .handle(recording(&since_time))
+        .build()
+        .await
+        .unwrap();
+    let running = [spawn(&from_id), spawn(&from_time)];
+    wait_until("both groups caught up", || {
+        count(&after_id) == 5 && count(&since_time) == 4
+    })
+    .await;
+    for run in running {
+        stop(run).await;
+    }
+
+    let keys = |seen: &Seen| seen.lock().unwrap().keys().copied().collect::<Vec<_>>();
+    assert_eq!(
+        keys(&after_id),
+        [5, 6, 7, 8, 9],
+        "entries after the given id"
+    );
+    assert_eq!(
+        keys(&since_time),
+        [6, 7, 8, 9],
+        "entries at or after the given time"
+    );
+}
+
+#[tokio::test]
+async fn a_redis_restart_that_loses_the_group_is_survived() {
+    let mut server = RedisServer::own();
+    let stream = unique("amnesia");
+    let (seen, _, running) = run_recording(&server, &stream, "g").await;
+    let publisher = publisher(&server, &stream).await;
+    publish_tasks(&publisher, 0..10).await;
+    wait_until("the first 10 are handled", || count(&seen) == 10).await;
+
+    // This server keeps nothing: the stream and the group are gone after the restart.
+    server.restart();
+    let mut next = 10;
+    while next < 20 {
+        match publisher.publish(&TaskCreated { n: next }).await {
+            Ok(_) => next += 1,
+            Err(error) if error.is_retryable() => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(error) => panic!("{error}"),
+        }
+    }
+    wait_until("the 10 published after the restart are handled", || {
+        count(&seen) == 20
+    })
+    .await;
+    stop(running).await;
+    assert_eq!(pending(&server, &stream, "g").await, 0);
+}
+
+#[tokio::test]
+async fn never_more_entries_unacknowledged_than_max_unacked() {
+    let server = RedisServer::start();
+    let stream = unique("backpressure");
+    let seen = seen();
+    let slow = {
+        let seen = Arc::clone(&seen);
+        move |task: TaskCreated, context: Context| {
+            let seen = Arc::clone(&seen);
+            async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                record(&seen, task.n, context.attempt());
+                Ok::<(), HandlerError>(())
+            }
+        }
+    };
+    let consumer = consumer(&server, &stream, "g")
+        .max_unacked(5)
+        .batch_size(100)
+        .concurrency(100)
+        .handle(slow)
+        .build()
+        .await
+        .unwrap();
+    publish_tasks(&publisher(&server, &stream).await, 0..60).await;
+    let running = spawn(&consumer);
+    let mut most_pending = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while count(&seen) < 60 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out: {} handled",
+            count(&seen)
+        );
+        most_pending = most_pending.max(pending(&server, &stream, "g").await);
+        assert!(consumer.status().in_flight <= 5);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop(running).await;
+
+    assert!(
+        most_pending <= 5,
+        "at most 5 pending at once, saw {most_pending}"
+    );
+    assert!(most_pending >= 3, "the bound was used, saw {most_pending}");
+}
