@@ -1202,3 +1202,52 @@ async fn never_more_entries_unacknowledged_than_max_unacked() {
     );
     assert!(most_pending >= 3, "the bound was used, saw {most_pending}");
 }
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
+#[event(name = "payment.captured")]
+struct PaymentCaptured {
+    #[event(idempotency_key)]
+    payment_id: String,
+    captured_at: String,
+}
+
+#[tokio::test]
+async fn declared_idempotency_keys_identify_repeats_with_other_bodies() {
+    let server = RedisServer::start();
+    let stream = unique("declared-key");
+    let handled = Arc::new(Mutex::new(Vec::new()));
+    let handler = {
+        let handled = Arc::clone(&handled);
+        move |payment: PaymentCaptured, _: Context| {
+            handled.lock().unwrap().push(payment);
+            futures::future::ready(Ok::<(), HandlerError>(()))
+        }
+    };
+    let consumer = consumer(&server, &stream, "g")
+        .handle(handler)
+        .build()
+        .await
+        .unwrap();
+    let publisher = publisher(&server, &stream).await;
+    let capture = |id: &str, at: &str| PaymentCaptured {
+        payment_id: id.into(),
+        captured_at: at.into(),
+    };
+    // The same payment reported twice with different timestamps: the key says it is one event.
+    publisher.publish(&capture("p-1", "10:00")).await.unwrap();
+    publisher.publish(&capture("p-1", "10:05")).await.unwrap();
+    publisher.publish(&capture("p-2", "10:00")).await.unwrap();
+    let running = spawn(&consumer);
+    wait_until("all three are settled", || {
+        let status = consumer.status();
+        status.processed + status.duplicates == 3
+    })
+    .await;
+    stop(running).await;
+
+    let handled = handled.lock().unwrap().clone();
+    let ids: Vec<&str> = handled.iter().map(|p| p.payment_id.as_str()).collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert!(ids.contains(&"p-1") && ids.contains(&"p-2"));
+    assert_eq!(consumer.status().duplicates, 1);
+}
