@@ -204,6 +204,30 @@ impl Envelope {
         fields
     }
 
+    /// The bytes its fields take as written: names and values.
+    pub fn encoded_len(&self) -> usize {
+        const FIXED: usize =
+            "idtypevoriginhashbody".len() + "ts".len() + "2026-11-23T07:05:37.123Z".len() + 10;
+        let optional = [&self.correlation_id, &self.causation_id, &self.traceparent]
+            .into_iter()
+            .flatten()
+            .map(|value| value.len() + 11)
+            .sum::<usize>();
+        let headers = self
+            .headers
+            .iter()
+            .map(|(name, value)| HEADER_PREFIX.len() + name.len() + value.len())
+            .sum::<usize>();
+        FIXED
+            + self.id.len()
+            + self.event_type.len()
+            + self.origin.len()
+            + self.hash.len()
+            + self.body.len()
+            + optional
+            + headers
+    }
+
     /// Reads an envelope from an entry's field-value pairs, in this crate's format or the seed
     /// library's. Never panics: anything malformed is a [`DecodeError`] that says what is wrong.
     pub fn decode<K: AsRef<[u8]>, V: AsRef<[u8]>>(fields: &[(K, V)]) -> Result<Self, DecodeError> {

@@ -79,6 +79,21 @@ pub enum Error {
         source: redis::RedisError,
     },
 
+    /// The batched publisher is closed and accepts no more events.
+    #[error("the batched publisher is closed")]
+    Closed,
+
+    /// The batched publisher holds as many events as it may, and is set to refuse more.
+    #[error(
+        "the batched publisher is full ({messages} events, {bytes} bytes held); try again later"
+    )]
+    Overloaded {
+        /// Events held.
+        messages: usize,
+        /// Bytes held.
+        bytes: usize,
+    },
+
     /// Reading a stream failed.
     #[error("could not read stream `{stream}`: {source}")]
     Read {

@@ -43,6 +43,8 @@
 //! # }
 //! ```
 
+mod batch;
+mod connection;
 mod consumer;
 mod entry;
 mod envelope;
@@ -57,6 +59,9 @@ mod validation;
 #[path = "private.rs"]
 pub mod __private;
 
+pub use batch::{
+    BatchConfig, BatchedPublisher, BatchingStrategy, FailedMessage, MemoryStats, Overflow,
+};
 pub use consumer::{
     Backoff, Consumer, ConsumerBuilder, Context, DEAD_LETTER_PREFIX, DeadLetter, Failure,
     HandlerError, HandlerOptions, PullConsumer, Reserved, StartFrom, Status, Unhandled,

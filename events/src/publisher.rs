@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use redis::aio::{ConnectionLike, ConnectionManager};
 use serde_json::Value;
@@ -163,11 +163,7 @@ impl Publisher<ConnectionManager> {
     /// Connects to the Redis at `url` (such as `redis://127.0.0.1:6379`) with a connection that
     /// reconnects by itself.
     pub async fn connect(url: &str, config: PublisherConfig) -> Result<Self> {
-        let client = redis::Client::open(url).map_err(|source| Error::Connect { source })?;
-        let connection = client
-            .get_connection_manager()
-            .await
-            .map_err(|source| Error::Connect { source })?;
+        let connection = crate::connection::connect(url, Duration::from_secs(5)).await?;
         Ok(Self::new(connection, config))
     }
 }
@@ -279,37 +275,54 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Publisher<C> {
     /// The writes are pipelined, not a transaction: on an error some may have been written. Writing
     /// the same envelopes again is safe with idempotent consumers, since ids and hashes stay the same.
     pub async fn publish_envelopes(&self, envelopes: Vec<Envelope>) -> Result<Vec<Published>> {
+        self.write(&envelopes).await?.into_iter().collect()
+    }
+
+    /// Writes `envelopes` in one pipelined round trip and tells what became of each. The outer
+    /// error is for the round trip as a whole (then nothing is known to be written), the inner
+    /// ones for single writes that Redis refused.
+    pub(crate) async fn write(&self, envelopes: &[Envelope]) -> Result<Vec<Result<Published>>> {
         if envelopes.is_empty() {
             return Ok(Vec::new());
         }
         let now = SystemTime::now();
         let mut pipeline = redis::pipe();
         let mut streams = Vec::with_capacity(envelopes.len());
-        for envelope in &envelopes {
+        for envelope in envelopes {
             let destination = self.config.router.resolve(&envelope.event_type)?;
             pipeline.add_command(xadd(&destination, envelope, now));
             streams.push(destination.stream.into_owned());
         }
-        let write_error = |index: usize, source| Error::Write {
-            event_type: envelopes[index].event_type.clone(),
-            stream: streams[index].clone(),
-            source,
-        };
-        let replies: Vec<redis::RedisResult<String>> = pipeline
+        let replies: Vec<redis::RedisResult<String>> = match pipeline
             .ignore_errors()
             .query_async(&mut self.connection.clone())
             .await
-            .map_err(|source| write_error(0, source))?;
-        let mut published = Vec::with_capacity(envelopes.len());
-        for (index, reply) in replies.into_iter().enumerate() {
-            let entry_id = reply.map_err(|source| write_error(index, source))?;
-            published.push(Published {
-                event_id: envelopes[index].id.clone(),
-                stream: streams[index].clone(),
-                entry_id,
-            });
-        }
-        Ok(published)
+        {
+            Ok(replies) => replies,
+            Err(source) => {
+                return Err(Error::Write {
+                    event_type: envelopes[0].event_type.clone(),
+                    stream: streams.swap_remove(0),
+                    source,
+                });
+            }
+        };
+        Ok(replies
+            .into_iter()
+            .zip(envelopes.iter().zip(streams))
+            .map(|(reply, (envelope, stream))| match reply {
+                Ok(entry_id) => Ok(Published {
+                    event_id: envelope.id.clone(),
+                    stream,
+                    entry_id,
+                }),
+                Err(source) => Err(Error::Write {
+                    event_type: envelope.event_type.clone(),
+                    stream,
+                    source,
+                }),
+            })
+            .collect())
     }
 
     async fn write_one(&self, envelope: Envelope) -> Result<Published> {

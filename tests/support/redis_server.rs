@@ -80,12 +80,25 @@ impl RedisServer {
     /// Stops the server and starts it again on the same port, with the same data directory.
     #[allow(dead_code)]
     pub(crate) fn restart(&mut self) {
+        self.stop();
+        self.resume();
+    }
+
+    /// Stops the server; [`resume`](RedisServer::resume) starts it again.
+    #[allow(dead_code)]
+    pub(crate) fn stop(&mut self) {
         let mut child = self
             .child
             .take()
-            .expect("only a server this process started can be restarted");
+            .expect("only a server this process started can be stopped");
         let _ = child.kill();
         let _ = child.wait();
+    }
+
+    /// Starts a stopped server again on its port, with its data directory.
+    #[allow(dead_code)]
+    pub(crate) fn resume(&mut self) {
+        assert!(self.child.is_none(), "the server is running");
         let port: u16 = self
             .url
             .rsplit(':')
@@ -97,8 +110,8 @@ impl RedisServer {
         if self.durable {
             command.args(["--appendonly", "yes", "--appendfsync", "always"]);
         }
-        let mut child = command.spawn().expect("restart redis-server");
-        wait_until_ready(&mut child, port).expect("restarted redis-server answers");
+        let mut child = command.spawn().expect("start redis-server again");
+        wait_until_ready(&mut child, port).expect("redis-server answers again");
         self.child = Some(child);
     }
 

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use tokio::sync::Semaphore;
 
 use super::config::{Hooks, Settings};
@@ -15,6 +15,7 @@ use super::{
     Backoff, Consumer, Context, DeadLetter, Failure, HandlerError, HandlerOptions, Inner,
     PullConsumer, StartFrom, Unhandled,
 };
+use crate::connection::connect;
 use crate::{Error, Event, Result, keys};
 
 /// Connections for blocking reads: two, so that a read is under way while the reply to the one
@@ -290,15 +291,6 @@ impl ConsumerBuilder {
             inner: Arc::new(inner),
         })
     }
-}
-
-/// A connection to `url` that reconnects by itself and gives up on a reply after `response_timeout`.
-async fn connect(url: &str, response_timeout: Duration) -> Result<ConnectionManager> {
-    let client = redis::Client::open(url).map_err(|source| Error::Connect { source })?;
-    let config = ConnectionManagerConfig::new().set_response_timeout(Some(response_timeout));
-    ConnectionManager::new_with_config(client, config)
-        .await
-        .map_err(|source| Error::Connect { source })
 }
 
 impl Settings {

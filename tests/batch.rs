@@ -1,0 +1,393 @@
+//! The batched publisher against a real redis-server: flushed by size, time, flush() and close(),
+//! bounded in concurrency and memory, and losing nothing when Redis goes away.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use events::{
+    Backoff, BatchConfig, BatchedPublisher, BatchingStrategy, Error, Event, Overflow, Publisher,
+    PublisherConfig, Router, read_range,
+};
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+use support::{RedisServer, connection, unique};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
+#[event(name = "sensor.read")]
+struct SensorRead {
+    n: u64,
+    #[event(range(min = -50.0, max = 150.0))]
+    celsius: f64,
+}
+
+fn reading(n: u64) -> SensorRead {
+    SensorRead { n, celsius: 21.5 }
+}
+
+async fn batched(server: &RedisServer, stream: &str, config: BatchConfig) -> BatchedPublisher {
+    let publisher = Publisher::connect(
+        server.url(),
+        PublisherConfig::new("test").router(Router::single(stream)),
+    )
+    .await
+    .unwrap();
+    BatchedPublisher::new(publisher, config)
+}
+
+async fn stream_len(server: &RedisServer, stream: &str) -> usize {
+    connection(server).await.xlen(stream).await.unwrap_or(0)
+}
+
+/// The event ids in `stream`, checking that none is there twice.
+async fn distinct_ids(server: &RedisServer, stream: &str) -> BTreeSet<String> {
+    let entries = read_range(&mut connection(server).await, stream, "-", "+", 1_000_000)
+        .await
+        .unwrap();
+    let ids: BTreeSet<String> = entries
+        .iter()
+        .map(|entry| entry.decode().unwrap().id)
+        .collect();
+    assert_eq!(ids.len(), entries.len(), "an event was written twice");
+    ids
+}
+
+/// Waits until `predicate` holds for the stream's length, polling.
+async fn wait_for_len(
+    server: &RedisServer,
+    stream: &str,
+    what: &str,
+    predicate: impl Fn(usize) -> bool,
+) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if predicate(stream_len(server, stream).await) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_full_queue_is_written_and_the_rest_waits() {
+    let server = RedisServer::start();
+    let stream = unique("by-size");
+    let config = BatchConfig::new()
+        .max_size(10)
+        .max_wait(Duration::from_secs(3600));
+    let batched = batched(&server, &stream, config).await;
+
+    for n in 0..25 {
+        batched.publish(&reading(n)).await.unwrap();
+    }
+    wait_for_len(&server, &stream, "two full batches are written", |len| {
+        len == 20
+    })
+    .await;
+
+    let stats = batched.memory_stats();
+    assert_eq!(
+        (
+            stats.queue_count,
+            stats.queued_messages,
+            stats.published_total
+        ),
+        (1, 5, 20)
+    );
+    assert_eq!(stats.held_messages, 5);
+    batched.close().await.unwrap();
+    assert_eq!(stream_len(&server, &stream).await, 25);
+}
+
+#[tokio::test]
+async fn an_old_enough_queue_is_written() {
+    let server = RedisServer::start();
+    let stream = unique("by-time");
+    let config = BatchConfig::new()
+        .max_size(1000)
+        .max_wait(Duration::from_millis(50));
+    let batched = batched(&server, &stream, config).await;
+
+    for n in 0..3 {
+        batched.publish(&reading(n)).await.unwrap();
+    }
+    assert_eq!(
+        stream_len(&server, &stream).await,
+        0,
+        "not yet: the queue is neither full nor old"
+    );
+    wait_for_len(&server, &stream, "max_wait passes", |len| len == 3).await;
+    assert_eq!(batched.memory_stats().queued_messages, 0);
+}
+
+#[tokio::test]
+async fn flush_returns_once_everything_queued_is_written() {
+    let server = RedisServer::start();
+    let stream = unique("flush");
+    let config = BatchConfig::new()
+        .max_size(1000)
+        .max_wait(Duration::from_secs(3600))
+        .strategy(BatchingStrategy::Prefix(1));
+    let batched = batched(&server, &stream, config).await;
+    for n in 0..7 {
+        batched.publish(&reading(n)).await.unwrap();
+    }
+    batched
+        .publish_raw("sensor.calibrated", serde_json::json!({"offset": 0.5}))
+        .await
+        .unwrap();
+    assert_eq!(
+        batched.memory_stats().queue_count,
+        1,
+        "one queue for every `sensor` event"
+    );
+
+    batched.flush().await.unwrap();
+
+    assert_eq!(stream_len(&server, &stream).await, 8);
+    let stats = batched.memory_stats();
+    assert_eq!(
+        (stats.queued_messages, stats.held_messages, stats.held_bytes),
+        (0, 0, 0)
+    );
+    assert_eq!(stats.published_total, 8);
+}
+
+#[tokio::test]
+async fn close_writes_what_is_queued_and_refuses_more() {
+    let server = RedisServer::start();
+    let stream = unique("close");
+    let config = BatchConfig::new()
+        .max_size(1000)
+        .max_wait(Duration::from_secs(3600));
+    let batched = batched(&server, &stream, config).await;
+    for n in 0..12 {
+        batched.publish(&reading(n)).await.unwrap();
+    }
+
+    batched.close().await.unwrap();
+
+    assert_eq!(stream_len(&server, &stream).await, 12);
+    assert!(matches!(
+        batched.publish(&reading(99)).await,
+        Err(Error::Closed)
+    ));
+}
+
+#[tokio::test]
+async fn invalid_events_fail_their_caller_at_once() {
+    let server = RedisServer::start();
+    let stream = unique("invalid");
+    let batched = batched(&server, &stream, BatchConfig::new()).await;
+
+    let error = batched
+        .publish(&SensorRead {
+            n: 1,
+            celsius: 900.0,
+        })
+        .await
+        .unwrap_err();
+
+    assert!(
+        error
+            .to_string()
+            .starts_with("event `sensor.read` is invalid: invalid field celsius"),
+        "{error}"
+    );
+    assert_eq!(batched.memory_stats().held_messages, 0);
+}
+
+#[tokio::test]
+async fn no_more_batches_in_flight_than_the_cap() {
+    let server = RedisServer::start();
+    let stream = unique("concurrency");
+    let config = BatchConfig::new()
+        .max_size(500)
+        .max_wait(Duration::from_secs(3600))
+        .max_concurrent_batches(2);
+    let batched = std::sync::Arc::new(batched(&server, &stream, config).await);
+    for n in 0..20_000 {
+        batched.publish(&reading(n)).await.unwrap();
+    }
+    let flushing = tokio::spawn({
+        let batched = std::sync::Arc::clone(&batched);
+        async move { batched.flush().await }
+    });
+    let mut most = 0;
+    while !flushing.is_finished() {
+        let in_flight = batched.memory_stats().in_flight_batches;
+        assert!(in_flight <= 2, "{in_flight} batches in flight");
+        most = most.max(in_flight);
+        tokio::task::yield_now().await;
+    }
+    flushing.await.unwrap().unwrap();
+
+    assert_eq!(most, 2, "the cap was reached");
+    assert_eq!(stream_len(&server, &stream).await, 20_000);
+}
+
+/// A config whose writes keep retrying while Redis is away.
+fn patient(messages: usize, overflow: Overflow) -> BatchConfig {
+    BatchConfig::new()
+        .max_size(5)
+        .max_wait(Duration::from_millis(10))
+        .max_queued_messages(messages)
+        .overflow(overflow)
+        .max_retries(1_000)
+        .retry_backoff(Backoff::exponential(
+            Duration::from_millis(20),
+            Duration::from_millis(50),
+        ))
+}
+
+#[tokio::test]
+async fn publish_waits_while_the_memory_bound_is_reached_then_resumes() {
+    let mut server = RedisServer::own();
+    let stream = unique("backpressure");
+    let batched = batched(&server, &stream, patient(10, Overflow::Wait)).await;
+    server.stop();
+    for n in 0..10 {
+        batched.publish(&reading(n)).await.unwrap();
+    }
+
+    let event = reading(10);
+    let eleventh = batched.publish(&event);
+    tokio::pin!(eleventh);
+    let waited = tokio::time::timeout(Duration::from_millis(300), &mut eleventh).await;
+    assert!(
+        waited.is_err(),
+        "the eleventh event waits while ten are held"
+    );
+    assert_eq!(batched.memory_stats().held_messages, 10);
+
+    server.resume();
+    eleventh.await.unwrap();
+    batched.close().await.unwrap();
+    assert_eq!(distinct_ids(&server, &stream).await.len(), 11);
+}
+
+#[tokio::test]
+async fn reject_mode_refuses_events_past_the_bound() {
+    let mut server = RedisServer::own();
+    let stream = unique("reject");
+    let batched = batched(&server, &stream, patient(10, Overflow::Reject)).await;
+    server.stop();
+    for n in 0..10 {
+        batched.publish(&reading(n)).await.unwrap();
+    }
+
+    let error = batched.publish(&reading(10)).await.unwrap_err();
+
+    assert!(
+        matches!(error, Error::Overloaded { messages: 10, .. }),
+        "{error}"
+    );
+    server.resume();
+    batched.close().await.unwrap();
+    assert_eq!(stream_len(&server, &stream).await, 10);
+}
+
+#[tokio::test]
+async fn events_that_failed_while_redis_was_down_are_written_once_after_retry_failed() {
+    let mut server = RedisServer::own_durable();
+    let stream = unique("outage");
+    let config = BatchConfig::new()
+        .max_size(50)
+        .max_wait(Duration::from_millis(5))
+        .max_retries(2)
+        .retry_backoff(Backoff::exponential(
+            Duration::from_millis(10),
+            Duration::from_millis(20),
+        ));
+    let batched = batched(&server, &stream, config).await;
+
+    for n in 0..500 {
+        batched.publish(&reading(n)).await.unwrap();
+    }
+    batched.flush().await.unwrap();
+    server.stop();
+    for n in 500..1000 {
+        batched.publish(&reading(n)).await.unwrap();
+    }
+    batched.flush().await.unwrap();
+
+    let stats = batched.memory_stats();
+    assert_eq!(
+        (
+            stats.published_total,
+            stats.failed_messages,
+            stats.failed_total
+        ),
+        (500, 500, 500)
+    );
+    assert_eq!(
+        stats.held_messages, 500,
+        "failed events are held, not dropped"
+    );
+    assert_eq!(batched.failed_messages().len(), 500);
+    assert!(
+        batched.failed_messages()[0]
+            .error
+            .starts_with("could not write event `sensor.read`")
+    );
+
+    server.resume();
+    // Retried until Redis answers again: the connection may still be coming back.
+    let mut retried = 0;
+    for _ in 0..50 {
+        retried += batched.retry_failed().await.unwrap();
+        if batched.memory_stats().failed_messages == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(retried >= 500);
+
+    let stats = batched.memory_stats();
+    assert_eq!(
+        (
+            stats.published_total,
+            stats.failed_messages,
+            stats.held_messages
+        ),
+        (1000, 0, 0)
+    );
+    assert_eq!(
+        distinct_ids(&server, &stream).await.len(),
+        1000,
+        "every event exactly once"
+    );
+}
+
+#[tokio::test]
+async fn drained_failed_events_release_their_memory() {
+    let mut server = RedisServer::own();
+    let stream = unique("drain");
+    let config = BatchConfig::new().max_size(10).max_retries(0);
+    let batched = batched(&server, &stream, config).await;
+    server.stop();
+    for n in 0..10 {
+        batched.publish(&reading(n)).await.unwrap();
+    }
+    batched.flush().await.unwrap();
+
+    let drained = batched.drain_failed();
+
+    assert_eq!(drained.len(), 10);
+    assert_eq!(
+        drained[3].envelope.decode_body::<SensorRead>().unwrap(),
+        reading(3)
+    );
+    let stats = batched.memory_stats();
+    assert_eq!(
+        (stats.failed_messages, stats.held_messages, stats.held_bytes),
+        (0, 0, 0)
+    );
+    assert_eq!(stats.failed_total, 10);
+    server.resume();
+}
