@@ -121,7 +121,7 @@ impl BatchConfig {
         self
     }
 
-    /// At most this many bytes of events held (their fields as written).
+    /// At most this many bytes of events held, as [`Envelope::memory_size`] counts them.
     pub fn max_queued_bytes(mut self, bytes: usize) -> Self {
         self.max_queued_bytes = bytes.max(1);
         self
@@ -305,7 +305,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> BatchedPublisher<C> {
             return Err(Error::Closed);
         }
         shared.publisher.router().resolve(&envelope.event_type)?;
-        let bytes = envelope.encoded_len();
+        let bytes = envelope.memory_size();
         if bytes > shared.config.max_queued_bytes {
             return Err(Error::Config(format!(
                 "event `{}` takes {bytes} bytes, more than max_queued_bytes ({})",
@@ -314,29 +314,25 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> BatchedPublisher<C> {
         }
         self.hold(bytes).await?;
         let id = envelope.id.clone();
-        let queue = shared
-            .config
-            .strategy
-            .queue_of(&envelope.event_type)
-            .to_owned();
         let full = {
             let mut queues = lock(&shared.queues);
-            let waiting = queues.entry(queue.clone()).or_insert_with(|| Queue {
-                envelopes: Vec::new(),
-                bytes: 0,
-                oldest: Instant::now(),
-            });
+            let queue = shared.config.strategy.queue_of(&envelope.event_type);
+            if !queues.contains_key(queue) {
+                let waiting = Queue {
+                    envelopes: Vec::with_capacity(shared.config.max_size.min(1024)),
+                    bytes: 0,
+                    oldest: Instant::now(),
+                };
+                queues.insert(queue.to_owned(), waiting);
+            }
+            let waiting = queues.get_mut(queue).expect("inserted above");
+            let full =
+                (waiting.envelopes.len() + 1 >= shared.config.max_size).then(|| queue.to_owned());
             waiting.envelopes.push(envelope);
             waiting.bytes += bytes;
             shared.queued_messages.fetch_add(1, Ordering::Relaxed);
             shared.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
-            if waiting.envelopes.len() >= shared.config.max_size {
-                queues
-                    .remove(&queue)
-                    .map(|full| shared.batch_of(queue, full))
-            } else {
-                None
-            }
+            full.and_then(|name| queues.remove(&name).map(|full| shared.batch_of(name, full)))
         };
         if let Some(batch) = full {
             shared.send(batch);
@@ -401,7 +397,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> BatchedPublisher<C> {
             .fetch_sub(drained.len(), Ordering::Relaxed);
         let bytes = drained
             .iter()
-            .map(|failed| failed.envelope.encoded_len())
+            .map(|failed| failed.envelope.memory_size())
             .sum();
         shared.release(drained.len(), bytes);
         drained
@@ -612,7 +608,7 @@ where
                     match result {
                         Ok(_) => {
                             written += 1;
-                            written_bytes += envelope.encoded_len();
+                            written_bytes += envelope.memory_size();
                         }
                         Err(error) if error.is_retryable() => {
                             last_error = error.to_string();

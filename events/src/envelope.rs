@@ -204,26 +204,33 @@ impl Envelope {
         fields
     }
 
-    /// The bytes its fields take as written: names and values.
-    pub fn encoded_len(&self) -> usize {
-        const FIXED: usize =
-            "idtypevoriginhashbody".len() + "ts".len() + "2026-11-23T07:05:37.123Z".len() + 10;
+    /// About the bytes it takes in memory: the struct, its text, and the allocator's own per
+    /// allocation. The batched publisher bounds its memory with this.
+    pub fn memory_size(&self) -> usize {
+        /// What the allocator adds to each allocation, on average.
+        const PER_ALLOCATION: usize = 16;
+        let text = |value: &String| value.capacity() + PER_ALLOCATION;
         let optional = [&self.correlation_id, &self.causation_id, &self.traceparent]
             .into_iter()
             .flatten()
-            .map(|value| value.len() + 11)
+            .map(text)
             .sum::<usize>();
         let headers = self
             .headers
             .iter()
-            .map(|(name, value)| HEADER_PREFIX.len() + name.len() + value.len())
+            .map(|(name, value)| text(name) + text(value) + 2 * std::mem::size_of::<String>())
             .sum::<usize>();
-        FIXED
-            + self.id.len()
-            + self.event_type.len()
-            + self.origin.len()
-            + self.hash.len()
-            + self.body.len()
+        std::mem::size_of::<Self>()
+            + [
+                &self.id,
+                &self.event_type,
+                &self.origin,
+                &self.hash,
+                &self.body,
+            ]
+            .into_iter()
+            .map(text)
+            .sum::<usize>()
             + optional
             + headers
     }
