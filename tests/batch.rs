@@ -391,3 +391,45 @@ async fn drained_failed_events_release_their_memory() {
     assert_eq!(stats.failed_total, 10);
     server.resume();
 }
+
+/// Collects what a tracing subscriber writes, for tests that check a warning.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn dropping_without_close_warns_how_many_events_were_left() {
+    let server = RedisServer::start();
+    let stream = unique("dropped");
+    let config = BatchConfig::new()
+        .max_size(1000)
+        .max_wait(Duration::from_secs(3600));
+    let batched = batched(&server, &stream, config).await;
+    for n in 0..7 {
+        batched.publish(&reading(n)).await.unwrap();
+    }
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer({
+            let captured = captured.clone();
+            move || captured.clone()
+        })
+        .with_ansi(false)
+        .finish();
+
+    tracing::subscriber::with_default(subscriber, || drop(batched));
+
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(log.contains("WARN"), "{log}");
+    assert!(log.contains("unwritten=7"), "{log}");
+    assert!(log.contains("call close() before dropping it"), "{log}");
+}

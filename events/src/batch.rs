@@ -657,3 +657,29 @@ where
     lock(&shared.unfinished).remove(&batch.id);
     shared.finished.notify_waiters();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::BatchingStrategy;
+
+    #[test]
+    fn queues_by_type_or_by_its_first_segments() {
+        assert_eq!(
+            BatchingStrategy::Exact.queue_of("user.profile.updated"),
+            "user.profile.updated"
+        );
+        assert_eq!(
+            BatchingStrategy::Prefix(1).queue_of("user.profile.updated"),
+            "user"
+        );
+        assert_eq!(
+            BatchingStrategy::Prefix(2).queue_of("user.profile.updated"),
+            "user.profile"
+        );
+        assert_eq!(
+            BatchingStrategy::Prefix(5).queue_of("user.created"),
+            "user.created"
+        );
+        assert_eq!(BatchingStrategy::Prefix(0).queue_of("user.created"), "user");
+    }
+}
