@@ -164,7 +164,7 @@ pub struct MemoryStats {
     pub failed_messages: usize,
     /// Events held in all: queued, being written and failed; the memory bound applies to these.
     pub held_messages: usize,
-    /// Bytes of the events held.
+    /// Bytes of the events held, and of the copies a write makes of them while it lasts.
     pub held_bytes: usize,
     /// Events written since the publisher was made.
     pub published_total: u64,
@@ -584,7 +584,16 @@ where
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
     let _turn = shared.writers.acquire().await;
-    shared.in_flight_batches.fetch_add(1, Ordering::Relaxed);
+    // Writing copies each event into a command (its arguments and their index, about as large as
+    // the envelope) and then into the pipeline's buffer: count those two copies too while they
+    // last, so that publishers wait for that memory as for queued events.
+    let copies: usize = 2 * batch
+        .envelopes
+        .iter()
+        .map(Envelope::memory_size)
+        .sum::<usize>();
+    shared.held_bytes.fetch_add(copies, Ordering::AcqRel);
+    shared.in_flight_batches.fetch_add(1, Ordering::AcqRel);
     let span = tracing::info_span!(
         "events.batch",
         queue = %batch.queue,
@@ -652,6 +661,7 @@ where
         .failed_messages
         .fetch_add(failed.len(), Ordering::Relaxed);
     lock(&shared.failed).extend(failed);
+    shared.held_bytes.fetch_sub(copies, Ordering::AcqRel);
     shared.release(written, written_bytes);
     shared.in_flight_batches.fetch_sub(1, Ordering::Relaxed);
     lock(&shared.unfinished).remove(&batch.id);
