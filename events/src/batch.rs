@@ -164,7 +164,8 @@ pub struct MemoryStats {
     pub failed_messages: usize,
     /// Events held in all: queued, being written and failed; the memory bound applies to these.
     pub held_messages: usize,
-    /// Bytes of the events held, and of the copies a write makes of them while it lasts.
+    /// Bytes of the events held, and of the copies a write makes of them while it lasts (these
+    /// are taken without waiting, so they may pass the bound while writes are under way).
     pub held_bytes: usize,
     /// Events written since the publisher was made.
     pub published_total: u64,
@@ -584,10 +585,11 @@ where
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
     let _turn = shared.writers.acquire().await;
-    // Writing copies each event into a command (its arguments and their index, about as large as
-    // the envelope) and then into the pipeline's buffer: count those two copies too while they
-    // last, so that publishers wait for that memory as for queued events.
-    let copies: usize = 2 * batch
+    // Writing copies each event into a command (its argument bytes, grown by doubling, and an
+    // index of them: one to two times the envelope's memory) and then into the pipeline's
+    // buffer (about once more): count three times the envelopes' memory while the write lasts,
+    // so that publishers wait for it as for queued events.
+    let copies: usize = 3 * batch
         .envelopes
         .iter()
         .map(Envelope::memory_size)
@@ -610,7 +612,7 @@ where
         if attempt > 0 {
             tokio::time::sleep(shared.config.retry_backoff.delay(attempt)).await;
         }
-        match shared.publisher.write(&pending).await {
+        match shared.publisher.write(&pending, |_, _, _| ()).await {
             Ok(results) => {
                 let mut retry = Vec::new();
                 for (envelope, result) in pending.into_iter().zip(results) {

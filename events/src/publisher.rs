@@ -275,13 +275,25 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Publisher<C> {
     /// The writes are pipelined, not a transaction: on an error some may have been written. Writing
     /// the same envelopes again is safe with idempotent consumers, since ids and hashes stay the same.
     pub async fn publish_envelopes(&self, envelopes: Vec<Envelope>) -> Result<Vec<Published>> {
-        self.write(&envelopes).await?.into_iter().collect()
+        let written = self
+            .write(&envelopes, |envelope, stream, entry_id| Published {
+                event_id: envelope.id.clone(),
+                stream: stream.to_owned(),
+                entry_id,
+            })
+            .await?;
+        written.into_iter().collect()
     }
 
-    /// Writes `envelopes` in one pipelined round trip and tells what became of each. The outer
-    /// error is for the round trip as a whole (then nothing is known to be written), the inner
-    /// ones for single writes that Redis refused.
-    pub(crate) async fn write(&self, envelopes: &[Envelope]) -> Result<Vec<Result<Published>>> {
+    /// Writes `envelopes` in one pipelined round trip and tells what became of each, as
+    /// `written(envelope, stream, entry id)` makes of it. The outer error is for the round trip as a
+    /// whole (then nothing is known to be written), the inner ones for single writes that Redis
+    /// refused.
+    pub(crate) async fn write<T>(
+        &self,
+        envelopes: &[Envelope],
+        written: impl Fn(&Envelope, &str, String) -> T,
+    ) -> Result<Vec<Result<T>>> {
         if envelopes.is_empty() {
             return Ok(Vec::new());
         }
@@ -291,36 +303,24 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Publisher<C> {
         for envelope in envelopes {
             let destination = self.config.router.resolve(&envelope.event_type)?;
             pipeline.add_command(xadd(&destination, envelope, now));
-            streams.push(destination.stream.into_owned());
+            streams.push(destination.stream);
         }
-        let replies: Vec<redis::RedisResult<String>> = match pipeline
+        let write_error = |envelope: &Envelope, stream: &str, source| Error::Write {
+            event_type: envelope.event_type.clone(),
+            stream: stream.to_owned(),
+            source,
+        };
+        let replies: Vec<redis::RedisResult<String>> = pipeline
             .ignore_errors()
             .query_async(&mut self.connection.clone())
             .await
-        {
-            Ok(replies) => replies,
-            Err(source) => {
-                return Err(Error::Write {
-                    event_type: envelopes[0].event_type.clone(),
-                    stream: streams.swap_remove(0),
-                    source,
-                });
-            }
-        };
+            .map_err(|source| write_error(&envelopes[0], &streams[0], source))?;
         Ok(replies
             .into_iter()
-            .zip(envelopes.iter().zip(streams))
+            .zip(envelopes.iter().zip(&streams))
             .map(|(reply, (envelope, stream))| match reply {
-                Ok(entry_id) => Ok(Published {
-                    event_id: envelope.id.clone(),
-                    stream,
-                    entry_id,
-                }),
-                Err(source) => Err(Error::Write {
-                    event_type: envelope.event_type.clone(),
-                    stream,
-                    source,
-                }),
+                Ok(entry_id) => Ok(written(envelope, stream, entry_id)),
+                Err(source) => Err(write_error(envelope, stream, source)),
             })
             .collect())
     }
