@@ -53,6 +53,7 @@ mod event;
 mod keys;
 mod publisher;
 mod routing;
+mod stats;
 mod validation;
 
 #[doc(hidden)]
@@ -73,6 +74,9 @@ pub use event::{Event, check_event_type};
 pub use keys::{dead_letter_stream, slot_prefix};
 pub use publisher::{PublishOptions, Published, Publisher, PublisherConfig, RawValidator};
 pub use routing::{Destination, Route, Router, RouterBuilder, Trim};
+pub use stats::{
+    ConsumerStats, EntryStamp, GroupStats, ServerStats, StreamStats, server_stats, stream_stats,
+};
 pub use validation::{FieldError, Validate, ValidationReport};
 
 #[cfg(feature = "derive")]

@@ -1,0 +1,253 @@
+//! Stream and server statistics for health checks and operators: backlog, lag, pending work,
+//! consumers, dead letters, memory.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redis::Value;
+use redis::aio::ConnectionLike;
+use serde::Serialize;
+
+use crate::{Error, Result};
+
+/// An entry's id and the time in it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EntryStamp {
+    /// The entry id, such as `1700000000000-0`.
+    pub id: String,
+    /// When it was added, from the id's milliseconds.
+    #[serde(serialize_with = "rfc3339")]
+    pub time: SystemTime,
+}
+
+/// One consumer of a group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConsumerStats {
+    /// Its name.
+    pub name: String,
+    /// Entries delivered to it and not acknowledged.
+    pub pending: u64,
+    /// Since it last read or claimed (milliseconds in JSON).
+    #[serde(serialize_with = "millis")]
+    pub idle: Duration,
+}
+
+/// One consumer group of a stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GroupStats {
+    /// Its name.
+    pub name: String,
+    /// Entries not yet delivered to the group (Redis 7's `lag`; `None` when Redis cannot tell).
+    pub lag: Option<u64>,
+    /// Entries delivered and not acknowledged.
+    pub pending: u64,
+    /// How long the oldest pending entry has been idle (milliseconds in JSON).
+    #[serde(serialize_with = "optional_millis")]
+    pub oldest_pending_idle: Option<Duration>,
+    /// The last entry delivered to the group.
+    pub last_delivered_id: String,
+    /// Its consumers.
+    pub consumers: Vec<ConsumerStats>,
+}
+
+/// The state of a stream, its groups and its dead-letter stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StreamStats {
+    /// The stream.
+    pub stream: String,
+    /// Entries in it.
+    pub length: u64,
+    /// Its first entry.
+    pub first_entry: Option<EntryStamp>,
+    /// Its last entry.
+    pub last_entry: Option<EntryStamp>,
+    /// Its consumer groups.
+    pub groups: Vec<GroupStats>,
+    /// The dead-letter stream.
+    pub dead_letter_stream: String,
+    /// Entries in the dead-letter stream.
+    pub dead_letters: u64,
+    /// Bytes the stream takes in Redis (`MEMORY USAGE`).
+    pub memory_bytes: Option<u64>,
+}
+
+/// Facts about the server a health check needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServerStats {
+    /// Bytes in use.
+    pub used_memory: u64,
+    /// The memory limit, 0 for none.
+    pub max_memory: u64,
+    /// What Redis does at the limit (`maxmemory-policy`).
+    pub eviction_policy: String,
+    /// Set when the policy may evict streams, which would lose events.
+    pub warning: Option<String>,
+}
+
+fn millis<S: serde::Serializer>(
+    duration: &Duration,
+    serializer: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    serializer.serialize_u128(duration.as_millis())
+}
+
+fn optional_millis<S: serde::Serializer>(
+    duration: &Option<Duration>,
+    serializer: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match duration {
+        Some(duration) => millis(duration, serializer),
+        None => serializer.serialize_none(),
+    }
+}
+
+fn rfc3339<S: serde::Serializer>(
+    time: &SystemTime,
+    serializer: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    serializer.collect_str(&humantime::format_rfc3339_millis(*time))
+}
+
+/// Reads the stats of `stream`, its groups and its dead-letter stream `dead_letter_stream`.
+pub async fn stream_stats<C: ConnectionLike>(
+    connection: &mut C,
+    stream: &str,
+    dead_letter_stream: &str,
+) -> Result<StreamStats> {
+    let read_error = |source| Error::Read {
+        stream: stream.to_owned(),
+        source,
+    };
+    let info: HashMap<String, Value> = redis::cmd("XINFO")
+        .arg("STREAM")
+        .arg(stream)
+        .query_async(connection)
+        .await
+        .map_err(read_error)?;
+    let groups_info: Vec<HashMap<String, Value>> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(stream)
+        .query_async(connection)
+        .await
+        .map_err(read_error)?;
+    let mut groups = Vec::with_capacity(groups_info.len());
+    for group in groups_info {
+        let name = text(&group, "name");
+        let pending = number(&group, "pending").unwrap_or(0);
+        let oldest: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+            .arg(stream)
+            .arg(&name)
+            .arg("-")
+            .arg("+")
+            .arg(1)
+            .query_async(connection)
+            .await
+            .map_err(read_error)?;
+        let consumers: Vec<HashMap<String, Value>> = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(stream)
+            .arg(&name)
+            .query_async(connection)
+            .await
+            .map_err(read_error)?;
+        groups.push(GroupStats {
+            lag: number(&group, "lag"),
+            pending,
+            oldest_pending_idle: oldest
+                .first()
+                .map(|(_, _, idle, _)| Duration::from_millis(*idle)),
+            last_delivered_id: text(&group, "last-delivered-id"),
+            consumers: consumers
+                .iter()
+                .map(|consumer| ConsumerStats {
+                    name: text(consumer, "name"),
+                    pending: number(consumer, "pending").unwrap_or(0),
+                    idle: Duration::from_millis(number(consumer, "idle").unwrap_or(0)),
+                })
+                .collect(),
+            name,
+        });
+    }
+    let dead_letters: u64 = redis::cmd("XLEN")
+        .arg(dead_letter_stream)
+        .query_async(connection)
+        .await
+        .map_err(read_error)?;
+    let memory_bytes: Option<u64> = redis::cmd("MEMORY")
+        .arg("USAGE")
+        .arg(stream)
+        .query_async(connection)
+        .await
+        .map_err(read_error)?;
+    Ok(StreamStats {
+        stream: stream.to_owned(),
+        length: number(&info, "length").unwrap_or(0),
+        first_entry: info.get("first-entry").and_then(stamp),
+        last_entry: info.get("last-entry").and_then(stamp),
+        groups,
+        dead_letter_stream: dead_letter_stream.to_owned(),
+        dead_letters,
+        memory_bytes,
+    })
+}
+
+/// Reads the server's memory use, limit and eviction policy.
+pub async fn server_stats<C: ConnectionLike>(connection: &mut C) -> Result<ServerStats> {
+    let read_error = |source| Error::Read {
+        stream: "(server)".to_owned(),
+        source,
+    };
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(connection)
+        .await
+        .map_err(read_error)?;
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+    };
+    let used_memory = field("used_memory")
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0);
+    let max_memory = field("maxmemory")
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0);
+    let eviction_policy = field("maxmemory_policy").unwrap_or("unknown").to_owned();
+    let warning = match eviction_policy.as_str() {
+        "noeviction" | "volatile-lru" | "volatile-lfu" | "volatile-random" | "volatile-ttl" => None,
+        policy => Some(format!(
+            "maxmemory-policy {policy} may evict stream keys under memory pressure, losing events; use noeviction or a volatile-* policy"
+        )),
+    };
+    Ok(ServerStats {
+        used_memory,
+        max_memory,
+        eviction_policy,
+        warning,
+    })
+}
+
+fn text(map: &HashMap<String, Value>, field: &str) -> String {
+    map.get(field)
+        .and_then(|value| redis::from_redis_value_ref::<String>(value).ok())
+        .unwrap_or_default()
+}
+
+fn number(map: &HashMap<String, Value>, field: &str) -> Option<u64> {
+    map.get(field)
+        .and_then(|value| redis::from_redis_value_ref::<u64>(value).ok())
+}
+
+/// An `XINFO STREAM` entry (`[id, [fields..]]`) as its id and time.
+fn stamp(entry: &Value) -> Option<EntryStamp> {
+    let Value::Array(parts) = entry else {
+        return None;
+    };
+    let id: String = redis::from_redis_value_ref(parts.first()?).ok()?;
+    let millis: u64 = id.split('-').next()?.parse().ok()?;
+    Some(EntryStamp {
+        time: UNIX_EPOCH + Duration::from_millis(millis),
+        id,
+    })
+}

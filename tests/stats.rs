@@ -1,0 +1,118 @@
+//! Stream and server stats against known states of a real redis-server.
+
+mod support;
+
+use events::{Publisher, PublisherConfig, Router, dead_letter_stream, server_stats, stream_stats};
+use redis::AsyncCommands;
+use support::{RedisServer, connection, unique};
+
+#[tokio::test]
+async fn stats_report_length_lag_pending_consumers_and_dead_letters() {
+    let server = RedisServer::start();
+    let stream = unique("stats");
+    let publisher = Publisher::connect(
+        server.url(),
+        PublisherConfig::new("test").router(Router::single(&stream)),
+    )
+    .await
+    .unwrap();
+    let mut published = Vec::new();
+    for n in 0..10 {
+        published.push(
+            publisher
+                .publish_raw("task.created", serde_json::json!({ "n": n }))
+                .await
+                .unwrap(),
+        );
+    }
+    let mut redis = connection(&server).await;
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg("workers")
+        .arg("0")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("workers")
+        .arg("w1")
+        .arg("COUNT")
+        .arg(4)
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let dlq = dead_letter_stream(&stream);
+    for _ in 0..2 {
+        let _: String = redis
+            .xadd(&dlq, "*", &[("dlq.reason", "test")])
+            .await
+            .unwrap();
+    }
+
+    let stats = stream_stats(&mut redis, &stream, &dlq).await.unwrap();
+
+    assert_eq!(stats.length, 10);
+    assert_eq!(
+        stats.first_entry.as_ref().unwrap().id,
+        published[0].entry_id
+    );
+    assert_eq!(stats.last_entry.as_ref().unwrap().id, published[9].entry_id);
+    assert_eq!(stats.dead_letters, 2);
+    assert!(stats.memory_bytes.unwrap() > 0);
+    let group = &stats.groups[0];
+    assert_eq!(
+        (group.name.as_str(), group.pending, group.lag),
+        ("workers", 4, Some(6))
+    );
+    assert_eq!(group.last_delivered_id, published[3].entry_id);
+    assert!(group.oldest_pending_idle.is_some());
+    assert_eq!(group.consumers.len(), 1);
+    assert_eq!(
+        (group.consumers[0].name.as_str(), group.consumers[0].pending),
+        ("w1", 4)
+    );
+    let json = serde_json::to_value(&stats).unwrap();
+    assert_eq!(json["groups"][0]["pending"], 4);
+    assert!(json["first_entry"]["time"].as_str().unwrap().ends_with('Z'));
+}
+
+#[tokio::test]
+async fn server_stats_warn_when_streams_can_be_evicted() {
+    let server = RedisServer::own();
+    let mut redis = connection(&server).await;
+
+    let safe = server_stats(&mut redis).await.unwrap();
+    assert_eq!(safe.eviction_policy, "noeviction");
+    assert!(safe.used_memory > 0);
+    assert_eq!(safe.warning, None);
+
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("allkeys-lru")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let risky = server_stats(&mut redis).await.unwrap();
+    assert!(
+        risky
+            .warning
+            .unwrap()
+            .contains("allkeys-lru may evict stream keys")
+    );
+}
+
+#[tokio::test]
+async fn stats_of_a_missing_stream_name_it() {
+    let server = RedisServer::start();
+    let stream = unique("missing");
+    let error = stream_stats(&mut connection(&server).await, &stream, "dlq")
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains(&stream), "{error}");
+}
