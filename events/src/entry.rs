@@ -1,5 +1,7 @@
 //! Stream entries as they are read back, before and after decoding.
 
+use std::time::Duration;
+
 use redis::aio::ConnectionLike;
 
 use crate::{DecodeError, Envelope, Error, Result};
@@ -47,5 +49,34 @@ pub async fn read_range<C: ConnectionLike>(
     Ok(entries
         .into_iter()
         .map(|(id, fields)| StreamEntry { id, fields })
+        .collect())
+}
+
+/// Reads up to `count` entries of `stream` added after entry id `after` (`XREAD`), waiting up to
+/// `block` for the first; none when nothing came.
+pub async fn read_after<C: ConnectionLike>(
+    connection: &mut C,
+    stream: &str,
+    after: &str,
+    count: usize,
+    block: Duration,
+) -> Result<Vec<StreamEntry>> {
+    let reply: redis::Value = redis::cmd("XREAD")
+        .arg("COUNT")
+        .arg(count)
+        .arg("BLOCK")
+        .arg(u64::try_from(block.as_millis()).unwrap_or(u64::MAX))
+        .arg("STREAMS")
+        .arg(stream)
+        .arg(after)
+        .query_async(connection)
+        .await
+        .map_err(|source| Error::Read {
+            stream: stream.to_owned(),
+            source,
+        })?;
+    Ok(crate::consumer::parse_read_reply(reply)
+        .into_iter()
+        .flat_map(|(_, entries)| entries)
         .collect())
 }

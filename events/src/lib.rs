@@ -46,6 +46,7 @@
 mod batch;
 mod connection;
 mod consumer;
+mod dead_letters;
 mod entry;
 mod envelope;
 mod error;
@@ -66,8 +67,10 @@ pub use batch::{
 pub use consumer::{
     Backoff, Consumer, ConsumerBuilder, Context, DEAD_LETTER_PREFIX, DeadLetter, Failure,
     HandlerError, HandlerOptions, PullConsumer, Reserved, StartFrom, Status, Unhandled,
+    remove_stale_consumers_of,
 };
-pub use entry::{StreamEntry, read_range};
+pub use dead_letters::{DeadLetterEntry, DeadLetters, REPLAYED_FIELD};
+pub use entry::{StreamEntry, read_after, read_range};
 pub use envelope::{DecodeError, Envelope, HEADER_PREFIX, hash_body};
 pub use error::{Error, Result};
 pub use event::{Event, check_event_type};

@@ -143,13 +143,7 @@ pub async fn stream_stats<C: ConnectionLike>(
             .query_async(connection)
             .await
             .map_err(read_error)?;
-        let consumers: Vec<HashMap<String, Value>> = redis::cmd("XINFO")
-            .arg("CONSUMERS")
-            .arg(stream)
-            .arg(&name)
-            .query_async(connection)
-            .await
-            .map_err(read_error)?;
+        let consumers = consumer_stats(connection, stream, &name).await?;
         groups.push(GroupStats {
             lag: number(&group, "lag"),
             pending,
@@ -157,14 +151,7 @@ pub async fn stream_stats<C: ConnectionLike>(
                 .first()
                 .map(|(_, _, idle, _)| Duration::from_millis(*idle)),
             last_delivered_id: text(&group, "last-delivered-id"),
-            consumers: consumers
-                .iter()
-                .map(|consumer| ConsumerStats {
-                    name: text(consumer, "name"),
-                    pending: number(consumer, "pending").unwrap_or(0),
-                    idle: Duration::from_millis(number(consumer, "idle").unwrap_or(0)),
-                })
-                .collect(),
+            consumers,
             name,
         });
     }
@@ -189,6 +176,32 @@ pub async fn stream_stats<C: ConnectionLike>(
         dead_letters,
         memory_bytes,
     })
+}
+
+/// Reads the consumers of `group` on `stream`.
+pub(crate) async fn consumer_stats<C: ConnectionLike>(
+    connection: &mut C,
+    stream: &str,
+    group: &str,
+) -> Result<Vec<ConsumerStats>> {
+    let consumers: Vec<HashMap<String, Value>> = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(stream)
+        .arg(group)
+        .query_async(connection)
+        .await
+        .map_err(|source| Error::Read {
+            stream: stream.to_owned(),
+            source,
+        })?;
+    Ok(consumers
+        .iter()
+        .map(|consumer| ConsumerStats {
+            name: text(consumer, "name"),
+            pending: number(consumer, "pending").unwrap_or(0),
+            idle: Duration::from_millis(number(consumer, "idle").unwrap_or(0)),
+        })
+        .collect())
 }
 
 /// Reads the server's memory use, limit and eviction policy.

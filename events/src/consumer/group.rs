@@ -372,7 +372,7 @@ fn into_string(value: Value) -> Option<String> {
 }
 
 /// `XREADGROUP`'s reply: per stream, its entries; RESP2 arrays and RESP3 maps alike.
-fn parse_read_reply(reply: Value) -> Vec<(String, Vec<StreamEntry>)> {
+pub(crate) fn parse_read_reply(reply: Value) -> Vec<(String, Vec<StreamEntry>)> {
     let streams: Vec<(Value, Value)> = match reply {
         Value::Map(pairs) => pairs,
         other => into_array(other)

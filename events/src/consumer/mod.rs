@@ -12,6 +12,7 @@ mod idempotency;
 mod pull;
 mod reading;
 mod settle;
+mod stale;
 mod status;
 
 use std::collections::HashMap;
@@ -31,15 +32,17 @@ pub use dead_letter::{DEAD_LETTER_PREFIX, DeadLetter};
 pub use group::StartFrom;
 pub use handler::{Context, Failure, HandlerError};
 pub use pull::{PullConsumer, Reserved};
+pub use stale::remove_stale_consumers_of;
 pub use status::Status;
 
 use config::{Hooks, Settings};
 use group::Group;
+pub(crate) use group::parse_read_reply;
 use handler::Registry;
 use reading::Reading;
 use status::Counters;
 
-use crate::{Error, Result};
+use crate::Result;
 
 /// Shared state of a consumer and its deliveries.
 #[derive(Debug)]
@@ -173,43 +176,7 @@ impl Consumer {
         let inner = &self.inner;
         let mut removed = Vec::new();
         for stream in &inner.settings.streams {
-            let read_error = |source| Error::Read {
-                stream: stream.clone(),
-                source,
-            };
-            let consumers: Vec<HashMap<String, redis::Value>> = redis::cmd("XINFO")
-                .arg("CONSUMERS")
-                .arg(stream)
-                .arg(&*inner.group_name)
-                .query_async(&mut inner.commands.connection.clone())
-                .await
-                .map_err(read_error)?;
-            for consumer in consumers {
-                let number = |field: &str| {
-                    consumer
-                        .get(field)
-                        .and_then(|value| redis::from_redis_value_ref::<u64>(value).ok())
-                        .unwrap_or(0)
-                };
-                let Some(name) = consumer
-                    .get("name")
-                    .and_then(|value| redis::from_redis_value_ref::<String>(value).ok())
-                else {
-                    continue;
-                };
-                let idle_for = Duration::from_millis(number("idle"));
-                if name == inner.settings.consumer || number("pending") > 0 || idle_for < idle {
-                    continue;
-                }
-                if inner
-                    .commands
-                    .remove_consumer(stream, &name)
-                    .await
-                    .map_err(read_error)?
-                {
-                    removed.push(name);
-                }
-            }
+            removed.extend(stale::remove_stale_consumers(&inner.commands, stream, idle).await?);
         }
         Ok(removed)
     }

@@ -1,0 +1,148 @@
+//! `events dlq`: list, show, replay and purge a stream's dead letters.
+
+use std::io::{BufRead, IsTerminal, Write};
+
+use events::{DeadLetterEntry, DeadLetters, dead_letter_stream};
+use redis::aio::MultiplexedConnection;
+
+use crate::{DlqCommand, Failure, Selection};
+
+/// Runs one `dlq` command.
+pub(crate) async fn run(
+    connection: MultiplexedConnection,
+    command: DlqCommand,
+) -> Result<(), Failure> {
+    let letters =
+        |stream: &str| DeadLetters::new(connection.clone(), stream, dead_letter_stream(stream));
+    match command {
+        DlqCommand::List {
+            stream,
+            count,
+            after,
+        } => {
+            let page = letters(&stream).list(&after, count).await?;
+            for letter in &page {
+                println!(
+                    "{}  {}  attempts {}  {}",
+                    letter.id,
+                    letter.event_type().unwrap_or_else(|| "(no type)".into()),
+                    letter.attempts,
+                    letter.reason
+                );
+            }
+            match page.last() {
+                Some(last) if page.len() == count => println!("next page: --after {}", last.id),
+                None => println!("no dead letters"),
+                Some(_) => {}
+            }
+        }
+        DlqCommand::Show { stream, id } => {
+            let letter = letters(&stream)
+                .get(&id)
+                .await?
+                .ok_or_else(|| format!("no dead letter {id} in {}", dead_letter_stream(&stream)))?;
+            show(&letter);
+        }
+        DlqCommand::Replay { stream, selection } => {
+            let mut letters = letters(&stream);
+            let chosen = select(&mut letters, &selection).await?;
+            let total = chosen.len();
+            let mut replayed = 0;
+            for (done, letter) in chosen.iter().enumerate() {
+                if letters.replay(letter).await?.is_some() {
+                    replayed += 1;
+                }
+                if total >= 100 && (done + 1) % 100 == 0 {
+                    eprintln!("replayed {}/{total}", done + 1);
+                }
+            }
+            println!("replayed {replayed} dead letter(s) to {stream}");
+        }
+        DlqCommand::Purge {
+            stream,
+            selection,
+            yes,
+        } => {
+            let mut letters = letters(&stream);
+            let chosen = select(&mut letters, &selection).await?;
+            if chosen.is_empty() {
+                println!("no dead letters match");
+                return Ok(());
+            }
+            if !yes
+                && !confirm(&format!(
+                    "purge {} dead letter(s) of {stream}?",
+                    chosen.len()
+                ))?
+            {
+                return Err("nothing purged".into());
+            }
+            let ids: Vec<String> = chosen.into_iter().map(|letter| letter.id).collect();
+            let purged = letters.purge(&ids).await?;
+            println!("purged {purged} dead letter(s) of {stream}");
+        }
+    }
+    Ok(())
+}
+
+/// The dead letters `selection` names; an `--id` that is not there is an error.
+async fn select(
+    letters: &mut DeadLetters<MultiplexedConnection>,
+    selection: &Selection,
+) -> Result<Vec<DeadLetterEntry>, Failure> {
+    if let Some(id) = &selection.id {
+        let letter = letters
+            .get(id)
+            .await?
+            .ok_or_else(|| format!("no dead letter {id}"))?;
+        return Ok(vec![letter]);
+    }
+    let all = letters.all().await?;
+    Ok(all
+        .into_iter()
+        .filter(|letter| {
+            selection.all
+                || selection
+                    .event_type
+                    .as_deref()
+                    .is_some_and(|wanted| letter.event_type().as_deref() == Some(wanted))
+                || selection
+                    .reason
+                    .as_deref()
+                    .is_some_and(|text| letter.reason.contains(text))
+        })
+        .collect())
+}
+
+/// Asks `question` on the terminal; without one, refuses rather than guess.
+fn confirm(question: &str) -> Result<bool, Failure> {
+    if !std::io::stdin().is_terminal() {
+        return Err(format!("{question} refusing without a terminal to ask on: pass --yes").into());
+    }
+    eprint!("{question} [y/N] ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+fn show(letter: &DeadLetterEntry) {
+    println!("id            {}", letter.id);
+    println!("reason        {}", letter.reason);
+    println!("attempts      {}", letter.attempts);
+    println!(
+        "group         {}  consumer {}",
+        letter.group, letter.consumer
+    );
+    println!(
+        "entry         {}  dead-lettered at {}",
+        letter.entry_id, letter.time
+    );
+    for (name, value) in &letter.fields {
+        println!(
+            "  {:<12} {}",
+            String::from_utf8_lossy(name),
+            String::from_utf8_lossy(value)
+        );
+    }
+}

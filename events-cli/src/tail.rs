@@ -1,0 +1,68 @@
+//! `events tail`: follow a stream's new entries, decoded.
+
+use std::time::Duration;
+
+use events::{StreamEntry, read_after};
+use redis::Value;
+use redis::aio::MultiplexedConnection;
+
+use crate::Failure;
+
+/// Prints the entries added to `stream` after `from` (`$`: from now on), until `count` are
+/// printed or the process is stopped.
+pub(crate) async fn run(
+    connection: &mut MultiplexedConnection,
+    stream: &str,
+    from: &str,
+    count: Option<usize>,
+) -> Result<(), Failure> {
+    let mut last = if from == "$" {
+        last_id(connection, stream).await?
+    } else {
+        from.to_owned()
+    };
+    let mut printed = 0;
+    while count.is_none_or(|count| printed < count) {
+        for entry in read_after(connection, stream, &last, 100, Duration::from_secs(1)).await? {
+            println!("{}", describe(&entry));
+            last = entry.id;
+            printed += 1;
+            if count.is_some_and(|count| printed >= count) {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The id of the stream's last entry, `0-0` when it is empty or missing.
+async fn last_id(connection: &mut MultiplexedConnection, stream: &str) -> Result<String, Failure> {
+    let last: Vec<(String, Value)> = redis::cmd("XREVRANGE")
+        .arg(stream)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(connection)
+        .await?;
+    Ok(last
+        .into_iter()
+        .next()
+        .map_or_else(|| "0-0".to_owned(), |(id, _)| id))
+}
+
+/// One line for an entry: decoded, or why it cannot be.
+pub(crate) fn describe(entry: &StreamEntry) -> String {
+    match entry.decode() {
+        Ok(envelope) => format!(
+            "{} {} v{} from {} at {} {}",
+            entry.id,
+            envelope.event_type,
+            envelope.version,
+            envelope.origin,
+            humantime::format_rfc3339_millis(envelope.timestamp),
+            envelope.body
+        ),
+        Err(error) => format!("{} undecodable: {error}", entry.id),
+    }
+}
