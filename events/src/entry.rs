@@ -42,10 +42,7 @@ pub async fn read_range<C: ConnectionLike>(
         .arg(count)
         .query_async(connection)
         .await
-        .map_err(|source| Error::Read {
-            stream: stream.to_owned(),
-            source,
-        })?;
+        .map_err(Error::reading(stream))?;
     Ok(entries
         .into_iter()
         .map(|(id, fields)| StreamEntry { id, fields })
@@ -71,10 +68,7 @@ pub async fn read_after<C: ConnectionLike>(
         .arg(after)
         .query_async(connection)
         .await
-        .map_err(|source| Error::Read {
-            stream: stream.to_owned(),
-            source,
-        })?;
+        .map_err(Error::reading(stream))?;
     Ok(crate::consumer::parse_read_reply(reply)
         .into_iter()
         .flat_map(|(_, entries)| entries)

@@ -118,6 +118,14 @@ pub enum Error {
 }
 
 impl Error {
+    /// Turns a Redis error met while reading `stream` into [`Error::Read`].
+    pub(crate) fn reading(stream: &str) -> impl FnOnce(redis::RedisError) -> Error + '_ {
+        move |source| Error::Read {
+            stream: stream.to_owned(),
+            source,
+        }
+    }
+
     /// Whether trying the same operation again may succeed: connection and server-side transient
     /// failures are, invalid events and configuration are not.
     pub fn is_retryable(&self) -> bool {

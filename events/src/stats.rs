@@ -114,22 +114,18 @@ pub async fn stream_stats<C: ConnectionLike>(
     stream: &str,
     dead_letter_stream: &str,
 ) -> Result<StreamStats> {
-    let read_error = |source| Error::Read {
-        stream: stream.to_owned(),
-        source,
-    };
     let info: HashMap<String, Value> = redis::cmd("XINFO")
         .arg("STREAM")
         .arg(stream)
         .query_async(connection)
         .await
-        .map_err(read_error)?;
+        .map_err(Error::reading(stream))?;
     let groups_info: Vec<HashMap<String, Value>> = redis::cmd("XINFO")
         .arg("GROUPS")
         .arg(stream)
         .query_async(connection)
         .await
-        .map_err(read_error)?;
+        .map_err(Error::reading(stream))?;
     let mut groups = Vec::with_capacity(groups_info.len());
     for group in groups_info {
         let name = text(&group, "name");
@@ -142,7 +138,7 @@ pub async fn stream_stats<C: ConnectionLike>(
             .arg(1)
             .query_async(connection)
             .await
-            .map_err(read_error)?;
+            .map_err(Error::reading(stream))?;
         let consumers = consumer_stats(connection, stream, &name).await?;
         groups.push(GroupStats {
             lag: number(&group, "lag"),
@@ -159,13 +155,13 @@ pub async fn stream_stats<C: ConnectionLike>(
         .arg(dead_letter_stream)
         .query_async(connection)
         .await
-        .map_err(read_error)?;
+        .map_err(Error::reading(stream))?;
     let memory_bytes: Option<u64> = redis::cmd("MEMORY")
         .arg("USAGE")
         .arg(stream)
         .query_async(connection)
         .await
-        .map_err(read_error)?;
+        .map_err(Error::reading(stream))?;
     Ok(StreamStats {
         stream: stream.to_owned(),
         length: number(&info, "length").unwrap_or(0),
@@ -190,10 +186,7 @@ pub(crate) async fn consumer_stats<C: ConnectionLike>(
         .arg(group)
         .query_async(connection)
         .await
-        .map_err(|source| Error::Read {
-            stream: stream.to_owned(),
-            source,
-        })?;
+        .map_err(Error::reading(stream))?;
     Ok(consumers
         .iter()
         .map(|consumer| ConsumerStats {
@@ -206,15 +199,11 @@ pub(crate) async fn consumer_stats<C: ConnectionLike>(
 
 /// Reads the server's memory use, limit and eviction policy.
 pub async fn server_stats<C: ConnectionLike>(connection: &mut C) -> Result<ServerStats> {
-    let read_error = |source| Error::Read {
-        stream: "(server)".to_owned(),
-        source,
-    };
     let info: String = redis::cmd("INFO")
         .arg("memory")
         .query_async(connection)
         .await
-        .map_err(read_error)?;
+        .map_err(Error::reading("(server)"))?;
     let field = |name: &str| {
         info.lines()
             .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
