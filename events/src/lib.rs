@@ -55,6 +55,7 @@ mod keys;
 mod publisher;
 mod routing;
 mod stats;
+mod trace;
 mod validation;
 
 #[doc(hidden)]
@@ -80,6 +81,7 @@ pub use routing::{Destination, Route, Router, RouterBuilder, Trim};
 pub use stats::{
     ConsumerStats, EntryStamp, GroupStats, ServerStats, StreamStats, server_stats, stream_stats,
 };
+pub use trace::TraceContext;
 pub use validation::{FieldError, Validate, ValidationReport};
 
 #[cfg(feature = "derive")]

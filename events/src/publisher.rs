@@ -8,7 +8,11 @@ use std::time::{Duration, SystemTime};
 use redis::aio::{ConnectionLike, ConnectionManager};
 use serde_json::Value;
 
-use crate::{Envelope, Error, Event, Result, Router, ValidationReport, check_event_type};
+use tracing::Instrument;
+
+use crate::{
+    Envelope, Error, Event, Result, Router, TraceContext, ValidationReport, check_event_type,
+};
 
 /// Validates untyped bodies published with [`Publisher::publish_raw`]; typed events validate
 /// themselves. Any `Fn(&str, &Value) -> Result<(), ValidationReport>` is one.
@@ -125,7 +129,10 @@ impl PublishOptions {
         }
         envelope.correlation_id = self.correlation_id;
         envelope.causation_id = self.causation_id;
-        envelope.traceparent = self.traceparent;
+        // Published from a handler: continue the trace of the event being handled.
+        envelope.traceparent = self
+            .traceparent
+            .or_else(|| TraceContext::current().map(|context| context.child().to_string()));
         envelope.headers = self.headers;
         Ok(envelope)
     }
@@ -310,9 +317,11 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Publisher<C> {
             stream: stream.to_owned(),
             source,
         };
+        let span = tracing::info_span!("events.publish_many", events = envelopes.len(), first_stream = %streams[0]);
         let replies: Vec<redis::RedisResult<String>> = pipeline
             .ignore_errors()
             .query_async(&mut self.connection.clone())
+            .instrument(span)
             .await
             .map_err(|source| write_error(&envelopes[0], &streams[0], source))?;
         Ok(replies
@@ -329,7 +338,18 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Publisher<C> {
         let destination = self.config.router.resolve(&envelope.event_type)?;
         let command = xadd(&destination, &envelope, SystemTime::now());
         let stream = destination.stream.into_owned();
-        match command.query_async(&mut self.connection.clone()).await {
+        let span = tracing::info_span!(
+            "events.publish",
+            event_type = %envelope.event_type,
+            event_id = %envelope.id,
+            stream = %stream,
+            trace_id = envelope.traceparent.as_deref().and_then(TraceContext::parse).map(|trace| trace.trace_id()),
+        );
+        let written: redis::RedisResult<String> = command
+            .query_async(&mut self.connection.clone())
+            .instrument(span)
+            .await;
+        match written {
             Ok(entry_id) => Ok(Published {
                 event_id: envelope.id,
                 stream,

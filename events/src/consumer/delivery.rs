@@ -7,15 +7,17 @@ use std::task::Poll;
 use std::time::Duration;
 
 use futures::FutureExt;
+use futures::future::Either;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::dead_letter::dead_letter_fields;
 use super::group::Hold;
 use super::idempotency::Holds;
 use super::status::{Counters, InFlight};
 use super::{Context, DeadLetter, Failure, Inner, Unhandled};
-use crate::{Envelope, StreamEntry, keys};
+use crate::{Envelope, StreamEntry, TraceContext, keys};
 
 /// An entry to acknowledge, with the idempotency key to mark done and the backpressure permit to
 /// release once it is.
@@ -129,10 +131,32 @@ impl Delivery {
         if let Some(before) = &inner.hooks.before {
             before(&context);
         }
+        // The handler runs in a span of its own, continuing the trace the event carries.
+        let trace = context
+            .envelope
+            .traceparent
+            .as_deref()
+            .and_then(TraceContext::parse)
+            .map(|parent| parent.child());
+        let span = tracing::info_span!(
+            "events.handle",
+            event_type = %context.envelope.event_type,
+            event_id = %context.envelope.id,
+            stream = %self.stream,
+            entry_id = %self.entry.id,
+            attempt = self.attempt,
+            trace_id = trace.map(|trace| trace.trace_id()),
+            outcome = tracing::field::Empty,
+        );
+        let run = prepared.run.instrument(span.clone());
+        let run = match trace {
+            Some(trace) => Either::Left(trace.scope(run)),
+            None => Either::Right(run),
+        };
         let outcome = {
             let _slot = inner.concurrency.acquire().await;
             let timeout = registration.timeout.unwrap_or(settings.handler_timeout);
-            let mut run = std::pin::pin!(AssertUnwindSafe(prepared.run).catch_unwind());
+            let mut run = std::pin::pin!(AssertUnwindSafe(run).catch_unwind());
             // A handler that finishes at once needs no timer: most do.
             let finished = match futures::poll!(run.as_mut()) {
                 Poll::Ready(finished) => Ok(finished),
@@ -144,6 +168,12 @@ impl Delivery {
                 Err(_) => Err(Failure::Timeout(timeout)),
             }
         };
+        span.record(
+            "outcome",
+            outcome
+                .as_ref()
+                .map_or_else(|failure| failure.to_string(), |()| "handled".to_owned()),
+        );
         if let Some(after) = &inner.hooks.after {
             after(&context);
         }
