@@ -12,7 +12,7 @@ use events::{
 };
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
-use support::{RedisServer, connection, unique};
+use support::{Captured, RedisServer, connection, unique};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
 #[event(name = "sensor.read")]
@@ -392,20 +392,6 @@ async fn drained_failed_events_release_their_memory() {
     server.resume();
 }
 
-/// Collects what a tracing subscriber writes, for tests that check a warning.
-#[derive(Clone, Default)]
-struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn dropping_without_close_warns_how_many_events_were_left() {
     let server = RedisServer::start();
@@ -428,7 +414,7 @@ async fn dropping_without_close_warns_how_many_events_were_left() {
 
     tracing::subscriber::with_default(subscriber, || drop(batched));
 
-    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let log = captured.text();
     assert!(log.contains("WARN"), "{log}");
     assert!(log.contains("unwritten=7"), "{log}");
     assert!(log.contains("call close() before dropping it"), "{log}");

@@ -14,7 +14,7 @@ use events::{
     Router, StartFrom, TraceContext, read_range,
 };
 use serde::{Deserialize, Serialize};
-use support::{RedisServer, connection, unique, wait_until};
+use support::{Captured, RedisServer, connection, unique, wait_until};
 
 #[derive(Debug, Clone, Serialize, Deserialize, Event)]
 #[event(name = "order.placed")]
@@ -26,20 +26,6 @@ struct OrderPlaced {
 #[event(name = "invoice.created")]
 struct InvoiceCreated {
     order: u64,
-}
-
-/// Collects what a tracing subscriber writes.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 #[tokio::test]
@@ -120,7 +106,7 @@ async fn a_trace_crosses_from_publisher_to_handler_to_what_it_publishes() {
     assert_eq!(written.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
     assert_ne!(written, in_handler, "the publish is a child of the handler");
 
-    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let log = captured.text();
     assert!(log.contains("events.handle"), "{log}");
     assert!(log.contains("event_type=order.placed"), "{log}");
     assert!(
