@@ -13,6 +13,7 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::task::AbortOnDropHandle;
 
+use crate::instruments::BatchMetrics;
 use crate::{Backoff, Envelope, Error, Event, PublishOptions, Publisher, Result};
 
 /// Which events share a queue, and so a batch.
@@ -222,6 +223,7 @@ struct Shared<C> {
     room: Notify,
     /// Signalled when a batch finishes.
     finished: Notify,
+    metrics: BatchMetrics,
 }
 
 /// Publishes events in pipelined batches: `publish` validates, encodes and queues at once, and a
@@ -266,6 +268,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> BatchedPublisher<C> {
             failed_total: AtomicU64::new(0),
             room: Notify::new(),
             finished: Notify::new(),
+            metrics: BatchMetrics::new(),
         });
         let worker =
             AbortOnDropHandle::new(tokio::spawn(run_worker(Arc::clone(&shared), receiver)));
@@ -331,8 +334,9 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> BatchedPublisher<C> {
                 (waiting.envelopes.len() + 1 >= shared.config.max_size).then(|| queue.to_owned());
             waiting.envelopes.push(envelope);
             waiting.bytes += bytes;
-            shared.queued_messages.fetch_add(1, Ordering::Relaxed);
+            let queued = shared.queued_messages.fetch_add(1, Ordering::Relaxed) + 1;
             shared.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+            shared.metrics.queued.set(queued as f64);
             full.and_then(|name| queues.remove(&name).map(|full| shared.batch_of(name, full)))
         };
         if let Some(batch) = full {
@@ -648,6 +652,7 @@ where
         envelope,
         error: last_error.clone(),
     }));
+    shared.metrics.size.record(written as f64);
     span.record("written", written);
     span.record("failed", failed.len());
     if !failed.is_empty() {

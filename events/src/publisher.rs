@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use tracing::Instrument;
 
+use crate::instruments::PublishMetrics;
 use crate::{
     Envelope, Error, Event, Result, Router, TraceContext, ValidationReport, check_event_type,
 };
@@ -156,6 +157,7 @@ pub struct Published {
 pub struct Publisher<C = ConnectionManager> {
     connection: C,
     config: Arc<PublisherConfig>,
+    metrics: Arc<PublishMetrics>,
 }
 
 impl<C> fmt::Debug for Publisher<C> {
@@ -181,6 +183,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Publisher<C> {
         Self {
             connection,
             config: Arc::new(config),
+            metrics: Arc::default(),
         }
     }
 
@@ -328,7 +331,10 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Publisher<C> {
             .into_iter()
             .zip(envelopes.iter().zip(&streams))
             .map(|(reply, (envelope, stream))| match reply {
-                Ok(entry_id) => Ok(written(envelope, stream, entry_id)),
+                Ok(entry_id) => {
+                    self.metrics.published(stream, &envelope.event_type, 1);
+                    Ok(written(envelope, stream, entry_id))
+                }
                 Err(source) => Err(write_error(envelope, stream, source)),
             })
             .collect())
@@ -350,11 +356,14 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Publisher<C> {
             .instrument(span)
             .await;
         match written {
-            Ok(entry_id) => Ok(Published {
-                event_id: envelope.id,
-                stream,
-                entry_id,
-            }),
+            Ok(entry_id) => {
+                self.metrics.published(&stream, &envelope.event_type, 1);
+                Ok(Published {
+                    event_id: envelope.id,
+                    stream,
+                    entry_id,
+                })
+            }
             Err(source) => Err(Error::Write {
                 event_type: envelope.event_type,
                 stream,

@@ -16,6 +16,7 @@ use super::{
     PullConsumer, StartFrom, Unhandled,
 };
 use crate::connection::connect;
+use crate::instruments::HandlerMetrics;
 use crate::{Error, Event, Result, keys};
 
 /// Connections for blocking reads: two, so that a read is under way while the reply to the one
@@ -277,12 +278,20 @@ impl ConsumerBuilder {
             readers.push(settings.group_on(reader));
         }
         let commands = connect(&self.url, Duration::from_secs(10)).await?;
+        let mut registry = self.registry;
+        registry.instrument(&settings.streams, &settings.group);
+        let unhandled_metrics = settings
+            .streams
+            .iter()
+            .map(|stream| HandlerMetrics::new(stream, &settings.group, "(none)"))
+            .collect();
         let inner = Inner {
+            unhandled_metrics,
             readers,
             commands: settings.group_on(commands),
             group_name: Arc::from(settings.group.as_str()),
             concurrency: Semaphore::new(settings.concurrency),
-            registry: self.registry,
+            registry,
             hooks: self.hooks,
             counters: Counters::default(),
             settings,

@@ -17,6 +17,7 @@ use super::group::Hold;
 use super::idempotency::Holds;
 use super::status::{Counters, InFlight};
 use super::{Context, DeadLetter, Failure, Inner, Unhandled};
+use crate::instruments::HandlerMetrics;
 use crate::{Envelope, StreamEntry, TraceContext, keys};
 
 /// An entry to acknowledge, with the idempotency key to mark done and the backpressure permit to
@@ -33,6 +34,8 @@ pub(crate) struct Settle {
 pub(crate) struct Delivery {
     pub(crate) inner: Arc<Inner>,
     pub(crate) stream: Arc<str>,
+    /// The stream's position among the consumer's streams, for its metric handles.
+    pub(crate) stream_index: usize,
     pub(crate) entry: StreamEntry,
     pub(crate) attempt: u32,
     pub(crate) permit: Option<OwnedSemaphorePermit>,
@@ -153,6 +156,7 @@ impl Delivery {
             Some(trace) => Either::Left(trace.scope(run)),
             None => Either::Right(run),
         };
+        let started = std::time::Instant::now();
         let outcome = {
             let _slot = inner.concurrency.acquire().await;
             let timeout = registration.timeout.unwrap_or(settings.handler_timeout);
@@ -168,12 +172,13 @@ impl Delivery {
                 Err(_) => Err(Failure::Timeout(timeout)),
             }
         };
-        span.record(
-            "outcome",
-            outcome
+        registration.metrics[self.stream_index].ran(started.elapsed(), outcome.is_ok());
+        if !span.is_disabled() {
+            let described = outcome
                 .as_ref()
-                .map_or_else(|failure| failure.to_string(), |()| "handled".to_owned()),
-        );
+                .map_or_else(ToString::to_string, |()| "handled".to_owned());
+            span.record("outcome", described);
+        }
         if let Some(after) = &inner.hooks.after {
             after(&context);
         }
@@ -208,6 +213,7 @@ impl Delivery {
                 tracing::warn!(%error, "could not release an idempotency hold; it expires by itself");
             }
             Counters::add(&inner.counters.retried, 1);
+            self.metrics(Some(&context.envelope.event_type)).retried();
             Next::RetryAfter(settings.backoff.delay(self.attempt))
         } else {
             let event_type = Some(context.envelope.event_type.clone());
@@ -303,6 +309,7 @@ impl Delivery {
         {
             Ok(dead_letter_id) => {
                 Counters::add(&inner.counters.dead_lettered, 1);
+                self.metrics(event_type.as_deref()).dead_lettered();
                 tracing::warn!(stream = %self.stream, entry_id = %self.entry.id, %dead_letter_stream, %reason, "moved to the dead-letter stream");
                 if let Some(hook) = &inner.hooks.on_dead_letter {
                     hook(&DeadLetter {
@@ -337,6 +344,15 @@ impl Delivery {
                 tracing::warn!(stream = %self.stream, entry_id = %self.entry.id, %error, "could not keep the entry while it waits; it stays pending and will be reclaimed");
                 false
             }
+        }
+    }
+
+    /// The metric handles for entries of `event_type` on this stream.
+    fn metrics(&self, event_type: Option<&str>) -> &HandlerMetrics {
+        let inner = &*self.inner;
+        match event_type.and_then(|event_type| inner.registry.find(event_type)) {
+            Some(registration) => &registration.metrics[self.stream_index],
+            None => &inner.unhandled_metrics[self.stream_index],
         }
     }
 

@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 use globset::GlobMatcher;
 
 use super::HandlerOptions;
+use crate::instruments::HandlerMetrics;
 use crate::routing::{event_glob, glob_path};
 use crate::{DecodeError, Envelope, Error, Event, Result};
 
@@ -191,6 +192,8 @@ pub(crate) struct Registration {
     pub(crate) timeout: Option<Duration>,
     /// Whether repeats are skipped; `None` follows the consumer.
     pub(crate) idempotent: Option<bool>,
+    /// Metric handles, one per stream of the consumer, in its order.
+    pub(crate) metrics: Vec<HandlerMetrics>,
 }
 
 impl fmt::Debug for Registration {
@@ -241,6 +244,7 @@ impl Registry {
             prepare,
             timeout: options.timeout,
             idempotent: options.idempotent,
+            metrics: Vec::new(),
         };
         self.typed
             .insert(E::NAME.to_owned(), (registration, caller));
@@ -279,6 +283,7 @@ impl Registry {
             prepare,
             timeout: options.timeout,
             idempotent: options.idempotent,
+            metrics: Vec::new(),
         };
         self.patterns
             .push((pattern.to_owned(), matcher, registration));
@@ -303,6 +308,24 @@ impl Registry {
         names.sort();
         names.extend(self.patterns.iter().map(|(pattern, ..)| pattern.clone()));
         names
+    }
+
+    /// Registers every handler's metric handles for each of `streams`, in their order.
+    pub(crate) fn instrument(&mut self, streams: &[String], group: &str) {
+        let typed = self
+            .typed
+            .iter_mut()
+            .map(|(name, (registration, _))| (name.as_str(), registration));
+        let patterns = self
+            .patterns
+            .iter_mut()
+            .map(|(pattern, _, registration)| (pattern.as_str(), registration));
+        for (name, registration) in typed.chain(patterns) {
+            registration.metrics = streams
+                .iter()
+                .map(|stream| HandlerMetrics::new(stream, group, name))
+                .collect();
+        }
     }
 
     /// The longest timeout a handler sets for itself.

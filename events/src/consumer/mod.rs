@@ -35,6 +35,7 @@ pub use pull::{PullConsumer, Reserved};
 pub use stale::remove_stale_consumers_of;
 pub use status::Status;
 
+use crate::instruments::HandlerMetrics;
 use config::{Hooks, Settings};
 use group::Group;
 pub(crate) use group::parse_read_reply;
@@ -58,6 +59,8 @@ pub(crate) struct Inner {
     commands: Group<ConnectionManager>,
     counters: Counters,
     concurrency: Semaphore,
+    /// Metric handles for entries without a handler (undecodable or unhandled), per stream.
+    unhandled_metrics: Vec<HandlerMetrics>,
 }
 
 /// A consumer in a Redis Streams consumer group, running registered handlers. Build it with

@@ -131,6 +131,11 @@ impl Reading {
         stream: &Arc<str>,
         entries: impl IntoIterator<Item = (StreamEntry, u32)>,
     ) {
+        let stream_index = self
+            .streams
+            .iter()
+            .position(|name| name == stream)
+            .unwrap_or(0);
         let mut deliveries = Vec::new();
         for (entry, attempt) in entries {
             let permit = Arc::clone(&self.unacked)
@@ -141,6 +146,7 @@ impl Reading {
                 Delivery {
                     inner: Arc::clone(&self.inner),
                     stream: Arc::clone(stream),
+                    stream_index,
                     entry,
                     attempt,
                     permit: Some(permit),
