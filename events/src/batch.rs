@@ -150,7 +150,7 @@ impl BatchConfig {
 
 /// A snapshot of what a [`BatchedPublisher`] holds and has done; cheap enough for every health
 /// check (atomic counters, no lock held across an await).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[non_exhaustive]
 pub struct MemoryStats {
     /// Queues with events waiting.
