@@ -7,12 +7,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::aio::ConnectionLike;
 use serde_json::Value;
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::task::AbortOnDropHandle;
 
+use crate::connection::Connection;
 use crate::instruments::BatchMetrics;
 use crate::{Backoff, Envelope, Error, Event, PublishOptions, Publisher, Result};
 
@@ -230,7 +231,7 @@ struct Shared<C> {
 /// background task writes each queue when it is full or old enough, on `flush()` and on
 /// `close()`. Each event is its own stream entry, so consumers acknowledge, retry and
 /// dead-letter them one by one.
-pub struct BatchedPublisher<C = ConnectionManager> {
+pub struct BatchedPublisher<C = Connection> {
     shared: Arc<Shared<C>>,
     _worker: AbortOnDropHandle<()>,
 }

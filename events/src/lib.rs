@@ -66,6 +66,7 @@ pub mod __private;
 pub use batch::{
     BatchConfig, BatchedPublisher, BatchingStrategy, FailedMessage, MemoryStats, Overflow,
 };
+pub use connection::{CLUSTER_SCHEME, Connection};
 pub use consumer::{
     Backoff, Consumer, ConsumerBuilder, Context, DEAD_LETTER_PREFIX, DeadLetter, Failure,
     HandlerError, HandlerOptions, PullConsumer, Reserved, StartFrom, Status, Unhandled,

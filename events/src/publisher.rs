@@ -5,11 +5,12 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::aio::ConnectionLike;
 use serde_json::Value;
 
 use tracing::Instrument;
 
+use crate::connection::Connection;
 use crate::instruments::PublishMetrics;
 use crate::{
     Envelope, Error, Event, Result, Router, TraceContext, ValidationReport, check_event_type,
@@ -154,7 +155,7 @@ pub struct Published {
 ///
 /// Cheap to clone; clones share the connection, which reconnects by itself after a failure.
 #[derive(Clone)]
-pub struct Publisher<C = ConnectionManager> {
+pub struct Publisher<C = Connection> {
     connection: C,
     config: Arc<PublisherConfig>,
     metrics: Arc<PublishMetrics>,
@@ -168,7 +169,7 @@ impl<C> fmt::Debug for Publisher<C> {
     }
 }
 
-impl Publisher<ConnectionManager> {
+impl Publisher<Connection> {
     /// Connects to the Redis at `url` (such as `redis://127.0.0.1:6379`) with a connection that
     /// reconnects by itself.
     pub async fn connect(url: &str, config: PublisherConfig) -> Result<Self> {

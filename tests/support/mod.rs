@@ -1,10 +1,13 @@
 //! Shared helpers of the integration tests.
 #![allow(dead_code)]
 
+pub(crate) mod redis_cluster;
 pub(crate) mod redis_server;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+#[allow(unused_imports)]
+pub(crate) use redis_cluster::RedisCluster;
 pub(crate) use redis_server::RedisServer;
 
 /// A key prefix no other test in any process uses, so tests can share one server.

@@ -148,7 +148,7 @@ impl RedisServer {
 }
 
 /// `redis-server` on `port`, keeping nothing on disk but what it is told to, in `dir`.
-fn redis_command(port: u16, dir: &Path) -> Command {
+pub(crate) fn redis_command(port: u16, dir: &Path) -> Command {
     let mut command = Command::new("redis-server");
     command
         .args([

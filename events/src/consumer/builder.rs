@@ -4,7 +4,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use tokio::sync::Semaphore;
 
 use super::config::{Hooks, Settings};
@@ -15,6 +14,7 @@ use super::{
     Backoff, Consumer, Context, DeadLetter, Failure, HandlerError, HandlerOptions, Inner,
     PullConsumer, StartFrom, Unhandled,
 };
+use crate::connection::Connection;
 use crate::connection::connect;
 use crate::instruments::HandlerMetrics;
 use crate::{Error, Event, Result, keys};
@@ -278,6 +278,11 @@ impl ConsumerBuilder {
             readers.push(settings.group_on(reader));
         }
         let commands = connect(&self.url, Duration::from_secs(10)).await?;
+        if commands.is_cluster() && settings.streams.len() > 1 {
+            return Err(Error::Config(
+                "on a Redis Cluster a consumer reads one stream for now: build one consumer per stream".into(),
+            ));
+        }
         let mut registry = self.registry;
         registry.instrument(&settings.streams, &settings.group);
         let unhandled_metrics = settings
@@ -304,7 +309,7 @@ impl ConsumerBuilder {
 
 impl Settings {
     /// This consumer of this group, over `connection`.
-    fn group_on(&self, connection: ConnectionManager) -> Group<ConnectionManager> {
+    fn group_on(&self, connection: Connection) -> Group<Connection> {
         Group {
             connection,
             group: self.group.clone(),

@@ -20,7 +20,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +34,7 @@ pub use pull::{PullConsumer, Reserved};
 pub use stale::remove_stale_consumers_of;
 pub use status::Status;
 
+use crate::connection::Connection;
 use crate::instruments::HandlerMetrics;
 use config::{Hooks, Settings};
 use group::Group;
@@ -54,9 +54,9 @@ pub(crate) struct Inner {
     group_name: Arc<str>,
     /// Blocking reads only, so they never hold up the commands behind them; more than one, so
     /// that a read can be under way while the reply to the one before is parsed.
-    readers: Vec<Group<ConnectionManager>>,
+    readers: Vec<Group<Connection>>,
     /// Everything else: acknowledgements, scripts, claims.
-    commands: Group<ConnectionManager>,
+    commands: Group<Connection>,
     counters: Counters,
     concurrency: Semaphore,
     /// Metric handles for entries without a handler (undecodable or unhandled), per stream.

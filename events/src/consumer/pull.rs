@@ -3,12 +3,11 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
-
 use super::Failure;
 use super::config::Settings;
 use super::dead_letter::dead_letter_fields;
 use super::group::Group;
+use crate::connection::Connection;
 use crate::{Envelope, Error, Result, StreamEntry, keys};
 
 /// An entry reserved by [`PullConsumer::reserve`]: decoded, and pending on this consumer until it
@@ -40,7 +39,7 @@ struct Held {
 /// there at once and are never returned.
 #[derive(Debug)]
 pub struct PullConsumer {
-    group: Group<ConnectionManager>,
+    group: Group<Connection>,
     settings: Settings,
     /// Reserved entries by stream and entry id.
     held: HashMap<(String, String), Held>,
@@ -49,7 +48,7 @@ pub struct PullConsumer {
 }
 
 impl PullConsumer {
-    pub(crate) async fn start(group: Group<ConnectionManager>, settings: Settings) -> Result<Self> {
+    pub(crate) async fn start(group: Group<Connection>, settings: Settings) -> Result<Self> {
         group
             .ensure_all(&settings.streams, &settings.start_from)
             .await?;
