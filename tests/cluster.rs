@@ -141,3 +141,98 @@ async fn the_batched_publisher_writes_streams_in_different_slots() {
         assert_eq!(entries.len(), 10, "{stream}");
     }
 }
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
+#[event(name = "ledger.posted")]
+struct Posted {
+    account: u64,
+    seq: u64,
+}
+
+/// Events of one account, in the order the handlers saw them.
+type Ledger = Arc<Mutex<BTreeMap<u64, Vec<u64>>>>;
+
+/// A handler that takes a little while, so that out-of-order handling would show.
+fn recording(
+    ledger: &Ledger,
+) -> impl Fn(Posted, Context) -> std::pin::Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send>>
++ Clone
++ use<> {
+    let ledger = Arc::clone(ledger);
+    move |posted: Posted, _: Context| {
+        let ledger = Arc::clone(&ledger);
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_micros(100 * (posted.seq % 4))).await;
+            ledger
+                .lock()
+                .unwrap()
+                .entry(posted.account)
+                .or_default()
+                .push(posted.seq);
+            Ok(())
+        })
+    }
+}
+
+/// Publishes `per_account` events for each of `accounts` accounts to a route partitioned by
+/// account, interleaving the accounts.
+async fn post(url: &str, stream: &str, partitions: u32, accounts: u64, per_account: u64) {
+    let router = Router::builder()
+        .route(Route::to("ledger.*", stream).partitions(partitions))
+        .build()
+        .unwrap();
+    let publisher = Publisher::connect(url, PublisherConfig::new("bank").router(router))
+        .await
+        .unwrap();
+    for seq in 0..per_account {
+        let batch: Vec<_> = (0..accounts)
+            .map(|account| {
+                publisher
+                    .envelope(
+                        &Posted { account, seq },
+                        events::PublishOptions::new().partition_key(account.to_string()),
+                    )
+                    .unwrap()
+            })
+            .collect();
+        publisher.publish_envelopes(batch).await.unwrap();
+    }
+}
+
+fn assert_in_order(ledger: &Ledger, accounts: u64, per_account: u64) {
+    let ledger = ledger.lock().unwrap();
+    assert_eq!(ledger.len() as u64, accounts);
+    for (account, seqs) in ledger.iter() {
+        assert_eq!(
+            *seqs,
+            (0..per_account).collect::<Vec<_>>(),
+            "account {account}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_stream_keeps_each_key_in_order_with_concurrent_handlers() {
+    let cluster = RedisCluster::start();
+    let stream = unique("ledger");
+    post(&cluster.url(), &stream, 4, 50, 40).await;
+    let ledger: Ledger = Arc::default();
+    let consumer = Consumer::builder(cluster.url())
+        .partitioned_stream(&stream, 4)
+        .group("accounting")
+        .start_from(StartFrom::Beginning)
+        .block(Duration::from_millis(100))
+        .concurrency(32)
+        .handle(recording(&ledger))
+        .build()
+        .await
+        .unwrap();
+    let running = consumer.clone();
+    let run = tokio::spawn(async move { running.run_until(std::future::pending()).await });
+    wait_until("all 2,000 are handled", || {
+        consumer.status().processed == 2_000
+    })
+    .await;
+    run.abort();
+    assert_in_order(&ledger, 50, 40);
+}

@@ -309,7 +309,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> BatchedPublisher<C> {
         if shared.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
-        shared.publisher.router().resolve(&envelope.event_type)?;
+        shared.publisher.router().destination(&envelope)?;
         let bytes = envelope.memory_size();
         if bytes > shared.config.max_queued_bytes {
             return Err(Error::Config(format!(

@@ -41,6 +41,9 @@ pub struct Envelope {
     pub causation_id: Option<String>,
     /// W3C trace context of the span that published it.
     pub traceparent: Option<String>,
+    /// The key that keeps events in order: the same key goes to the same partition, and a
+    /// consumer handles events of one key one after another. Written as the field `key`.
+    pub partition_key: Option<String>,
     /// User headers, written as `h.<name>` fields.
     pub headers: BTreeMap<String, String>,
 }
@@ -168,6 +171,7 @@ impl Envelope {
             correlation_id: None,
             causation_id: None,
             traceparent: None,
+            partition_key: None,
             headers: BTreeMap::new(),
         }
     }
@@ -189,6 +193,7 @@ impl Envelope {
             ("corr", &self.correlation_id),
             ("cause", &self.causation_id),
             ("traceparent", &self.traceparent),
+            ("key", &self.partition_key),
         ];
         for (name, value) in optional {
             if let Some(value) = value {
@@ -210,11 +215,16 @@ impl Envelope {
         /// What the allocator adds to each allocation, on average.
         const PER_ALLOCATION: usize = 16;
         let text = |value: &String| value.capacity() + PER_ALLOCATION;
-        let optional = [&self.correlation_id, &self.causation_id, &self.traceparent]
-            .into_iter()
-            .flatten()
-            .map(text)
-            .sum::<usize>();
+        let optional = [
+            &self.correlation_id,
+            &self.causation_id,
+            &self.traceparent,
+            &self.partition_key,
+        ]
+        .into_iter()
+        .flatten()
+        .map(text)
+        .sum::<usize>();
         let headers = self
             .headers
             .iter()
@@ -317,6 +327,7 @@ struct FlatFields<'a> {
     correlation_id: Option<&'a str>,
     causation_id: Option<&'a str>,
     traceparent: Option<&'a str>,
+    partition_key: Option<&'a str>,
     seed_data: Option<&'a str>,
     headers: BTreeMap<&'a str, &'a str>,
 }
@@ -334,6 +345,7 @@ impl<'a> FlatFields<'a> {
             b"corr" => &mut self.correlation_id,
             b"cause" => &mut self.causation_id,
             b"traceparent" => &mut self.traceparent,
+            b"key" => &mut self.partition_key,
             b"data" => &mut self.seed_data,
             _ => return self.insert_header(name, value),
         };
@@ -394,6 +406,7 @@ impl<'a> FlatFields<'a> {
             correlation_id: owned(self.correlation_id),
             causation_id: owned(self.causation_id),
             traceparent: owned(self.traceparent),
+            partition_key: owned(self.partition_key),
             headers: self
                 .headers
                 .into_iter()
@@ -545,6 +558,7 @@ fn decode_seed(data: &str) -> Result<Envelope, DecodeError> {
         correlation_id: None,
         causation_id: None,
         traceparent: None,
+        partition_key: None,
         headers: BTreeMap::new(),
     })
 }

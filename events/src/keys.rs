@@ -35,6 +35,27 @@ fn has_hash_tag(key: &str) -> bool {
         .is_some_and(|length| length > 0)
 }
 
+/// The Redis Cluster slot of `key`: CRC16 (XMODEM) of the key, or of its `{tag}`, modulo 16,384.
+pub(crate) fn slot(key: &str) -> u16 {
+    let hashed = match key
+        .find('{')
+        .and_then(|open| Some((open, key[open + 1..].find('}')?)))
+    {
+        Some((open, length)) if length > 0 => &key[open + 1..open + 1 + length],
+        _ => key,
+    };
+    let crc = hashed.bytes().fold(0u16, |crc, byte| {
+        (0..8).fold(crc ^ (u16::from(byte) << 8), |crc, _| {
+            if crc & 0x8000 == 0 {
+                crc << 1
+            } else {
+                (crc << 1) ^ 0x1021
+            }
+        })
+    });
+    crc % 16_384
+}
+
 /// The default dead-letter stream of `stream`.
 pub fn dead_letter_stream(stream: &str) -> String {
     format!("{}:dlq", slot_prefix(stream))
@@ -57,6 +78,15 @@ mod tests {
             idempotency_key("orders", "billing", "abc"),
             "{orders}:done:billing:abc"
         );
+    }
+
+    #[test]
+    fn slots_follow_redis_cluster() {
+        // The values of the Redis Cluster specification (CRC16 of "123456789" is 0x31C3).
+        assert_eq!(slot("foo"), 12_182);
+        assert_eq!(slot("123456789"), 12_739);
+        assert_eq!(slot("{user1000}.following"), slot("{user1000}.followers"));
+        assert_eq!(slot("orders"), slot(&dead_letter_stream("orders")));
     }
 
     #[test]

@@ -80,7 +80,9 @@ pub use event::{Event, check_event_type};
 pub use instruments::record_stream_stats;
 pub use keys::{dead_letter_stream, slot_prefix};
 pub use publisher::{PublishOptions, Published, Publisher, PublisherConfig, RawValidator};
-pub use routing::{Destination, Route, Router, RouterBuilder, Trim};
+pub use routing::{
+    Destination, Route, Router, RouterBuilder, Trim, partition_stream, partition_streams,
+};
 pub use stats::{
     ConsumerStats, EntryStamp, GroupStats, ServerStats, StreamStats, server_stats, stream_stats,
 };

@@ -1,5 +1,6 @@
 //! The publisher: validates, encodes, routes and writes events, one round trip per call.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use tracing::Instrument;
 
 use crate::connection::Connection;
 use crate::instruments::PublishMetrics;
+use crate::keys;
 use crate::{
     Envelope, Error, Event, Result, Router, TraceContext, ValidationReport, check_event_type,
 };
@@ -82,6 +84,7 @@ pub struct PublishOptions {
     correlation_id: Option<String>,
     causation_id: Option<String>,
     traceparent: Option<String>,
+    partition_key: Option<String>,
     version: Option<u32>,
     headers: BTreeMap<String, String>,
 }
@@ -107,6 +110,13 @@ impl PublishOptions {
     /// A W3C `traceparent` to continue a trace in the consumer.
     pub fn traceparent(mut self, traceparent: impl Into<String>) -> Self {
         self.traceparent = Some(traceparent.into());
+        self
+    }
+
+    /// The key that keeps events in order on a partitioned route (typed events may declare one
+    /// with `#[event(partition_key)]`; this takes precedence).
+    pub fn partition_key(mut self, key: impl Into<String>) -> Self {
+        self.partition_key = Some(key.into());
         self
     }
 
@@ -136,6 +146,9 @@ impl PublishOptions {
             .traceparent
             .or_else(|| TraceContext::current().map(|context| context.child().to_string()));
         envelope.headers = self.headers;
+        if self.partition_key.is_some() {
+            envelope.partition_key = self.partition_key;
+        }
         Ok(envelope)
     }
 }
@@ -159,6 +172,8 @@ pub struct Publisher<C = Connection> {
     connection: C,
     config: Arc<PublisherConfig>,
     metrics: Arc<PublishMetrics>,
+    /// Whether to send one pipeline per cluster slot.
+    per_slot: bool,
 }
 
 impl<C> fmt::Debug for Publisher<C> {
@@ -174,7 +189,13 @@ impl Publisher<Connection> {
     /// reconnects by itself.
     pub async fn connect(url: &str, config: PublisherConfig) -> Result<Self> {
         let connection = crate::connection::connect(url, Duration::from_secs(5)).await?;
-        Ok(Self::new(connection, config))
+        let cluster = connection.is_cluster();
+        let publisher = Self::new(connection, config);
+        Ok(if cluster {
+            publisher.per_slot_pipelines()
+        } else {
+            publisher
+        })
     }
 }
 
@@ -185,7 +206,15 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Publisher<C> {
             connection,
             config: Arc::new(config),
             metrics: Arc::default(),
+            per_slot: false,
         }
+    }
+
+    /// Sends the writes of `publish_many` and of batches as one pipeline per Redis Cluster slot,
+    /// as a cluster requires; [`Publisher::connect`] does so for `redis+cluster://` URLs.
+    pub fn per_slot_pipelines(mut self) -> Self {
+        self.per_slot = true;
+        self
     }
 
     /// The router that picks each event's stream.
@@ -309,27 +338,77 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Publisher<C> {
             return Ok(Vec::new());
         }
         let now = SystemTime::now();
-        let mut pipeline = redis::pipe();
-        let mut streams = Vec::with_capacity(envelopes.len());
-        for envelope in envelopes {
-            let destination = self.config.router.resolve(&envelope.event_type)?;
-            pipeline.add_command(xadd(&destination, envelope, now));
-            streams.push(destination.stream);
-        }
+        let destinations = envelopes
+            .iter()
+            .map(|envelope| self.config.router.destination(envelope))
+            .collect::<Result<Vec<_>>>()?;
         let write_error = |envelope: &Envelope, stream: &str, source| Error::Write {
             event_type: envelope.event_type.clone(),
             stream: stream.to_owned(),
             source,
         };
-        let span = tracing::info_span!("events.publish_many", events = envelopes.len(), first_stream = %streams[0]);
-        let replies: Vec<redis::RedisResult<String>> = pipeline
-            .ignore_errors()
-            .query_async(&mut self.connection.clone())
+        // A cluster refuses a pipeline whose keys are in different slots: one per slot there,
+        // sent at once.
+        let groups: Vec<Vec<usize>> = if self.per_slot {
+            let mut by_slot: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
+            for (index, destination) in destinations.iter().enumerate() {
+                by_slot
+                    .entry(keys::slot(&destination.stream))
+                    .or_default()
+                    .push(index);
+            }
+            by_slot.into_values().collect()
+        } else {
+            vec![(0..envelopes.len()).collect()]
+        };
+        let round_trips = groups.iter().map(|indices| {
+            let mut pipeline = redis::pipe();
+            for &index in indices {
+                pipeline.add_command(xadd(&destinations[index], &envelopes[index], now));
+            }
+            let mut connection = self.connection.clone();
+            async move {
+                pipeline
+                    .ignore_errors()
+                    .query_async::<Vec<redis::RedisResult<String>>>(&mut connection)
+                    .await
+            }
+        });
+        let span = tracing::info_span!(
+            "events.publish_many",
+            events = envelopes.len(),
+            round_trips = groups.len()
+        );
+        let outcomes = futures::future::join_all(round_trips)
             .instrument(span)
-            .await
-            .map_err(|source| write_error(&envelopes[0], &streams[0], source))?;
-        Ok(replies
+            .await;
+        let mut replies: Vec<Option<redis::RedisResult<String>>> =
+            (0..envelopes.len()).map(|_| None).collect();
+        for (indices, outcome) in groups.iter().zip(outcomes) {
+            match outcome {
+                Ok(group_replies) => {
+                    for (&index, reply) in indices.iter().zip(group_replies) {
+                        replies[index] = Some(reply);
+                    }
+                }
+                Err(source) if groups.len() == 1 => {
+                    return Err(write_error(&envelopes[0], &destinations[0].stream, source));
+                }
+                Err(source) => {
+                    for &index in indices {
+                        replies[index] = Some(Err(source.clone()));
+                    }
+                }
+            }
+        }
+        let streams: Vec<Cow<'_, str>> = destinations
             .into_iter()
+            .map(|destination| destination.stream)
+            .collect();
+        let replies = replies
+            .into_iter()
+            .map(|reply| reply.expect("every write has its reply"));
+        Ok(replies
             .zip(envelopes.iter().zip(&streams))
             .map(|(reply, (envelope, stream))| match reply {
                 Ok(entry_id) => {
@@ -342,7 +421,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Publisher<C> {
     }
 
     async fn write_one(&self, envelope: Envelope) -> Result<Published> {
-        let destination = self.config.router.resolve(&envelope.event_type)?;
+        let destination = self.config.router.destination(&envelope)?;
         let command = xadd(&destination, &envelope, SystemTime::now());
         let stream = destination.stream.into_owned();
         let span = tracing::info_span!(

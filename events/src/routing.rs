@@ -5,11 +5,13 @@
 //! `user.*` matches `user.created` but not `user.profile.updated`, which `user.**` matches.
 
 use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 
-use crate::{Error, Result};
+use crate::{Envelope, Error, Result};
 
 /// A glob over event types, where `*` stays within one dot-separated segment: globset's path
 /// matching, with dots as the separators.
@@ -87,12 +89,30 @@ enum Target {
     Prefixed(String),
 }
 
-/// A route: event types matching a glob pattern go to a stream, optionally trimmed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Picks an event's partition key from its envelope.
+type KeyOf = Arc<dyn Fn(&Envelope) -> Option<String> + Send + Sync>;
+
+/// A route: event types matching a glob pattern go to a stream, optionally trimmed and
+/// partitioned.
+#[derive(Clone)]
 pub struct Route {
     pattern: String,
     target: Target,
     trim: Option<Trim>,
+    partitions: Option<u32>,
+    key_of: Option<KeyOf>,
+}
+
+impl fmt::Debug for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Route")
+            .field("pattern", &self.pattern)
+            .field("target", &self.target)
+            .field("trim", &self.trim)
+            .field("partitions", &self.partitions)
+            .field("key_of", &self.key_of.is_some())
+            .finish()
+    }
 }
 
 impl Route {
@@ -102,6 +122,8 @@ impl Route {
             pattern: pattern.into(),
             target: Target::Fixed(stream.into()),
             trim: None,
+            partitions: None,
+            key_of: None,
         }
     }
 
@@ -112,6 +134,8 @@ impl Route {
             pattern: pattern.into(),
             target: Target::Prefixed(prefix.into()),
             trim: None,
+            partitions: None,
+            key_of: None,
         }
     }
 
@@ -121,10 +145,51 @@ impl Route {
         self
     }
 
+    /// Spreads the route's stream over `partitions` streams, `<stream>:p0` to `<stream>:p<n-1>`:
+    /// events with the same partition key always go to the same one, so their order is kept (the
+    /// key is the event's [`Event::partition_key`](crate::Event::partition_key), one set with
+    /// [`PublishOptions::partition_key`](crate::PublishOptions::partition_key), or
+    /// [`partition_by`](Self::partition_by)'s); events without a key are spread by their id.
+    pub fn partitions(mut self, partitions: u32) -> Self {
+        self.partitions = Some(partitions.max(1));
+        self
+    }
+
+    /// Takes the partition key from the envelope with `key_of` when the event gives none.
+    pub fn partition_by(
+        mut self,
+        key_of: impl Fn(&Envelope) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.key_of = Some(Arc::new(key_of));
+        self
+    }
+
     /// The glob pattern.
     pub fn pattern(&self) -> &str {
         &self.pattern
     }
+}
+
+/// The name of partition `partition` of `stream`.
+pub fn partition_stream(stream: &str, partition: u32) -> String {
+    format!("{stream}:p{partition}")
+}
+
+/// The names of all `partitions` partitions of `stream`, in order: what a consumer of the
+/// logical stream reads.
+pub fn partition_streams(stream: &str, partitions: u32) -> Vec<String> {
+    (0..partitions.max(1))
+        .map(|partition| partition_stream(stream, partition))
+        .collect()
+}
+
+/// The partition of `key` among `partitions`: FNV-1a, so the same key always gives the same
+/// partition, in every process and version.
+fn partition_of(key: &str, partitions: u32) -> u32 {
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    });
+    u32::try_from(hash % u64::from(partitions)).expect("below a u32")
 }
 
 /// Where one event goes: the stream, and how to trim it.
@@ -219,8 +284,31 @@ impl Router {
             .expect("a router without patterns always builds")
     }
 
-    /// Where events of `event_type` go: the first matching route, else the default.
+    /// Where `envelope` goes: its type's route, and on a partitioned route the partition of its
+    /// key.
+    pub fn destination(&self, envelope: &Envelope) -> Result<Destination<'_>> {
+        let (route, destination) = self.route_of(&envelope.event_type)?;
+        let Some(partitions) = route.partitions else {
+            return Ok(destination);
+        };
+        let from_route = || route.key_of.as_ref().and_then(|key_of| key_of(envelope));
+        let key = envelope.partition_key.clone().or_else(from_route);
+        let partition = partition_of(key.as_deref().unwrap_or(&envelope.id), partitions);
+        Ok(Destination {
+            stream: Cow::Owned(partition_stream(&destination.stream, partition)),
+            trim: destination.trim,
+        })
+    }
+
+    /// Where events of `event_type` go: the first matching route, else the default (for a
+    /// partitioned route, the logical stream; [`destination`](Self::destination) picks the
+    /// partition).
     pub fn resolve(&self, event_type: &str) -> Result<Destination<'_>> {
+        self.route_of(event_type)
+            .map(|(_, destination)| destination)
+    }
+
+    fn route_of(&self, event_type: &str) -> Result<(&Route, Destination<'_>)> {
         let first = if self.routes.is_empty() {
             None
         } else {
@@ -239,10 +327,13 @@ impl Router {
             Target::Fixed(stream) => Cow::Borrowed(stream.as_str()),
             Target::Prefixed(prefix) => Cow::Owned(format!("{prefix}{event_type}")),
         };
-        Ok(Destination {
-            stream,
-            trim: route.trim,
-        })
+        Ok((
+            route,
+            Destination {
+                stream,
+                trim: route.trim,
+            },
+        ))
     }
 
     /// The routes in order, then the default if there is one.

@@ -64,6 +64,13 @@ impl ConsumerBuilder {
         self.settings(|settings| settings.streams.push(stream))
     }
 
+    /// Adds every partition of a stream a partitioned route writes (`<stream>:p0` ..): events of
+    /// one partition key are then handled one after another, in order, whatever the concurrency.
+    pub fn partitioned_stream(self, stream: &str, partitions: u32) -> Self {
+        let streams = crate::partition_streams(stream, partitions);
+        self.settings(|settings| settings.streams.extend(streams))
+    }
+
     /// The consumer group (created if missing).
     pub fn group(self, group: impl Into<String>) -> Self {
         let group = group.into();
@@ -278,11 +285,6 @@ impl ConsumerBuilder {
             readers.push(settings.group_on(reader));
         }
         let commands = connect(&self.url, Duration::from_secs(10)).await?;
-        if commands.is_cluster() && settings.streams.len() > 1 {
-            return Err(Error::Config(
-                "on a Redis Cluster a consumer reads one stream for now: build one consumer per stream".into(),
-            ));
-        }
         let mut registry = self.registry;
         registry.instrument(&settings.streams, &settings.group);
         let unhandled_metrics = settings

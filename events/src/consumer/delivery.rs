@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::Either;
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -42,6 +42,10 @@ pub(crate) struct Delivery {
     pub(crate) settle: mpsc::UnboundedSender<Settle>,
     pub(crate) holds: Holds,
     pub(crate) shutdown: CancellationToken,
+    /// Ends when the previous delivery of the same partition key is over.
+    pub(crate) after: Option<oneshot::Receiver<()>>,
+    /// Dropped when this delivery is over, letting the next one of its key start.
+    pub(crate) _turn: Option<oneshot::Sender<()>>,
 }
 
 impl Delivery {
@@ -49,6 +53,12 @@ impl Delivery {
     pub(crate) async fn run(mut self) {
         let inner = Arc::clone(&self.inner);
         let _in_flight = InFlight::new(&inner.counters.in_flight);
+        if let Some(after) = self.after.take() {
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                _ = after => {}
+            }
+        }
         loop {
             let goes_on = match self.attempt().await {
                 Next::Done => false,

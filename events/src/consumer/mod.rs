@@ -133,6 +133,8 @@ impl Consumer {
             settle: settle_sender,
             shutdown: shutdown.clone(),
             last_seen: HashMap::new(),
+            key_turns: HashMap::new(),
+            next_stream: 0,
             streams: settings
                 .streams
                 .iter()

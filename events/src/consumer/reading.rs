@@ -4,7 +4,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
@@ -31,6 +31,11 @@ pub(crate) struct Reading {
     /// The last entry id read per stream, to recreate a vanished group where it was.
     pub(crate) last_seen: HashMap<Arc<str>, String>,
     pub(crate) streams: Vec<Arc<str>>,
+    /// Per stream and partition key, the end of the last delivery started for it: the next one
+    /// of the key waits for it, so events of one key are handled one after another, in order.
+    pub(crate) key_turns: HashMap<(usize, Vec<u8>), oneshot::Receiver<()>>,
+    /// Which stream the next read asks for, on a cluster where one read names one stream.
+    pub(crate) next_stream: usize,
 }
 
 impl Reading {
@@ -115,9 +120,16 @@ impl Reading {
     }
 
     /// Sends a read of up to `count` entries from every stream, on reader connection `index`.
-    fn start_read(&self, index: usize, count: usize) -> AbortOnDropHandle<ReadResult> {
+    fn start_read(&mut self, index: usize, count: usize) -> AbortOnDropHandle<ReadResult> {
         let reader = self.inner.readers[index].clone();
-        let streams = self.inner.settings.streams.clone();
+        let all = &self.inner.settings.streams;
+        // On a cluster, streams live in different slots: each read names one of them in turn.
+        let streams = if reader.connection.is_cluster() && all.len() > 1 {
+            self.next_stream = (self.next_stream + 1) % all.len();
+            vec![all[self.next_stream].clone()]
+        } else {
+            all.clone()
+        };
         let block = self.inner.settings.block;
         AbortOnDropHandle::new(tokio::spawn(async move {
             reader.read(&streams, count, block).await
@@ -142,8 +154,20 @@ impl Reading {
                 .acquire_owned()
                 .await
                 .expect("the semaphore is never closed");
+            let (after, turn) = match partition_key(&entry) {
+                Some(key) => {
+                    let (turn, this_ends) = oneshot::channel();
+                    (
+                        self.key_turns.insert((stream_index, key), this_ends),
+                        Some(turn),
+                    )
+                }
+                None => (None, None),
+            };
             deliveries.push(
                 Delivery {
+                    after,
+                    _turn: turn,
                     inner: Arc::clone(&self.inner),
                     stream: Arc::clone(stream),
                     stream_index,
@@ -215,4 +239,13 @@ impl Reading {
             }
         }
     }
+}
+
+/// The entry's partition key (its `key` field), without decoding the rest.
+fn partition_key(entry: &StreamEntry) -> Option<Vec<u8>> {
+    entry
+        .fields
+        .iter()
+        .find(|(name, _)| name == b"key")
+        .map(|(_, value)| value.clone())
 }
