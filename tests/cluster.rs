@@ -236,3 +236,78 @@ async fn a_partitioned_stream_keeps_each_key_in_order_with_concurrent_handlers()
     run.abort();
     assert_in_order(&ledger, 50, 40);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_consumers_share_the_partitions_and_keep_10000_events_of_100_keys_in_order() {
+    let cluster = RedisCluster::start();
+    let stream = unique("ledger");
+    let ledger: Ledger = Arc::default();
+    let mut consumers = Vec::new();
+    for name in ["a", "b", "c"] {
+        let consumer = Consumer::builder(cluster.url())
+            .partitioned_stream(&stream, 4)
+            .group("accounting")
+            .consumer_name(name)
+            .start_from(StartFrom::Beginning)
+            .block(Duration::from_millis(100))
+            .partition_lease(Duration::from_millis(600))
+            .concurrency(16)
+            .handle(recording(&ledger))
+            .build()
+            .await
+            .unwrap();
+        consumers.push(consumer);
+    }
+    let runs: Vec<_> = consumers
+        .iter()
+        .map(|consumer| {
+            let consumer = consumer.clone();
+            tokio::spawn(async move { consumer.run_until(std::future::pending()).await })
+        })
+        .collect();
+    // Let the leases settle: each partition held by exactly one consumer, none by more.
+    let mut connection = cluster_connection(&cluster).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut holders = Vec::new();
+        for partition in events::partition_streams(&stream, 4) {
+            let key = format!("{}:owner:accounting", events::slot_prefix(&partition));
+            let holder: Option<String> = redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut connection)
+                .await
+                .unwrap();
+            holders.push(holder);
+        }
+        let distinct: std::collections::BTreeSet<_> = holders.iter().flatten().collect();
+        if holders.iter().all(Option::is_some) && distinct.len() >= 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "leases did not settle: {holders:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+
+    post(&cluster.url(), &stream, 4, 100, 100).await;
+    wait_until("all 10,000 are handled", || {
+        consumers
+            .iter()
+            .map(|consumer| consumer.status().processed)
+            .sum::<u64>()
+            == 10_000
+    })
+    .await;
+    for run in runs {
+        run.abort();
+    }
+
+    assert_in_order(&ledger, 100, 100);
+    let busy = consumers
+        .iter()
+        .filter(|consumer| consumer.status().processed > 0)
+        .count();
+    assert!(busy >= 2, "the partitions were shared");
+}

@@ -9,6 +9,7 @@ use tokio::sync::Semaphore;
 use super::config::{Hooks, Settings};
 use super::group::Group;
 use super::handler::Registry;
+use super::partitions::Partitioned;
 use super::status::Counters;
 use super::{
     Backoff, Consumer, Context, DeadLetter, Failure, HandlerError, HandlerOptions, Inner,
@@ -66,9 +67,25 @@ impl ConsumerBuilder {
 
     /// Adds every partition of a stream a partitioned route writes (`<stream>:p0` ..): events of
     /// one partition key are then handled one after another, in order, whatever the concurrency.
+    ///
+    /// Each partition is read by one consumer of the group at a time, under a lease it renews
+    /// (see [`partition_lease`](Self::partition_lease)); the group's consumers share the partitions.
     pub fn partitioned_stream(self, stream: &str, partitions: u32) -> Self {
         let streams = crate::partition_streams(stream, partitions);
-        self.settings(|settings| settings.streams.extend(streams))
+        let logical = Partitioned {
+            stream: stream.to_owned(),
+            partitions: partitions.max(1),
+        };
+        self.settings(|settings| {
+            settings.streams.extend(streams);
+            settings.partitioned.push(logical);
+        })
+    }
+
+    /// How long a consumer holds a partition without renewing its lease (default 10 s): after
+    /// a crash, its partitions go to the others that much later.
+    pub fn partition_lease(self, lease: Duration) -> Self {
+        self.settings(|settings| settings.partition_lease = lease)
     }
 
     /// The consumer group (created if missing).

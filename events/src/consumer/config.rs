@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::partitions::Partitioned;
 use super::{Backoff, Context, DeadLetter, Failure, StartFrom};
 
 /// What to do with an event whose type has no handler.
@@ -70,6 +71,10 @@ impl std::fmt::Debug for Hooks {
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
     pub(crate) streams: Vec<String>,
+    /// Logical streams read as partitions, whose partitions are among `streams`.
+    pub(crate) partitioned: Vec<Partitioned>,
+    /// How long a consumer holds a partition without renewing its lease.
+    pub(crate) partition_lease: Duration,
     pub(crate) group: String,
     pub(crate) consumer: String,
     pub(crate) start_from: StartFrom,
@@ -94,6 +99,8 @@ impl Settings {
     pub(crate) fn new() -> Self {
         Self {
             streams: Vec::new(),
+            partitioned: Vec::new(),
+            partition_lease: Duration::from_secs(10),
             group: String::new(),
             consumer: default_consumer_name(),
             start_from: StartFrom::New,

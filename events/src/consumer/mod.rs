@@ -9,6 +9,7 @@ mod delivery;
 mod group;
 mod handler;
 mod idempotency;
+mod partitions;
 mod pull;
 mod reading;
 mod settle;
@@ -125,6 +126,20 @@ impl Consumer {
             settings.idempotency_ttl,
         ));
         let (holds, holds_task) = idempotency::Holds::serve(inner.commands.clone());
+        // Partition leases are kept by a task of their own, so that a busy read loop never lets
+        // them lapse; it gives them up when reading stops.
+        let ownership = partitions::Ownership::default();
+        let stop_leases = CancellationToken::new();
+        let leases = tokio::spawn(ownership.clone().keep(
+            inner.commands.clone(),
+            settings.partitioned.clone(),
+            settings.partition_lease,
+            partitions::Waits {
+                drain: settings.block + Duration::from_millis(100),
+                settle: settings.claim_idle,
+            },
+            stop_leases.clone(),
+        ));
         let mut reading = Reading {
             holds,
             inner: Arc::clone(inner),
@@ -135,6 +150,12 @@ impl Consumer {
             last_seen: HashMap::new(),
             key_turns: HashMap::new(),
             next_stream: 0,
+            ownership: ownership.clone(),
+            partitions: settings
+                .partitioned
+                .iter()
+                .flat_map(|logical| crate::partition_streams(&logical.stream, logical.partitions))
+                .collect(),
             streams: settings
                 .streams
                 .iter()
@@ -162,7 +183,8 @@ impl Consumer {
             );
             deliveries.shutdown().await;
         }
-        for task in [acknowledger, holds_task] {
+        stop_leases.cancel();
+        for task in [acknowledger, holds_task, leases] {
             if let Err(error) = task.await {
                 tracing::error!(%error, "a consumer task failed");
             }

@@ -1,6 +1,6 @@
 //! The read loop of a running consumer: reads batches, reclaims idle entries, starts deliveries.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,12 +12,22 @@ use tokio_util::task::AbortOnDropHandle;
 use super::delivery::{Delivery, Settle};
 use super::group::is_no_group;
 use super::idempotency::Holds;
+use super::partitions::Ownership;
 use super::status::Counters;
 use super::{Backoff, Inner, StartFrom};
 use crate::StreamEntry;
 
 /// What one read of the streams gives: per stream, its entries.
 type ReadResult = redis::RedisResult<Vec<(String, Vec<StreamEntry>)>>;
+
+/// A read sent and not yet delivered.
+pub(crate) struct Read {
+    reply: AbortOnDropHandle<ReadResult>,
+    /// How many entries it asked for.
+    count: usize,
+    /// The streams it named.
+    streams: Vec<String>,
+}
 
 /// The read loop's state while a consumer runs.
 pub(crate) struct Reading {
@@ -36,6 +46,10 @@ pub(crate) struct Reading {
     pub(crate) key_turns: HashMap<(usize, Vec<u8>), oneshot::Receiver<()>>,
     /// Which stream the next read asks for, on a cluster where one read names one stream.
     pub(crate) next_stream: usize,
+    /// The partitions this consumer holds the leases of.
+    pub(crate) ownership: Ownership,
+    /// The names of all partition streams this consumer reads.
+    pub(crate) partitions: HashSet<String>,
 }
 
 impl Reading {
@@ -46,29 +60,42 @@ impl Reading {
         // Reads already sent, each on a connection of its own, so that Redis prepares the next
         // batches and their replies are parsed while earlier ones are delivered. Only while
         // entries keep coming: an idle consumer has one blocking read out.
-        let mut reads: VecDeque<(AbortOnDropHandle<ReadResult>, usize)> = VecDeque::new();
+        let mut reads: VecDeque<Read> = VecDeque::new();
         let mut busy = false;
         let mut turn = 0;
         loop {
             while self.deliveries.try_join_next().is_some() {}
+            let readable = self.readable();
             let claim_due = last_claim.is_none_or(|at| at.elapsed() >= settings.claim_interval);
             while !self.shutdown.is_cancelled()
                 && !claim_due
+                && !readable.is_empty()
                 && reads.len() < self.inner.readers.len()
             {
-                let requested: usize = reads.iter().map(|(_, count)| count).sum();
+                let requested: usize = reads.iter().map(|read| read.count).sum();
                 let room = self.unacked.available_permits().saturating_sub(requested);
                 if room == 0 || (!busy && !reads.is_empty()) {
                     break;
                 }
                 let count = settings.batch_size.min(room);
                 turn = (turn + 1) % self.inner.readers.len();
-                reads.push_back((self.start_read(turn, count), count));
+                let Some(read) = self.start_read(&readable, &reads, turn, count) else {
+                    break;
+                };
+                reads.push_back(read);
             }
-            let Some((read, _)) = reads.pop_front() else {
+            let Some(Read { reply: read, .. }) = reads.pop_front() else {
                 if claim_due && !self.shutdown.is_cancelled() {
                     self.reclaim().await;
                     last_claim = Some(Instant::now());
+                    continue;
+                }
+                if readable.is_empty() {
+                    // Every partition is another consumer's, or not ready yet: look again soon.
+                    tokio::select! {
+                        () = self.shutdown.cancelled() => break,
+                        () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    }
                     continue;
                 }
                 // No room for a read: wait until a delivery is acknowledged, or shutdown.
@@ -119,21 +146,58 @@ impl Reading {
         }
     }
 
-    /// Sends a read of up to `count` entries from every stream, on reader connection `index`.
-    fn start_read(&mut self, index: usize, count: usize) -> AbortOnDropHandle<ReadResult> {
+    /// The streams this consumer reads now: all but the partitions other consumers hold.
+    fn readable(&self) -> Vec<String> {
+        let settings = &self.inner.settings;
+        settings
+            .streams
+            .iter()
+            .filter(|stream| self.ownership.may_read(stream, &settings.partitioned))
+            .cloned()
+            .collect()
+    }
+
+    /// Sends a read of up to `count` entries from the `readable` streams, on reader connection
+    /// `index`; none when every stream it could name is a partition already being read (two
+    /// reads of one stream on two connections may be served in either order, which would put
+    /// a key's events out of order).
+    fn start_read(
+        &mut self,
+        readable: &[String],
+        reads: &VecDeque<Read>,
+        index: usize,
+        count: usize,
+    ) -> Option<Read> {
+        let busy = |stream: &String| {
+            self.partitions.contains(stream)
+                && reads.iter().any(|read| read.streams.contains(stream))
+        };
+        let candidates: Vec<String> = readable
+            .iter()
+            .filter(|stream| !busy(stream))
+            .cloned()
+            .collect();
+        if candidates.is_empty() {
+            return None;
+        }
         let reader = self.inner.readers[index].clone();
-        let all = &self.inner.settings.streams;
         // On a cluster, streams live in different slots: each read names one of them in turn.
-        let streams = if reader.connection.is_cluster() && all.len() > 1 {
-            self.next_stream = (self.next_stream + 1) % all.len();
-            vec![all[self.next_stream].clone()]
+        let streams = if reader.connection.is_cluster() && candidates.len() > 1 {
+            self.next_stream = (self.next_stream + 1) % candidates.len();
+            vec![candidates[self.next_stream].clone()]
         } else {
-            all.clone()
+            candidates
         };
         let block = self.inner.settings.block;
-        AbortOnDropHandle::new(tokio::spawn(async move {
-            reader.read(&streams, count, block).await
-        }))
+        let named = streams.clone();
+        let reply = AbortOnDropHandle::new(tokio::spawn(async move {
+            reader.read(&named, count, block).await
+        }));
+        Some(Read {
+            reply,
+            count,
+            streams,
+        })
     }
 
     /// Starts deliveries of `entries` of `stream` (each with its attempt number), each once it has
@@ -192,7 +256,11 @@ impl Reading {
     /// allows, and delivers them again as their next attempt.
     async fn reclaim(&mut self) {
         let settings = self.inner.settings.clone();
+        let readable = self.readable();
         for stream in self.streams.clone() {
+            if !readable.iter().any(|name| **name == *stream) {
+                continue;
+            }
             let mut cursor = "0-0".to_owned();
             loop {
                 let room = self.unacked.available_permits().min(settings.batch_size);
