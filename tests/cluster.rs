@@ -19,6 +19,17 @@ struct TaskCreated {
     n: u64,
 }
 
+/// Runs every consumer in a task of its own until the task is aborted.
+fn run_all(consumers: &[Consumer]) -> Vec<tokio::task::JoinHandle<events::Result<()>>> {
+    consumers
+        .iter()
+        .map(|consumer| {
+            let consumer = consumer.clone();
+            tokio::spawn(async move { consumer.run_until(std::future::pending()).await })
+        })
+        .collect()
+}
+
 async fn cluster_connection(cluster: &RedisCluster) -> redis::cluster_async::ClusterConnection {
     let nodes: Vec<String> = cluster
         .url()
@@ -74,13 +85,7 @@ async fn publish_consume_dead_letters_and_duplicates_on_a_cluster() {
     let tasks: Vec<TaskCreated> = (0..300).map(|n| TaskCreated { n }).collect();
     publisher.publish_many(&tasks).await.unwrap();
     publisher.publish(&TaskCreated { n: 7 }).await.unwrap();
-    let runs: Vec<_> = consumers
-        .iter()
-        .map(|consumer| {
-            let consumer = consumer.clone();
-            tokio::spawn(async move { consumer.run_until(std::future::pending()).await })
-        })
-        .collect();
+    let runs = run_all(&consumers);
     wait_until("every event is settled", || {
         let settled: u64 = consumers
             .iter()
@@ -258,13 +263,7 @@ async fn three_consumers_share_the_partitions_and_keep_10000_events_of_100_keys_
             .unwrap();
         consumers.push(consumer);
     }
-    let runs: Vec<_> = consumers
-        .iter()
-        .map(|consumer| {
-            let consumer = consumer.clone();
-            tokio::spawn(async move { consumer.run_until(std::future::pending()).await })
-        })
-        .collect();
+    let runs = run_all(&consumers);
     // Let the leases settle: each partition held by exactly one consumer, none by more.
     let mut connection = cluster_connection(&cluster).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
