@@ -315,3 +315,28 @@ async fn mistakes_are_one_line_and_a_failure_exit() {
         "error: no dead letter 1-0 in {s}:dlq"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tool_works_on_a_cluster_too() {
+    let cluster = support::RedisCluster::start();
+    let stream = unique("cli-cluster");
+    let publisher = Publisher::connect(
+        &cluster.url(),
+        PublisherConfig::new("test").router(Router::single(&stream)),
+    )
+    .await
+    .unwrap();
+    for n in 0..3 {
+        publisher.publish(&TaskCreated { n }).await.unwrap();
+    }
+
+    let stats = events(&cluster.url(), &["stats", &stream, "--json"]);
+    assert!(stats.status.success(), "{}", stderr(&stats));
+    let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+    assert_eq!(stats["stream"]["length"], 3);
+    let tail = events(
+        &cluster.url(),
+        &["tail", &stream, "--from", "0", "--count", "3"],
+    );
+    assert_eq!(stdout(&tail).lines().count(), 3, "{}", stderr(&tail));
+}

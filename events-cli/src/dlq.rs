@@ -2,16 +2,13 @@
 
 use std::io::{BufRead, IsTerminal, Write};
 
+use events::Connection;
 use events::{DeadLetterEntry, DeadLetters, dead_letter_stream};
-use redis::aio::MultiplexedConnection;
 
 use crate::{DlqCommand, Failure, Selection};
 
 /// Runs one `dlq` command.
-pub(crate) async fn run(
-    connection: MultiplexedConnection,
-    command: DlqCommand,
-) -> Result<(), Failure> {
+pub(crate) async fn run(connection: Connection, command: DlqCommand) -> Result<(), Failure> {
     let letters =
         |stream: &str| DeadLetters::new(connection.clone(), stream, dead_letter_stream(stream));
     match command {
@@ -87,7 +84,7 @@ pub(crate) async fn run(
 
 /// The dead letters `selection` names; an `--id` that is not there is an error.
 async fn select(
-    letters: &mut DeadLetters<MultiplexedConnection>,
+    letters: &mut DeadLetters<Connection>,
     selection: &Selection,
 ) -> Result<Vec<DeadLetterEntry>, Failure> {
     if let Some(id) = &selection.id {

@@ -2,15 +2,15 @@
 
 use std::time::Duration;
 
+use events::Connection;
 use events::{dead_letter_stream, remove_stale_consumers_of, stream_stats};
-use redis::aio::MultiplexedConnection;
 
 use crate::Failure;
 
 /// Prints each group's consumers; with `remove_stale`, first removes consumers idle that long
 /// with nothing pending.
 pub(crate) async fn run(
-    mut connection: MultiplexedConnection,
+    mut connection: Connection,
     stream: &str,
     remove_stale: Option<Duration>,
 ) -> Result<(), Failure> {

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use redis::aio::MultiplexedConnection;
+use events::Connection;
 
 /// Inspect and repair events over Redis Streams.
 #[derive(Debug, Parser)]
@@ -166,8 +166,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     }
 }
 
-/// Connects to `url`, failing within a few seconds with the address (never the password).
-async fn connect(url: &str) -> Result<MultiplexedConnection, Failure> {
+/// Connects to `url` (`redis://..` or `redis+cluster://host:port,..`), failing within a few
+/// seconds with the address (never the password).
+async fn connect(url: &str) -> Result<Connection, Failure> {
     let shown = match url.split_once('@') {
         Some((scheme_and_credentials, host)) => {
             let scheme = scheme_and_credentials
@@ -178,14 +179,13 @@ async fn connect(url: &str) -> Result<MultiplexedConnection, Failure> {
         }
         None => url.to_owned(),
     };
-    let client =
-        redis::Client::open(url).map_err(|error| format!("invalid Redis URL {shown}: {error}"))?;
-    let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(3)))
-        .set_response_timeout(Some(Duration::from_secs(30)));
-    let connection = client
-        .get_multiplexed_async_connection_with_config(&config)
+    Connection::open(url, Duration::from_secs(30))
         .await
-        .map_err(|error| format!("could not connect to Redis at {shown}: {error}"))?;
-    Ok(connection)
+        .map_err(|error| {
+            let reason = match error {
+                events::Error::Connect { source } => source.to_string(),
+                other => other.to_string(),
+            };
+            format!("could not connect to Redis at {shown}: {reason}").into()
+        })
 }

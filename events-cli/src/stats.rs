@@ -2,14 +2,14 @@
 
 use std::time::Duration;
 
+use events::Connection;
 use events::{dead_letter_stream, server_stats, stream_stats};
-use redis::aio::MultiplexedConnection;
 
 use crate::Failure;
 
 /// Prints the stats of `stream` and of the server.
 pub(crate) async fn run(
-    connection: &mut MultiplexedConnection,
+    connection: &mut Connection,
     stream: &str,
     json: bool,
 ) -> Result<(), Failure> {

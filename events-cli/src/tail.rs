@@ -2,16 +2,16 @@
 
 use std::time::Duration;
 
+use events::Connection;
 use events::{StreamEntry, read_after};
 use redis::Value;
-use redis::aio::MultiplexedConnection;
 
 use crate::Failure;
 
 /// Prints the entries added to `stream` after `from` (`$`: from now on), until `count` are
 /// printed or the process is stopped.
 pub(crate) async fn run(
-    connection: &mut MultiplexedConnection,
+    connection: &mut Connection,
     stream: &str,
     from: &str,
     count: Option<usize>,
@@ -36,7 +36,7 @@ pub(crate) async fn run(
 }
 
 /// The id of the stream's last entry, `0-0` when it is empty or missing.
-async fn last_id(connection: &mut MultiplexedConnection, stream: &str) -> Result<String, Failure> {
+async fn last_id(connection: &mut Connection, stream: &str) -> Result<String, Failure> {
     let last: Vec<(String, Value)> = redis::cmd("XREVRANGE")
         .arg(stream)
         .arg("+")

@@ -12,7 +12,7 @@ use syn::{Attribute, Data, DeriveInput, Error, Expr, ExprLit, Fields, Lit, Path,
 use crate::model::{Container, Derive, Field, Number, Rule, RuleKind, Shape, Version};
 
 /// The keys a field attribute accepts.
-const FIELD_KEYS: [&str; 10] = [
+const FIELD_KEYS: [&str; 11] = [
     "email",
     "url",
     "uuid",
@@ -23,6 +23,7 @@ const FIELD_KEYS: [&str; 10] = [
     "custom",
     "nested",
     "idempotency_key",
+    "partition_key",
 ];
 
 /// Reads `input` for `derive`, pushing every mistake found onto `errors`.
@@ -136,6 +137,7 @@ fn parse_field(ident: syn::Ident, field: &syn::Field, errors: &mut Vec<Error>) -
         shape: Shape::of(&field.ty),
         rules: Vec::new(),
         idempotency_key: None,
+        partition_key: None,
     };
     let mut keys = Keys::default();
     for attr in event_attrs(&field.attrs) {
@@ -146,7 +148,7 @@ fn parse_field(ident: syn::Ident, field: &syn::Field, errors: &mut Vec<Error>) -
     parsed
 }
 
-/// Reads one key of a field attribute: a validator or `idempotency_key`.
+/// Reads one key of a field attribute: a validator, `idempotency_key` or `partition_key`.
 fn field_key(
     field: &mut Field,
     keys: &mut Keys,
@@ -179,6 +181,10 @@ fn field_key(
     let rule = match key.as_str() {
         "idempotency_key" => {
             field.idempotency_key = Some(path.span());
+            None
+        }
+        "partition_key" => {
+            field.partition_key = Some(path.span());
             None
         }
         "email" => flag(RuleKind::Email),

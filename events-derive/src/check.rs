@@ -40,6 +40,15 @@ pub(crate) fn check(container: &Container, errors: &mut Vec<Error>) {
                  has no idempotency key",
             ));
         }
+        if let Some(span) = field.partition_key
+            && container.derive == Derive::Validate
+        {
+            errors.push(Error::new(
+                span,
+                "`partition_key` is only for `#[derive(Event)]`; a `#[derive(Validate)]` struct \
+                 has no partition key",
+            ));
+        }
         for rule in &field.rules {
             errors.extend(check_rule(rule));
         }

@@ -56,6 +56,8 @@ pub(crate) struct Field {
     pub(crate) rules: Vec<Rule>,
     /// Where `idempotency_key` was written, if it was.
     pub(crate) idempotency_key: Option<Span>,
+    /// Where `partition_key` was written, if it was.
+    pub(crate) partition_key: Option<Span>,
 }
 
 /// What the syntax of a field's type tells about it.

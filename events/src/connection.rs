@@ -35,6 +35,12 @@ impl std::fmt::Debug for Connection {
 }
 
 impl Connection {
+    /// Connects to `url`: `redis://..` for one server, `redis+cluster://host:port,host:port` for
+    /// a cluster; a reply is given up on after `response_timeout`.
+    pub async fn open(url: &str, response_timeout: Duration) -> Result<Self> {
+        connect(url, response_timeout).await
+    }
+
     /// Whether it talks to a cluster.
     pub fn is_cluster(&self) -> bool {
         matches!(self, Connection::Cluster(_))

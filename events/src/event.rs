@@ -20,6 +20,13 @@ pub trait Event: Validate + Serialize + DeserializeOwned + Send + Sync + 'static
     fn idempotency_key(&self) -> Option<String> {
         None
     }
+
+    /// The key that keeps events in order: events with the same key go to the same partition of a
+    /// partitioned route and are handled one after another; taken from the fields marked
+    /// `#[event(partition_key)]`.
+    fn partition_key(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Checks that `name` is a valid event type: dot-separated segments of `[a-z0-9_-]`, none empty.

@@ -199,33 +199,56 @@ pub(crate) async fn consumer_stats<C: ConnectionLike>(
 
 /// Reads the server's memory use, limit and eviction policy.
 pub async fn server_stats<C: ConnectionLike>(connection: &mut C) -> Result<ServerStats> {
-    let info: String = redis::cmd("INFO")
+    let reply: Value = redis::cmd("INFO")
         .arg("memory")
         .query_async(connection)
         .await
         .map_err(Error::reading("(server)"))?;
-    let field = |name: &str| {
+    // One server answers with its text; a cluster with a map of node to text: memory adds up
+    // over the nodes, and one node that may evict streams is enough for the warning.
+    let infos: Vec<String> = match reply {
+        Value::Map(nodes) => nodes
+            .into_iter()
+            .filter_map(|(_, info)| redis::from_redis_value::<String>(info).ok())
+            .collect(),
+        reply => vec![
+            redis::from_redis_value::<String>(reply)
+                .map_err(|error| Error::reading("(server)")(redis::RedisError::from(error)))?,
+        ],
+    };
+    let field = |info: &'_ str, name: &str| -> Option<String> {
         info.lines()
             .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
-            .map(str::trim)
+            .map(|value| value.trim().to_owned())
     };
-    let used_memory = field("used_memory")
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(0);
-    let max_memory = field("maxmemory")
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(0);
-    let eviction_policy = field("maxmemory_policy").unwrap_or("unknown").to_owned();
-    let warning = match eviction_policy.as_str() {
-        "noeviction" | "volatile-lru" | "volatile-lfu" | "volatile-random" | "volatile-ttl" => None,
-        policy => Some(format!(
+    let sum = |name: &str| -> u64 {
+        infos
+            .iter()
+            .filter_map(|info| field(info, name)?.parse::<u64>().ok())
+            .sum()
+    };
+    let policies: Vec<String> = infos
+        .iter()
+        .filter_map(|info| field(info, "maxmemory_policy"))
+        .collect();
+    let evicting = policies.iter().find(|policy| {
+        !matches!(
+            policy.as_str(),
+            "noeviction" | "volatile-lru" | "volatile-lfu" | "volatile-random" | "volatile-ttl"
+        )
+    });
+    let warning = evicting.map(|policy| {
+        format!(
             "maxmemory-policy {policy} may evict stream keys under memory pressure, losing events; use noeviction or a volatile-* policy"
-        )),
-    };
+        )
+    });
     Ok(ServerStats {
-        used_memory,
-        max_memory,
-        eviction_policy,
+        used_memory: sum("used_memory"),
+        max_memory: sum("maxmemory"),
+        eviction_policy: evicting
+            .or(policies.first())
+            .cloned()
+            .unwrap_or_else(|| "unknown".into()),
         warning,
     })
 }
