@@ -150,6 +150,7 @@ async fn the_batched_publisher_writes_streams_in_different_slots() {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
 #[event(name = "ledger.posted")]
 struct Posted {
+    #[event(partition_key)]
     account: u64,
     seq: u64,
 }
@@ -193,10 +194,7 @@ async fn post(url: &str, stream: &str, partitions: u32, accounts: u64, per_accou
         let batch: Vec<_> = (0..accounts)
             .map(|account| {
                 publisher
-                    .envelope(
-                        &Posted { account, seq },
-                        events::PublishOptions::new().partition_key(account.to_string()),
-                    )
+                    .envelope(&Posted { account, seq }, events::PublishOptions::new())
                     .unwrap()
             })
             .collect();

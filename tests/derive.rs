@@ -448,6 +448,95 @@ fn without_marked_fields_there_is_no_idempotency_key() {
     assert_eq!(event.validate(), Ok(()));
 }
 
+#[derive(Debug, Serialize, Deserialize, Event)]
+#[event(name = "account.debited")]
+struct AccountDebited {
+    #[event(partition_key)]
+    account: String,
+    #[event(idempotency_key)]
+    debit_id: u64,
+    #[event(non_empty, partition_key)]
+    currency: String,
+    amount: u64,
+}
+
+fn debit(account: &str, debit_id: u64, currency: &str, amount: u64) -> AccountDebited {
+    AccountDebited {
+        account: account.into(),
+        debit_id,
+        currency: currency.into(),
+        amount,
+    }
+}
+
+#[test]
+fn the_partition_key_is_built_from_the_marked_fields_in_declaration_order() {
+    let key = |d: AccountDebited| d.partition_key().unwrap();
+    assert_eq!(
+        key(debit("acc-1", 1, "EUR", 10)),
+        key(debit("acc-1", 1, "EUR", 10))
+    );
+    assert_eq!(
+        key(debit("acc-1", 1, "EUR", 10)),
+        key(debit("acc-1", 1, "EUR", 99))
+    );
+    assert_ne!(
+        key(debit("acc-1", 1, "EUR", 10)),
+        key(debit("acc-2", 1, "EUR", 10))
+    );
+    assert_ne!(
+        key(debit("acc-1", 1, "EUR", 10)),
+        key(debit("acc-1", 1, "USD", 10))
+    );
+    assert_ne!(key(debit("ab", 1, "c", 10)), key(debit("a", 1, "bc", 10)));
+    assert_eq!(
+        key(debit("acc-1", 1, "EUR", 10)),
+        "\"acc-1\"\u{1f}\"EUR\"\u{1f}"
+    );
+}
+
+#[test]
+fn the_partition_key_is_independent_of_the_idempotency_key() {
+    let first = debit("acc-1", 1, "EUR", 10);
+    let retried_elsewhere = debit("acc-2", 1, "EUR", 10);
+    let next_debit = debit("acc-1", 2, "EUR", 10);
+    assert_eq!(first.idempotency_key(), Some("1\u{1f}".to_owned()));
+    assert_eq!(first.idempotency_key(), retried_elsewhere.idempotency_key());
+    assert_ne!(first.partition_key(), retried_elsewhere.partition_key());
+    assert_ne!(first.idempotency_key(), next_debit.idempotency_key());
+    assert_eq!(first.partition_key(), next_debit.partition_key());
+
+    // Events that mark only one of the keys have `None` for the other.
+    assert_eq!(order().partition_key(), None);
+    assert!(order().idempotency_key().is_some());
+    assert_eq!(transfer("a", "b", 1).partition_key(), None);
+}
+
+#[derive(Debug, Serialize, Deserialize, Event)]
+#[event(name = "stock.adjusted")]
+struct StockAdjusted {
+    #[event(idempotency_key, partition_key)]
+    sku: String,
+    delta: i64,
+}
+
+#[test]
+fn a_field_may_be_part_of_both_keys() {
+    let event = StockAdjusted {
+        sku: "A-1".into(),
+        delta: -2,
+    };
+    assert_eq!(event.partition_key(), Some("\"A-1\"\u{1f}".to_owned()));
+    assert_eq!(event.partition_key(), event.idempotency_key());
+    assert_eq!(event.delta, -2);
+}
+
+#[test]
+fn without_marked_fields_there_is_no_partition_key() {
+    let event = Unmarked { note: "x".into() };
+    assert_eq!(event.partition_key(), None);
+}
+
 #[test]
 fn the_report_displays_every_field() {
     let report = UserCreated {

@@ -13,7 +13,23 @@ use crate::model::{Container, Derive, Field, Number, Rule, RuleKind};
 /// The impls for a container without mistakes.
 pub(crate) fn impls(container: &Container) -> TokenStream {
     let body = container.fields.iter().map(field_checks).collect();
-    generate(container, idempotency_key(container), body)
+    let marked = |flag: fn(&Field) -> bool| -> Vec<&Ident> {
+        container
+            .fields
+            .iter()
+            .filter(|field| flag(field))
+            .map(|field| &field.ident)
+            .collect()
+    };
+    let mut keys = key_method(
+        &marked(|field| field.idempotency_key.is_some()),
+        "idempotency_key",
+    );
+    keys.extend(key_method(
+        &marked(|field| field.partition_key.is_some()),
+        "partition_key",
+    ));
+    generate(container, keys, body)
 }
 
 /// Impls that compile whatever the mistakes, emitted next to the errors so that they do not cascade
@@ -23,8 +39,8 @@ pub(crate) fn stubs(container: &Container) -> TokenStream {
 }
 
 /// The `Validate` impl whose `validate_into` runs `body`, and for `#[derive(Event)]` the `Event`
-/// impl with `idempotency_key` as extra items.
-fn generate(container: &Container, idempotency_key: TokenStream, body: TokenStream) -> TokenStream {
+/// impl with `keys` (the key methods) as extra items.
+fn generate(container: &Container, keys: TokenStream, body: TokenStream) -> TokenStream {
     let ident = &container.ident;
     let (impl_generics, type_generics, where_clause) = container.generics.split_for_impl();
     let event = (container.derive == Derive::Event).then(|| {
@@ -41,7 +57,7 @@ fn generate(container: &Container, idempotency_key: TokenStream, body: TokenStre
             impl #impl_generics ::events::Event for #ident #type_generics #where_clause {
                 const NAME: &'static str = #name;
                 const VERSION: u32 = #version;
-                #idempotency_key
+                #keys
             }
         }
     });
@@ -61,21 +77,16 @@ fn generate(container: &Container, idempotency_key: TokenStream, body: TokenStre
     }
 }
 
-/// `fn idempotency_key` over the fields marked `idempotency_key`, in declaration order; nothing
-/// (the trait's `None`) when no field is marked.
-fn idempotency_key(container: &Container) -> TokenStream {
-    let parts: Vec<&Ident> = container
-        .fields
-        .iter()
-        .filter(|field| field.idempotency_key.is_some())
-        .map(|field| &field.ident)
-        .collect();
+/// `fn <method>`, such as `fn idempotency_key` or `fn partition_key`, combining `parts` (the marked
+/// fields, in declaration order); nothing (the trait's `None`) when no field is marked.
+fn key_method(parts: &[&Ident], method: &str) -> TokenStream {
     if parts.is_empty() {
         return TokenStream::new();
     }
+    let method = Ident::new(method, Span::call_site());
     let key = local("key");
     quote! {
-        fn idempotency_key(&self) -> ::core::option::Option<::std::string::String> {
+        fn #method(&self) -> ::core::option::Option<::std::string::String> {
             let mut #key = ::std::string::String::new();
             #(::events::__private::push_key_part(&mut #key, &self.#parts);)*
             ::core::option::Option::Some(#key)

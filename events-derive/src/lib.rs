@@ -34,6 +34,8 @@ mod model;
 ///   `field[i].inner` for each element of a `Vec`.
 /// - `idempotency_key`: the field is part of `Event::idempotency_key`, which combines the marked
 ///   fields in declaration order.
+/// - `partition_key`: the field is part of `Event::partition_key`, which combines the marked fields
+///   in declaration order; events with the same partition key are handled in order.
 ///
 /// On an `Option<T>` field the validators apply to the value inside, and `None` passes. Failures are
 /// reported with the Rust field names as paths.
@@ -45,8 +47,8 @@ pub fn derive_event(input: TokenStream) -> TokenStream {
 
 /// Derives `events::Validate` for a struct with named fields, such as one nested in an event.
 ///
-/// Takes the same field attributes as `#[derive(Event)]` except `idempotency_key`, and no struct
-/// attribute.
+/// Takes the same field attributes as `#[derive(Event)]` except `idempotency_key` and
+/// `partition_key`, and no struct attribute.
 #[proc_macro_derive(Validate, attributes(event))]
 pub fn derive_validate(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as DeriveInput);

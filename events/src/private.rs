@@ -198,7 +198,7 @@ pub fn nested<T: Validate + ?Sized>(value: &T, path: &str, report: &mut Validati
     value.validate_into(path, report);
 }
 
-/// Appends one field of an idempotency key: its JSON form, then a unit separator.
+/// Appends one field of an idempotency or partition key: its JSON form, then a unit separator.
 pub fn push_key_part<T: serde::Serialize + ?Sized>(key: &mut String, part: &T) {
     match serde_json::to_string(part) {
         Ok(json) => key.push_str(&json),

@@ -232,12 +232,9 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Publisher<C> {
             event_type: E::NAME.to_owned(),
             source,
         })?;
-        options.apply(Envelope::new(
-            E::NAME,
-            E::VERSION,
-            &self.config.origin,
-            body,
-        ))
+        let mut envelope = Envelope::new(E::NAME, E::VERSION, &self.config.origin, body);
+        envelope.partition_key = event.partition_key();
+        options.apply(envelope)
     }
 
     /// Checks the type name, validates `body` with the configured [`RawValidator`], and encodes it,
