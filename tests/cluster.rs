@@ -308,3 +308,78 @@ async fn three_consumers_share_the_partitions_and_keep_10000_events_of_100_keys_
         .count();
     assert!(busy >= 2, "the partitions were shared");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moving_the_stream_s_slot_during_consumption_loses_nothing() {
+    let cluster = RedisCluster::start();
+    let stream = unique("migrating");
+    let seen: Arc<Mutex<BTreeMap<u64, u32>>> = Arc::default();
+    let handler = {
+        let seen = Arc::clone(&seen);
+        move |task: TaskCreated, _: Context| {
+            *seen.lock().unwrap().entry(task.n).or_default() += 1;
+            std::future::ready(Ok::<(), HandlerError>(()))
+        }
+    };
+    let consumer = Consumer::builder(cluster.url())
+        .stream(&stream)
+        .group("workers")
+        .start_from(StartFrom::Beginning)
+        .block(Duration::from_millis(100))
+        .handler_timeout(Duration::from_millis(500))
+        .claim_idle(Duration::from_millis(1500))
+        .claim_interval(Duration::from_millis(300))
+        .backoff(events::Backoff::exponential(
+            Duration::from_millis(20),
+            Duration::from_millis(200),
+        ))
+        .handle(handler)
+        .build()
+        .await
+        .unwrap();
+    let runs = run_all(std::slice::from_ref(&consumer));
+    let publisher = Publisher::connect(
+        &cluster.url(),
+        PublisherConfig::new("test").router(Router::single(&stream)),
+    )
+    .await
+    .unwrap();
+    let publishing = tokio::spawn(async move {
+        for n in 0..2_000 {
+            loop {
+                match publisher.publish(&TaskCreated { n }).await {
+                    Ok(_) => break,
+                    Err(error) if error.is_retryable() => {
+                        tokio::time::sleep(Duration::from_millis(20)).await
+                    }
+                    Err(error) => panic!("{error}"),
+                }
+            }
+        }
+    });
+    wait_until("some events are handled", || {
+        seen.lock().unwrap().len() >= 300
+    })
+    .await;
+
+    let migrating = tokio::task::spawn_blocking({
+        let stream = stream.clone();
+        move || {
+            cluster.migrate_slot_of(&stream);
+            cluster
+        }
+    });
+    let cluster = migrating.await.unwrap();
+    publishing.await.unwrap();
+    wait_until("all 2,000 are handled", || {
+        seen.lock().unwrap().len() == 2_000
+    })
+    .await;
+    for run in runs {
+        run.abort();
+    }
+
+    let seen = seen.lock().unwrap().clone();
+    assert!(seen.values().all(|count| *count == 1), "each handled once");
+    drop(cluster);
+}

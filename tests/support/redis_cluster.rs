@@ -115,3 +115,75 @@ fn wait_for_port(port: u16) {
         sleep(Duration::from_millis(10));
     }
 }
+
+impl RedisCluster {
+    /// Moves the slot of `key`, with every key in it, to another node, as `redis-cli --cluster
+    /// reshard` does: IMPORTING/MIGRATING, MIGRATE in rounds, then the new owner announced.
+    pub(crate) fn migrate_slot_of(&self, key: &str) {
+        let cli = |port: u16, args: &[&str]| -> String {
+            let output = Command::new("redis-cli")
+                .arg("-p")
+                .arg(port.to_string())
+                .args(args)
+                .output()
+                .expect("run redis-cli");
+            String::from_utf8_lossy(&output.stdout).trim().to_owned()
+        };
+        let ports: Vec<u16> = self.nodes.iter().map(|(port, _)| *port).collect();
+        let slot = cli(ports[0], &["cluster", "keyslot", key]);
+        let id = |port: u16| cli(port, &["cluster", "myid"]);
+        let owner = *ports
+            .iter()
+            .find(|port| {
+                cli(**port, &["cluster", "countkeysinslot", &slot]) != "0"
+                    || cli(**port, &["cluster", "nodes"])
+                        .lines()
+                        .any(|line| line.contains("myself") && slot_in(line, &slot))
+            })
+            .expect("a node owns the slot");
+        let target = *ports
+            .iter()
+            .find(|port| **port != owner)
+            .expect("another node");
+        let (owner_id, target_id) = (id(owner), id(target));
+        cli(
+            target,
+            &["cluster", "setslot", &slot, "importing", &owner_id],
+        );
+        cli(
+            owner,
+            &["cluster", "setslot", &slot, "migrating", &target_id],
+        );
+        loop {
+            let keys = cli(owner, &["cluster", "getkeysinslot", &slot, "100"]);
+            if keys.is_empty() {
+                break;
+            }
+            let mut args = vec!["migrate", "127.0.0.1"];
+            let target_port = target.to_string();
+            args.extend([target_port.as_str(), "", "0", "5000", "KEYS"]);
+            args.extend(keys.lines());
+            cli(owner, &args);
+        }
+        for port in &ports {
+            cli(*port, &["cluster", "setslot", &slot, "node", &target_id]);
+        }
+        assert_eq!(cli(owner, &["cluster", "countkeysinslot", &slot]), "0", "the old owner kept keys");
+        assert_ne!(cli(target, &["cluster", "countkeysinslot", &slot]), "0", "the new owner got no keys");
+    }
+}
+
+/// Whether a `CLUSTER NODES` line lists `slot` among its ranges.
+fn slot_in(line: &str, slot: &str) -> bool {
+    let slot: u16 = slot.parse().unwrap_or(u16::MAX);
+    line.split_whitespace().skip(8).any(|range| {
+        let mut bounds = range
+            .split('-')
+            .filter_map(|bound| bound.parse::<u16>().ok());
+        match (bounds.next(), bounds.next()) {
+            (Some(first), Some(last)) => (first..=last).contains(&slot),
+            (Some(only), None) => only == slot,
+            _ => false,
+        }
+    })
+}
