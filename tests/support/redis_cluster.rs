@@ -168,8 +168,16 @@ impl RedisCluster {
         for port in &ports {
             cli(*port, &["cluster", "setslot", &slot, "node", &target_id]);
         }
-        assert_eq!(cli(owner, &["cluster", "countkeysinslot", &slot]), "0", "the old owner kept keys");
-        assert_ne!(cli(target, &["cluster", "countkeysinslot", &slot]), "0", "the new owner got no keys");
+        assert_eq!(
+            cli(owner, &["cluster", "countkeysinslot", &slot]),
+            "0",
+            "the old owner kept keys"
+        );
+        assert_ne!(
+            cli(target, &["cluster", "countkeysinslot", &slot]),
+            "0",
+            "the new owner got no keys"
+        );
     }
 }
 

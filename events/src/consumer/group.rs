@@ -111,12 +111,13 @@ impl<C: ConnectionLike + Clone + Send + Sync> Group<C> {
         Ok(())
     }
 
-    /// New entries for this consumer (`XREADGROUP .. >`), waiting up to `block` for some.
+    /// New entries for this consumer (`XREADGROUP .. >`), waiting up to `block` for some (not at
+    /// all when `None`).
     pub(crate) async fn read(
         &self,
         streams: &[String],
         count: usize,
-        block: Duration,
+        block: Option<Duration>,
     ) -> redis::RedisResult<Vec<(String, Vec<StreamEntry>)>> {
         let mut command = redis::cmd("XREADGROUP");
         command
@@ -124,11 +125,13 @@ impl<C: ConnectionLike + Clone + Send + Sync> Group<C> {
             .arg(&self.group)
             .arg(&self.consumer)
             .arg("COUNT")
-            .arg(count)
-            .arg("BLOCK")
-            .arg(u64::try_from(block.as_millis()).unwrap_or(u64::MAX))
-            .arg("STREAMS")
-            .arg(streams);
+            .arg(count);
+        if let Some(block) = block {
+            command
+                .arg("BLOCK")
+                .arg(u64::try_from(block.as_millis()).unwrap_or(u64::MAX).max(1));
+        }
+        command.arg("STREAMS").arg(streams);
         for _ in streams {
             command.arg(">");
         }

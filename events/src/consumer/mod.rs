@@ -150,6 +150,7 @@ impl Consumer {
             last_seen: HashMap::new(),
             key_turns: HashMap::new(),
             next_stream: 0,
+            empty_reads: 0,
             ownership: ownership.clone(),
             partitions: settings
                 .partitioned

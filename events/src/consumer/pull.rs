@@ -91,11 +91,8 @@ impl PullConsumer {
         }
         let room = n.saturating_sub(reserved.len());
         if room > 0 {
-            let block = if reserved.is_empty() {
-                self.settings.block
-            } else {
-                Duration::from_millis(1)
-            };
+            // Wait for new entries only when there is nothing else to return.
+            let block = reserved.is_empty().then_some(self.settings.block);
             let streams = self.settings.streams.clone();
             let read = self
                 .group

@@ -46,6 +46,8 @@ pub(crate) struct Reading {
     pub(crate) key_turns: HashMap<(usize, Vec<u8>), oneshot::Receiver<()>>,
     /// Which stream the next read asks for, on a cluster where one read names one stream.
     pub(crate) next_stream: usize,
+    /// Reads in a row that found nothing.
+    pub(crate) empty_reads: usize,
     /// The partitions this consumer holds the leases of.
     pub(crate) ownership: Ownership,
     /// The names of all partition streams this consumer reads.
@@ -113,6 +115,7 @@ impl Reading {
                 Ok(streams) => {
                     failures = 0;
                     busy = streams.iter().any(|(_, entries)| !entries.is_empty());
+                    self.empty_reads = if busy { 0 } else { self.empty_reads + 1 };
                     for (stream, entries) in streams {
                         let Some(stream) =
                             self.streams.iter().find(|name| ***name == *stream).cloned()
@@ -181,14 +184,43 @@ impl Reading {
             return None;
         }
         let reader = self.inner.readers[index].clone();
-        // On a cluster, streams live in different slots: each read names one of them in turn.
-        let streams = if reader.connection.is_cluster() && candidates.len() > 1 {
+        // On a cluster, streams live in different slots: each read names one of them in turn,
+        // without waiting on an empty one while others may have entries, until a whole round
+        // found none.
+        let rotating = reader.connection.is_cluster() && candidates.len() > 1;
+        // Partitions may not be in two reads at once: a read names its share of them, so that
+        // the other reader has some to read meanwhile.
+        let share = if candidates
+            .iter()
+            .any(|stream| self.partitions.contains(stream))
+        {
+            candidates.len().div_ceil(self.inner.readers.len())
+        } else {
+            candidates.len()
+        };
+        // A read naming only some of the streams does not wait on them while the others may have
+        // entries: only once a whole round of reads found nothing.
+        let reads_per_round = if rotating {
+            candidates.len()
+        } else {
+            candidates.len().div_ceil(share)
+        };
+        let partial = rotating || share < candidates.len();
+        let block =
+            (!partial || self.empty_reads >= reads_per_round).then_some(self.inner.settings.block);
+        let streams = if rotating {
             self.next_stream = (self.next_stream + 1) % candidates.len();
             vec![candidates[self.next_stream].clone()]
         } else {
+            self.next_stream = (self.next_stream + share) % candidates.len();
             candidates
+                .iter()
+                .cycle()
+                .skip(self.next_stream)
+                .take(share)
+                .cloned()
+                .collect()
         };
-        let block = self.inner.settings.block;
         let named = streams.clone();
         let reply = AbortOnDropHandle::new(tokio::spawn(async move {
             reader.read(&named, count, block).await
