@@ -7,14 +7,11 @@
 mod support;
 
 mod order_placed;
+mod timing;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use events::{
-    Consumer, Context, HandlerError, Publisher, PublisherConfig, Route, Router, StartFrom,
-};
+use events::{Consumer, Publisher, PublisherConfig, Route, Router, StartFrom};
 use order_placed::OrderPlaced;
 use support::{RedisCluster, RedisServer};
 
@@ -41,8 +38,6 @@ async fn publish(url: &str, stream: &str, partitions: u32, events: u64) -> f64 {
 
 /// Consumes every event of `stream` (all its partitions) with one consumer; events per second.
 async fn consume(url: &str, stream: &str, partitions: u32, events: u64) -> f64 {
-    let handled = Arc::new(AtomicU64::new(0));
-    let counter = Arc::clone(&handled);
     let builder = Consumer::builder(url);
     let builder = if partitions > 1 {
         builder
@@ -51,31 +46,15 @@ async fn consume(url: &str, stream: &str, partitions: u32, events: u64) -> f64 {
     } else {
         builder.stream(stream)
     };
-    let consumer = builder
+    let builder = builder
         .group("bench")
         .start_from(StartFrom::Beginning)
         .batch_size(500)
         .max_unacked(4000)
         .concurrency(500)
         .block(Duration::from_millis(100))
-        .idempotency(false)
-        .handle(move |order: OrderPlaced, _: Context| {
-            std::hint::black_box(order);
-            counter.fetch_add(1, Ordering::Relaxed);
-            std::future::ready(Ok::<(), HandlerError>(()))
-        })
-        .build()
-        .await
-        .unwrap();
-    let start = Instant::now();
-    let mut elapsed = Duration::ZERO;
-    let all_handled = async {
-        while handled.load(Ordering::Relaxed) < events {
-            tokio::time::sleep(Duration::from_micros(500)).await;
-        }
-        elapsed = start.elapsed();
-    };
-    consumer.run_until(all_handled).await.unwrap();
+        .idempotency(false);
+    let (_, elapsed) = timing::time_consumer(builder, events).await;
     events as f64 / elapsed.as_secs_f64()
 }
 

@@ -8,12 +8,11 @@
 mod redis_server;
 
 mod order_placed;
+mod timing;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use events::{Consumer, Context, HandlerError, Publisher, PublisherConfig, Router, StartFrom};
+use events::{Consumer, Publisher, PublisherConfig, Router, StartFrom};
 use order_placed::OrderPlaced;
 use redis::Value;
 
@@ -87,9 +86,7 @@ async fn consumer(
     batch: usize,
     idempotency: bool,
 ) -> Duration {
-    let handled = Arc::new(AtomicU64::new(0));
-    let counter = Arc::clone(&handled);
-    let consumer = Consumer::builder(url)
+    let builder = Consumer::builder(url)
         .stream(STREAM)
         .group(group)
         .start_from(StartFrom::Beginning)
@@ -97,26 +94,8 @@ async fn consumer(
         .max_unacked(batch * 8)
         .concurrency(batch)
         .block(Duration::from_millis(100))
-        .idempotency(idempotency)
-        .handle(move |order: OrderPlaced, _: Context| {
-            std::hint::black_box(order);
-            counter.fetch_add(1, Ordering::Relaxed);
-            std::future::ready(Ok::<(), HandlerError>(()))
-        })
-        .build()
-        .await
-        .unwrap();
-    let start = Instant::now();
-    let mut elapsed = Duration::ZERO;
-    // Timed until the last event is handled; the shutdown after it (which waits for the read
-    // in progress to return) is not.
-    let all_handled = async {
-        while handled.load(Ordering::Relaxed) < events {
-            tokio::time::sleep(Duration::from_micros(200)).await;
-        }
-        elapsed = start.elapsed();
-    };
-    consumer.run_until(all_handled).await.unwrap();
+        .idempotency(idempotency);
+    let (consumer, elapsed) = timing::time_consumer(builder, events).await;
     assert_eq!(consumer.status().processed, events);
     let mut connection = redis::Client::open(url)
         .unwrap()
