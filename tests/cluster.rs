@@ -383,3 +383,88 @@ async fn moving_the_stream_s_slot_during_consumption_loses_nothing() {
     assert!(seen.values().all(|count| *count == 1), "each handled once");
     drop(cluster);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_of_a_dropped_consumer_is_reclaimed_and_lost_connections_come_back() {
+    let cluster = RedisCluster::start();
+    let stream = unique("reclaim");
+    let publisher = Publisher::connect(
+        &cluster.url(),
+        PublisherConfig::new("test").router(Router::single(&stream)),
+    )
+    .await
+    .unwrap();
+    let consumer = |name: &str| {
+        Consumer::builder(cluster.url())
+            .stream(&stream)
+            .group("workers")
+            .consumer_name(name)
+            .start_from(StartFrom::Beginning)
+            .block(Duration::from_millis(100))
+            .handler_timeout(Duration::from_millis(500))
+            .claim_idle(Duration::from_millis(1000))
+            .claim_interval(Duration::from_millis(200))
+            .backoff(events::Backoff::exponential(
+                Duration::from_millis(20),
+                Duration::from_millis(200),
+            ))
+    };
+    let stuck = consumer("doomed")
+        .handle(|_: TaskCreated, _: Context| async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok::<(), HandlerError>(())
+        })
+        .build()
+        .await
+        .unwrap();
+    let doomed = run_all(std::slice::from_ref(&stuck));
+    let tasks: Vec<TaskCreated> = (0..10).map(|n| TaskCreated { n }).collect();
+    publisher.publish_many(&tasks).await.unwrap();
+    wait_until("the doomed consumer holds all 10", || {
+        stuck.status().in_flight == 10
+    })
+    .await;
+    for run in doomed {
+        run.abort();
+    }
+
+    let seen: Arc<Mutex<BTreeMap<u64, u32>>> = Arc::default();
+    let survivor = consumer("survivor")
+        .handle({
+            let seen = Arc::clone(&seen);
+            move |task: TaskCreated, _: Context| {
+                *seen.lock().unwrap().entry(task.n).or_default() += 1;
+                std::future::ready(Ok::<(), HandlerError>(()))
+            }
+        })
+        .build()
+        .await
+        .unwrap();
+    let runs = run_all(std::slice::from_ref(&survivor));
+    wait_until("the survivor finished the 10", || {
+        seen.lock().unwrap().len() == 10
+    })
+    .await;
+
+    // Every client connection of every node is closed: the consumer and the publisher reconnect.
+    cluster.drop_client_connections();
+    let more: Vec<TaskCreated> = (10..20).map(|n| TaskCreated { n }).collect();
+    let mut published = false;
+    for _ in 0..50 {
+        if publisher.publish_many(&more).await.is_ok() {
+            published = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(published, "the publisher came back");
+    wait_until("the 10 published after the blip are handled", || {
+        seen.lock().unwrap().len() == 20
+    })
+    .await;
+    for run in runs {
+        run.abort();
+    }
+    assert_eq!(survivor.status().reclaimed, 10);
+    assert!(seen.lock().unwrap().values().all(|count| *count == 1));
+}

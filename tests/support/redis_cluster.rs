@@ -195,3 +195,14 @@ fn slot_in(line: &str, slot: &str) -> bool {
         }
     })
 }
+
+impl RedisCluster {
+    /// Closes every client connection of every node, as a network blip would.
+    pub(crate) fn drop_client_connections(&self) {
+        for (port, _) in &self.nodes {
+            let _ = Command::new("redis-cli")
+                .args(["-p", &port.to_string(), "client", "kill", "type", "normal"])
+                .output();
+        }
+    }
+}
