@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use redis::aio::ConnectionLike;
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::group::{Group, Hold};
 
@@ -35,14 +35,14 @@ pub(crate) struct Holds {
 
 impl Holds {
     /// Starts the task that takes holds through `group`.
-    pub(crate) fn serve<C>(group: Group<C>) -> (Self, JoinHandle<()>)
+    pub(crate) fn serve<C>(group: Group<C>) -> (Self, AbortOnDropHandle<()>)
     where
         C: ConnectionLike + Clone + Send + Sync + 'static,
     {
         let (requests, receiver) = mpsc::unbounded_channel();
         (
             Self { requests },
-            tokio::spawn(take_batches(group, receiver)),
+            AbortOnDropHandle::new(tokio::spawn(take_batches(group, receiver))),
         )
     }
 

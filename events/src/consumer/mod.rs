@@ -24,6 +24,7 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 pub use backoff::Backoff;
 pub use builder::ConsumerBuilder;
@@ -120,17 +121,18 @@ impl Consumer {
             .running
             .store(true, std::sync::atomic::Ordering::Relaxed);
         let (settle_sender, settle_receiver) = mpsc::unbounded_channel();
-        let acknowledger = tokio::spawn(settle::acknowledge(
+        // Owned by this future: dropping it (a consumer killed without shutdown) stops them too.
+        let acknowledger = AbortOnDropHandle::new(tokio::spawn(settle::acknowledge(
             inner.commands.clone(),
             settle_receiver,
             settings.idempotency_ttl,
-        ));
+        )));
         let (holds, holds_task) = idempotency::Holds::serve(inner.commands.clone());
         // Partition leases are kept by a task of their own, so that a busy read loop never lets
         // them lapse; it gives them up when reading stops.
         let ownership = partitions::Ownership::default();
         let stop_leases = CancellationToken::new();
-        let leases = tokio::spawn(ownership.clone().keep(
+        let leases = AbortOnDropHandle::new(tokio::spawn(ownership.clone().keep(
             inner.commands.clone(),
             settings.partitioned.clone(),
             settings.partition_lease,
@@ -139,7 +141,7 @@ impl Consumer {
                 settle: settings.claim_idle,
             },
             stop_leases.clone(),
-        ));
+        )));
         let mut reading = Reading {
             holds,
             inner: Arc::clone(inner),
