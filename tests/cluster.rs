@@ -11,23 +11,12 @@ use events::{
     PublisherConfig, Route, Router, StartFrom, dead_letter_stream, read_range,
 };
 use serde::{Deserialize, Serialize};
-use support::{RedisCluster, unique, wait_until};
+use support::{RedisCluster, run_all, unique, wait_until};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
 #[event(name = "task.created")]
 struct TaskCreated {
     n: u64,
-}
-
-/// Runs every consumer in a task of its own until the task is aborted.
-fn run_all(consumers: &[Consumer]) -> Vec<tokio::task::JoinHandle<events::Result<()>>> {
-    consumers
-        .iter()
-        .map(|consumer| {
-            let consumer = consumer.clone();
-            tokio::spawn(async move { consumer.run_until(std::future::pending()).await })
-        })
-        .collect()
 }
 
 async fn cluster_connection(cluster: &RedisCluster) -> redis::cluster_async::ClusterConnection {

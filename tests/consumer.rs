@@ -14,7 +14,7 @@ use events::{
 };
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
-use support::{RedisServer, connection, pending, unique, wait_until};
+use support::{RedisServer, connection, pending, quick_consumer, unique, wait_until};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
@@ -44,23 +44,6 @@ fn record(seen: &Seen, n: u64, attempt: u32) {
     seen.lock().unwrap().entry(n).or_default().push(attempt);
 }
 
-/// A consumer tuned for tests: short blocks, backoffs and claim times.
-fn consumer(server: &RedisServer, stream: &str, group: &str) -> ConsumerBuilder {
-    Consumer::builder(server.url())
-        .stream(stream)
-        .group(group)
-        .start_from(StartFrom::Beginning)
-        .block(Duration::from_millis(100))
-        .backoff(Backoff::exponential(
-            Duration::from_millis(20),
-            Duration::from_millis(200),
-        ))
-        .handler_timeout(Duration::from_millis(500))
-        .claim_idle(Duration::from_millis(1000))
-        .claim_interval(Duration::from_millis(200))
-        .shutdown_timeout(Duration::from_secs(5))
-}
-
 /// A handler that records each event it completes.
 fn recording(
     seen: &Seen,
@@ -79,7 +62,7 @@ async fn run_recording(
     group: &str,
 ) -> (Seen, Consumer, Running) {
     let seen = seen();
-    let consumer = consumer(server, stream, group)
+    let consumer = quick_consumer(server, stream, group)
         .handle(recording(&seen))
         .build()
         .await
@@ -155,7 +138,7 @@ async fn three_consumers_in_one_group_handle_each_of_1000_events_once() {
     let seen = seen();
     let mut consumers = Vec::new();
     for name in ["a", "b", "c"] {
-        let consumer = consumer(&server, &stream, "workers")
+        let consumer = quick_consumer(&server, &stream, "workers")
             .consumer_name(name)
             .batch_size(10)
             .handle(recording(&seen))
@@ -198,12 +181,12 @@ async fn two_groups_each_get_every_event() {
     let server = RedisServer::start();
     let stream = unique("groups");
     let (billing, shipping) = (seen(), seen());
-    let first = consumer(&server, &stream, "billing")
+    let first = quick_consumer(&server, &stream, "billing")
         .handle(recording(&billing))
         .build()
         .await
         .unwrap();
-    let second = consumer(&server, &stream, "shipping")
+    let second = quick_consumer(&server, &stream, "shipping")
         .handle(recording(&shipping))
         .build()
         .await
@@ -245,7 +228,7 @@ async fn a_failing_handler_is_retried_while_later_events_flow() {
             }
         }
     };
-    let consumer = consumer(&server, &stream, "g")
+    let consumer = quick_consumer(&server, &stream, "g")
         .backoff(
             Backoff::exponential(Duration::from_millis(150), Duration::from_millis(300))
                 .without_jitter(),
@@ -307,7 +290,7 @@ async fn a_poison_event_ends_in_the_dead_letter_stream_after_max_attempts() {
         }
     };
     let dead = Arc::new(Mutex::new(Vec::new()));
-    let consumer = consumer(&server, &stream, "g")
+    let consumer = quick_consumer(&server, &stream, "g")
         .max_attempts(3)
         .handle(handler)
         .on_dead_letter({
@@ -426,7 +409,7 @@ async fn a_duplicate_publish_is_handled_once() {
             futures::future::ready(Ok::<(), HandlerError>(()))
         }
     };
-    let consumer = consumer(&server, &stream, "g")
+    let consumer = quick_consumer(&server, &stream, "g")
         .handle(handler)
         .build()
         .await
@@ -480,7 +463,7 @@ async fn entries_of_a_consumer_dropped_mid_handler_are_finished_by_another() {
             }
         }
     };
-    let doomed = consumer(&server, &stream, "g")
+    let doomed = quick_consumer(&server, &stream, "g")
         .consumer_name("doomed")
         .handle(stuck)
         .build()
@@ -505,7 +488,7 @@ async fn entries_of_a_consumer_dropped_mid_handler_are_finished_by_another() {
     );
 
     let seen = seen();
-    let survivor = consumer(&server, &stream, "g")
+    let survivor = quick_consumer(&server, &stream, "g")
         .consumer_name("survivor")
         .handle(recording(&seen))
         .build()
@@ -575,7 +558,7 @@ async fn graceful_shutdown_acknowledges_exactly_what_was_handled() {
             }
         }
     };
-    let consumer = consumer(&server, &stream, "g")
+    let consumer = quick_consumer(&server, &stream, "g")
         .concurrency(4)
         .max_unacked(8)
         .batch_size(8)
@@ -651,7 +634,7 @@ async fn panics_and_timeouts_are_failures_with_reasons() {
         }
         Ok(())
     };
-    let consumer = consumer(&server, &stream, "g")
+    let consumer = quick_consumer(&server, &stream, "g")
         .max_attempts(2)
         .handle_with(
             events::HandlerOptions::new().timeout(Duration::from_millis(100)),
@@ -700,13 +683,13 @@ async fn events_without_a_handler_are_skipped_or_dead_lettered_and_patterns_matc
         }
     };
     let seen = seen();
-    let skipping = consumer(&server, &stream, "skip")
+    let skipping = quick_consumer(&server, &stream, "skip")
         .handle(recording(&seen))
         .handle_pattern("audit.*", pattern)
         .build()
         .await
         .unwrap();
-    let strict = consumer(&server, &stream, "strict")
+    let strict = quick_consumer(&server, &stream, "strict")
         .unhandled(Unhandled::DeadLetter)
         .handle(recording(&seen))
         .build()
@@ -929,7 +912,7 @@ async fn hooks_see_every_delivery() {
             Ok(())
         }
     };
-    let consumer = consumer(&server, &stream, "g")
+    let consumer = quick_consumer(&server, &stream, "g")
         .before(note("before"))
         .after(note("after"))
         .on_error(on_error)
@@ -965,7 +948,7 @@ async fn pull_mode_reserves_acks_and_fails() {
         .xadd(&stream, "*", &[("junk", "x")])
         .await
         .unwrap();
-    let mut pull = consumer(&server, &stream, "g")
+    let mut pull = quick_consumer(&server, &stream, "g")
         .max_attempts(2)
         .backoff(Backoff::exponential(
             Duration::from_millis(10),
@@ -1092,14 +1075,14 @@ async fn a_new_group_replays_from_an_entry_id_or_a_time() {
     let sixth_time = entries[6].decode().unwrap().timestamp;
 
     let after_id = seen();
-    let from_id = consumer(&server, &stream, "from-id")
+    let from_id = quick_consumer(&server, &stream, "from-id")
         .start_from(StartFrom::Id(published[4].entry_id.clone()))
         .handle(recording(&after_id))
         .build()
         .await
         .unwrap();
     let since_time = seen();
-    let from_time = consumer(&server, &stream, "from-time")
+    let from_time = quick_consumer(&server, &stream, "from-time")
         .start_from(StartFrom::Time(sixth_time))
         .handle(recording(&since_time))
         .build()
@@ -1172,7 +1155,7 @@ async fn never_more_entries_unacknowledged_than_max_unacked() {
             }
         }
     };
-    let consumer = consumer(&server, &stream, "g")
+    let consumer = quick_consumer(&server, &stream, "g")
         .max_unacked(5)
         .batch_size(100)
         .concurrency(100)
@@ -1223,7 +1206,7 @@ async fn declared_idempotency_keys_identify_repeats_with_other_bodies() {
             futures::future::ready(Ok::<(), HandlerError>(()))
         }
     };
-    let consumer = consumer(&server, &stream, "g")
+    let consumer = quick_consumer(&server, &stream, "g")
         .handle(handler)
         .build()
         .await

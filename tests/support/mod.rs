@@ -76,3 +76,39 @@ impl std::io::Write for Captured {
         Ok(())
     }
 }
+
+/// Runs every consumer in a task of its own until the task is aborted.
+pub(crate) fn run_all(
+    consumers: &[events::Consumer],
+) -> Vec<tokio::task::JoinHandle<events::Result<()>>> {
+    consumers
+        .iter()
+        .map(|consumer| {
+            let consumer = consumer.clone();
+            tokio::spawn(async move { consumer.run_until(std::future::pending()).await })
+        })
+        .collect()
+}
+
+/// A consumer of `stream` in `group` tuned for tests: from the beginning, short blocks, backoffs
+/// and claim times.
+pub(crate) fn quick_consumer(
+    server: &RedisServer,
+    stream: &str,
+    group: &str,
+) -> events::ConsumerBuilder {
+    use std::time::Duration;
+    events::Consumer::builder(server.url())
+        .stream(stream)
+        .group(group)
+        .start_from(events::StartFrom::Beginning)
+        .block(Duration::from_millis(100))
+        .backoff(events::Backoff::exponential(
+            Duration::from_millis(20),
+            Duration::from_millis(200),
+        ))
+        .handler_timeout(Duration::from_millis(500))
+        .claim_idle(Duration::from_millis(1000))
+        .claim_interval(Duration::from_millis(200))
+        .shutdown_timeout(Duration::from_secs(5))
+}
