@@ -5,6 +5,7 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use events::{
     Context, Event, HandlerError, PublishOptions, Publisher, PublisherConfig, Router,
@@ -232,4 +233,76 @@ fn entry_with_body(body: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
     .into_iter()
     .map(|(name, value)| (name.as_bytes().to_vec(), value.to_vec()))
     .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_streams_at_once_each_consumer_receives_exactly_its_own() {
+    let server = RedisServer::start();
+    let prefix = unique("many");
+    let router = Router::builder()
+        .route(events::Route::prefixed("**", format!("{prefix}:")))
+        .build()
+        .unwrap();
+    let publisher = Publisher::connect(server.url(), PublisherConfig::new("many").router(router))
+        .await
+        .unwrap();
+    let mut consumers = Vec::new();
+    let mut seen_by_stream = Vec::new();
+    for index in 0..20u64 {
+        let seen: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+        let handler = {
+            let seen = Arc::clone(&seen);
+            move |context: Context| {
+                let body = context.envelope().body.clone();
+                seen.lock()
+                    .unwrap()
+                    .push((context.stream().to_owned(), body));
+                std::future::ready(Ok::<(), HandlerError>(()))
+            }
+        };
+        let stream = format!("{prefix}:kind{index}.happened");
+        let consumer = quick_consumer(&server, &stream, "readers")
+            .handle_pattern("**", handler)
+            .build()
+            .await
+            .unwrap();
+        consumers.push(consumer);
+        seen_by_stream.push((stream, seen));
+    }
+    let runs = run_all(&consumers);
+    for n in 0..50u64 {
+        let batch: Vec<_> = (0..20u64)
+            .map(|index| {
+                let body = serde_json::json!({ "stream": index, "n": n });
+                publisher
+                    .raw_envelope(
+                        &format!("kind{index}.happened"),
+                        &body,
+                        PublishOptions::new(),
+                    )
+                    .unwrap()
+            })
+            .collect();
+        publisher.publish_envelopes(batch).await.unwrap();
+    }
+    wait_until("every consumer has its 50", || {
+        seen_by_stream
+            .iter()
+            .all(|(_, seen)| seen.lock().unwrap().len() >= 50)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for run in runs {
+        run.abort();
+    }
+
+    for (index, (stream, seen)) in seen_by_stream.iter().enumerate() {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 50, "{stream}");
+        for (from, body) in seen.iter() {
+            assert_eq!(from, stream);
+            let body: serde_json::Value = serde_json::from_str(body).unwrap();
+            assert_eq!(body["stream"], index, "{stream} got another stream's event");
+        }
+    }
 }
