@@ -11,7 +11,7 @@ use events::{
     PublisherConfig, Route, Router, StartFrom, dead_letter_stream, read_range,
 };
 use serde::{Deserialize, Serialize};
-use support::{RedisCluster, run_all, unique, wait_until};
+use support::{RedisCluster, publish_retrying, run_all, unique, wait_until};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
 #[event(name = "task.created")]
@@ -335,15 +335,7 @@ async fn moving_the_stream_s_slot_during_consumption_loses_nothing() {
     .unwrap();
     let publishing = tokio::spawn(async move {
         for n in 0..2_000 {
-            loop {
-                match publisher.publish(&TaskCreated { n }).await {
-                    Ok(_) => break,
-                    Err(error) if error.is_retryable() => {
-                        tokio::time::sleep(Duration::from_millis(20)).await
-                    }
-                    Err(error) => panic!("{error}"),
-                }
-            }
+            publish_retrying(&publisher, &TaskCreated { n }).await;
         }
     });
     wait_until("some events are handled", || {

@@ -14,7 +14,9 @@ use events::{
 };
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
-use support::{RedisServer, connection, pending, quick_consumer, unique, wait_until};
+use support::{
+    RedisServer, connection, pending, publish_retrying, quick_consumer, unique, wait_until,
+};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
@@ -519,15 +521,8 @@ async fn a_redis_restart_mid_stream_loses_nothing() {
     wait_until("the first 100 are handled", || count(&seen) == 100).await;
 
     server.restart();
-    let mut next = 100;
-    while next < 200 {
-        match publisher.publish(&TaskCreated { n: next }).await {
-            Ok(_) => next += 1,
-            Err(error) if error.is_retryable() => {
-                tokio::time::sleep(Duration::from_millis(50)).await
-            }
-            Err(error) => panic!("{error}"),
-        }
+    for n in 100..200 {
+        publish_retrying(&publisher, &TaskCreated { n }).await;
     }
     wait_until("all 200 are handled", || count(&seen) == 200).await;
     stop(running).await;
@@ -1121,15 +1116,8 @@ async fn a_redis_restart_that_loses_the_group_is_survived() {
 
     // This server keeps nothing: the stream and the group are gone after the restart.
     server.restart();
-    let mut next = 10;
-    while next < 20 {
-        match publisher.publish(&TaskCreated { n: next }).await {
-            Ok(_) => next += 1,
-            Err(error) if error.is_retryable() => {
-                tokio::time::sleep(Duration::from_millis(50)).await
-            }
-            Err(error) => panic!("{error}"),
-        }
+    for n in 10..20 {
+        publish_retrying(&publisher, &TaskCreated { n }).await;
     }
     wait_until("the 10 published after the restart are handled", || {
         count(&seen) == 20

@@ -112,3 +112,18 @@ pub(crate) fn quick_consumer(
         .claim_interval(Duration::from_millis(200))
         .shutdown_timeout(Duration::from_secs(5))
 }
+
+/// Publishes `event`, trying again while the error is retryable (Redis restarting or moving a
+/// slot), at most for 30 seconds.
+pub(crate) async fn publish_retrying<E: events::Event>(publisher: &events::Publisher, event: &E) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match publisher.publish(event).await {
+            Ok(_) => return,
+            Err(error) if error.is_retryable() && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(error) => panic!("publishing failed: {error}"),
+        }
+    }
+}
