@@ -1,6 +1,7 @@
 //! Shared helpers of the integration tests.
 #![allow(dead_code)]
 
+pub(crate) mod example;
 pub(crate) mod redis_cluster;
 pub(crate) mod redis_server;
 
@@ -90,6 +91,45 @@ pub(crate) fn run_all(
         .collect()
 }
 
+/// Consumers running until [`Running::close`], which shuts them down gracefully: what they
+/// handled is acknowledged by the time it returns.
+#[derive(Debug)]
+pub(crate) struct Running {
+    shutdown: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<events::Result<()>>>,
+}
+
+impl Running {
+    /// Runs every consumer in a task of its own.
+    pub(crate) fn start(consumers: &[events::Consumer]) -> Self {
+        let (shutdown, _) = tokio::sync::watch::channel(false);
+        let tasks = consumers
+            .iter()
+            .map(|consumer| {
+                let (consumer, mut stop) = (consumer.clone(), shutdown.subscribe());
+                tokio::spawn(async move {
+                    consumer
+                        .run_until(async move {
+                            let _ = stop.wait_for(|stop| *stop).await;
+                        })
+                        .await
+                })
+            })
+            .collect();
+        Self { shutdown, tasks }
+    }
+
+    /// Shuts them all down at once and waits until each has returned, failing on an error.
+    pub(crate) async fn close(self) {
+        self.shutdown.send_replace(true);
+        for task in self.tasks {
+            task.await
+                .expect("the consumer's task")
+                .expect("the consumer returns without an error");
+        }
+    }
+}
+
 /// A consumer of `stream` in `group` tuned for tests: from the beginning, short blocks, backoffs
 /// and claim times.
 pub(crate) fn quick_consumer(
@@ -97,8 +137,13 @@ pub(crate) fn quick_consumer(
     stream: &str,
     group: &str,
 ) -> events::ConsumerBuilder {
+    quick_consumer_at(server.url(), stream, group)
+}
+
+/// [`quick_consumer`] of the server at `url`.
+pub(crate) fn quick_consumer_at(url: &str, stream: &str, group: &str) -> events::ConsumerBuilder {
     use std::time::Duration;
-    events::Consumer::builder(server.url())
+    events::Consumer::builder(url)
         .stream(stream)
         .group(group)
         .start_from(events::StartFrom::Beginning)
@@ -116,9 +161,18 @@ pub(crate) fn quick_consumer(
 /// Publishes `event`, trying again while the error is retryable (Redis restarting or moving a
 /// slot), at most for 30 seconds.
 pub(crate) async fn publish_retrying<E: events::Event>(publisher: &events::Publisher, event: &E) {
+    publish_retrying_with(publisher, event, events::PublishOptions::new()).await;
+}
+
+/// [`publish_retrying`] with options such as headers.
+pub(crate) async fn publish_retrying_with<E: events::Event>(
+    publisher: &events::Publisher,
+    event: &E,
+    options: events::PublishOptions,
+) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        match publisher.publish(event).await {
+        match publisher.publish_with(event, options.clone()).await {
             Ok(_) => return,
             Err(error) if error.is_retryable() && std::time::Instant::now() < deadline => {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;

@@ -103,9 +103,10 @@ impl Consumer {
         run.await
     }
 
-    /// Reads and handles entries until `shutdown` is cancelled. Then it stops reading, lets
-    /// in-flight handlers finish within the shutdown timeout, acknowledges what they finished and
-    /// returns; whatever is unfinished stays pending for another consumer to reclaim.
+    /// Reads and handles entries until `shutdown` is cancelled. Then it stops reading, handles the
+    /// entries it has read (running, or waiting for a free slot) within the shutdown timeout,
+    /// acknowledges what was finished and returns; whatever is unfinished then, and retries
+    /// waiting for their backoff, stay pending for another consumer to reclaim.
     ///
     /// Lost connections and Redis restarts are retried, not returned: it returns an error only
     /// when the group cannot be created at start.
