@@ -14,7 +14,7 @@ use events::{
 };
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
-use support::example::ExampleProcess;
+use support::example::{ExampleProcess, OrderPlaced};
 use support::{
     RedisServer, Running, connection, pending, publish_retrying_with, quick_consumer,
     quick_consumer_at, unique, wait_until,
@@ -403,15 +403,6 @@ async fn redis_restarted_twice_under_10000_events_loses_nothing() {
     assert_eq!(consumer.status().processed, 10_000);
     assert_each_once_with_headers(&seen, 4, 2_500);
     assert_eq!(pending(&server, &stream, "g").await, 0);
-}
-
-/// The worker example's event, declared here as another service would: the name and the fields
-/// are the contract.
-#[derive(Debug, Serialize, Deserialize, Event)]
-#[event(name = "order.placed")]
-struct OrderPlaced {
-    order_id: String,
-    total: f64,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,19 +12,10 @@ mod support;
 use std::time::{Duration, Instant};
 
 use events::{
-    Backoff, BatchConfig, BatchedPublisher, Event, Publisher, PublisherConfig, Route, Router, Trim,
+    Backoff, BatchConfig, BatchedPublisher, Publisher, PublisherConfig, Route, Router, Trim,
 };
-use serde::{Deserialize, Serialize};
 use support::RedisServer;
-use support::example::ExampleProcess;
-
-/// The worker example's event.
-#[derive(Debug, Serialize, Deserialize, Event)]
-#[event(name = "order.placed")]
-struct OrderPlaced {
-    order_id: String,
-    total: f64,
-}
+use support::example::{ExampleProcess, OrderPlaced};
 
 /// How often memory is read and printed.
 const SAMPLE_EVERY: Duration = Duration::from_secs(10);

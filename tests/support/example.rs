@@ -6,6 +6,18 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
+use events::Event;
+use serde::{Deserialize, Serialize};
+
+/// The worker example's event, declared here as another service would: the name and the fields
+/// are the contract.
+#[derive(Debug, Serialize, Deserialize, Event)]
+#[event(name = "order.placed")]
+pub(crate) struct OrderPlaced {
+    pub(crate) order_id: String,
+    pub(crate) total: f64,
+}
+
 /// A running example.
 #[derive(Debug)]
 pub(crate) struct ExampleProcess {
