@@ -30,16 +30,31 @@ struct ItemAdded {
     label: String,
 }
 
-/// What handlers saw: (publisher, n) to how often, and the headers of each.
-type Seen = Arc<Mutex<BTreeMap<(u64, u64), (u32, Option<String>)>>>;
+impl ItemAdded {
+    /// Item `n` of publisher `publisher`.
+    fn new(publisher: u64, n: u64) -> Self {
+        Self {
+            publisher,
+            n,
+            label: format!("item {n} of {publisher}"),
+        }
+    }
+}
+
+/// What handlers saw: (publisher, n) to how often, and the tenant header and the whole item of
+/// the last time.
+type Seen = Arc<Mutex<BTreeMap<(u64, u64), (u32, Option<String>, ItemAdded)>>>;
 
 /// Counts `item` as handled in `seen`, with its tenant header.
 fn record(seen: &Seen, item: &ItemAdded, context: &Context) {
     let tenant = context.header("tenant").map(str::to_owned);
     let mut seen = seen.lock().unwrap();
-    let entry = seen.entry((item.publisher, item.n)).or_insert((0, None));
+    let entry = seen
+        .entry((item.publisher, item.n))
+        .or_insert((0, None, item.clone()));
     entry.0 += 1;
     entry.1 = tenant;
+    entry.2 = item.clone();
 }
 
 fn recording(
@@ -106,14 +121,7 @@ async fn poison_and_malformed_entries_each_go_to_the_dead_letter_stream_and_coun
         state
     };
     for round in 0..40u64 {
-        publisher
-            .publish(&ItemAdded {
-                publisher: 0,
-                n: round,
-                label: "fine".into(),
-            })
-            .await
-            .unwrap();
+        publisher.publish(&ItemAdded::new(0, round)).await.unwrap();
         good += 1;
         let fields: Vec<(Vec<u8>, Vec<u8>)> = match round % 5 {
             // A random field map.
@@ -282,27 +290,29 @@ async fn publish_items(
     published: &AtomicU64,
 ) {
     for n in 0..count {
-        let item = ItemAdded {
-            publisher: publisher_index,
-            n,
-            label: format!("item {n} of {publisher_index}"),
-        };
+        let item = ItemAdded::new(publisher_index, n);
         let options = PublishOptions::new().header("tenant", format!("t{publisher_index}"));
         publish_retrying_with(publisher, &item, options).await;
         published.fetch_add(1, Ordering::Relaxed);
     }
 }
 
-/// Checks that `seen` holds each of `publishers` × `per_publisher` items once, with its header.
+/// Checks that `seen` holds each of `publishers` × `per_publisher` items once, intact, with its
+/// header.
 fn assert_each_once_with_headers(seen: &Seen, publishers: u64, per_publisher: u64) {
     let seen = seen.lock().unwrap();
     assert_eq!(seen.len() as u64, publishers * per_publisher);
     for publisher in 0..publishers {
         for n in 0..per_publisher {
-            let (count, tenant) = seen
+            let (count, tenant, item) = seen
                 .get(&(publisher, n))
                 .unwrap_or_else(|| panic!("({publisher}, {n}) never handled"));
             assert_eq!(*count, 1, "({publisher}, {n}) handled {count} times");
+            assert_eq!(
+                item,
+                &ItemAdded::new(publisher, n),
+                "payload of ({publisher}, {n})"
+            );
             assert_eq!(
                 tenant.as_deref(),
                 Some(format!("t{publisher}").as_str()),
