@@ -4,7 +4,7 @@
 #[test]
 fn derive_ui() {
     let cases = trybuild::TestCases::new();
-    // Paths are relative to the `events` package, where cargo runs its tests.
+    // Paths are relative to the `events-derive` package, where cargo runs this test.
     cases.pass("../tests/ui/pass/*.rs");
     cases.compile_fail("../tests/ui/*.rs");
 }
