@@ -89,16 +89,16 @@ impl Drop for ExampleProcess {
 }
 
 /// Builds example `name` with the cargo that builds the tests, in the same profile, and gives
-/// the path of its executable.
+/// the path of its executable. It asks for the README's test command (`cargo test --workspace`,
+/// not run): during that command everything is already built with the same features, where
+/// building the one example would resolve features apart and compile the library again.
 fn example_binary(name: &str) -> PathBuf {
     let mut command = Command::new(env!("CARGO"));
     command.args([
-        "build",
+        "test",
+        "--workspace",
+        "--no-run",
         "--quiet",
-        "--package",
-        "events",
-        "--example",
-        name,
         "--message-format=json-render-diagnostics",
     ]);
     if !cfg!(debug_assertions) {
@@ -107,12 +107,14 @@ fn example_binary(name: &str) -> PathBuf {
     let output = command
         .stderr(Stdio::inherit())
         .output()
-        .expect("run cargo build");
+        .expect("run cargo");
     assert!(output.status.success(), "building example {name} failed");
     String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|message| message["target"]["name"] == name)
+        .filter(|message| {
+            message["target"]["name"] == name && message["target"]["kind"][0] == "example"
+        })
         .find_map(|message| message["executable"].as_str().map(PathBuf::from))
         .unwrap_or_else(|| panic!("cargo named no executable for example {name}"))
 }
