@@ -22,12 +22,12 @@ enum Input {
     Raw(Vec<(Vec<u8>, Vec<u8>)>),
     /// An entry made of the format's names and values.
     Built {
-        fields: Vec<(Name, Text)>,
+        fields: Vec<(Name, FieldValue)>,
         fix_hash: bool,
     },
     /// A valid entry, then changed.
     Changed {
-        event: Parts,
+        event: Box<Parts>,
         changes: Vec<Change>,
         fix_hash: bool,
     },
@@ -41,7 +41,7 @@ struct Parts {
     version: u32,
     origin: String,
     millis: u64,
-    body: Text,
+    body: FieldValue,
     correlation_id: Option<String>,
     causation_id: Option<String>,
     traceparent: Option<String>,
@@ -53,9 +53,9 @@ struct Parts {
 #[derive(Debug, Arbitrary)]
 enum Change {
     Remove(usize),
-    Replace(usize, Text),
+    Replace(usize, FieldValue),
     Rename(usize, Name),
-    Add(Name, Text),
+    Add(Name, FieldValue),
 }
 
 /// A field name: one of the format's, a header, or another.
@@ -79,9 +79,9 @@ enum Name {
 
 /// A field value, nearly right more often than random bytes would be.
 #[derive(Debug, Arbitrary)]
-enum Text {
+enum FieldValue {
     Bytes(Vec<u8>),
-    Text(String),
+    Utf8(String),
     EventType,
     Number(i64),
     Time {
@@ -109,7 +109,7 @@ enum Json {
     Bool(bool),
     Integer(i64),
     Float(f64),
-    Text(String),
+    String(String),
     Array(Vec<Json>),
     Object(Vec<(String, Json)>),
 }
@@ -274,11 +274,11 @@ impl Name {
     }
 }
 
-impl Text {
+impl FieldValue {
     fn bytes(self) -> Vec<u8> {
         match self {
             Self::Bytes(bytes) => bytes,
-            Self::Text(text) => text.into_bytes(),
+            Self::Utf8(text) => text.into_bytes(),
             Self::EventType => OrderPlaced::NAME.as_bytes().to_vec(),
             Self::Number(number) => number.to_string().into_bytes(),
             Self::Time {
@@ -291,7 +291,9 @@ impl Text {
                 fraction,
                 zone,
             } => {
-                let fraction = fraction.map(|digits| format!(".{digits}")).unwrap_or_default();
+                let fraction = fraction
+                    .map(|digits| format!(".{digits}"))
+                    .unwrap_or_default();
                 let zone = match zone {
                     None => "Z".to_owned(),
                     Some(hours) => format!("{hours:+03}:00"),
@@ -325,7 +327,7 @@ impl Json {
             Self::Bool(value) => Value::Bool(value),
             Self::Integer(value) => value.into(),
             Self::Float(value) => value.into(),
-            Self::Text(value) => value.into(),
+            Self::String(value) => value.into(),
             Self::Array(values) => values.into_iter().map(Self::value).collect(),
             Self::Object(members) => Value::Object(
                 members
