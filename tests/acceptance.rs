@@ -16,7 +16,7 @@ use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use support::example::{ExampleProcess, OrderPlaced};
 use support::{
-    RedisServer, Running, connection, pending, publish_retrying_with, quick_consumer,
+    RedisServer, Running, connection, pending, publish_retrying_with, publisher_to, quick_consumer,
     quick_consumer_at, unique, wait_until,
 };
 use tokio_util::sync::CancellationToken;
@@ -102,12 +102,7 @@ async fn poison_and_malformed_entries_each_go_to_the_dead_letter_stream_and_coun
     let stream = unique("junk");
     let seen: Seen = Arc::default();
     let (consumer, running) = start_recording(&server, &stream, &seen).await;
-    let publisher = Publisher::connect(
-        server.url(),
-        PublisherConfig::new("junk").router(Router::single(&stream)),
-    )
-    .await
-    .unwrap();
+    let publisher = publisher_to(server.url(), &stream).await;
     let mut redis = connection(&server).await;
 
     // Good events between junk of every kind; the junk is written as other producers could.
@@ -335,12 +330,7 @@ async fn consumers_that_keep_starting_and_closing_while_events_flow_lose_nothing
             Arc::clone(&published),
         );
         async move {
-            let publisher = Publisher::connect(
-                &url,
-                PublisherConfig::new("churn").router(Router::single(&stream)),
-            )
-            .await
-            .unwrap();
+            let publisher = publisher_to(&url, &stream).await;
             for round in 0..100 {
                 publish_items(&publisher, round, 30, &published).await;
                 tokio::time::sleep(Duration::from_millis(15)).await;
@@ -419,12 +409,7 @@ async fn redis_restarted_twice_under_10000_events_loses_nothing() {
 async fn a_killed_consumer_process_leaves_its_entries_to_another_after_claim_idle() {
     let server = RedisServer::start();
     let stream = unique("killed");
-    let publisher = Publisher::connect(
-        server.url(),
-        PublisherConfig::new("shop").router(Router::single(&stream)),
-    )
-    .await
-    .unwrap();
+    let publisher = publisher_to(server.url(), &stream).await;
     let orders: Vec<OrderPlaced> = (0..500)
         .map(|n| OrderPlaced {
             order_id: format!("o{n}"),
@@ -627,12 +612,7 @@ fn spawn_publishers(
                 Arc::clone(&published),
             );
             tokio::spawn(async move {
-                let publisher = Publisher::connect(
-                    &url,
-                    PublisherConfig::new("acceptance").router(Router::single(&stream)),
-                )
-                .await
-                .unwrap();
+                let publisher = publisher_to(&url, &stream).await;
                 publish_items(&publisher, publisher_index, per_publisher, &published).await;
             })
         })

@@ -7,12 +7,11 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use events::{
-    Backoff, BatchConfig, BatchedPublisher, BatchingStrategy, Error, Event, Overflow, Publisher,
-    PublisherConfig, Router, read_range,
+    Backoff, BatchConfig, BatchedPublisher, BatchingStrategy, Error, Event, Overflow, read_range,
 };
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
-use support::{Captured, RedisServer, connection, unique};
+use support::{Captured, RedisServer, connection, publisher_to, unique};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
 #[event(name = "sensor.read")]
@@ -27,12 +26,7 @@ fn reading(n: u64) -> SensorRead {
 }
 
 async fn batched(server: &RedisServer, stream: &str, config: BatchConfig) -> BatchedPublisher {
-    let publisher = Publisher::connect(
-        server.url(),
-        PublisherConfig::new("test").router(Router::single(stream)),
-    )
-    .await
-    .unwrap();
+    let publisher = publisher_to(server.url(), stream).await;
     BatchedPublisher::new(publisher, config)
 }
 

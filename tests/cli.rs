@@ -8,12 +8,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use events::{
-    Backoff, Consumer, Context, Event, HandlerError, Publisher, PublisherConfig, Router, StartFrom,
-    Unhandled, dead_letter_stream,
+    Backoff, Consumer, Context, Event, HandlerError, StartFrom, Unhandled, dead_letter_stream,
 };
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
-use support::{RedisServer, connection, unique, wait_until};
+use support::{RedisServer, connection, publisher_to, unique, wait_until};
 
 /// The tool, run to completion with `args` against `url`.
 fn events(url: &str, args: &[&str]) -> Output {
@@ -63,12 +62,7 @@ async fn stream_with_dead_letters(
     server: &RedisServer,
 ) -> (String, Consumer, Arc<AtomicBool>, Arc<Mutex<Vec<u64>>>) {
     let stream = unique("cli");
-    let publisher = Publisher::connect(
-        server.url(),
-        PublisherConfig::new("test").router(Router::single(&stream)),
-    )
-    .await
-    .unwrap();
+    let publisher = publisher_to(server.url(), &stream).await;
     let healthy = Arc::new(AtomicBool::new(false));
     let handled = Arc::new(Mutex::new(Vec::new()));
     let handler = {
@@ -320,12 +314,7 @@ async fn mistakes_are_one_line_and_a_failure_exit() {
 async fn the_tool_works_on_a_cluster_too() {
     let cluster = support::RedisCluster::start();
     let stream = unique("cli-cluster");
-    let publisher = Publisher::connect(
-        &cluster.url(),
-        PublisherConfig::new("test").router(Router::single(&stream)),
-    )
-    .await
-    .unwrap();
+    let publisher = publisher_to(&cluster.url(), &stream).await;
     for n in 0..3 {
         publisher.publish(&TaskCreated { n }).await.unwrap();
     }

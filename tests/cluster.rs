@@ -11,7 +11,7 @@ use events::{
     PublisherConfig, Route, Router, StartFrom, dead_letter_stream, read_range,
 };
 use serde::{Deserialize, Serialize};
-use support::{RedisCluster, publish_retrying, run_all, unique, wait_until};
+use support::{RedisCluster, publish_retrying, publisher_to, run_all, unique, wait_until};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
 #[event(name = "task.created")]
@@ -37,12 +37,7 @@ async fn cluster_connection(cluster: &RedisCluster) -> redis::cluster_async::Clu
 async fn publish_consume_dead_letters_and_duplicates_on_a_cluster() {
     let cluster = RedisCluster::start();
     let stream = unique("cluster");
-    let publisher = Publisher::connect(
-        &cluster.url(),
-        PublisherConfig::new("test").router(Router::single(&stream)),
-    )
-    .await
-    .unwrap();
+    let publisher = publisher_to(&cluster.url(), &stream).await;
     let seen: Arc<Mutex<BTreeMap<u64, u32>>> = Arc::default();
     let handler = {
         let seen = Arc::clone(&seen);
@@ -327,12 +322,7 @@ async fn moving_the_stream_s_slot_during_consumption_loses_nothing() {
         .await
         .unwrap();
     let runs = run_all(std::slice::from_ref(&consumer));
-    let publisher = Publisher::connect(
-        &cluster.url(),
-        PublisherConfig::new("test").router(Router::single(&stream)),
-    )
-    .await
-    .unwrap();
+    let publisher = publisher_to(&cluster.url(), &stream).await;
     let publishing = tokio::spawn(async move {
         for n in 0..2_000 {
             publish_retrying(&publisher, &TaskCreated { n }).await;
@@ -369,12 +359,7 @@ async fn moving_the_stream_s_slot_during_consumption_loses_nothing() {
 async fn work_of_a_dropped_consumer_is_reclaimed_and_lost_connections_come_back() {
     let cluster = RedisCluster::start();
     let stream = unique("reclaim");
-    let publisher = Publisher::connect(
-        &cluster.url(),
-        PublisherConfig::new("test").router(Router::single(&stream)),
-    )
-    .await
-    .unwrap();
+    let publisher = publisher_to(&cluster.url(), &stream).await;
     let consumer = |name: &str| {
         Consumer::builder(cluster.url())
             .stream(&stream)

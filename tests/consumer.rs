@@ -10,12 +10,13 @@ use std::time::Duration;
 
 use events::{
     Backoff, Consumer, ConsumerBuilder, Context, Event, HandlerError, PublishOptions, Publisher,
-    PublisherConfig, Router, StartFrom, Unhandled, read_range,
+    StartFrom, Unhandled, read_range,
 };
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use support::{
-    RedisServer, connection, pending, publish_retrying, quick_consumer, unique, wait_until,
+    RedisServer, connection, pending, publish_retrying, publisher_to, quick_consumer, unique,
+    wait_until,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -71,15 +72,6 @@ async fn run_recording(
         .unwrap();
     let running = spawn(&consumer);
     (seen, consumer, running)
-}
-
-async fn publisher(server: &RedisServer, stream: &str) -> Publisher {
-    Publisher::connect(
-        server.url(),
-        PublisherConfig::new("test").router(Router::single(stream)),
-    )
-    .await
-    .unwrap()
 }
 
 async fn publish_tasks(publisher: &Publisher, range: std::ops::Range<u64>) {
@@ -151,7 +143,7 @@ async fn three_consumers_in_one_group_handle_each_of_1000_events_once() {
     }
     let running: Vec<_> = consumers.iter().map(spawn).collect();
 
-    publish_tasks(&publisher(&server, &stream).await, 0..1000).await;
+    publish_tasks(&publisher_to(server.url(), &stream).await, 0..1000).await;
     wait_until("all 1000 events are handled", || count(&seen) == 1000).await;
     for run in running {
         stop(run).await;
@@ -195,7 +187,7 @@ async fn two_groups_each_get_every_event() {
         .unwrap();
     let running = [spawn(&first), spawn(&second)];
 
-    publish_tasks(&publisher(&server, &stream).await, 0..200).await;
+    publish_tasks(&publisher_to(server.url(), &stream).await, 0..200).await;
     wait_until("both groups handled all", || {
         count(&billing) == 200 && count(&shipping) == 200
     })
@@ -241,7 +233,7 @@ async fn a_failing_handler_is_retried_while_later_events_flow() {
         .unwrap();
     let running = spawn(&consumer);
 
-    publish_tasks(&publisher(&server, &stream).await, 0..21).await;
+    publish_tasks(&publisher_to(server.url(), &stream).await, 0..21).await;
     wait_until("all 21 events are handled", || {
         order.lock().unwrap().len() == 21
     })
@@ -304,7 +296,7 @@ async fn a_poison_event_ends_in_the_dead_letter_stream_after_max_attempts() {
         .unwrap();
     let running = spawn(&consumer);
 
-    publish_tasks(&publisher(&server, &stream).await, 0..20).await;
+    publish_tasks(&publisher_to(server.url(), &stream).await, 0..20).await;
     wait_until("19 handled and one dead-lettered", || {
         count(&seen) == 19 && consumer.status().dead_lettered == 1
     })
@@ -332,7 +324,7 @@ async fn malformed_entries_go_to_the_dead_letter_stream_and_the_consumer_keeps_g
     let server = RedisServer::start();
     let stream = unique("malformed");
     let (seen, consumer, running) = run_recording(&server, &stream, "g").await;
-    let publisher = publisher(&server, &stream).await;
+    let publisher = publisher_to(server.url(), &stream).await;
 
     publish_tasks(&publisher, 0..5).await;
     let mut redis = connection(&server).await;
@@ -416,7 +408,7 @@ async fn a_duplicate_publish_is_handled_once() {
         .build()
         .await
         .unwrap();
-    let publisher = publisher(&server, &stream).await;
+    let publisher = publisher_to(server.url(), &stream).await;
     let envelope = publisher
         .envelope(&TaskCreated { n: 1 }, PublishOptions::new())
         .unwrap();
@@ -475,7 +467,7 @@ async fn entries_of_a_consumer_dropped_mid_handler_are_finished_by_another() {
         let doomed = doomed.clone();
         async move { doomed.run(CancellationToken::new()).await }
     });
-    publish_tasks(&publisher(&server, &stream).await, 0..10).await;
+    publish_tasks(&publisher_to(server.url(), &stream).await, 0..10).await;
     wait_until("the doomed consumer started all 10", || {
         started.load(Ordering::SeqCst) == 10
     })
@@ -516,7 +508,7 @@ async fn a_redis_restart_mid_stream_loses_nothing() {
     let mut server = RedisServer::own_durable();
     let stream = unique("restart");
     let (seen, _, running) = run_recording(&server, &stream, "g").await;
-    let publisher = publisher(&server, &stream).await;
+    let publisher = publisher_to(server.url(), &stream).await;
     publish_tasks(&publisher, 0..100).await;
     wait_until("the first 100 are handled", || count(&seen) == 100).await;
 
@@ -561,7 +553,7 @@ async fn graceful_shutdown_acknowledges_exactly_what_was_handled() {
         .build()
         .await
         .unwrap();
-    publish_tasks(&publisher(&server, &stream).await, 0..100).await;
+    publish_tasks(&publisher_to(server.url(), &stream).await, 0..100).await;
     let running = spawn(&consumer);
     wait_until("some events are handled", || {
         handled.lock().unwrap().len() >= 10
@@ -639,7 +631,7 @@ async fn panics_and_timeouts_are_failures_with_reasons() {
         .await
         .unwrap();
     let running = spawn(&consumer);
-    publish_tasks(&publisher(&server, &stream).await, 0..4).await;
+    publish_tasks(&publisher_to(server.url(), &stream).await, 0..4).await;
     wait_until("two handled, two dead-lettered", || {
         let status = consumer.status();
         status.processed == 2 && status.dead_lettered == 2
@@ -665,7 +657,7 @@ async fn panics_and_timeouts_are_failures_with_reasons() {
 async fn events_without_a_handler_are_skipped_or_dead_lettered_and_patterns_match() {
     let server = RedisServer::start();
     let stream = unique("unhandled");
-    let publisher = publisher(&server, &stream).await;
+    let publisher = publisher_to(server.url(), &stream).await;
     let logins = Arc::new(Mutex::new(Vec::new()));
     let pattern = {
         let logins = Arc::clone(&logins);
@@ -750,7 +742,7 @@ async fn a_vanished_group_is_recreated_where_it_was() {
     let server = RedisServer::start();
     let stream = unique("nogroup");
     let (seen, _, running) = run_recording(&server, &stream, "g").await;
-    let publisher = publisher(&server, &stream).await;
+    let publisher = publisher_to(server.url(), &stream).await;
     publish_tasks(&publisher, 0..10).await;
     wait_until("the first 10 are handled", || count(&seen) == 10).await;
 
@@ -778,7 +770,7 @@ async fn a_vanished_group_is_recreated_where_it_was() {
 async fn trimmed_pending_entries_are_cleaned_not_looped_on() {
     let server = RedisServer::start();
     let stream = unique("trimmed");
-    let publisher = publisher(&server, &stream).await;
+    let publisher = publisher_to(server.url(), &stream).await;
     let mut redis = connection(&server).await;
     let _: () = redis::cmd("XGROUP")
         .arg("CREATE")
@@ -832,7 +824,7 @@ async fn stale_consumers_are_removed_only_without_pending_entries() {
     let (_, consumer, running) = run_recording(&server, &stream, "g").await;
     wait_until("the group exists", || consumer.status().running).await;
     stop(running).await;
-    publish_tasks(&publisher(&server, &stream).await, 0..1).await;
+    publish_tasks(&publisher_to(server.url(), &stream).await, 0..1).await;
     for name in ["idle-empty", "idle-busy"] {
         let _: i64 = redis::cmd("XGROUP")
             .arg("CREATECONSUMER")
@@ -916,7 +908,7 @@ async fn hooks_see_every_delivery() {
         .await
         .unwrap();
     let running = spawn(&consumer);
-    publish_tasks(&publisher(&server, &stream).await, 0..1).await;
+    publish_tasks(&publisher_to(server.url(), &stream).await, 0..1).await;
     wait_until("the event is handled", || consumer.status().processed == 1).await;
     stop(running).await;
 
@@ -936,7 +928,7 @@ async fn hooks_see_every_delivery() {
 async fn pull_mode_reserves_acks_and_fails() {
     let server = RedisServer::start();
     let stream = unique("pull");
-    let publisher = publisher(&server, &stream).await;
+    let publisher = publisher_to(server.url(), &stream).await;
     publish_tasks(&publisher, 0..5).await;
     let _: String = connection(&server)
         .await
@@ -1058,7 +1050,7 @@ async fn configuration_mistakes_are_named_before_connecting() {
 async fn a_new_group_replays_from_an_entry_id_or_a_time() {
     let server = RedisServer::start();
     let stream = unique("replay");
-    let publisher = publisher(&server, &stream).await;
+    let publisher = publisher_to(server.url(), &stream).await;
     let mut published = Vec::new();
     for n in 0..10 {
         published.push(publisher.publish(&TaskCreated { n }).await.unwrap());
@@ -1110,7 +1102,7 @@ async fn a_redis_restart_that_loses_the_group_is_survived() {
     let mut server = RedisServer::own();
     let stream = unique("amnesia");
     let (seen, _, running) = run_recording(&server, &stream, "g").await;
-    let publisher = publisher(&server, &stream).await;
+    let publisher = publisher_to(server.url(), &stream).await;
     publish_tasks(&publisher, 0..10).await;
     wait_until("the first 10 are handled", || count(&seen) == 10).await;
 
@@ -1151,7 +1143,7 @@ async fn never_more_entries_unacknowledged_than_max_unacked() {
         .build()
         .await
         .unwrap();
-    publish_tasks(&publisher(&server, &stream).await, 0..60).await;
+    publish_tasks(&publisher_to(server.url(), &stream).await, 0..60).await;
     let running = spawn(&consumer);
     let mut most_pending = 0;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -1199,7 +1191,7 @@ async fn declared_idempotency_keys_identify_repeats_with_other_bodies() {
         .build()
         .await
         .unwrap();
-    let publisher = publisher(&server, &stream).await;
+    let publisher = publisher_to(server.url(), &stream).await;
     let capture = |id: &str, at: &str| PaymentCaptured {
         payment_id: id.into(),
         captured_at: at.into(),

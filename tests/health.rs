@@ -8,13 +8,10 @@ mod health_app;
 use std::sync::Arc;
 use std::time::Duration;
 
-use events::{
-    BatchConfig, BatchedPublisher, Consumer, Context, Event, HandlerError, Publisher,
-    PublisherConfig, Router, StartFrom,
-};
+use events::{BatchConfig, BatchedPublisher, Consumer, Context, Event, HandlerError, StartFrom};
 use health_app::{Health, Thresholds};
 use serde::{Deserialize, Serialize};
-use support::{RedisServer, unique, wait_until};
+use support::{RedisServer, publisher_to, unique, wait_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(Debug, Serialize, Deserialize, Event)]
@@ -53,12 +50,7 @@ async fn health_turns_unhealthy_past_the_dead_letter_threshold_and_metrics_are_s
     let _guard = metrics::set_default_local_recorder(&recorder);
     let server = RedisServer::start();
     let stream = unique("health");
-    let publisher = Publisher::connect(
-        server.url(),
-        PublisherConfig::new("sensors").router(Router::single(&stream)),
-    )
-    .await
-    .unwrap();
+    let publisher = publisher_to(server.url(), &stream).await;
     let publisher = Arc::new(BatchedPublisher::new(publisher, BatchConfig::new()));
     let consumer = Consumer::builder(server.url())
         .stream(&stream)

@@ -6,14 +6,14 @@ mod support;
 use std::time::Duration;
 
 use events::{
-    BatchConfig, BatchedPublisher, Consumer, Context, Event, HandlerError, Publisher,
-    PublisherConfig, Router, StartFrom, dead_letter_stream, record_stream_stats, stream_stats,
+    BatchConfig, BatchedPublisher, Consumer, Context, Event, HandlerError, StartFrom,
+    dead_letter_stream, record_stream_stats, stream_stats,
 };
 use metrics::{SharedString, Unit};
 use metrics_util::CompositeKey;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use serde::{Deserialize, Serialize};
-use support::{RedisServer, connection, unique, wait_until};
+use support::{RedisServer, connection, publisher_to, unique, wait_until};
 
 #[derive(Debug, Clone, Serialize, Deserialize, Event)]
 #[event(name = "task.created")]
@@ -56,12 +56,7 @@ async fn publishing_handling_and_batching_are_counted_with_their_labels() {
 
     let server = RedisServer::start();
     let stream = unique("metrics");
-    let publisher = Publisher::connect(
-        server.url(),
-        PublisherConfig::new("test").router(Router::single(&stream)),
-    )
-    .await
-    .unwrap();
+    let publisher = publisher_to(server.url(), &stream).await;
     let consumer = Consumer::builder(server.url())
         .stream(&stream)
         .group("g")

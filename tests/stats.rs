@@ -2,20 +2,15 @@
 
 mod support;
 
-use events::{Publisher, PublisherConfig, Router, dead_letter_stream, server_stats, stream_stats};
+use events::{dead_letter_stream, server_stats, stream_stats};
 use redis::AsyncCommands;
-use support::{RedisServer, connection, unique};
+use support::{RedisServer, connection, publisher_to, unique};
 
 #[tokio::test]
 async fn stats_report_length_lag_pending_consumers_and_dead_letters() {
     let server = RedisServer::start();
     let stream = unique("stats");
-    let publisher = Publisher::connect(
-        server.url(),
-        PublisherConfig::new("test").router(Router::single(&stream)),
-    )
-    .await
-    .unwrap();
+    let publisher = publisher_to(server.url(), &stream).await;
     let mut published = Vec::new();
     for n in 0..10 {
         published.push(

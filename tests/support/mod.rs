@@ -46,6 +46,16 @@ pub(crate) async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// A publisher writing every event to `stream` of the server (or cluster) at `url`.
+pub(crate) async fn publisher_to(url: &str, stream: &str) -> events::Publisher {
+    events::Publisher::connect(
+        url,
+        events::PublisherConfig::new("test").router(events::Router::single(stream)),
+    )
+    .await
+    .expect("connect a publisher to the test server")
+}
+
 /// Entries of `stream` still pending in `group`.
 pub(crate) async fn pending(server: &RedisServer, stream: &str, group: &str) -> usize {
     let summary: (usize, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")
