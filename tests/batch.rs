@@ -1,9 +1,11 @@
 //! The batched publisher against a real redis-server: flushed by size, time, flush() and close(),
-//! bounded in concurrency and memory, and losing nothing when Redis goes away.
+//! bounded in concurrency and memory, losing nothing when Redis goes away or refuses writes, and
+//! telling what it could not write.
 
 mod support;
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use events::{
@@ -11,7 +13,7 @@ use events::{
 };
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
-use support::{Captured, RedisServer, connection, publisher_to, unique};
+use support::{Captured, RedisServer, connection, publisher_to, unique, wait_until};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
 #[event(name = "sensor.read")]
@@ -45,6 +47,55 @@ async fn distinct_ids(server: &RedisServer, stream: &str) -> BTreeSet<String> {
         .collect();
     assert_eq!(ids.len(), entries.len(), "an event was written twice");
     ids
+}
+
+/// Makes `stream` a string, so that Redis refuses every `XADD` to it with WRONGTYPE (a mistake
+/// no retry fixes).
+async fn refuse_writes_to(server: &RedisServer, stream: &str) {
+    let _: () = connection(server)
+        .await
+        .set(stream, "not a stream")
+        .await
+        .unwrap();
+}
+
+/// Undoes [`refuse_writes_to`].
+async fn accept_writes_to(server: &RedisServer, stream: &str) {
+    let _: () = connection(server).await.del(stream).await.unwrap();
+}
+
+/// `CONFIG SET <parameter> <value>`.
+async fn config_set(server: &RedisServer, parameter: &str, value: &str) {
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg(parameter)
+        .arg(value)
+        .query_async(&mut connection(server).await)
+        .await
+        .unwrap();
+}
+
+/// Publishes `count` readings from `first` on; returns their event ids.
+async fn publish_readings(batched: &BatchedPublisher, first: u64, count: u64) -> BTreeSet<String> {
+    let mut ids = BTreeSet::new();
+    for n in first..first + count {
+        ids.insert(batched.publish(&reading(n)).await.unwrap());
+    }
+    ids
+}
+
+/// What dropping `batched` logs.
+fn logged_on_drop(batched: BatchedPublisher) -> String {
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer({
+            let captured = captured.clone();
+            move || captured.clone()
+        })
+        .with_ansi(false)
+        .finish();
+    tracing::subscriber::with_default(subscriber, || drop(batched));
+    captured.text()
 }
 
 /// Waits until `predicate` holds for the stream's length, polling.
@@ -308,7 +359,17 @@ async fn events_that_failed_while_redis_was_down_are_written_once_after_retry_fa
     for n in 500..1000 {
         batched.publish(&reading(n)).await.unwrap();
     }
-    batched.flush().await.unwrap();
+    let error = batched.flush().await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            Error::Unwritten {
+                failed: 500,
+                failed_list: 500
+            }
+        ),
+        "{error}"
+    );
 
     let stats = batched.memory_stats();
     assert_eq!(
@@ -368,7 +429,17 @@ async fn drained_failed_events_release_their_memory() {
     for n in 0..10 {
         batched.publish(&reading(n)).await.unwrap();
     }
-    batched.flush().await.unwrap();
+    let error = batched.flush().await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            Error::Unwritten {
+                failed: 10,
+                failed_list: 10
+            }
+        ),
+        "{error}"
+    );
 
     let drained = batched.drain_failed();
 
@@ -397,19 +468,237 @@ async fn dropping_without_close_warns_how_many_events_were_left() {
     for n in 0..7 {
         batched.publish(&reading(n)).await.unwrap();
     }
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer({
-            let captured = captured.clone();
-            move || captured.clone()
-        })
-        .with_ansi(false)
-        .finish();
 
-    tracing::subscriber::with_default(subscriber, || drop(batched));
+    let log = logged_on_drop(batched);
 
-    let log = captured.text();
     assert!(log.contains("WARN"), "{log}");
     assert!(log.contains("unwritten=7"), "{log}");
     assert!(log.contains("call close() before dropping it"), "{log}");
+}
+
+#[tokio::test]
+async fn close_reports_events_it_could_not_write() {
+    let server = RedisServer::start();
+    let stream = unique("wrongtype");
+    refuse_writes_to(&server, &stream).await;
+    let config = BatchConfig::new()
+        .max_size(1000)
+        .max_wait(Duration::from_secs(3600));
+    let batched = batched(&server, &stream, config).await;
+    let published = publish_readings(&batched, 0, 5).await;
+
+    let error = batched.close().await.unwrap_err();
+
+    assert!(
+        matches!(
+            error,
+            Error::Unwritten {
+                failed: 5,
+                failed_list: 5
+            }
+        ),
+        "{error}"
+    );
+    assert!(
+        error.to_string().starts_with(
+            "5 events could not be written by this flush and 5 are in the failed list"
+        ),
+        "{error}"
+    );
+    let failed = batched.failed_messages();
+    assert_eq!(
+        failed
+            .iter()
+            .map(|failed| failed.envelope.id.clone())
+            .collect::<BTreeSet<_>>(),
+        published
+    );
+    assert!(
+        failed
+            .iter()
+            .all(|failed| failed.error.contains("WRONGTYPE")),
+        "{failed:?}"
+    );
+
+    accept_writes_to(&server, &stream).await;
+    assert_eq!(batched.retry_failed().await.unwrap(), 5);
+    batched.close().await.unwrap();
+    assert_eq!(distinct_ids(&server, &stream).await, published);
+}
+
+#[tokio::test]
+async fn flush_reports_events_redis_refused_for_memory_until_they_are_retried() {
+    let server = RedisServer::own();
+    let stream = unique("oom");
+    let config = BatchConfig::new()
+        .max_size(1000)
+        .max_wait(Duration::from_secs(3600))
+        .max_retries(1)
+        .retry_backoff(Backoff::exponential(
+            Duration::from_millis(10),
+            Duration::from_millis(10),
+        ));
+    let batched = batched(&server, &stream, config).await;
+    // Past its memory limit and told to evict nothing, Redis refuses every write with OOM.
+    config_set(&server, "maxmemory-policy", "noeviction").await;
+    config_set(&server, "maxmemory", "1").await;
+    let published = publish_readings(&batched, 0, 4).await;
+
+    let error = batched.flush().await.unwrap_err();
+
+    assert!(
+        matches!(
+            error,
+            Error::Unwritten {
+                failed: 4,
+                failed_list: 4
+            }
+        ),
+        "{error}"
+    );
+    assert!(
+        batched.failed_messages()[0].error.contains("OOM"),
+        "{:?}",
+        batched.failed_messages()
+    );
+    let error = batched.flush().await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            Error::Unwritten {
+                failed: 0,
+                failed_list: 4
+            }
+        ),
+        "a flush with nothing new still reports the failed list: {error}"
+    );
+
+    config_set(&server, "maxmemory", "0").await;
+    assert_eq!(batched.retry_failed().await.unwrap(), 4);
+    batched.flush().await.unwrap();
+    assert_eq!(distinct_ids(&server, &stream).await, published);
+    assert_eq!(batched.memory_stats().held_messages, 0);
+}
+
+#[tokio::test]
+async fn a_publish_waiting_for_room_fails_when_close_runs() {
+    let server = RedisServer::start();
+    let stream = unique("close-while-waiting");
+    refuse_writes_to(&server, &stream).await;
+    let config = BatchConfig::new()
+        .max_size(1)
+        .max_queued_messages(1)
+        .max_retries(0);
+    let batched = batched(&server, &stream, config).await;
+    let first = publish_readings(&batched, 0, 1).await;
+    let error = batched.flush().await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            Error::Unwritten {
+                failed: 1,
+                failed_list: 1
+            }
+        ),
+        "{error}"
+    );
+    // The failed event holds the only room, and nothing will release it.
+    let event = reading(1);
+    let waiting = batched.publish(&event);
+    tokio::pin!(waiting);
+    assert!(
+        futures::poll!(&mut waiting).is_pending(),
+        "the second event waits for room"
+    );
+
+    let (closed, waited) = tokio::time::timeout(Duration::from_secs(10), async {
+        tokio::join!(batched.close(), waiting)
+    })
+    .await
+    .expect("close() wakes the waiting publish");
+
+    assert!(matches!(waited, Err(Error::Closed)), "{waited:?}");
+    assert!(
+        matches!(
+            closed,
+            Err(Error::Unwritten {
+                failed: 0,
+                failed_list: 1
+            })
+        ),
+        "{closed:?}"
+    );
+    assert_eq!(
+        batched.memory_stats().held_messages,
+        1,
+        "only the failed event is held"
+    );
+    accept_writes_to(&server, &stream).await;
+    assert_eq!(batched.retry_failed().await.unwrap(), 1);
+    batched.close().await.unwrap();
+    assert_eq!(distinct_ids(&server, &stream).await, first);
+}
+
+#[tokio::test]
+async fn a_publish_given_room_by_close_fails_instead_of_being_lost() {
+    let server = RedisServer::start();
+    let stream = unique("room-from-close");
+    let config = BatchConfig::new()
+        .max_size(1000)
+        .max_wait(Duration::from_secs(3600))
+        .max_queued_messages(4);
+    let batched = Arc::new(batched(&server, &stream, config).await);
+    let mut publishers = tokio::task::JoinSet::new();
+    for n in 0..8 {
+        let batched = Arc::clone(&batched);
+        publishers.spawn(async move { batched.publish(&reading(n)).await });
+    }
+    // Four are queued; the other four wait for the room that close() releases by writing them.
+    wait_until("four events are held", || {
+        batched.memory_stats().held_messages == 4
+    })
+    .await;
+
+    batched.close().await.unwrap();
+
+    let (mut accepted, mut refused) = (BTreeSet::new(), 0);
+    while let Some(published) = publishers.join_next().await {
+        match published.unwrap() {
+            Ok(id) => {
+                accepted.insert(id);
+            }
+            Err(Error::Closed) => refused += 1,
+            Err(error) => panic!("publish failed: {error}"),
+        }
+    }
+    assert_eq!(refused, 4);
+    assert_eq!(distinct_ids(&server, &stream).await, accepted);
+    assert_eq!(batched.memory_stats().held_messages, 0);
+}
+
+#[tokio::test]
+async fn dropping_with_unwritten_or_failed_events_warns_with_both_counts() {
+    let server = RedisServer::start();
+    let config = BatchConfig::new()
+        .max_size(1000)
+        .max_wait(Duration::from_secs(3600));
+    let (only_failed, both) = (unique("dropped-failed"), unique("dropped-both"));
+    let mut logs = Vec::new();
+    for (stream, unwritten) in [(&only_failed, 0), (&both, 4)] {
+        refuse_writes_to(&server, stream).await;
+        let batched = batched(&server, stream, config.clone()).await;
+        publish_readings(&batched, 0, 3).await;
+        batched.flush().await.unwrap_err();
+        publish_readings(&batched, 3, unwritten).await;
+        logs.push(logged_on_drop(batched));
+    }
+
+    for (log, counts) in logs
+        .iter()
+        .zip(["unwritten=0 failed=3", "unwritten=4 failed=3"])
+    {
+        assert!(log.contains("WARN"), "{log}");
+        assert!(log.contains(counts), "{log}");
+        assert!(log.contains("retry_failed() or drain_failed()"), "{log}");
+    }
 }

@@ -4,7 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionLike;
@@ -12,6 +12,7 @@ use serde_json::Value;
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::task::AbortOnDropHandle;
+use tracing::Instrument;
 
 use crate::connection::Connection;
 use crate::instruments::BatchMetrics;
@@ -200,14 +201,32 @@ struct Batch {
     envelopes: Vec<Envelope>,
 }
 
+/// Batches made and not yet finished, and the callers waiting for them.
+#[derive(Debug, Default)]
+struct Unfinished {
+    /// Ids of the batches.
+    batches: BTreeSet<u64>,
+    /// One for each [`Shared::wait_for_batches`] under way; those of dropped callers are pruned.
+    tallies: Vec<Weak<Tally>>,
+}
+
+/// What one [`Shared::wait_for_batches`] counts: events of the batches it waits for that went to the
+/// failed list.
+#[derive(Debug)]
+struct Tally {
+    /// It waits for the batches with a lower id.
+    end: u64,
+    /// Events of those batches that went to the failed list since it began.
+    failed: AtomicUsize,
+}
+
 /// State shared by the publisher and its background task.
 struct Shared<C> {
     publisher: Publisher<C>,
     config: BatchConfig,
     queues: Mutex<HashMap<String, Queue>>,
     failed: Mutex<Vec<FailedMessage>>,
-    /// Ids of batches made and not yet finished.
-    unfinished: Mutex<BTreeSet<u64>>,
+    unfinished: Mutex<Unfinished>,
     next_batch: AtomicU64,
     batches: mpsc::UnboundedSender<Batch>,
     writers: Semaphore,
@@ -255,7 +274,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> BatchedPublisher<C> {
             config,
             queues: Mutex::new(HashMap::new()),
             failed: Mutex::new(Vec::new()),
-            unfinished: Mutex::new(BTreeSet::new()),
+            unfinished: Mutex::new(Unfinished::default()),
             next_batch: AtomicU64::new(0),
             batches,
             closed: AtomicBool::new(false),
@@ -306,9 +325,6 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> BatchedPublisher<C> {
 
     async fn enqueue(&self, envelope: Envelope) -> Result<String> {
         let shared = &self.shared;
-        if shared.closed.load(Ordering::Acquire) {
-            return Err(Error::Closed);
-        }
         shared.publisher.router().destination(&envelope)?;
         let bytes = envelope.memory_size();
         if bytes > shared.config.max_queued_bytes {
@@ -321,6 +337,13 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> BatchedPublisher<C> {
         let id = envelope.id.clone();
         let full = {
             let mut queues = lock(&shared.queues);
+            // close() marks the publisher closed before its flush takes the queues: checked under
+            // their lock, an event is either taken by that flush or refused, never queued after it.
+            if shared.closed.load(Ordering::Acquire) {
+                drop(queues);
+                shared.release(1, bytes);
+                return Err(Error::Closed);
+            }
             let queue = shared.config.strategy.queue_of(&envelope.event_type);
             if !queues.contains_key(queue) {
                 let waiting = Queue {
@@ -346,13 +369,17 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> BatchedPublisher<C> {
         Ok(id)
     }
 
-    /// Takes room for one event of `bytes` under the memory bound, waiting or failing when full.
+    /// Takes room for one event of `bytes` under the memory bound, waiting or failing when full;
+    /// fails with [`Error::Closed`] once the publisher is closed, also while waiting.
     async fn hold(&self, bytes: usize) -> Result<()> {
         let shared = &self.shared;
         loop {
             let room = shared.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
+            if shared.closed.load(Ordering::Acquire) {
+                return Err(Error::Closed);
+            }
             if shared.try_hold(bytes) {
                 return Ok(());
             }
@@ -370,6 +397,15 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> BatchedPublisher<C> {
 
     /// Writes every queued event now; returns once all events queued before the call are written
     /// or in the failed list.
+    ///
+    /// # Errors
+    ///
+    /// `Ok` only when every event of the batches it waited for was written and the failed list is
+    /// empty afterwards: nothing published before the call is left unwritten. Otherwise
+    /// [`Error::Unwritten`], with how many of those events went to the failed list (`failed`) and
+    /// how many events the list holds now (`failed_list`, earlier failures included);
+    /// [`failed_messages`](Self::failed_messages), [`retry_failed`](Self::retry_failed) and
+    /// [`drain_failed`](Self::drain_failed) get them back.
     pub async fn flush(&self) -> Result<()> {
         let shared = &self.shared;
         let queues: Vec<(String, Queue)> = lock(&shared.queues).drain().collect();
@@ -377,15 +413,28 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> BatchedPublisher<C> {
             let batch = shared.batch_of(name, queue);
             shared.send(batch);
         }
-        shared
-            .wait_for_batches_before(shared.next_batch.load(Ordering::Acquire))
-            .await;
-        Ok(())
+        let failed = shared.wait_for_batches().await;
+        let failed_list = lock(&shared.failed).len();
+        if failed == 0 && failed_list == 0 {
+            Ok(())
+        } else {
+            Err(Error::Unwritten {
+                failed,
+                failed_list,
+            })
+        }
     }
 
     /// Stops accepting events, writes everything queued and returns when it is written or failed.
+    /// From the call on, `publish` fails with [`Error::Closed`], also a `publish` waiting for room.
+    ///
+    /// # Errors
+    ///
+    /// As [`flush`](Self::flush): `Ok` only when nothing is left unwritten, otherwise
+    /// [`Error::Unwritten`] with the counts.
     pub async fn close(&self) -> Result<()> {
         self.shared.closed.store(true, Ordering::Release);
+        self.shared.room.notify_waiters();
         self.flush().await
     }
 
@@ -428,9 +477,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> BatchedPublisher<C> {
                 envelopes: chunk,
             });
         }
-        shared
-            .wait_for_batches_before(shared.next_batch.load(Ordering::Acquire))
-            .await;
+        shared.wait_for_batches().await;
         Ok(count)
     }
 
@@ -444,11 +491,13 @@ impl<C> Drop for BatchedPublisher<C> {
     fn drop(&mut self) {
         let stats = self.shared.stats();
         let unwritten = stats.held_messages.saturating_sub(stats.failed_messages);
-        if unwritten > 0 {
+        if unwritten > 0 || stats.failed_messages > 0 {
             tracing::warn!(
                 unwritten,
                 failed = stats.failed_messages,
-                "batched publisher dropped with events not written; call close() before dropping it"
+                "batched publisher dropped with events not written (unwritten: queued or being \
+                 written, failed: in the failed list); call close() before dropping it, and \
+                 retry_failed() or drain_failed() until the failed list is empty"
             );
         }
     }
@@ -482,7 +531,7 @@ impl<C> Shared<C> {
         false
     }
 
-    /// Releases room held by written or drained events.
+    /// Releases room held by events (written or drained ones) or by a write's copies of them.
     fn release(&self, messages: usize, bytes: usize) {
         self.held_messages.fetch_sub(messages, Ordering::AcqRel);
         self.held_bytes.fetch_sub(bytes, Ordering::AcqRel);
@@ -492,8 +541,24 @@ impl<C> Shared<C> {
     fn new_batch_id(&self) -> u64 {
         let mut unfinished = lock(&self.unfinished);
         let id = self.next_batch.fetch_add(1, Ordering::AcqRel);
-        unfinished.insert(id);
+        unfinished.batches.insert(id);
         id
+    }
+
+    /// Marks batch `id` finished, `failed` of its events having gone to the failed list, and
+    /// wakes the flushes waiting for it.
+    fn finish(&self, id: u64, failed: usize) {
+        let mut unfinished = lock(&self.unfinished);
+        unfinished.batches.remove(&id);
+        unfinished.tallies.retain(|tally| {
+            let tally = tally.upgrade();
+            if let Some(tally) = tally.as_ref().filter(|tally| id < tally.end) {
+                tally.failed.fetch_add(failed, Ordering::Relaxed);
+            }
+            tally.is_some()
+        });
+        drop(unfinished);
+        self.finished.notify_waiters();
     }
 
     /// A batch of a queue's events, no longer counted as queued.
@@ -514,17 +579,30 @@ impl<C> Shared<C> {
         let _ = self.batches.send(batch);
     }
 
-    /// Waits until every batch with an id below `end` has finished.
-    async fn wait_for_batches_before(&self, end: u64) {
+    /// Waits until every batch made so far has finished; returns how many of their events went
+    /// to the failed list meanwhile. The tally is registered under the lock batches are made and
+    /// finished under, so it counts exactly the batches waited for.
+    async fn wait_for_batches(&self) -> usize {
+        let tally = {
+            let mut unfinished = lock(&self.unfinished);
+            let tally = Arc::new(Tally {
+                end: self.next_batch.load(Ordering::Acquire),
+                failed: AtomicUsize::new(0),
+            });
+            unfinished.tallies.retain(|tally| tally.strong_count() > 0);
+            unfinished.tallies.push(Arc::downgrade(&tally));
+            tally
+        };
         loop {
             let finished = self.finished.notified();
             tokio::pin!(finished);
             finished.as_mut().enable();
             if lock(&self.unfinished)
+                .batches
                 .first()
-                .is_none_or(|first| *first >= end)
+                .is_none_or(|first| *first >= tally.end)
             {
-                return;
+                return tally.failed.load(Ordering::Relaxed);
             }
             finished.await;
         }
@@ -583,24 +661,40 @@ where
     while writes.join_next().await.is_some() {}
 }
 
-/// Writes one batch, retrying what failed for a retryable reason; whatever is left goes to the
-/// failed list.
+/// A batch being written: counted in `in_flight_batches`, and the copies its write makes of the
+/// events in `held_bytes`, until dropped, however the write ends.
+struct InFlight<'a, C> {
+    shared: &'a Shared<C>,
+    copies: usize,
+}
+
+impl<'a, C> InFlight<'a, C> {
+    fn start(shared: &'a Shared<C>, envelopes: &[Envelope]) -> Self {
+        // Writing copies each event into a command (its argument bytes, grown by doubling, and an
+        // index of them: one to two times the envelope's memory) and then into the pipeline's
+        // buffer (about once more): count three times the envelopes' memory while the write
+        // lasts, so that publishers wait for it as for queued events.
+        let copies = 3 * envelopes.iter().map(Envelope::memory_size).sum::<usize>();
+        shared.held_bytes.fetch_add(copies, Ordering::AcqRel);
+        shared.in_flight_batches.fetch_add(1, Ordering::AcqRel);
+        Self { shared, copies }
+    }
+}
+
+impl<C> Drop for InFlight<'_, C> {
+    fn drop(&mut self) {
+        self.shared.in_flight_batches.fetch_sub(1, Ordering::AcqRel);
+        self.shared.release(0, self.copies);
+    }
+}
+
+/// Writes one batch, in its own span, once a writer's turn comes.
 async fn write_batch<C>(shared: Arc<Shared<C>>, batch: Batch)
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
     let _turn = shared.writers.acquire().await;
-    // Writing copies each event into a command (its argument bytes, grown by doubling, and an
-    // index of them: one to two times the envelope's memory) and then into the pipeline's
-    // buffer (about once more): count three times the envelopes' memory while the write lasts,
-    // so that publishers wait for it as for queued events.
-    let copies: usize = 3 * batch
-        .envelopes
-        .iter()
-        .map(Envelope::memory_size)
-        .sum::<usize>();
-    shared.held_bytes.fetch_add(copies, Ordering::AcqRel);
-    shared.in_flight_batches.fetch_add(1, Ordering::AcqRel);
+    let in_flight = InFlight::start(&shared, &batch.envelopes);
     let span = tracing::info_span!(
         "events.batch",
         queue = %batch.queue,
@@ -608,8 +702,20 @@ where
         written = tracing::field::Empty,
         failed = tracing::field::Empty,
     );
-    let _entered = span.enter();
-    let mut pending = batch.envelopes;
+    let failed = write_retrying(&shared, batch.envelopes)
+        .instrument(span)
+        .await;
+    // Released before the batch counts as finished: a flush returns with its memory free.
+    drop(in_flight);
+    shared.finish(batch.id, failed);
+}
+
+/// Writes `pending`, retrying what failed for a retryable reason; whatever is left goes to the
+/// failed list. Returns how many events went there.
+async fn write_retrying<C>(shared: &Shared<C>, mut pending: Vec<Envelope>) -> usize
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
     let mut failed: Vec<FailedMessage> = Vec::new();
     let (mut written, mut written_bytes) = (0usize, 0usize);
     let mut last_error = String::new();
@@ -654,26 +760,23 @@ where
         error: last_error.clone(),
     }));
     shared.metrics.size.record(written as f64);
+    let span = tracing::Span::current();
     span.record("written", written);
     span.record("failed", failed.len());
     if !failed.is_empty() {
         tracing::warn!(failed = failed.len(), error = %failed[0].error, "events kept in the failed list");
     }
+    let count = failed.len();
     shared
         .published_total
         .fetch_add(written as u64, Ordering::Relaxed);
     shared
         .failed_total
-        .fetch_add(failed.len() as u64, Ordering::Relaxed);
-    shared
-        .failed_messages
-        .fetch_add(failed.len(), Ordering::Relaxed);
+        .fetch_add(count as u64, Ordering::Relaxed);
+    shared.failed_messages.fetch_add(count, Ordering::Relaxed);
     lock(&shared.failed).extend(failed);
-    shared.held_bytes.fetch_sub(copies, Ordering::AcqRel);
     shared.release(written, written_bytes);
-    shared.in_flight_batches.fetch_sub(1, Ordering::Relaxed);
-    lock(&shared.unfinished).remove(&batch.id);
-    shared.finished.notify_waiters();
+    count
 }
 
 #[cfg(test)]

@@ -1,14 +1,10 @@
 //! Operations on a stream's dead letters: list, inspect, replay into the stream, purge.
 
-use std::sync::LazyLock;
-
-use redis::Script;
 use redis::aio::ConnectionLike;
 
 use crate::consumer::DEAD_LETTER_PREFIX;
+use crate::transfer::{Finish, add_and_finish};
 use crate::{Envelope, Error, Result, StreamEntry, read_range};
-
-static REPLAY: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/replay.lua")));
 
 /// The field counting how often an entry was replayed from the dead-letter stream.
 pub const REPLAYED_FIELD: &str = "dlq.replayed";
@@ -150,25 +146,29 @@ impl<C: ConnectionLike + Send> DeadLetters<C> {
     /// deletes it from the dead-letter stream, atomically. Returns the new entry's id, or `None`
     /// when the dead letter is not there.
     pub async fn replay(&mut self, letter: &DeadLetterEntry) -> Result<Option<String>> {
-        let mut invocation = REPLAY.prepare_invoke();
-        invocation
-            .key(&self.stream)
-            .key(&self.dead_letter_stream)
-            .arg(&letter.id);
-        for (name, value) in &letter.fields {
-            if name != REPLAYED_FIELD.as_bytes() {
-                invocation.arg(name).arg(value);
-            }
-        }
-        invocation.arg(REPLAYED_FIELD).arg(letter.replayed() + 1);
-        invocation
-            .invoke_async(&mut self.connection)
+        let mut fields: Vec<(Vec<u8>, Vec<u8>)> = letter
+            .fields
+            .iter()
+            .filter(|(name, _)| name != REPLAYED_FIELD.as_bytes())
+            .cloned()
+            .collect();
+        fields.push((
+            REPLAYED_FIELD.as_bytes().to_vec(),
+            (letter.replayed() + 1).to_string().into_bytes(),
+        ));
+        let finish = Finish {
+            script: include_str!("lua/replay.lua"),
+            keys: vec![&self.stream, &self.dead_letter_stream],
+            args: vec![letter.id.clone()],
+        };
+        let (id, replayed) = add_and_finish(&mut self.connection, &self.stream, 0, &fields, finish)
             .await
             .map_err(|source| Error::Write {
                 event_type: letter.event_type().unwrap_or_else(|| "(unknown)".into()),
                 stream: self.stream.clone(),
                 source,
-            })
+            })?;
+        Ok((replayed == 1).then_some(id))
     }
 
     /// Deletes the dead letters `ids`; returns how many were there.

@@ -69,7 +69,7 @@ pub async fn read_after<C: ConnectionLike>(
         .query_async(connection)
         .await
         .map_err(Error::reading(stream))?;
-    Ok(crate::consumer::parse_read_reply(reply)
+    Ok(crate::resp::parse_read_reply(reply)
         .into_iter()
         .flat_map(|(_, entries)| entries)
         .collect())

@@ -94,6 +94,21 @@ pub enum Error {
         bytes: usize,
     },
 
+    /// A flush (or the flush of a close) did not write every event: those its write gave up on
+    /// are kept in the batched publisher's failed list, and held under its memory bound, until
+    /// retried or drained.
+    #[error(
+        "{failed} events could not be written by this flush and {failed_list} are in the failed \
+         list: list them with failed_messages(), write them again with retry_failed() or take \
+         them out with drain_failed()"
+    )]
+    Unwritten {
+        /// Events of the batches the flush waited for that went to the failed list.
+        failed: usize,
+        /// Events in the failed list when the flush returned, older failures included.
+        failed_list: usize,
+    },
+
     /// Reading a stream failed.
     #[error("could not read stream `{stream}`: {source}")]
     Read {

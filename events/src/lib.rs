@@ -54,9 +54,11 @@ mod event;
 mod instruments;
 mod keys;
 mod publisher;
+mod resp;
 mod routing;
 mod stats;
 mod trace;
+mod transfer;
 mod validation;
 
 #[doc(hidden)]
@@ -69,8 +71,8 @@ pub use batch::{
 pub use connection::{CLUSTER_SCHEME, Connection};
 pub use consumer::{
     Backoff, Consumer, ConsumerBuilder, Context, DEAD_LETTER_PREFIX, DeadLetter, Failure,
-    HandlerError, HandlerOptions, PullConsumer, Reserved, StartFrom, Status, Unhandled,
-    remove_stale_consumers_of,
+    HandlerError, HandlerOptions, Operation, PullConsumer, Reserved, Stall, StartFrom, Status,
+    Unhandled, remove_stale_consumers_of,
 };
 pub use dead_letters::{DeadLetterEntry, DeadLetters, REPLAYED_FIELD};
 pub use entry::{StreamEntry, read_after, read_range};

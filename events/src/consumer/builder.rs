@@ -10,7 +10,6 @@ use super::config::{Hooks, Settings};
 use super::group::Group;
 use super::handler::Registry;
 use super::partitions::Partitioned;
-use super::status::Counters;
 use super::{
     Backoff, Consumer, Context, DeadLetter, Failure, HandlerError, HandlerOptions, Inner,
     PullConsumer, StartFrom, Unhandled,
@@ -273,8 +272,15 @@ impl ConsumerBuilder {
             return Err(error);
         }
         self.settings.check()?;
-        let connection = connect(&self.url, self.settings.block + Duration::from_secs(5)).await?;
-        PullConsumer::start(self.settings.group_on(connection), self.settings).await
+        let reader = connect(&self.url, self.settings.block + Duration::from_secs(5)).await?;
+        let commands = connect(&self.url, Duration::from_secs(10)).await?;
+        self.settings.check_connection(&commands)?;
+        PullConsumer::start(
+            self.settings.group_on(reader),
+            self.settings.group_on(commands),
+            self.settings,
+        )
+        .await
     }
 
     /// Checks the configuration and connects.
@@ -302,6 +308,7 @@ impl ConsumerBuilder {
             readers.push(settings.group_on(reader));
         }
         let commands = connect(&self.url, Duration::from_secs(10)).await?;
+        settings.check_connection(&commands)?;
         let mut registry = self.registry;
         registry.instrument(&settings.streams, &settings.group);
         let unhandled_metrics = settings
@@ -317,7 +324,7 @@ impl ConsumerBuilder {
             concurrency: Semaphore::new(settings.concurrency),
             registry,
             hooks: self.hooks,
-            counters: Counters::default(),
+            counters: Arc::default(),
             settings,
         };
         Ok(Consumer {
@@ -327,6 +334,30 @@ impl ConsumerBuilder {
 }
 
 impl Settings {
+    /// Checks the settings that depend on what `connection` talks to: on a cluster, a shared
+    /// dead-letter stream must live in the slot of every stream, since a dead-letter move touches
+    /// both in one transaction.
+    fn check_connection(&self, connection: &Connection) -> Result<()> {
+        let Some(dead_letters) = &self.dead_letter_stream else {
+            return Ok(());
+        };
+        if !connection.is_cluster() {
+            return Ok(());
+        }
+        match self
+            .streams
+            .iter()
+            .find(|stream| keys::slot(stream) != keys::slot(dead_letters))
+        {
+            Some(stream) => Err(Error::Config(format!(
+                "dead_letter_stream `{dead_letters}` is in another cluster slot than stream `{stream}`: give \
+                 them one hash tag (`{{tag}}:{stream}`, `{{tag}}:dlq`), or leave dead_letter_stream unset \
+                 for a dead-letter stream per stream"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// This consumer of this group, over `connection`.
     fn group_on(&self, connection: Connection) -> Group<Connection> {
         Group {
@@ -367,6 +398,35 @@ impl Settings {
                 "claim_idle ({:?}) must be longer than the handler timeout ({:?}) and the longest backoff ({:?}), \
                  or entries still being handled would be taken over",
                 self.claim_idle, self.handler_timeout, longest_backoff
+            ));
+        }
+        if self.idempotency_ttl < Duration::from_millis(1) {
+            return fail(format!(
+                "idempotency_ttl ({:?}) must be at least a millisecond: it is how long a handled event is \
+                 remembered, so that repeats of it are skipped",
+                self.idempotency_ttl
+            ));
+        }
+        let zero = [
+            ("handler_timeout", self.handler_timeout),
+            ("claim_idle", self.claim_idle),
+            ("claim_interval", self.claim_interval),
+            ("block", self.block),
+            ("partition_lease", self.partition_lease),
+        ];
+        for (setting, value) in zero {
+            if value < Duration::from_millis(1) {
+                return fail(format!(
+                    "{setting} ({value:?}) must be at least a millisecond"
+                ));
+            }
+        }
+        if let Some(dead_letters) = &self.dead_letter_stream
+            && self.streams.contains(dead_letters)
+        {
+            return fail(format!(
+                "dead_letter_stream `{dead_letters}` is also a stream the consumer reads: its dead \
+                 letters would be delivered again"
             ));
         }
         Ok(())

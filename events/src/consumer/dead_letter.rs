@@ -1,8 +1,15 @@
-//! Dead letters: entries that cannot be handled, kept with why, for an operator to inspect or replay.
+//! Dead letters: entries that cannot be handled, kept with why, for an operator to inspect or
+//! replay. Push and pull consumers move entries there the same way: retried until the move lands
+//! (or the consumer stops), the entry kept meanwhile, so a poison event is never run again for a
+//! failed write, and moved at most once.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
-use crate::StreamEntry;
+use super::config::Settings;
+use super::group::{DeadLetterMove, Group};
+use super::status::{Counters, Operation};
+use crate::connection::Connection;
+use crate::{Backoff, StreamEntry};
 
 /// Prefix of the fields a dead-letter entry adds to the original entry's fields.
 pub const DEAD_LETTER_PREFIX: &str = "dlq.";
@@ -25,6 +32,74 @@ pub struct DeadLetter {
     pub reason: String,
     /// How many deliveries were attempted.
     pub attempts: u32,
+}
+
+/// An entry to move to the dead-letter stream, and why.
+#[derive(Debug)]
+pub(crate) struct Doomed<'a> {
+    pub(crate) stream: &'a str,
+    pub(crate) entry: &'a StreamEntry,
+    pub(crate) event_type: Option<String>,
+    pub(crate) reason: String,
+    pub(crate) attempts: u32,
+    /// The entry's idempotency hold, marked dead with the move.
+    pub(crate) hold: Option<&'a str>,
+}
+
+/// Moves `doomed` to its dead-letter stream, trying again until the move lands; `None` when the
+/// entry turned out to be another consumer's (nothing is written then).
+pub(crate) async fn move_to_dead_letters(
+    group: &Group<Connection>,
+    settings: &Settings,
+    counters: &Counters,
+    doomed: Doomed<'_>,
+) -> Option<DeadLetter> {
+    let dead_letter_stream = settings.dead_letter_stream(doomed.stream);
+    let fields = dead_letter_fields(
+        doomed.stream,
+        &settings.group,
+        &settings.consumer,
+        doomed.entry,
+        &doomed.reason,
+        doomed.attempts,
+    );
+    let moving = DeadLetterMove {
+        stream: doomed.stream,
+        dead_letter_stream: &dead_letter_stream,
+        entry_id: &doomed.entry.id,
+        hold: doomed.hold,
+        window: settings.idempotency_ttl,
+        max_len: settings.dead_letter_max_len,
+        fields: &fields,
+    };
+    let retry = Backoff::exponential(Duration::from_millis(100), Duration::from_secs(5));
+    let mut failures = 0;
+    let moved = loop {
+        match group.dead_letter(&moving).await {
+            Ok(moved) => break moved,
+            Err(error) => {
+                failures += 1;
+                counters.stalled(Operation::DeadLetter, doomed.stream, &error);
+                tokio::time::sleep(retry.delay(failures)).await;
+            }
+        }
+    };
+    counters.recovered(Operation::DeadLetter, doomed.stream);
+    let Some(dead_letter_id) = moved else {
+        tracing::warn!(stream = %doomed.stream, entry_id = %doomed.entry.id, "another consumer took the entry over before it could be dead-lettered; left to it");
+        return None;
+    };
+    Counters::add(&counters.dead_lettered, 1);
+    tracing::warn!(stream = %doomed.stream, entry_id = %doomed.entry.id, %dead_letter_stream, reason = %doomed.reason, "moved to the dead-letter stream");
+    Some(DeadLetter {
+        stream: doomed.stream.to_owned(),
+        entry_id: doomed.entry.id.clone(),
+        event_type: doomed.event_type,
+        dead_letter_stream,
+        dead_letter_id,
+        reason: doomed.reason,
+        attempts: doomed.attempts,
+    })
 }
 
 /// The dead-letter entry's fields: `dlq.reason`, `dlq.attempts`, `dlq.stream`, `dlq.entry_id`,

@@ -1,20 +1,21 @@
 //! The Redis side of a consumer group: create it, read, reclaim, settle and dead-letter entries.
 //! Push and pull consumers share it.
 
-use std::sync::LazyLock;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime};
 
 use redis::aio::ConnectionLike;
 use redis::{Script, Value};
 
 use crate::StreamEntry;
+use crate::resp::{into_array, into_string, into_u64, millis, parse_fields, parse_read_reply};
+use crate::transfer::{Finish, add_and_finish};
 
 static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../lua/settle.lua")));
 static BEGIN: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../lua/begin.lua")));
-static RELEASE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("../lua/release.lua")));
-static DEAD_LETTER: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("../lua/dead_letter.lua")));
+static KEEP: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../lua/keep.lua")));
+static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../lua/claim.lua")));
 static REMOVE_CONSUMER: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../lua/remove_consumer.lua")));
 
@@ -53,15 +54,60 @@ impl StartFrom {
     }
 }
 
-/// What an idempotency key says about an event before its handler runs.
+/// What an idempotency hold says about an event before its handler runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Hold {
-    /// This delivery holds the key: run the handler.
+    /// This entry holds the event: run the handler.
     Taken,
-    /// The event was handled already: acknowledge it without running the handler.
+    /// The event was handled already: acknowledge the entry without running the handler.
     Done,
-    /// Another delivery of the same event is being handled right now: try again later.
+    /// Another pending entry of the same event holds it: look again later.
     Busy,
+    /// The event was dead-lettered: acknowledge this repeat of it without running the handler.
+    Dead,
+}
+
+/// One entry of a group's pending list, as `XPENDING`'s extended form lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PendingEntry {
+    pub(crate) id: String,
+    /// The consumer it is pending on.
+    pub(crate) consumer: String,
+    /// How often it has been delivered.
+    pub(crate) deliveries: u32,
+}
+
+/// What a claim took over.
+#[derive(Debug, Default)]
+pub(crate) struct Claimed {
+    /// The entries, each with its delivery count (this delivery included).
+    pub(crate) entries: Vec<(StreamEntry, u32)>,
+    /// Pending ids whose entries had been deleted; Redis dropped them from the pending list.
+    pub(crate) cleaned: usize,
+}
+
+/// An idempotency hold asked for: its key, the entry asking, and whether that entry replays a
+/// dead letter (which a dead mark does not stop).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HoldRequest<'a> {
+    pub(crate) key: &'a str,
+    pub(crate) entry_id: &'a str,
+    pub(crate) replay: bool,
+}
+
+/// An entry to move to a dead-letter stream.
+#[derive(Debug)]
+pub(crate) struct DeadLetterMove<'a> {
+    pub(crate) stream: &'a str,
+    pub(crate) dead_letter_stream: &'a str,
+    pub(crate) entry_id: &'a str,
+    /// The entry's idempotency hold, to mark dead.
+    pub(crate) hold: Option<&'a str>,
+    /// How long the dead mark lives.
+    pub(crate) window: Duration,
+    /// Trim the dead-letter stream to about this many entries; 0 for no trimming.
+    pub(crate) max_len: u64,
+    pub(crate) fields: &'a [(Vec<u8>, Vec<u8>)],
 }
 
 /// One consumer in one group, over one connection.
@@ -103,12 +149,67 @@ impl<C: ConnectionLike + Clone + Send + Sync> Group<C> {
         for stream in streams {
             self.ensure(stream, start)
                 .await
-                .map_err(|source| crate::Error::Read {
-                    stream: stream.clone(),
-                    source,
-                })?;
+                .map_err(crate::Error::reading(stream))?;
         }
         Ok(())
+    }
+
+    /// The id of the last entry the group delivered from `stream`, if the group exists.
+    pub(crate) async fn position(&self, stream: &str) -> redis::RedisResult<Option<String>> {
+        let groups: Vec<HashMap<String, Value>> = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(stream)
+            .query_async(&mut self.connection.clone())
+            .await?;
+        Ok(groups
+            .into_iter()
+            .find(|info| {
+                info.get("name")
+                    .cloned()
+                    .and_then(into_string)
+                    .is_some_and(|name| name == self.group)
+            })
+            .and_then(|mut info| into_string(info.remove("last-delivered-id")?)))
+    }
+
+    /// The group's position in each of `streams` where it can be read (see [`position`]).
+    ///
+    /// [`position`]: Self::position
+    pub(crate) async fn positions(&self, streams: &[Arc<str>]) -> HashMap<Arc<str>, String> {
+        let mut positions = HashMap::new();
+        for stream in streams {
+            if let Ok(Some(position)) = self.position(stream).await {
+                positions.insert(Arc::clone(stream), position);
+            }
+        }
+        positions
+    }
+
+    /// Creates the group on `stream` again after it vanished, so that no entry written since is
+    /// skipped: after `last_seen` if the stream still holds that entry (the group alone was
+    /// removed), else from the stream's start (the stream itself was deleted and created again).
+    pub(crate) async fn recreate(
+        &self,
+        stream: &str,
+        last_seen: Option<&str>,
+    ) -> redis::RedisResult<()> {
+        let start = match last_seen {
+            Some(id) => {
+                let same: Vec<Value> = redis::cmd("XRANGE")
+                    .arg(stream)
+                    .arg(id)
+                    .arg(id)
+                    .query_async(&mut self.connection.clone())
+                    .await?;
+                if same.is_empty() {
+                    StartFrom::Beginning
+                } else {
+                    StartFrom::Id(id.to_owned())
+                }
+            }
+            None => StartFrom::Beginning,
+        };
+        self.ensure(stream, &start).await
     }
 
     /// New entries for this consumer (`XREADGROUP .. >`), waiting up to `block` for some (not at
@@ -127,9 +228,7 @@ impl<C: ConnectionLike + Clone + Send + Sync> Group<C> {
             .arg("COUNT")
             .arg(count);
         if let Some(block) = block {
-            command
-                .arg("BLOCK")
-                .arg(u64::try_from(block.as_millis()).unwrap_or(u64::MAX).max(1));
+            command.arg("BLOCK").arg(millis(block).max(1));
         }
         command.arg("STREAMS").arg(streams);
         for _ in streams {
@@ -139,114 +238,104 @@ impl<C: ConnectionLike + Clone + Send + Sync> Group<C> {
         Ok(parse_read_reply(reply))
     }
 
-    /// Claims entries of `stream` idle for at least `min_idle`, from any consumer (`XAUTOCLAIM`).
-    /// Returns the cursor to continue from (`0-0` when the scan is complete), the claimed entries
-    /// with their delivery counts, and how many pending ids pointed at deleted entries (Redis drops
-    /// those from the pending list).
-    pub(crate) async fn claim_idle(
+    /// Up to `count` entries of `stream` pending for at least `min_idle`, on any consumer, oldest
+    /// first (`XPENDING .. IDLE`).
+    pub(crate) async fn idle_entries(
         &self,
         stream: &str,
         min_idle: Duration,
-        cursor: &str,
         count: usize,
-    ) -> redis::RedisResult<(String, Vec<(StreamEntry, u32)>, usize)> {
-        let reply: Value = redis::cmd("XAUTOCLAIM")
+    ) -> redis::RedisResult<Vec<PendingEntry>> {
+        let reply: Vec<(String, String, u64, u32)> = redis::cmd("XPENDING")
             .arg(stream)
             .arg(&self.group)
-            .arg(&self.consumer)
+            .arg("IDLE")
             .arg(millis(min_idle))
-            .arg(cursor)
-            .arg("COUNT")
+            .arg("-")
+            .arg("+")
             .arg(count)
             .query_async(&mut self.connection.clone())
             .await?;
-        let mut parts = into_array(reply).into_iter();
-        let next = parts
-            .next()
-            .and_then(into_string)
-            .unwrap_or_else(|| "0-0".into());
-        let entries = parts.next().map(parse_entries).unwrap_or_default();
-        let deleted = parts.next().map(|ids| into_array(ids).len()).unwrap_or(0);
-        let counts = self.delivery_counts(stream, &entries).await?;
-        Ok((next, entries.into_iter().zip(counts).collect(), deleted))
-    }
-
-    /// How often each of `entries` has been delivered, from the group's pending list.
-    async fn delivery_counts(
-        &self,
-        stream: &str,
-        entries: &[StreamEntry],
-    ) -> redis::RedisResult<Vec<u32>> {
-        if entries.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut pipeline = redis::pipe();
-        for entry in entries {
-            pipeline
-                .cmd("XPENDING")
-                .arg(stream)
-                .arg(&self.group)
-                .arg(&entry.id)
-                .arg(&entry.id)
-                .arg(1);
-        }
-        let replies: Vec<Vec<(String, String, u64, u32)>> =
-            pipeline.query_async(&mut self.connection.clone()).await?;
-        Ok(replies
+        Ok(reply
             .into_iter()
-            .map(|reply| reply.first().map_or(1, |(_, _, _, count)| *count))
+            .map(|(id, consumer, _, deliveries)| PendingEntry {
+                id,
+                consumer,
+                deliveries,
+            })
             .collect())
     }
 
-    /// Takes `id` back for another attempt if it has been idle at least `min_idle` (`XCLAIM`, which
-    /// counts a delivery). `None` when it was deleted meanwhile (Redis then drops it from the pending
-    /// list) or another consumer claimed it more recently.
-    pub(crate) async fn reclaim(
+    /// Takes `ids` of `stream` over from other consumers, each only if it is still idle for at
+    /// least `min_idle` (`XCLAIM`, which counts a delivery).
+    pub(crate) async fn claim(
         &self,
         stream: &str,
-        id: &str,
+        ids: &[&str],
         min_idle: Duration,
-    ) -> redis::RedisResult<Option<StreamEntry>> {
-        let reply: Value = redis::cmd("XCLAIM")
-            .arg(stream)
+    ) -> redis::RedisResult<Claimed> {
+        if ids.is_empty() {
+            return Ok(Claimed::default());
+        }
+        let reply: Value = CLAIM
+            .key(stream)
             .arg(&self.group)
             .arg(&self.consumer)
             .arg(millis(min_idle))
-            .arg(id)
-            .query_async(&mut self.connection.clone())
+            .arg(ids)
+            .invoke_async(&mut self.connection.clone())
             .await?;
-        Ok(parse_entries(reply).into_iter().next())
+        let mut parts = into_array(reply).into_iter();
+        let entries = parts
+            .next()
+            .map(into_array)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|claimed| {
+                let mut parts = into_array(claimed).into_iter();
+                let id = into_string(parts.next()?)?;
+                let deliveries = into_u64(parts.next()?)?;
+                let fields = parse_fields(parts.next()?);
+                Some((
+                    StreamEntry { id, fields },
+                    u32::try_from(deliveries).unwrap_or(u32::MAX),
+                ))
+            })
+            .collect();
+        let cleaned = parts.next().and_then(into_u64).unwrap_or(0);
+        Ok(Claimed {
+            entries,
+            cleaned: usize::try_from(cleaned).unwrap_or(usize::MAX),
+        })
     }
 
-    /// Keeps `id` pending on this consumer without counting a delivery, if it has been idle at
-    /// least `min_idle` (`XCLAIM .. JUSTID`); false when it is gone or another consumer has it.
-    pub(crate) async fn touch(
+    /// Keeps `entries` of `stream` (ids with their delivery counts) pending on this consumer:
+    /// resets their idle time and records their counts. Returns the ids no longer pending on it.
+    pub(crate) async fn keep(
         &self,
         stream: &str,
-        id: &str,
-        min_idle: Duration,
-    ) -> redis::RedisResult<bool> {
-        let ids: Vec<String> = redis::cmd("XCLAIM")
-            .arg(stream)
-            .arg(&self.group)
-            .arg(&self.consumer)
-            .arg(millis(min_idle))
-            .arg(id)
-            .arg("JUSTID")
-            .query_async(&mut self.connection.clone())
-            .await?;
-        Ok(!ids.is_empty())
+        entries: &[(String, u32)],
+    ) -> redis::RedisResult<Vec<String>> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut invocation = KEEP.prepare_invoke();
+        invocation.key(stream).arg(&self.group).arg(&self.consumer);
+        for (id, deliveries) in entries {
+            invocation.arg(id).arg(deliveries);
+        }
+        invocation.invoke_async(&mut self.connection.clone()).await
     }
 
-    /// Acknowledges `ids` of `stream` and marks `done_keys` handled for `ttl`, atomically.
+    /// Acknowledges `ids` of `stream` and marks `done_holds` handled for `window`, atomically.
     pub(crate) async fn settle(
         &self,
         stream: &str,
         ids: &[String],
-        done_keys: &[String],
-        ttl: Duration,
+        done_holds: &[String],
+        window: Duration,
     ) -> redis::RedisResult<()> {
-        if done_keys.is_empty() {
+        if done_holds.is_empty() {
             // Nothing to mark: a plain XACK costs Redis less than a script.
             let _: i64 = redis::cmd("XACK")
                 .arg(stream)
@@ -259,9 +348,9 @@ impl<C: ConnectionLike + Clone + Send + Sync> Group<C> {
         let mut invocation = SETTLE.prepare_invoke();
         invocation
             .key(stream)
-            .key(done_keys)
+            .key(done_holds)
             .arg(&self.group)
-            .arg(millis(ttl))
+            .arg(millis(window))
             .arg(ids);
         let _: i64 = invocation
             .invoke_async(&mut self.connection.clone())
@@ -269,17 +358,21 @@ impl<C: ConnectionLike + Clone + Send + Sync> Group<C> {
         Ok(())
     }
 
-    /// Takes each idempotency key for its delivery's token, for at most `hold`; all keys in the
-    /// slot of one stream.
+    /// Takes each entry's idempotency hold, all in the slot of `stream`; an abandoned hold lasts at
+    /// most `window`.
     pub(crate) async fn begin(
         &self,
-        holds: impl Iterator<Item = (&str, &str)>,
-        hold: Duration,
+        stream: &str,
+        requests: &[HoldRequest<'_>],
+        window: Duration,
     ) -> redis::RedisResult<Vec<Hold>> {
         let mut invocation = BEGIN.prepare_invoke();
-        invocation.arg(millis(hold));
-        for (key, token) in holds {
-            invocation.key(key).arg(token);
+        invocation.key(stream).arg(&self.group).arg(millis(window));
+        for request in requests {
+            invocation
+                .key(request.key)
+                .arg(request.entry_id)
+                .arg(if request.replay { "1" } else { "0" });
         }
         let statuses: Vec<i64> = invocation
             .invoke_async(&mut self.connection.clone())
@@ -289,44 +382,40 @@ impl<C: ConnectionLike + Clone + Send + Sync> Group<C> {
             .map(|status| match status {
                 0 => Hold::Taken,
                 1 => Hold::Done,
+                3 => Hold::Dead,
                 _ => Hold::Busy,
             })
             .collect())
     }
 
-    /// Lets go of idempotency key `key` if the delivery `token` holds it.
-    pub(crate) async fn release(&self, key: &str, token: &str) -> redis::RedisResult<()> {
-        let _: i64 = RELEASE
-            .key(key)
-            .arg(token)
-            .invoke_async(&mut self.connection.clone())
-            .await?;
-        Ok(())
-    }
-
-    /// Adds `fields` to `dead_letter_stream`, acknowledges `id` and lets go of `hold` (an
-    /// idempotency key and token), atomically. Returns the dead-letter entry's id.
+    /// Adds the dead-letter entry, acknowledges the entry and marks its hold dead, in one
+    /// transaction; returns the dead-letter entry's id, or `None` (and nothing written) when the
+    /// entry is no longer pending on this consumer.
     pub(crate) async fn dead_letter(
         &self,
-        stream: &str,
-        dead_letter_stream: &str,
-        id: &str,
-        hold: Option<(&str, &str)>,
-        max_len: u64,
-        fields: &[(Vec<u8>, Vec<u8>)],
-    ) -> redis::RedisResult<String> {
-        let mut invocation = DEAD_LETTER.prepare_invoke();
-        invocation.key(stream).key(dead_letter_stream);
-        if let Some((key, _)) = hold {
-            invocation.key(key);
-        }
-        invocation
-            .arg(&self.group)
-            .arg(id)
-            .arg(hold.map_or("", |(_, token)| token))
-            .arg(max_len)
-            .arg(fields);
-        invocation.invoke_async(&mut self.connection.clone()).await
+        moving: &DeadLetterMove<'_>,
+    ) -> redis::RedisResult<Option<String>> {
+        let mut keys = vec![moving.stream, moving.dead_letter_stream];
+        keys.extend(moving.hold);
+        let finish = Finish {
+            script: include_str!("../lua/dead_letter.lua"),
+            keys,
+            args: vec![
+                self.group.clone(),
+                self.consumer.clone(),
+                moving.entry_id.to_owned(),
+                millis(moving.window).to_string(),
+            ],
+        };
+        let (id, moved) = add_and_finish(
+            &mut self.connection.clone(),
+            moving.dead_letter_stream,
+            moving.max_len,
+            moving.fields,
+            finish,
+        )
+        .await?;
+        Ok((moved == 1).then_some(id))
     }
 
     /// Removes `consumer` from the group if it has no pending entries; returns whether it did.
@@ -345,119 +434,9 @@ impl<C: ConnectionLike + Clone + Send + Sync> Group<C> {
     }
 }
 
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}
-
-fn into_array(value: Value) -> Vec<Value> {
-    match value {
-        Value::Array(items) | Value::Set(items) => items,
-        Value::Map(pairs) => pairs
-            .into_iter()
-            .flat_map(|(key, value)| [key, value])
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
-fn into_bytes(value: Value) -> Option<Vec<u8>> {
-    match value {
-        Value::BulkString(bytes) => Some(bytes),
-        Value::SimpleString(text) => Some(text.into_bytes()),
-        Value::VerbatimString { text, .. } => Some(text.into_bytes()),
-        Value::Int(number) => Some(number.to_string().into_bytes()),
-        _ => None,
-    }
-}
-
-fn into_string(value: Value) -> Option<String> {
-    into_bytes(value).and_then(|bytes| String::from_utf8(bytes).ok())
-}
-
-/// `XREADGROUP`'s reply: per stream, its entries; RESP2 arrays and RESP3 maps alike.
-pub(crate) fn parse_read_reply(reply: Value) -> Vec<(String, Vec<StreamEntry>)> {
-    let streams: Vec<(Value, Value)> = match reply {
-        Value::Map(pairs) => pairs,
-        other => into_array(other)
-            .into_iter()
-            .filter_map(|stream| {
-                let mut parts = into_array(stream).into_iter();
-                Some((parts.next()?, parts.next()?))
-            })
-            .collect(),
-    };
-    streams
-        .into_iter()
-        .filter_map(|(name, entries)| Some((into_string(name)?, parse_entries(entries))))
-        .collect()
-}
-
-/// A list of `[id, [field, value, ..]]` entries. Entries whose fields are nil (deleted while
-/// pending) come back with no fields.
-fn parse_entries(value: Value) -> Vec<StreamEntry> {
-    into_array(value)
-        .into_iter()
-        .filter_map(|entry| {
-            let mut parts = into_array(entry).into_iter();
-            let id = into_string(parts.next()?)?;
-            let mut flat = parts.next().map(into_array).unwrap_or_default().into_iter();
-            let mut fields = Vec::with_capacity(flat.len() / 2);
-            while let (Some(name), Some(value)) = (flat.next(), flat.next()) {
-                fields.push((
-                    into_bytes(name).unwrap_or_default(),
-                    into_bytes(value).unwrap_or_default(),
-                ));
-            }
-            Some(StreamEntry { id, fields })
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn bulk(text: &str) -> Value {
-        Value::BulkString(text.as_bytes().to_vec())
-    }
-
-    #[test]
-    fn parses_resp2_read_replies() {
-        let reply = Value::Array(vec![Value::Array(vec![
-            bulk("s"),
-            Value::Array(vec![
-                Value::Array(vec![
-                    bulk("1-0"),
-                    Value::Array(vec![bulk("type"), bulk("a.b")]),
-                ]),
-                Value::Array(vec![bulk("2-0"), Value::Nil]),
-            ]),
-        ])]);
-        let parsed = parse_read_reply(reply);
-        assert_eq!(parsed.len(), 1);
-        assert_eq!(parsed[0].0, "s");
-        assert_eq!(
-            parsed[0].1[0].fields,
-            vec![(b"type".to_vec(), b"a.b".to_vec())]
-        );
-        assert_eq!(
-            parsed[0].1[1],
-            StreamEntry {
-                id: "2-0".into(),
-                fields: Vec::new()
-            }
-        );
-    }
-
-    #[test]
-    fn parses_resp3_read_replies_and_timeouts() {
-        let reply = Value::Map(vec![(
-            bulk("s"),
-            Value::Array(vec![Value::Array(vec![bulk("1-0"), Value::Array(vec![])])]),
-        )]);
-        assert_eq!(parse_read_reply(reply)[0].1[0].id, "1-0");
-        assert!(parse_read_reply(Value::Nil).is_empty());
-    }
 
     #[test]
     fn start_positions() {

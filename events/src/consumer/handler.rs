@@ -170,7 +170,8 @@ impl fmt::Display for Failure {
     }
 }
 
-type BoxFuture = Pin<Box<dyn Future<Output = Result<(), Failure>> + Send>>;
+/// A handler's run, boxed.
+pub(crate) type BoxFuture = Pin<Box<dyn Future<Output = Result<(), Failure>> + Send>>;
 
 /// A delivery made ready for its handler, its body decoded once.
 pub(crate) struct Prepared {

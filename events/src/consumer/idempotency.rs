@@ -1,31 +1,53 @@
-//! Idempotency holds, taken in batches: deliveries ask for their event's key, and one task asks
-//! Redis for every key asked for meanwhile, in one script call per stream.
+//! Idempotency holds, taken in batches: a delivery about to run its handler asks for its event's
+//! hold, and one task asks Redis for every hold asked for meanwhile, in one script call per stream.
+//!
+//! A hold names the entry handling the event. It passes with the entry to whichever consumer owns
+//! it and frees itself once that entry is no longer pending, so it never expires under a live
+//! consumer and a consumer taking over a crashed one's entry takes its hold at once. It ends as a
+//! `done` or `dead` mark, kept for the idempotency window.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionLike;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::AbortOnDropHandle;
 
-use super::group::{Group, Hold};
+use super::group::{Group, Hold, HoldRequest};
+use crate::connection::Connection;
+use crate::{Envelope, REPLAYED_FIELD, StreamEntry, keys};
 
-/// Most keys taken in one script call.
+/// Most holds taken in one script call.
 const MAX_BATCH: usize = 1_000;
 
-/// One delivery's request for its key.
+/// The key of the hold on the event in `envelope`, read by `group` from `stream`: identified by
+/// its declared idempotency key when it has one, else by its hash.
+pub(crate) fn hold_key(
+    stream: &str,
+    group: &str,
+    envelope: &Envelope,
+    declared: Option<&str>,
+) -> String {
+    keys::idempotency_key(stream, group, declared.unwrap_or(&envelope.hash))
+}
+
+/// Whether `entry` is a dead letter replayed into its stream: a dead mark does not stop it.
+pub(crate) fn is_replay(entry: &StreamEntry) -> bool {
+    entry
+        .fields
+        .iter()
+        .any(|(name, _)| name == REPLAYED_FIELD.as_bytes())
+}
+
+/// One delivery's request for its hold.
 #[derive(Debug)]
 struct Request {
     stream: Arc<str>,
     key: String,
-    token: String,
-    hold: Duration,
-    reply: oneshot::Sender<Answer>,
+    entry_id: String,
+    replay: bool,
+    reply: oneshot::Sender<redis::RedisResult<Hold>>,
 }
-
-/// What a request gets back: the hold, or why none could be taken, and its key and token.
-type Answer = (redis::RedisResult<Hold>, String, String);
 
 /// Where deliveries ask for idempotency holds. The serving task ends when every clone is dropped.
 #[derive(Debug, Clone)]
@@ -34,71 +56,74 @@ pub(crate) struct Holds {
 }
 
 impl Holds {
-    /// Starts the task that takes holds through `group`.
-    pub(crate) fn serve<C>(group: Group<C>) -> (Self, AbortOnDropHandle<()>)
-    where
-        C: ConnectionLike + Clone + Send + Sync + 'static,
-    {
+    /// Starts the task that takes holds through `group`; a hold left behind lasts at most `window`.
+    pub(crate) fn serve(
+        group: Group<Connection>,
+        window: Duration,
+    ) -> (Self, AbortOnDropHandle<()>) {
         let (requests, receiver) = mpsc::unbounded_channel();
         (
             Self { requests },
-            AbortOnDropHandle::new(tokio::spawn(take_batches(group, receiver))),
+            AbortOnDropHandle::new(tokio::spawn(take_batches(group, receiver, window))),
         )
     }
 
-    /// Takes `key` of `stream` for the delivery `token`, for at most `hold`; gives back the key and
-    /// token with the answer.
+    /// Takes hold `key` of `stream` for entry `entry` (a replayed dead letter when `replay`).
     pub(crate) async fn take(
         &self,
         stream: &Arc<str>,
-        key: String,
-        token: String,
-        hold: Duration,
-    ) -> Answer {
-        let (reply, answer) = oneshot::channel();
+        key: &str,
+        entry_id: &str,
+        replay: bool,
+    ) -> redis::RedisResult<Hold> {
         let stopped =
             || redis::RedisError::from((redis::ErrorKind::Client, "the consumer is stopping"));
+        let (reply, answer) = oneshot::channel();
         let request = Request {
             stream: Arc::clone(stream),
-            key,
-            token,
-            hold,
+            key: key.to_owned(),
+            entry_id: entry_id.to_owned(),
+            replay,
             reply,
         };
-        if let Err(unsent) = self.requests.send(request) {
-            let Request { key, token, .. } = unsent.0;
-            return (Err(stopped()), key, token);
+        if self.requests.send(request).is_err() {
+            return Err(stopped());
         }
         // The serving task answers every request it takes; it ends only after every sender.
-        answer
-            .await
-            .unwrap_or_else(|_| (Err(stopped()), String::new(), String::new()))
+        answer.await.unwrap_or_else(|_| Err(stopped()))
     }
 }
 
-async fn take_batches<C>(group: Group<C>, mut receiver: mpsc::UnboundedReceiver<Request>)
-where
-    C: ConnectionLike + Clone + Send + Sync,
-{
+async fn take_batches(
+    group: Group<Connection>,
+    mut receiver: mpsc::UnboundedReceiver<Request>,
+    window: Duration,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let mut by_stream: HashMap<(Arc<str>, Duration), Vec<Request>> = HashMap::new();
+        let mut by_stream: HashMap<Arc<str>, Vec<Request>> = HashMap::new();
         for request in batch.drain(..) {
             by_stream
-                .entry((Arc::clone(&request.stream), request.hold))
+                .entry(Arc::clone(&request.stream))
                 .or_default()
                 .push(request);
         }
-        for ((_, hold), requests) in by_stream {
-            let holds = requests
+        for (stream, requests) in by_stream {
+            let asked: Vec<HoldRequest<'_>> = requests
                 .iter()
-                .map(|request| (request.key.as_str(), request.token.as_str()));
-            let results: Vec<redis::RedisResult<Hold>> = match group.begin(holds, hold).await {
-                Ok(results) => results.into_iter().map(Ok).collect(),
-                Err(error) => vec![Err(error); requests.len()],
-            };
+                .map(|request| HoldRequest {
+                    key: &request.key,
+                    entry_id: &request.entry_id,
+                    replay: request.replay,
+                })
+                .collect();
+            let results: Vec<redis::RedisResult<Hold>> =
+                match group.begin(&stream, &asked, window).await {
+                    Ok(holds) => holds.into_iter().map(Ok).collect(),
+                    Err(error) => vec![Err(error); requests.len()],
+                };
             for (request, result) in requests.into_iter().zip(results) {
-                let _ = request.reply.send((result, request.key, request.token));
+                let _ = request.reply.send(result);
             }
         }
     }

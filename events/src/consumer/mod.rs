@@ -9,20 +9,22 @@ mod delivery;
 mod group;
 mod handler;
 mod idempotency;
+mod keeper;
 mod partitions;
 mod pull;
 mod reading;
+mod reclaim;
 mod settle;
 mod stale;
 mod status;
+mod turns;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
-use tokio::sync::{Semaphore, mpsc};
-use tokio::task::JoinSet;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
@@ -34,15 +36,18 @@ pub use group::StartFrom;
 pub use handler::{Context, Failure, HandlerError};
 pub use pull::{PullConsumer, Reserved};
 pub use stale::remove_stale_consumers_of;
-pub use status::Status;
+pub use status::{Operation, Stall, Status};
 
 use crate::connection::Connection;
 use crate::instruments::HandlerMetrics;
 use config::{Hooks, Settings};
 use group::Group;
-pub(crate) use group::parse_read_reply;
 use handler::Registry;
+use idempotency::Holds;
+use keeper::Keeper;
+use partitions::Leases;
 use reading::Reading;
+use settle::Acks;
 use status::Counters;
 
 use crate::Result;
@@ -59,10 +64,22 @@ pub(crate) struct Inner {
     readers: Vec<Group<Connection>>,
     /// Everything else: acknowledgements, scripts, claims.
     commands: Group<Connection>,
-    counters: Counters,
+    counters: Arc<Counters>,
     concurrency: Semaphore,
     /// Metric handles for entries without a handler (undecodable or unhandled), per stream.
     unhandled_metrics: Vec<HandlerMetrics>,
+}
+
+/// What the tasks of one run of a consumer share.
+#[derive(Debug)]
+pub(crate) struct Session {
+    pub(crate) inner: Arc<Inner>,
+    /// The streams read, in the consumer's order.
+    pub(crate) streams: Vec<Arc<str>>,
+    pub(crate) acks: Acks,
+    pub(crate) holds: Holds,
+    pub(crate) keeper: Keeper,
+    pub(crate) shutdown: CancellationToken,
 }
 
 /// A consumer in a Redis Streams consumer group, running registered handlers. Build it with
@@ -104,99 +121,99 @@ impl Consumer {
     }
 
     /// Reads and handles entries until `shutdown` is cancelled. Then it stops reading, handles the
-    /// entries it has read (running, or waiting for a free slot) within the shutdown timeout,
-    /// acknowledges what was finished and returns; whatever is unfinished then, and retries
-    /// waiting for their backoff, stay pending for another consumer to reclaim.
+    /// entries it has read (running, or waiting for a free slot) and settles them in Redis, all
+    /// within the shutdown timeout, and returns; whatever is unfinished then, and retries waiting
+    /// for their backoff, stay pending for another consumer to take over.
     ///
     /// Lost connections and Redis restarts are retried, not returned: it returns an error only
     /// when the group cannot be created at start.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<()> {
         let inner = &self.inner;
         let settings = &inner.settings;
-        inner
-            .commands
+        let commands = &inner.commands;
+        commands
             .ensure_all(&settings.streams, &settings.start_from)
             .await?;
-        inner
-            .counters
-            .running
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-        let (settle_sender, settle_receiver) = mpsc::unbounded_channel();
-        // Owned by this future: dropping it (a consumer killed without shutdown) stops them too.
-        let acknowledger = AbortOnDropHandle::new(tokio::spawn(settle::acknowledge(
-            inner.commands.clone(),
-            settle_receiver,
+        let streams: Vec<Arc<str>> = settings
+            .streams
+            .iter()
+            .map(|stream| Arc::from(stream.as_str()))
+            .collect();
+        let positions = commands.positions(&streams).await;
+        inner.counters.running.store(true, Ordering::Relaxed);
+        // Tasks owned by this future: dropping it (a consumer killed without shutdown) stops
+        // them too.
+        let keeper = Keeper::default();
+        let (acks, acknowledging) = Acks::serve(
+            commands,
+            &streams,
             settings.idempotency_ttl,
+            &inner.counters,
+        );
+        let (holds, holding) = Holds::serve(commands.clone(), settings.idempotency_ttl);
+        let stop_tasks = CancellationToken::new();
+        let keeping = AbortOnDropHandle::new(tokio::spawn(keeper.clone().run(
+            commands.clone(),
+            settings.claim_idle / 4,
+            Arc::clone(&inner.counters),
+            stop_tasks.clone(),
         )));
-        let (holds, holds_task) = idempotency::Holds::serve(inner.commands.clone());
         // Partition leases are kept by a task of their own, so that a busy read loop never lets
         // them lapse; it gives them up when reading stops.
-        let ownership = partitions::Ownership::default();
-        let stop_leases = CancellationToken::new();
-        let leases = AbortOnDropHandle::new(tokio::spawn(ownership.clone().keep(
-            inner.commands.clone(),
+        let leases = Leases::default();
+        let leasing = AbortOnDropHandle::new(tokio::spawn(leases.clone().keep(
+            commands.clone(),
             settings.partitioned.clone(),
             settings.partition_lease,
-            partitions::Waits {
-                drain: settings.block + Duration::from_millis(100),
-                settle: settings.claim_idle,
-            },
-            stop_leases.clone(),
+            settings.block + Duration::from_millis(100),
+            keeper.clone(),
+            stop_tasks.clone(),
         )));
-        let mut reading = Reading {
-            holds,
+        let session = Arc::new(Session {
             inner: Arc::clone(inner),
-            unacked: Arc::new(Semaphore::new(settings.max_unacked)),
-            deliveries: JoinSet::new(),
-            settle: settle_sender,
-            shutdown: shutdown.clone(),
-            last_seen: HashMap::new(),
-            key_turns: HashMap::new(),
-            next_stream: 0,
-            empty_reads: 0,
-            ownership: ownership.clone(),
-            partitions: settings
-                .partitioned
-                .iter()
-                .flat_map(|logical| crate::partition_streams(&logical.stream, logical.partitions))
-                .collect(),
-            streams: settings
-                .streams
-                .iter()
-                .map(|stream| Arc::from(stream.as_str()))
-                .collect(),
-        };
-        reading.read_until_shutdown().await;
-        let Reading {
-            mut deliveries,
-            settle,
+            streams,
+            acks,
             holds,
-            ..
-        } = reading;
-        // The acknowledger and the holds task end once the deliveries drop their senders too.
-        drop((settle, holds));
-        if tokio::time::timeout(settings.shutdown_timeout, async {
+            keeper,
+            shutdown,
+        });
+        let mut reading = Reading::new(session, leases, positions);
+        reading.read_until_shutdown().await;
+        let mut deliveries = std::mem::take(&mut reading.deliveries);
+        // The acknowledging and holding tasks end once every delivery has let go of the session.
+        drop(reading);
+        let deadline = Instant::now() + settings.shutdown_timeout;
+        let finished = tokio::time::timeout_at(deadline.into(), async {
             while deliveries.join_next().await.is_some() {}
         })
-        .await
-        .is_err()
-        {
+        .await;
+        if finished.is_err() {
             tracing::warn!(
                 unfinished = deliveries.len(),
                 "shutdown timeout passed; unfinished entries stay pending for another consumer"
             );
             deliveries.shutdown().await;
         }
-        stop_leases.cancel();
-        for task in [acknowledger, holds_task, leases] {
+        // Acknowledgements still failing get what is left of the shutdown timeout, and a second at
+        // least; their entries are kept until they land.
+        let grace = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_secs(1));
+        let settled = tokio::time::timeout(grace, futures::future::join_all(acknowledging)).await;
+        if settled.is_err() {
+            tracing::error!(
+                "acknowledgements of handled entries did not land before the shutdown timeout, \
+                 Redis taking no write; the entries stay pending, and a consumer taking them \
+                 over handles them again"
+            );
+        }
+        stop_tasks.cancel();
+        for task in [keeping, holding, leasing] {
             if let Err(error) = task.await {
                 tracing::error!(%error, "a consumer task failed");
             }
         }
-        inner
-            .counters
-            .running
-            .store(false, std::sync::atomic::Ordering::Relaxed);
+        inner.counters.running.store(false, Ordering::Relaxed);
         Ok(())
     }
 

@@ -1,9 +1,11 @@
-//! Partition ownership: each partition of a logical stream is read by one consumer of the group
-//! at a time, under a lease renewed by a task of its own, so that one key's events are never
-//! handled by two consumers at once. Consumers balance the partitions between them (each holds
-//! about its share of the live members), take over the partitions of consumers that stopped once
-//! their leases lapse, and start reading a partition they took only when the consumer that had it
-//! has nothing of it pending any more (or after `claim_idle`, when reclaim takes over).
+//! Partition leases: each partition of a logical stream is read by one consumer of the group at a
+//! time, under a lease renewed by a task of its own, so that one key's events are never handled by
+//! two consumers at once. Consumers balance the partitions between them (each holds about its
+//! share of the live members). A consumer over its share stops reading a partition, finishes what
+//! it has of it, then gives the lease up; a consumer that stopped loses its leases when they lapse.
+//! A consumer starts reading a partition it took only once no other consumer has entries of it
+//! pending (it takes over a stopped consumer's entries through reclaim), so a key's next event
+//! never starts while the previous owner still works on an earlier one.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, LazyLock, Mutex};
@@ -12,9 +14,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use redis::{Script, Value};
 
 use super::group::Group;
+use super::keeper::Keeper;
 use crate::connection::Connection;
 use crate::keys::slot_prefix;
 use crate::partition_streams;
+use crate::resp::millis;
 
 static LEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../lua/lease.lua")));
 static MEMBERS: LazyLock<Script> =
@@ -29,7 +33,7 @@ pub(crate) struct Partitioned {
 
 /// A partition this consumer holds the lease of.
 #[derive(Debug, Clone, Copy)]
-struct Held {
+struct Leased {
     since: Instant,
     /// When the lease was last renewed: reading stops once half the lease has passed without a
     /// renewal, well before another consumer could take it.
@@ -38,32 +42,38 @@ struct Held {
     lease: Duration,
     /// Whether the consumer that had it is done with it, so reading may start.
     ready: bool,
+    /// Whether this consumer is over its share and gives the partition up once it has finished
+    /// what it read of it.
+    draining: bool,
 }
 
 /// The partitions this consumer holds; shared by the lease task and the read loop.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Ownership {
-    held: Arc<Mutex<BTreeMap<String, Held>>>,
+pub(crate) struct Leases {
+    leased: Arc<Mutex<BTreeMap<String, Leased>>>,
 }
 
-impl Ownership {
-    /// Whether this consumer may read `stream`: a partition only while it holds it and the
-    /// consumer before has finished with it.
+impl Leases {
+    /// Whether this consumer may read new entries of `stream`: a partition only while it holds it
+    /// and neither the consumer before is still at work on it nor this one is giving it up.
     pub(crate) fn may_read(&self, stream: &str, partitioned: &[Partitioned]) -> bool {
-        let is_partition = partitioned.iter().any(|logical| {
-            partition_streams(&logical.stream, logical.partitions)
-                .iter()
-                .any(|partition| partition == stream)
-        });
-        !is_partition
-            || self
-                .lock()
-                .get(stream)
-                .is_some_and(|held| held.ready && held.renewed.elapsed() < held.lease / 2)
+        !is_partition(stream, partitioned)
+            || self.lock().get(stream).is_some_and(|leased| {
+                leased.ready && !leased.draining && leased.renewed.elapsed() < leased.lease / 2
+            })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Held>> {
-        self.held
+    /// Whether this consumer may take over idle entries of `stream`: a partition only while it
+    /// holds it, ready or not (so it takes over what a stopped consumer left of it).
+    pub(crate) fn may_reclaim(&self, stream: &str, partitioned: &[Partitioned]) -> bool {
+        !is_partition(stream, partitioned)
+            || self.lock().get(stream).is_some_and(|leased| {
+                !leased.draining && leased.renewed.elapsed() < leased.lease / 2
+            })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Leased>> {
+        self.leased
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -75,12 +85,13 @@ impl Ownership {
         group: Group<Connection>,
         partitioned: Vec<Partitioned>,
         lease: Duration,
-        wait: Waits,
+        drain: Duration,
+        keeper: Keeper,
         stop: tokio_util::sync::CancellationToken,
     ) {
         loop {
             for logical in &partitioned {
-                if let Err(error) = self.balance(&group, logical, lease, wait).await {
+                if let Err(error) = self.balance(&group, logical, lease, drain, &keeper).await {
                     tracing::warn!(stream = %logical.stream, %error, "could not balance partition leases");
                 }
             }
@@ -89,23 +100,24 @@ impl Ownership {
                 () = tokio::time::sleep(lease / 3) => {}
             }
         }
-        let held: Vec<String> = self.lock().keys().cloned().collect();
-        for partition in held {
+        let leased: Vec<String> = self.lock().keys().cloned().collect();
+        for partition in leased {
             let _ = lease_call(&group, &partition, lease, "release").await;
         }
         self.lock().clear();
     }
 
-    /// Takes or gives up partitions of `logical` until this consumer holds its share, renewing
-    /// those it keeps, and marks taken ones ready once their previous reader is done.
+    /// Takes partitions of `logical` until this consumer holds its share, renewing those it keeps;
+    /// drains and then gives up those over its share; marks taken ones ready once their previous
+    /// reader is done (`drain` after taking them, at the earliest).
     async fn balance(
         &self,
         group: &Group<Connection>,
         logical: &Partitioned,
         lease: Duration,
-        wait: Waits,
+        drain: Duration,
+        keeper: &Keeper,
     ) -> redis::RedisResult<()> {
-        let mut connection = group.connection.clone();
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
@@ -119,7 +131,7 @@ impl Ownership {
             .arg(&group.consumer)
             .arg(u64::try_from(now).unwrap_or(u64::MAX))
             .arg(millis(lease * 3))
-            .invoke_async(&mut connection)
+            .invoke_async(&mut group.connection.clone())
             .await?;
         let share = logical.partitions.div_ceil(members.max(1)) as usize;
         let partitions = partition_streams(&logical.stream, logical.partitions);
@@ -128,44 +140,66 @@ impl Ownership {
         let mut kept = 0;
         for offset in 0..partitions.len() {
             let partition = &partitions[(start + offset) % partitions.len()];
-            let mine = self.lock().contains_key(partition);
-            if !mine && kept >= share {
+            let mine = self.lock().get(partition).copied();
+            match mine {
+                None if kept >= share => continue,
+                Some(leased) if kept >= share || leased.draining => {
+                    // Over its share: read no more of it, and give it up once nothing read of
+                    // it is left unsettled.
+                    if keeper.keeps_any_of(partition) {
+                        if lease_call(group, partition, lease, "take").await? {
+                            self.renewed(partition, Instant::now(), lease, true);
+                        } else {
+                            self.lock().remove(partition);
+                        }
+                    } else {
+                        lease_call(group, partition, lease, "release").await?;
+                        self.lock().remove(partition);
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            let asked = Instant::now();
+            if !lease_call(group, partition, lease, "take").await? {
+                self.lock().remove(partition);
                 continue;
             }
-            let mode = if mine && kept >= share {
-                "release"
-            } else {
-                "take"
-            };
-            let asked = Instant::now();
-            if lease_call(group, partition, lease, mode).await? {
-                kept += 1;
-                let held = {
-                    let mut held = self.lock();
-                    let entry = held.entry(partition.clone()).or_insert(Held {
-                        since: asked,
-                        renewed: asked,
-                        lease,
-                        ready: false,
-                    });
-                    entry.renewed = asked;
-                    *entry
-                };
-                if !held.ready && previous_reader_done(group, partition, held.since, wait).await? {
-                    self.lock().insert(
-                        partition.clone(),
-                        Held {
-                            ready: true,
-                            ..held
-                        },
-                    );
-                }
-            } else {
-                self.lock().remove(partition);
+            kept += 1;
+            let leased = self.renewed(partition, asked, lease, false);
+            if !leased.ready
+                && previous_reader_done(group, partition, leased.since, drain).await?
+                && let Some(leased) = self.lock().get_mut(partition)
+            {
+                leased.ready = true;
             }
         }
         Ok(())
     }
+
+    /// Records a renewal of `partition`'s lease asked for at `asked`, taking it if new.
+    fn renewed(&self, partition: &str, asked: Instant, lease: Duration, draining: bool) -> Leased {
+        let mut leased = self.lock();
+        let entry = leased.entry(partition.to_owned()).or_insert(Leased {
+            since: asked,
+            renewed: asked,
+            lease,
+            ready: false,
+            draining,
+        });
+        entry.renewed = asked;
+        entry.draining = draining;
+        *entry
+    }
+}
+
+/// Whether `stream` is a partition of one of `partitioned`.
+fn is_partition(stream: &str, partitioned: &[Partitioned]) -> bool {
+    partitioned.iter().any(|logical| {
+        partition_streams(&logical.stream, logical.partitions)
+            .iter()
+            .any(|partition| partition == stream)
+    })
 }
 
 /// Takes, renews or releases the lease of `partition`; whether this consumer holds it after.
@@ -185,30 +219,17 @@ async fn lease_call(
     Ok(holds == 1)
 }
 
-/// How long a consumer waits before reading a partition it took.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Waits {
-    /// At least this long, so a read the previous holder had sent has returned and its entries
-    /// show as pending.
-    pub(crate) drain: Duration,
-    /// At most this long: then reclaim hands over what a stopped consumer left.
-    pub(crate) settle: Duration,
-}
-
-/// Whether reading a partition taken at `since` may start: a read in flight elsewhere has had
-/// time to return and no other consumer of the group has entries of it pending; or `settle` has
-/// passed.
+/// Whether reading a partition taken at `since` may start: `drain` has passed (so a read the
+/// previous holder had sent has returned and its entries show as pending) and no other consumer
+/// of the group has entries of it pending.
 async fn previous_reader_done(
     group: &Group<Connection>,
     partition: &str,
     since: Instant,
-    wait: Waits,
+    drain: Duration,
 ) -> redis::RedisResult<bool> {
-    if since.elapsed() < wait.drain {
+    if since.elapsed() < drain {
         return Ok(false);
-    }
-    if since.elapsed() >= wait.settle {
-        return Ok(true);
     }
     let summary: Value = redis::cmd("XPENDING")
         .arg(partition)
@@ -231,8 +252,4 @@ async fn previous_reader_done(
         .map(|(_, count)| count)
         .sum();
     Ok(others == 0)
-}
-
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }

@@ -1,14 +1,29 @@
-//! Pull mode: the caller reserves entries, handles them its own way, then acknowledges or fails them.
+//! Pull mode: the caller reserves entries, handles them its own way, then acknowledges or fails
+//! them. Entries go through the same steps as in push mode: kept on this consumer from the
+//! moment they are read until they are settled, the idempotency hold taken before they are
+//! handed out, dead-lettered the same way, acknowledgements and dead-letter moves retried until
+//! they land.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::Failure;
 use super::config::Settings;
-use super::dead_letter::dead_letter_fields;
-use super::group::Group;
+use super::dead_letter::{Doomed, move_to_dead_letters};
+use super::group::{Group, Hold, HoldRequest, is_no_group};
+use super::idempotency::{hold_key, is_replay};
+use super::keeper::{Keeper, Kept};
+use super::reclaim::Reclaimer;
+use super::settle::{Ack, Acks, Unsettled};
+use super::status::{Counters, Operation, Status};
 use crate::connection::Connection;
-use crate::{Envelope, Error, Result, StreamEntry, keys};
+use crate::{Envelope, Error, Result, StreamEntry};
 
 /// An entry reserved by [`PullConsumer::reserve`]: decoded, and pending on this consumer until it
 /// is acknowledged or failed.
@@ -24,109 +39,224 @@ pub struct Reserved {
     pub envelope: Envelope,
 }
 
-/// What this consumer knows of an entry it reserved.
+/// An entry read and not yet settled, as this consumer holds it.
 #[derive(Debug)]
-struct Held {
-    stream: String,
-    attempt: u32,
-    done_key: Option<String>,
+struct Holding {
+    stream_index: usize,
     entry: StreamEntry,
+    envelope: Envelope,
+    /// Its idempotency hold, when idempotency is on.
+    hold: Option<String>,
+    kept: Kept,
 }
 
 /// A consumer whose caller drives each entry's lifecycle: [`reserve`](Self::reserve),
 /// then [`ack`](Self::ack) or [`fail`](Self::fail). Failed entries come back from `reserve` after
 /// their backoff, and go to the dead-letter stream after the last attempt; undecodable entries go
-/// there at once and are never returned.
+/// there at once and are never returned. Entries it holds are kept its own while it lives, so no
+/// other consumer takes them over, however long the caller takes.
 #[derive(Debug)]
 pub struct PullConsumer {
-    group: Group<Connection>,
+    reader: Group<Connection>,
+    commands: Group<Connection>,
     settings: Settings,
+    streams: Vec<Arc<str>>,
+    counters: Arc<Counters>,
+    keeper: Keeper,
+    reclaimer: Reclaimer,
+    acks: Acks,
     /// Reserved entries by stream and entry id.
-    held: HashMap<(String, String), Held>,
-    retries: Vec<(Instant, String, String, u32)>,
+    reserved: HashMap<(String, String), Holding>,
+    /// Failed entries waiting for their backoff.
+    retries: Vec<(Instant, Holding)>,
+    /// Entries whose event another entry is handling, to look at again.
+    busy: Vec<Holding>,
+    /// Dead-letter moves under way, each retried until it lands.
+    moves: JoinSet<()>,
+    /// The last entry id read per stream (at first, the group's position), to create a vanished
+    /// group again without skipping anything.
+    last_seen: HashMap<Arc<str>, String>,
     last_claim: Option<Instant>,
+    acknowledging: Vec<AbortOnDropHandle<()>>,
+    keeping: AbortOnDropHandle<()>,
+    stop: CancellationToken,
+}
+
+/// An entry on its way to the dead-letter stream, and why.
+#[derive(Debug)]
+struct Condemned {
+    stream_index: usize,
+    entry: StreamEntry,
+    kept: Kept,
+    hold: Option<String>,
+    event_type: Option<String>,
+    reason: String,
+    attempts: u32,
 }
 
 impl PullConsumer {
-    pub(crate) async fn start(group: Group<Connection>, settings: Settings) -> Result<Self> {
-        group
+    pub(crate) async fn start(
+        reader: Group<Connection>,
+        commands: Group<Connection>,
+        settings: Settings,
+    ) -> Result<Self> {
+        commands
             .ensure_all(&settings.streams, &settings.start_from)
             .await?;
+        let streams: Vec<Arc<str>> = settings
+            .streams
+            .iter()
+            .map(|stream| Arc::from(stream.as_str()))
+            .collect();
+        let last_seen = commands.positions(&streams).await;
+        let counters = Arc::new(Counters::default());
+        let keeper = Keeper::default();
+        let stop = CancellationToken::new();
+        let (acks, acknowledging) =
+            Acks::serve(&commands, &streams, settings.idempotency_ttl, &counters);
+        let keeping = AbortOnDropHandle::new(tokio::spawn(keeper.clone().run(
+            commands.clone(),
+            settings.claim_idle / 4,
+            Arc::clone(&counters),
+            stop.clone(),
+        )));
         Ok(Self {
-            group,
+            reader,
+            commands,
             settings,
-            held: HashMap::new(),
+            streams,
+            counters,
+            keeper,
+            reclaimer: Reclaimer::default(),
+            acks,
+            reserved: HashMap::new(),
             retries: Vec::new(),
+            busy: Vec::new(),
+            moves: JoinSet::new(),
+            last_seen,
             last_claim: None,
+            acknowledging,
+            keeping,
+            stop,
         })
     }
 
-    /// Up to `n` entries: first failed ones whose backoff has passed, then entries idle too long
-    /// on other consumers, then new ones, waiting up to the block time when there are none.
+    /// What the consumer has done, and what it keeps failing to do in Redis right now.
+    pub fn status(&self) -> Status {
+        self.counters.snapshot(Vec::new())
+    }
+
+    /// Up to `n` entries: first failed ones whose backoff has passed, then entries left idle too
+    /// long by other consumers, then new ones, waiting up to the block time when there are none.
+    /// Entries that cannot be handled (undecodable, out of attempts) go to the dead-letter stream
+    /// on the way, and repeats of events already handled are acknowledged: neither is returned.
     pub async fn reserve(&mut self, n: usize) -> Result<Vec<Reserved>> {
-        let mut reserved = Vec::new();
-        self.take_due_retries(n, &mut reserved).await?;
+        while self.moves.try_join_next().is_some() {}
+        let mut candidates: Vec<Holding> = Vec::new();
+        let now = Instant::now();
+        let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retries)
+            .into_iter()
+            .partition(|(at, _)| *at <= now);
+        self.retries = waiting;
+        for (at, holding) in due {
+            if candidates.len() >= n {
+                self.retries.push((at, holding));
+                continue;
+            }
+            holding.kept.count_delivery(&self.commands).await;
+            candidates.push(holding);
+        }
+        let room = n.saturating_sub(candidates.len());
+        candidates.extend(self.busy.drain(..room.min(self.busy.len())));
         if self
             .last_claim
             .is_none_or(|at| at.elapsed() >= self.settings.claim_interval)
         {
             self.last_claim = Some(Instant::now());
-            for stream in self.settings.streams.clone() {
-                let room = n.saturating_sub(reserved.len());
+            for index in 0..self.streams.len() {
+                let room = n.saturating_sub(candidates.len());
                 if room == 0 {
                     break;
                 }
-                let (_, entries, _) = self
-                    .group
-                    .claim_idle(&stream, self.settings.claim_idle, "0-0", room)
-                    .await
-                    .map_err(|source| Error::Read {
-                        stream: stream.clone(),
-                        source,
-                    })?;
-                for (entry, attempt) in entries {
-                    self.admit(&stream, entry, attempt, &mut reserved).await?;
+                let stream = Arc::clone(&self.streams[index]);
+                let claimed = self
+                    .reclaimer
+                    .round(
+                        &self.commands,
+                        &stream,
+                        self.settings.claim_idle,
+                        self.settings.batch_size,
+                        room,
+                        &self.keeper,
+                    )
+                    .await;
+                match claimed {
+                    Ok(claimed) => {
+                        self.counters.recovered(Operation::Claim, &stream);
+                        Counters::add(&self.counters.cleaned, claimed.cleaned as u64);
+                        Counters::add(&self.counters.reclaimed, claimed.entries.len() as u64);
+                        for (entry, deliveries) in claimed.entries {
+                            candidates.extend(self.admit(index, entry, deliveries));
+                        }
+                    }
+                    Err(error) => self.counters.stalled(Operation::Claim, &stream, &error),
                 }
             }
         }
-        let room = n.saturating_sub(reserved.len());
+        let room = n.saturating_sub(candidates.len());
         if room > 0 {
             // Wait for new entries only when there is nothing else to return.
-            let block = reserved.is_empty().then_some(self.settings.block);
-            let streams = self.settings.streams.clone();
-            let read = self
-                .group
-                .read(&streams, room, block)
-                .await
-                .map_err(|source| Error::Read {
-                    stream: streams.join(", "),
-                    source,
-                })?;
+            let block = candidates.is_empty().then_some(self.settings.block);
+            let read = self.reader.read(&self.settings.streams, room, block).await;
+            let read = match read {
+                Err(error) if is_no_group(&error) => {
+                    for stream in &self.streams {
+                        let last_seen = self.last_seen.get(stream).map(String::as_str);
+                        self.commands
+                            .recreate(stream, last_seen)
+                            .await
+                            .map_err(Error::reading(stream))?;
+                    }
+                    Vec::new()
+                }
+                other => other.map_err(Error::reading(&self.settings.streams.join(", ")))?,
+            };
             for (stream, entries) in read {
+                let Some(index) = self.streams.iter().position(|name| **name == *stream) else {
+                    continue;
+                };
+                if let Some(last) = entries.last() {
+                    self.last_seen
+                        .insert(Arc::clone(&self.streams[index]), last.id.clone());
+                }
                 for entry in entries {
-                    self.admit(&stream, entry, 1, &mut reserved).await?;
+                    candidates.extend(self.admit(index, entry, 1));
                 }
             }
         }
-        Ok(reserved)
+        self.hold_and_reserve(candidates).await
     }
 
-    /// Acknowledges handled entries (and marks them done for idempotency).
+    /// Acknowledges handled entries and marks them done for idempotency; returns once that has
+    /// landed in Redis, trying again while it fails (dropping the future leaves it to land later).
     pub async fn ack(&mut self, entries: &[Reserved]) -> Result<()> {
-        let mut by_stream: HashMap<String, (Vec<String>, Vec<String>)> = HashMap::new();
+        let mut landed = Vec::new();
         for reserved in entries {
-            let Some(held) = self.release(reserved) else {
+            let Some(holding) = self.take(reserved) else {
                 continue;
             };
-            let (ids, keys) = by_stream.entry(held.stream).or_default();
-            ids.push(held.entry.id);
-            keys.extend(held.done_key);
+            let (turn, settled) = oneshot::channel();
+            landed.push(settled);
+            self.acks.send(
+                holding.stream_index,
+                Ack {
+                    unsettled: Unsettled::new(holding.kept, None, Some(turn)),
+                    done: holding.hold,
+                },
+            );
         }
-        for (stream, (ids, keys)) in by_stream {
-            self.group
-                .settle(&stream, &ids, &keys, self.settings.idempotency_ttl)
-                .await
-                .map_err(|source| Error::Read { stream, source })?;
+        for settled in landed {
+            let _ = settled.await;
         }
         Ok(())
     }
@@ -135,150 +265,223 @@ impl PullConsumer {
     /// dead-letter stream with `reason` once its last attempt has failed.
     pub async fn fail(&mut self, entries: &[Reserved], reason: &str) -> Result<()> {
         for reserved in entries {
-            let Some(held) = self.release(reserved) else {
+            let Some(holding) = self.take(reserved) else {
                 continue;
             };
-            if held.attempt >= self.settings.max_attempts {
-                let reason = format!("failed after {} attempts: {reason}", held.attempt);
-                self.dead_letter(&held.stream, &held.entry, held.attempt, &reason)
-                    .await?;
+            Counters::add(&self.counters.failed, 1);
+            let attempt = holding.kept.deliveries();
+            if attempt >= self.settings.max_attempts {
+                let reason = format!("failed after {attempt} attempts: {reason}");
+                self.dead_letter(holding.condemned(reason, attempt));
             } else {
-                let due = Instant::now() + self.settings.backoff.delay(held.attempt);
-                self.retries
-                    .push((due, held.stream, held.entry.id, held.attempt));
+                Counters::add(&self.counters.retried, 1);
+                let due = Instant::now() + self.settings.backoff.delay(attempt);
+                self.retries.push((due, holding));
             }
         }
+        Ok(())
+    }
+
+    /// Stops taking entries and waits, up to the shutdown timeout, until acknowledgements and
+    /// dead-letter moves under way have landed. Entries reserved and not acknowledged stay pending
+    /// for another consumer to take over.
+    pub async fn close(self) -> Result<()> {
+        let Self {
+            settings,
+            mut moves,
+            acks,
+            acknowledging,
+            keeping,
+            stop,
+            ..
+        } = self;
+        let deadline = tokio::time::Instant::now() + settings.shutdown_timeout;
+        let _ = tokio::time::timeout_at(deadline, async {
+            while moves.join_next().await.is_some() {}
+        })
+        .await;
+        // The acknowledging tasks end once their queues are closed and drained.
+        drop(acks);
+        let landed =
+            tokio::time::timeout_at(deadline, futures::future::join_all(acknowledging)).await;
+        if landed.is_err() || !moves.is_empty() {
+            tracing::error!(
+                "acknowledgements or dead-letter moves did not land before the shutdown timeout; their entries stay pending"
+            );
+        }
+        stop.cancel();
+        let _ = keeping.await;
         Ok(())
     }
 
     /// Stops holding a reserved entry; `None` if it is not held (acknowledged or failed already).
-    fn release(&mut self, reserved: &Reserved) -> Option<Held> {
-        self.held
+    fn take(&mut self, reserved: &Reserved) -> Option<Holding> {
+        self.reserved
             .remove(&(reserved.stream.clone(), reserved.entry_id.clone()))
     }
 
-    /// Claims back failed entries whose backoff has passed.
-    async fn take_due_retries(&mut self, n: usize, reserved: &mut Vec<Reserved>) -> Result<()> {
-        let now = Instant::now();
-        let (due, waiting): (Vec<_>, Vec<_>) =
-            self.retries.drain(..).partition(|(at, ..)| *at <= now);
-        self.retries = waiting;
-        for (index, (at, stream, id, attempt)) in due.into_iter().enumerate() {
-            if index >= n {
-                self.retries.push((at, stream, id, attempt));
+    /// Keeps a read entry and decodes it; one that cannot be decoded goes to the dead-letter
+    /// stream instead.
+    fn admit(
+        &mut self,
+        stream_index: usize,
+        entry: StreamEntry,
+        deliveries: u32,
+    ) -> Option<Holding> {
+        let stream = Arc::clone(&self.streams[stream_index]);
+        let kept = self.keeper.keep(&stream, &entry.id, deliveries);
+        match entry.decode() {
+            Ok(envelope) => Some(Holding {
+                stream_index,
+                entry,
+                envelope,
+                hold: None,
+                kept,
+            }),
+            Err(error) => {
+                Counters::add(&self.counters.failed, 1);
+                self.dead_letter(Condemned {
+                    stream_index,
+                    entry,
+                    kept,
+                    hold: None,
+                    event_type: None,
+                    reason: Failure::Decode(error).to_string(),
+                    attempts: deliveries,
+                });
+                None
+            }
+        }
+    }
+
+    /// Takes the idempotency holds of `candidates` and reserves those that hold theirs;
+    /// acknowledges repeats, dead-letters entries out of attempts, and puts aside those whose
+    /// event another entry is handling.
+    async fn hold_and_reserve(&mut self, candidates: Vec<Holding>) -> Result<Vec<Reserved>> {
+        let mut candidates = candidates;
+        if self.settings.idempotent {
+            for holding in &mut candidates {
+                let stream = &self.streams[holding.stream_index];
+                holding.hold = Some(hold_key(
+                    stream,
+                    &self.settings.group,
+                    &holding.envelope,
+                    None,
+                ));
+            }
+            let holds = self.take_holds(&candidates).await;
+            let mut kept = Vec::with_capacity(candidates.len());
+            for (holding, hold) in candidates.into_iter().zip(holds) {
+                match hold {
+                    Some(Hold::Taken) => kept.push(holding),
+                    Some(Hold::Done | Hold::Dead) => {
+                        Counters::add(&self.counters.duplicates, 1);
+                        self.acks.send(
+                            holding.stream_index,
+                            Ack {
+                                unsettled: Unsettled::new(holding.kept, None, None),
+                                done: None,
+                            },
+                        );
+                    }
+                    // Busy, or Redis failed: look again at the next reserve.
+                    Some(Hold::Busy) | None => self.busy.push(holding),
+                }
+            }
+            candidates = kept;
+        }
+        let mut reserved = Vec::with_capacity(candidates.len());
+        for holding in candidates {
+            let attempt = holding.kept.deliveries();
+            if attempt > self.settings.max_attempts {
+                let reason = Failure::Exhausted(attempt - 1).to_string();
+                self.dead_letter(holding.condemned(reason, attempt - 1));
                 continue;
             }
-            let reclaimed = self
-                .group
-                .reclaim(&stream, &id, Duration::ZERO)
-                .await
-                .map_err(|source| Error::Read {
-                    stream: stream.clone(),
-                    source,
-                })?;
-            if let Some(entry) = reclaimed {
-                self.admit(&stream, entry, attempt + 1, reserved).await?;
-            }
+            let stream = self.streams[holding.stream_index].to_string();
+            reserved.push(Reserved {
+                stream: stream.clone(),
+                entry_id: holding.entry.id.clone(),
+                attempt,
+                envelope: holding.envelope.clone(),
+            });
+            self.reserved
+                .insert((stream, holding.entry.id.clone()), holding);
         }
-        Ok(())
+        Ok(reserved)
     }
 
-    /// Decodes an entry and holds it for the caller; dead-letters it when it is undecodable or out
-    /// of attempts, and acknowledges it when idempotency says it was handled already.
-    async fn admit(
-        &mut self,
-        stream: &str,
-        entry: StreamEntry,
-        attempt: u32,
-        reserved: &mut Vec<Reserved>,
-    ) -> Result<()> {
-        let envelope = match entry.decode() {
-            Ok(envelope) => envelope,
-            Err(error) => {
-                let reason = Failure::Decode(error).to_string();
-                return self.dead_letter(stream, &entry, attempt, &reason).await;
+    /// The holds of `candidates`, one script call per stream; `None` for those whose call failed.
+    async fn take_holds(&self, candidates: &[Holding]) -> Vec<Option<Hold>> {
+        let mut holds = vec![None; candidates.len()];
+        for (index, stream) in self.streams.iter().enumerate() {
+            let of_stream: Vec<usize> = (0..candidates.len())
+                .filter(|at| candidates[*at].stream_index == index)
+                .collect();
+            if of_stream.is_empty() {
+                continue;
             }
-        };
-        if attempt > self.settings.max_attempts {
-            let reason = Failure::Exhausted(attempt - 1).to_string();
-            return self.dead_letter(stream, &entry, attempt - 1, &reason).await;
-        }
-        let done_key = if self.settings.idempotent {
-            let key = keys::idempotency_key(stream, &self.settings.group, &envelope.hash);
-            let mark: Option<String> = redis::cmd("GET")
-                .arg(&key)
-                .query_async(&mut self.group.connection.clone())
+            let requests: Vec<HoldRequest<'_>> = of_stream
+                .iter()
+                .map(|at| {
+                    let holding = &candidates[*at];
+                    HoldRequest {
+                        key: holding.hold.as_deref().unwrap_or_default(),
+                        entry_id: &holding.entry.id,
+                        replay: is_replay(&holding.entry),
+                    }
+                })
+                .collect();
+            match self
+                .commands
+                .begin(stream, &requests, self.settings.idempotency_ttl)
                 .await
-                .map_err(|source| Error::Read {
-                    stream: stream.to_owned(),
-                    source,
-                })?;
-            if mark.as_deref() == Some("done") {
-                return self
-                    .group
-                    .settle(
-                        stream,
-                        std::slice::from_ref(&entry.id),
-                        &[],
-                        self.settings.idempotency_ttl,
-                    )
-                    .await
-                    .map_err(|source| Error::Read {
-                        stream: stream.to_owned(),
-                        source,
-                    });
+            {
+                Ok(taken) => {
+                    self.counters.recovered(Operation::Hold, stream);
+                    for (at, hold) in of_stream.into_iter().zip(taken) {
+                        holds[at] = Some(hold);
+                    }
+                }
+                Err(error) => self.counters.stalled(Operation::Hold, stream, &error),
             }
-            Some(key)
-        } else {
-            None
-        };
-        reserved.push(Reserved {
-            stream: stream.to_owned(),
-            entry_id: entry.id.clone(),
-            attempt,
-            envelope,
+        }
+        holds
+    }
+
+    /// Moves `condemned` to the dead-letter stream in the background, retried until it lands.
+    fn dead_letter(&mut self, condemned: Condemned) {
+        let commands = self.commands.clone();
+        let settings = self.settings.clone();
+        let counters = Arc::clone(&self.counters);
+        let stream = Arc::clone(&self.streams[condemned.stream_index]);
+        self.moves.spawn(async move {
+            let doomed = Doomed {
+                stream: &stream,
+                entry: &condemned.entry,
+                event_type: condemned.event_type,
+                reason: condemned.reason,
+                attempts: condemned.attempts,
+                hold: condemned.hold.as_deref(),
+            };
+            move_to_dead_letters(&commands, &settings, &counters, doomed).await;
+            // Kept until the move has landed.
+            drop(condemned.kept);
         });
-        let held = Held {
-            stream: stream.to_owned(),
-            attempt,
-            done_key,
-            entry,
-        };
-        self.held
-            .insert((held.stream.clone(), held.entry.id.clone()), held);
-        Ok(())
     }
+}
 
-    async fn dead_letter(
-        &self,
-        stream: &str,
-        entry: &StreamEntry,
-        attempts: u32,
-        reason: &str,
-    ) -> Result<()> {
-        let settings = &self.settings;
-        let fields = dead_letter_fields(
-            stream,
-            &settings.group,
-            &settings.consumer,
-            entry,
+impl Holding {
+    /// This entry, on its way to the dead-letter stream for `reason` after `attempts`.
+    fn condemned(self, reason: String, attempts: u32) -> Condemned {
+        Condemned {
+            stream_index: self.stream_index,
+            event_type: Some(self.envelope.event_type),
+            entry: self.entry,
+            kept: self.kept,
+            hold: self.hold,
             reason,
             attempts,
-        );
-        self.group
-            .dead_letter(
-                stream,
-                &settings.dead_letter_stream(stream),
-                &entry.id,
-                None,
-                settings.dead_letter_max_len,
-                &fields,
-            )
-            .await
-            .map_err(|source| Error::Read {
-                stream: stream.to_owned(),
-                source,
-            })?;
-        Ok(())
+        }
     }
 }

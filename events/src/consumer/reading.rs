@@ -1,27 +1,29 @@
-//! The read loop of a running consumer: reads batches, reclaims idle entries, starts deliveries.
+//! The read loop of a running consumer: reads batches, takes over entries other consumers left,
+//! starts deliveries.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
-use super::delivery::{Delivery, Settle};
+use super::delivery::Delivery;
 use super::group::is_no_group;
-use super::idempotency::Holds;
-use super::partitions::Ownership;
-use super::status::Counters;
-use super::{Backoff, Inner, StartFrom};
+use super::partitions::Leases;
+use super::reclaim::Reclaimer;
+use super::settle::Unsettled;
+use super::status::{Counters, Operation};
+use super::turns::KeyTurns;
+use super::{Backoff, Session};
 use crate::StreamEntry;
 
 /// What one read of the streams gives: per stream, its entries.
 type ReadResult = redis::RedisResult<Vec<(String, Vec<StreamEntry>)>>;
 
 /// A read sent and not yet delivered.
-pub(crate) struct Read {
+struct Read {
     reply: AbortOnDropHandle<ReadResult>,
     /// How many entries it asked for.
     count: usize,
@@ -31,32 +33,65 @@ pub(crate) struct Read {
 
 /// The read loop's state while a consumer runs.
 pub(crate) struct Reading {
-    pub(crate) inner: Arc<Inner>,
-    /// One permit per entry read and not yet acknowledged: the backpressure bound.
-    pub(crate) unacked: Arc<Semaphore>,
+    session: Arc<Session>,
+    /// One permit per entry read and not yet settled: the backpressure bound.
+    unacked: Arc<Semaphore>,
     pub(crate) deliveries: JoinSet<()>,
-    pub(crate) settle: mpsc::UnboundedSender<Settle>,
-    pub(crate) holds: Holds,
-    pub(crate) shutdown: CancellationToken,
-    /// The last entry id read per stream, to recreate a vanished group where it was.
-    pub(crate) last_seen: HashMap<Arc<str>, String>,
-    pub(crate) streams: Vec<Arc<str>>,
-    /// Per stream and partition key, the end of the last delivery started for it: the next one
-    /// of the key waits for it, so events of one key are handled one after another, in order.
-    pub(crate) key_turns: HashMap<(usize, Vec<u8>), oneshot::Receiver<()>>,
+    /// The last entry id read per stream (at first, the group's position), to create a vanished
+    /// group again without skipping anything written since.
+    last_seen: HashMap<Arc<str>, String>,
+    /// Each stream's position among the consumer's streams.
+    positions: HashMap<Arc<str>, usize>,
+    key_turns: KeyTurns,
     /// Which stream the next read asks for, on a cluster where one read names one stream.
-    pub(crate) next_stream: usize,
+    next_stream: usize,
     /// Reads in a row that found nothing.
-    pub(crate) empty_reads: usize,
+    empty_reads: usize,
     /// The partitions this consumer holds the leases of.
-    pub(crate) ownership: Ownership,
+    leases: Leases,
     /// The names of all partition streams this consumer reads.
-    pub(crate) partitions: HashSet<String>,
+    partitions: HashSet<String>,
+    reclaimer: Reclaimer,
 }
 
 impl Reading {
+    /// The read loop of `session`, reading partitions as `leases` allow; `positions` are the
+    /// group's positions in the streams when the consumer started.
+    pub(crate) fn new(
+        session: Arc<Session>,
+        leases: Leases,
+        positions: HashMap<Arc<str>, String>,
+    ) -> Self {
+        let settings = &session.inner.settings;
+        Self {
+            unacked: Arc::new(Semaphore::new(settings.max_unacked)),
+            deliveries: JoinSet::new(),
+            last_seen: positions,
+            positions: session
+                .streams
+                .iter()
+                .enumerate()
+                .map(|(index, stream)| (Arc::clone(stream), index))
+                .collect(),
+            key_turns: KeyTurns::new(settings.max_unacked),
+            next_stream: 0,
+            empty_reads: 0,
+            leases,
+            partitions: settings
+                .partitioned
+                .iter()
+                .flat_map(|logical| crate::partition_streams(&logical.stream, logical.partitions))
+                .collect(),
+            reclaimer: Reclaimer::default(),
+            session,
+        }
+    }
+
     pub(crate) async fn read_until_shutdown(&mut self) {
-        let settings = self.inner.settings.clone();
+        let session = Arc::clone(&self.session);
+        let settings = &session.inner.settings;
+        let shutdown = &session.shutdown;
+        let readers = &session.inner.readers;
         let mut last_claim: Option<Instant> = None;
         let mut failures = 0u32;
         // Reads already sent, each on a connection of its own, so that Redis prepares the next
@@ -69,10 +104,10 @@ impl Reading {
             while self.deliveries.try_join_next().is_some() {}
             let readable = self.readable();
             let claim_due = last_claim.is_none_or(|at| at.elapsed() >= settings.claim_interval);
-            while !self.shutdown.is_cancelled()
+            while !shutdown.is_cancelled()
                 && !claim_due
                 && !readable.is_empty()
-                && reads.len() < self.inner.readers.len()
+                && reads.len() < readers.len()
             {
                 let requested: usize = reads.iter().map(|read| read.count).sum();
                 let room = self.unacked.available_permits().saturating_sub(requested);
@@ -80,14 +115,14 @@ impl Reading {
                     break;
                 }
                 let count = settings.batch_size.min(room);
-                turn = (turn + 1) % self.inner.readers.len();
+                turn = (turn + 1) % readers.len();
                 let Some(read) = self.start_read(&readable, &reads, turn, count) else {
                     break;
                 };
                 reads.push_back(read);
             }
             let Some(Read { reply: read, .. }) = reads.pop_front() else {
-                if claim_due && !self.shutdown.is_cancelled() {
+                if claim_due && !shutdown.is_cancelled() {
                     self.reclaim().await;
                     last_claim = Some(Instant::now());
                     continue;
@@ -95,14 +130,14 @@ impl Reading {
                 if readable.is_empty() {
                     // Every partition is another consumer's, or not ready yet: look again soon.
                     tokio::select! {
-                        () = self.shutdown.cancelled() => break,
+                        () = shutdown.cancelled() => break,
                         () = tokio::time::sleep(Duration::from_millis(50)) => {}
                     }
                     continue;
                 }
-                // No room for a read: wait until a delivery is acknowledged, or shutdown.
+                // No room for a read: wait until a delivery is settled, or shutdown.
                 tokio::select! {
-                    () = self.shutdown.cancelled() => break,
+                    () = shutdown.cancelled() => break,
                     permit = Arc::clone(&self.unacked).acquire_owned() => drop(permit),
                 }
                 continue;
@@ -117,11 +152,12 @@ impl Reading {
                     busy = streams.iter().any(|(_, entries)| !entries.is_empty());
                     self.empty_reads = if busy { 0 } else { self.empty_reads + 1 };
                     for (stream, entries) in streams {
-                        let Some(stream) =
-                            self.streams.iter().find(|name| ***name == *stream).cloned()
+                        session.inner.counters.recovered(Operation::Read, &stream);
+                        let Some((stream, _)) = self.positions.get_key_value(stream.as_str())
                         else {
                             continue;
                         };
+                        let stream = Arc::clone(stream);
                         if let Some(last) = entries.last() {
                             self.last_seen.insert(Arc::clone(&stream), last.id.clone());
                         }
@@ -130,18 +166,23 @@ impl Reading {
                     }
                 }
                 Err(error) if is_no_group(&error) => {
-                    tracing::warn!(%error, "the consumer group or its stream vanished; recreating it");
+                    tracing::warn!(%error, "the consumer group or its stream vanished; creating it again");
                     self.recreate_groups().await;
                 }
                 Err(error) => {
                     failures += 1;
                     busy = false;
+                    for stream in &readable {
+                        session
+                            .inner
+                            .counters
+                            .stalled(Operation::Read, stream, &error);
+                    }
                     let delay =
                         Backoff::exponential(Duration::from_millis(100), Duration::from_secs(5))
                             .delay(failures);
-                    tracing::warn!(%error, retry_in = ?delay, "reading the streams failed");
                     tokio::select! {
-                        () = self.shutdown.cancelled() => {}
+                        () = shutdown.cancelled() => {}
                         () = tokio::time::sleep(delay) => {}
                     }
                 }
@@ -149,13 +190,13 @@ impl Reading {
         }
     }
 
-    /// The streams this consumer reads now: all but the partitions other consumers hold.
+    /// The streams this consumer reads now: all but the partitions it does not hold (or not yet).
     fn readable(&self) -> Vec<String> {
-        let settings = &self.inner.settings;
+        let settings = &self.session.inner.settings;
         settings
             .streams
             .iter()
-            .filter(|stream| self.ownership.may_read(stream, &settings.partitioned))
+            .filter(|stream| self.leases.may_read(stream, &settings.partitioned))
             .cloned()
             .collect()
     }
@@ -171,6 +212,7 @@ impl Reading {
         index: usize,
         count: usize,
     ) -> Option<Read> {
+        let inner = &self.session.inner;
         let busy = |stream: &String| {
             self.partitions.contains(stream)
                 && reads.iter().any(|read| read.streams.contains(stream))
@@ -183,7 +225,7 @@ impl Reading {
         if candidates.is_empty() {
             return None;
         }
-        let reader = self.inner.readers[index].clone();
+        let reader = inner.readers[index].clone();
         // On a cluster, streams live in different slots: each read names one of them in turn,
         // without waiting on an empty one while others may have entries, until a whole round
         // found none.
@@ -194,7 +236,7 @@ impl Reading {
             .iter()
             .any(|stream| self.partitions.contains(stream))
         {
-            candidates.len().div_ceil(self.inner.readers.len())
+            candidates.len().div_ceil(inner.readers.len())
         } else {
             candidates.len()
         };
@@ -207,7 +249,7 @@ impl Reading {
         };
         let partial = rotating || share < candidates.len();
         let block =
-            (!partial || self.empty_reads >= reads_per_round).then_some(self.inner.settings.block);
+            (!partial || self.empty_reads >= reads_per_round).then_some(inner.settings.block);
         let streams = if rotating {
             self.next_stream = (self.next_stream + 1) % candidates.len();
             vec![candidates[self.next_stream].clone()]
@@ -232,47 +274,40 @@ impl Reading {
         })
     }
 
-    /// Starts deliveries of `entries` of `stream` (each with its attempt number), each once it has
-    /// a backpressure permit. They run concurrently in one task: cheaper than a task each.
+    /// Starts deliveries of `entries` of `stream` (each with its delivery count), each once it
+    /// has a backpressure permit; each entry is kept from now until it is settled. They run
+    /// concurrently in one task: cheaper than a task each.
     async fn deliver(
         &mut self,
         stream: &Arc<str>,
         entries: impl IntoIterator<Item = (StreamEntry, u32)>,
     ) {
-        let stream_index = self
-            .streams
-            .iter()
-            .position(|name| name == stream)
-            .unwrap_or(0);
+        let stream_index = self.positions.get(stream).copied().unwrap_or(0);
         let mut deliveries = Vec::new();
-        for (entry, attempt) in entries {
+        for (entry, deliveries_so_far) in entries {
             let permit = Arc::clone(&self.unacked)
                 .acquire_owned()
                 .await
                 .expect("the semaphore is never closed");
             let (after, turn) = match partition_key(&entry) {
                 Some(key) => {
-                    let (turn, this_ends) = oneshot::channel();
-                    (
-                        self.key_turns.insert((stream_index, key), this_ends),
-                        Some(turn),
-                    )
+                    let (after, turn) = self.key_turns.queue(stream_index, key);
+                    (after, Some(turn))
                 }
                 None => (None, None),
             };
+            let kept = self
+                .session
+                .keeper
+                .keep(stream, &entry.id, deliveries_so_far);
             deliveries.push(
                 Delivery {
-                    after,
-                    _turn: turn,
-                    inner: Arc::clone(&self.inner),
+                    session: Arc::clone(&self.session),
                     stream: Arc::clone(stream),
                     stream_index,
                     entry,
-                    attempt,
-                    permit: Some(permit),
-                    settle: self.settle.clone(),
-                    holds: self.holds.clone(),
-                    shutdown: self.shutdown.clone(),
+                    unsettled: Unsettled::new(kept, Some(permit), turn),
+                    after,
                 }
                 .run(),
             );
@@ -284,58 +319,48 @@ impl Reading {
         }
     }
 
-    /// Claims entries idle past `claim_idle` on any consumer of the group, as far as backpressure
-    /// allows, and delivers them again as their next attempt.
+    /// Takes over entries idle past `claim_idle` on consumers that do not keep them, as far as
+    /// backpressure allows, and delivers them again with their delivery counts.
     async fn reclaim(&mut self) {
-        let settings = self.inner.settings.clone();
-        let readable = self.readable();
-        for stream in self.streams.clone() {
-            if !readable.iter().any(|name| **name == *stream) {
+        let session = Arc::clone(&self.session);
+        let inner = &session.inner;
+        let settings = &inner.settings;
+        for stream in &session.streams {
+            if !self.leases.may_reclaim(stream, &settings.partitioned) {
                 continue;
             }
-            let mut cursor = "0-0".to_owned();
-            loop {
-                let room = self.unacked.available_permits().min(settings.batch_size);
-                if room == 0 {
-                    return;
+            let room = self.unacked.available_permits().min(settings.batch_size);
+            let claimed = self
+                .reclaimer
+                .round(
+                    &inner.commands,
+                    stream,
+                    settings.claim_idle,
+                    settings.batch_size,
+                    room,
+                    &session.keeper,
+                )
+                .await;
+            match claimed {
+                Ok(claimed) => {
+                    inner.counters.recovered(Operation::Claim, stream);
+                    Counters::add(&inner.counters.cleaned, claimed.cleaned as u64);
+                    Counters::add(&inner.counters.reclaimed, claimed.entries.len() as u64);
+                    self.deliver(stream, claimed.entries).await;
                 }
-                let claimed = self
-                    .inner
-                    .commands
-                    .claim_idle(&stream, settings.claim_idle, &cursor, room)
-                    .await;
-                let (next, entries, deleted) = match claimed {
-                    Ok(claimed) => claimed,
-                    Err(error) => {
-                        if is_no_group(&error) {
-                            self.recreate_groups().await;
-                        } else {
-                            tracing::warn!(%stream, %error, "reclaiming idle entries failed");
-                        }
-                        break;
-                    }
-                };
-                Counters::add(&self.inner.counters.cleaned, deleted as u64);
-                Counters::add(&self.inner.counters.reclaimed, entries.len() as u64);
-                self.deliver(&stream, entries).await;
-                if next == "0-0" {
-                    break;
-                }
-                cursor = next;
+                Err(error) if is_no_group(&error) => self.recreate_groups().await,
+                Err(error) => inner.counters.stalled(Operation::Claim, stream, &error),
             }
         }
     }
 
-    /// Creates missing groups again, after the last entry read from each stream so nothing is
-    /// skipped and nothing read is delivered twice.
+    /// Creates vanished groups again, so that nothing written since they vanished is skipped.
     async fn recreate_groups(&mut self) {
-        for stream in &self.streams {
-            let start = match self.last_seen.get(stream) {
-                Some(id) => StartFrom::Id(id.clone()),
-                None => self.inner.settings.start_from.clone(),
-            };
-            if let Err(error) = self.inner.commands.ensure(stream, &start).await {
-                tracing::warn!(%stream, %error, "could not recreate the consumer group");
+        let session = Arc::clone(&self.session);
+        for stream in &session.streams {
+            let last_seen = self.last_seen.get(stream).map(String::as_str);
+            if let Err(error) = session.inner.commands.recreate(stream, last_seen).await {
+                tracing::warn!(%stream, %error, "could not create the consumer group again");
             }
         }
     }

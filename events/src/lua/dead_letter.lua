@@ -1,21 +1,29 @@
--- Moves an entry to the dead-letter stream: adds it there, acknowledges it in its group, and lets go
--- of its idempotency key, in one atomic step, so it is never both lost and acknowledged.
--- KEYS[1]    the stream
--- KEYS[2]    the dead-letter stream
--- KEYS[3]    the idempotency key (optional)
--- ARGV[1]    the consumer group
--- ARGV[2]    the entry id
--- ARGV[3]    this delivery's token
--- ARGV[4]    MAXLEN of the dead-letter stream, 0 for none
--- ARGV[5..]  the dead-letter entry's fields and values
-local id
-if tonumber(ARGV[4]) > 0 then
-  id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', unpack(ARGV, 5))
-else
-  id = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 5))
+#!lua flags=allow-oom
+-- Ends a dead-letter move: runs in one transaction right after the XADD of the dead-letter entry
+-- (so that an entry of any size can be moved: its fields never pass through Lua). If the entry is
+-- still pending on this consumer, acknowledges it and marks its hold dead; otherwise another
+-- consumer has it, and the dead-letter entry just added is deleted again. So an entry is
+-- dead-lettered at most once, and never one that another consumer handled. (When the XADD failed,
+-- the dead-letter key is not a stream: nothing is acknowledged then.)
+-- KEYS[1]  the stream
+-- KEYS[2]  the dead-letter stream
+-- KEYS[3]  the entry's hold key (optional)
+-- ARGV[1]  the consumer group
+-- ARGV[2]  this consumer
+-- ARGV[3]  the entry id
+-- ARGV[4]  how long the dead mark lives, in milliseconds
+-- Returns 1 when the entry was moved, 0 when it was not this consumer's any more.
+if redis.call('TYPE', KEYS[2]).ok ~= 'stream' then
+  return redis.error_reply('the dead-letter key ' .. KEYS[2] .. ' is not a stream')
 end
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if pending[1] == nil or pending[1][2] ~= ARGV[2] then
+  local added = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+  redis.call('XDEL', KEYS[2], added[1][1])
+  return 0
+end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
 if KEYS[3] and redis.call('GET', KEYS[3]) == ARGV[3] then
-  redis.call('DEL', KEYS[3])
+  redis.call('SET', KEYS[3], 'dead', 'PX', ARGV[4])
 end
-return id
+return 1

@@ -1,7 +1,10 @@
--- Acknowledges handled entries and marks their idempotency keys done, in one atomic step, so a
+#!lua flags=allow-oom
+-- Acknowledges handled entries and marks their idempotency holds done, in one atomic step, so a
 -- crash cannot leave an entry acknowledged without its mark or marked without being acknowledged.
+-- Marks are bookkeeping of a few dozen bytes: written even when Redis refuses writes for
+-- maxmemory, so that a handled event is never run again.
 -- KEYS[1]      the stream
--- KEYS[2..]    idempotency keys to mark done (may be none)
+-- KEYS[2..]    hold keys to mark done (may be none)
 -- ARGV[1]      the consumer group
 -- ARGV[2]      how long a done mark lives, in milliseconds
 -- ARGV[3..]    the entry ids to acknowledge

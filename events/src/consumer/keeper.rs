@@ -1,0 +1,206 @@
+//! Keeping the entries a consumer works on its own. An entry read and not yet settled (waiting for
+//! a slot or its key's turn, running, waiting for a retry, or being acknowledged) is kept: a task
+//! resets its idle time well within `claim_idle`, so no reclaim, this consumer's or a peer's, takes
+//! it over while the consumer lives, however long it waits. The same call records its delivery
+//! count. An entry another consumer took anyway (this one was cut off from Redis for longer than
+//! `claim_idle`) is marked lost, and its delivery gives it up.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::group::Group;
+use super::status::{Counters, Operation};
+use crate::Backoff;
+use crate::connection::Connection;
+
+/// What the keeper knows of one kept entry.
+#[derive(Debug)]
+struct State {
+    deliveries: AtomicU32,
+    lost: AtomicBool,
+}
+
+/// Kept entries by stream and id.
+type Registry = HashMap<Arc<str>, HashMap<String, Arc<State>>>;
+
+/// Entry ids with their delivery counts.
+type Counted = Vec<(String, u32)>;
+
+/// The entries a consumer keeps; cheap to clone, clones share them.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Keeper {
+    registry: Arc<Mutex<Registry>>,
+}
+
+/// One kept entry: kept until this is dropped.
+#[derive(Debug)]
+pub(crate) struct Kept {
+    keeper: Keeper,
+    stream: Arc<str>,
+    id: String,
+    state: Arc<State>,
+}
+
+impl Keeper {
+    /// Keeps entry `id` of `stream`, delivered `deliveries` times, until the returned guard drops.
+    pub(crate) fn keep(&self, stream: &Arc<str>, id: &str, deliveries: u32) -> Kept {
+        let state = Arc::new(State {
+            deliveries: AtomicU32::new(deliveries),
+            lost: AtomicBool::new(false),
+        });
+        self.lock()
+            .entry(Arc::clone(stream))
+            .or_default()
+            .insert(id.to_owned(), Arc::clone(&state));
+        Kept {
+            keeper: self.clone(),
+            stream: Arc::clone(stream),
+            id: id.to_owned(),
+            state,
+        }
+    }
+
+    /// Whether entry `id` of `stream` is kept.
+    pub(crate) fn keeps(&self, stream: &str, id: &str) -> bool {
+        self.lock()
+            .get(stream)
+            .is_some_and(|entries| entries.contains_key(id))
+    }
+
+    /// Whether any entry of `stream` is kept.
+    pub(crate) fn keeps_any_of(&self, stream: &str) -> bool {
+        self.lock()
+            .get(stream)
+            .is_some_and(|entries| !entries.is_empty())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Registry> {
+        self.registry
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Every kept entry with its delivery count, per stream.
+    fn snapshot(&self) -> Vec<(Arc<str>, Counted)> {
+        self.lock()
+            .iter()
+            .filter(|(_, entries)| !entries.is_empty())
+            .map(|(stream, entries)| {
+                let entries = entries
+                    .iter()
+                    .map(|(id, state)| (id.clone(), state.deliveries.load(Ordering::Relaxed)))
+                    .collect();
+                (Arc::clone(stream), entries)
+            })
+            .collect()
+    }
+
+    fn mark_lost(&self, stream: &str, ids: &[String]) {
+        let registry = self.lock();
+        let Some(entries) = registry.get(stream) else {
+            return;
+        };
+        for id in ids {
+            if let Some(state) = entries.get(id) {
+                state.lost.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Keeps every kept entry every `interval` until `stop`; a failed round is tried again sooner,
+    /// and reported as a stall until it succeeds.
+    pub(crate) async fn run(
+        self,
+        group: Group<Connection>,
+        interval: Duration,
+        counters: Arc<Counters>,
+        stop: CancellationToken,
+    ) {
+        let retry = Backoff::exponential(Duration::from_millis(20), interval).without_jitter();
+        let mut failures = 0;
+        loop {
+            let mut failed = false;
+            for (stream, entries) in self.snapshot() {
+                match group.keep(&stream, &entries).await {
+                    Ok(lost) => {
+                        counters.recovered(Operation::Keep, &stream);
+                        if !lost.is_empty() {
+                            tracing::warn!(%stream, lost = lost.len(), "entries this consumer worked on were taken over by another consumer; it gives them up");
+                            self.mark_lost(&stream, &lost);
+                        }
+                    }
+                    Err(error) => {
+                        failed = true;
+                        counters.stalled(Operation::Keep, &stream, &error);
+                    }
+                }
+            }
+            failures = if failed { failures + 1 } else { 0 };
+            let wait = if failed {
+                retry.delay(failures)
+            } else {
+                interval
+            };
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}
+
+impl Kept {
+    /// Whether another consumer took the entry over.
+    pub(crate) fn is_lost(&self) -> bool {
+        self.state.lost.load(Ordering::Relaxed)
+    }
+
+    /// How often the entry has been delivered, this delivery included.
+    pub(crate) fn deliveries(&self) -> u32 {
+        self.state.deliveries.load(Ordering::Relaxed)
+    }
+
+    /// The stream it belongs to.
+    pub(crate) fn stream(&self) -> &Arc<str> {
+        &self.stream
+    }
+
+    /// Its id.
+    pub(crate) fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Counts one more delivery, and records it in Redis at once, so a consumer that takes the
+    /// entry over after a crash counts it too (the keeper records it later if this fails).
+    pub(crate) async fn count_delivery(&self, group: &Group<Connection>) -> u32 {
+        let deliveries = self.state.deliveries.fetch_add(1, Ordering::Relaxed) + 1;
+        match group
+            .keep(&self.stream, &[(self.id.clone(), deliveries)])
+            .await
+        {
+            Ok(lost) if !lost.is_empty() => self.state.lost.store(true, Ordering::Relaxed),
+            Ok(_) => {}
+            Err(error) => {
+                tracing::debug!(stream = %self.stream, entry_id = %self.id, %error, "could not record a delivery yet; the keeper will");
+            }
+        }
+        deliveries
+    }
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        let mut registry = self.keeper.lock();
+        if let Some(entries) = registry.get_mut(&self.stream)
+            && entries
+                .get(&self.id)
+                .is_some_and(|state| Arc::ptr_eq(state, &self.state))
+        {
+            entries.remove(&self.id);
+        }
+    }
+}
