@@ -13,7 +13,9 @@ use events::{
 };
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
+use support::faults::{accept_writes, refuse_writes};
 use support::{Captured, RedisServer, connection, publisher_to, unique, wait_until};
+use tracing_subscriber::fmt::format::FmtSpan;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
 #[event(name = "sensor.read")]
@@ -64,17 +66,6 @@ async fn accept_writes_to(server: &RedisServer, stream: &str) {
     let _: () = connection(server).await.del(stream).await.unwrap();
 }
 
-/// `CONFIG SET <parameter> <value>`.
-async fn config_set(server: &RedisServer, parameter: &str, value: &str) {
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg(parameter)
-        .arg(value)
-        .query_async(&mut connection(server).await)
-        .await
-        .unwrap();
-}
-
 /// Publishes `count` readings from `first` on; returns their event ids.
 async fn publish_readings(batched: &BatchedPublisher, first: u64, count: u64) -> BTreeSet<String> {
     let mut ids = BTreeSet::new();
@@ -87,13 +78,7 @@ async fn publish_readings(batched: &BatchedPublisher, first: u64, count: u64) ->
 /// What dropping `batched` logs.
 fn logged_on_drop(batched: BatchedPublisher) -> String {
     let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer({
-            let captured = captured.clone();
-            move || captured.clone()
-        })
-        .with_ansi(false)
-        .finish();
+    let subscriber = captured.subscriber(FmtSpan::NONE);
     tracing::subscriber::with_default(subscriber, || drop(batched));
     captured.text()
 }
@@ -539,9 +524,7 @@ async fn flush_reports_events_redis_refused_for_memory_until_they_are_retried() 
             Duration::from_millis(10),
         ));
     let batched = batched(&server, &stream, config).await;
-    // Past its memory limit and told to evict nothing, Redis refuses every write with OOM.
-    config_set(&server, "maxmemory-policy", "noeviction").await;
-    config_set(&server, "maxmemory", "1").await;
+    refuse_writes(&server).await;
     let published = publish_readings(&batched, 0, 4).await;
 
     let error = batched.flush().await.unwrap_err();
@@ -573,7 +556,7 @@ async fn flush_reports_events_redis_refused_for_memory_until_they_are_retried() 
         "a flush with nothing new still reports the failed list: {error}"
     );
 
-    config_set(&server, "maxmemory", "0").await;
+    accept_writes(&server).await;
     assert_eq!(batched.retry_failed().await.unwrap(), 4);
     batched.flush().await.unwrap();
     assert_eq!(distinct_ids(&server, &stream).await, published);

@@ -31,14 +31,7 @@ struct InvoiceCreated {
 #[tokio::test]
 async fn a_trace_crosses_from_publisher_to_handler_to_what_it_publishes() {
     let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer({
-            let captured = captured.clone();
-            move || captured.clone()
-        })
-        .with_ansi(false)
-        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
-        .finish();
+    let subscriber = captured.subscriber(tracing_subscriber::fmt::format::FmtSpan::CLOSE);
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let server = RedisServer::start();

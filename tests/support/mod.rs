@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub(crate) mod example;
+pub(crate) mod faults;
 pub(crate) mod redis_cluster;
 pub(crate) mod redis_server;
 
@@ -72,6 +73,20 @@ pub(crate) async fn pending(server: &RedisServer, stream: &str, group: &str) -> 
 pub(crate) struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
 
 impl Captured {
+    /// A subscriber writing every event, without colours, to this; `span_events` says which
+    /// span events it writes too.
+    pub(crate) fn subscriber(
+        &self,
+        span_events: tracing_subscriber::fmt::format::FmtSpan,
+    ) -> impl tracing::Subscriber + Send + Sync + use<> {
+        let captured = self.clone();
+        tracing_subscriber::fmt()
+            .with_writer(move || captured.clone())
+            .with_ansi(false)
+            .with_span_events(span_events)
+            .finish()
+    }
+
     /// What was written so far.
     pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
@@ -152,10 +167,13 @@ pub(crate) fn quick_consumer(
 
 /// [`quick_consumer`] of the server at `url`.
 pub(crate) fn quick_consumer_at(url: &str, stream: &str, group: &str) -> events::ConsumerBuilder {
+    quick(events::Consumer::builder(url).stream(stream).group(group))
+}
+
+/// `builder` tuned for tests: from the beginning, short blocks, backoffs and claim times.
+pub(crate) fn quick(builder: events::ConsumerBuilder) -> events::ConsumerBuilder {
     use std::time::Duration;
-    events::Consumer::builder(url)
-        .stream(stream)
-        .group(group)
+    builder
         .start_from(events::StartFrom::Beginning)
         .block(Duration::from_millis(100))
         .backoff(events::Backoff::exponential(

@@ -160,6 +160,9 @@ pub(crate) fn redis_command(port: u16, dir: &Path) -> Command {
             "",
             "--appendonly",
             "no",
+            // Tests stall the server with DEBUG SLEEP.
+            "--enable-debug-command",
+            "local",
         ])
         .arg("--dir")
         .arg(dir)

@@ -1,0 +1,674 @@
+//! The consumer's delivery guarantees, each tried where it is hardest to keep: backlogs deeper
+//! than the concurrency with handlers slower than the claim time, Redis refusing writes, stalling
+//! and dropping connections, acknowledgements and dead-letter writes that keep failing, entries
+//! too big for a script, a stream replaced under a running consumer, keys whose order must hold
+//! while partitions change hands.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use events::{
+    Consumer, ConsumerBuilder, Context, DeadLetters, Event, HandlerError, Operation,
+    PublishOptions, Publisher, dead_letter_stream,
+};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+use support::faults::{ConnectionKiller, accept_writes, allow, deny, refuse_writes, stall};
+use support::{
+    RedisServer, Running, connection, pending, publisher_to, quick, quick_consumer, unique,
+    wait_until,
+};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
+#[event(name = "job.queued")]
+struct Job {
+    n: u64,
+}
+
+/// How often each job's handler started, by job number.
+#[derive(Debug, Clone, Default)]
+struct Runs(Arc<Mutex<BTreeMap<u64, u32>>>);
+
+impl Runs {
+    fn record(&self, n: u64) {
+        *self.0.lock().unwrap().entry(n).or_default() += 1;
+    }
+
+    fn of(&self, n: u64) -> u32 {
+        self.0.lock().unwrap().get(&n).copied().unwrap_or(0)
+    }
+
+    fn distinct(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+
+    /// Asserts that each job of `jobs` ran exactly once, and no other.
+    fn assert_each_once(&self, jobs: std::ops::Range<u64>) {
+        let runs = self.0.lock().unwrap();
+        let wrong: Vec<(u64, u32)> = jobs
+            .clone()
+            .map(|n| (n, runs.get(&n).copied().unwrap_or(0)))
+            .filter(|(_, count)| *count != 1)
+            .collect();
+        assert!(
+            wrong.is_empty(),
+            "jobs not run exactly once (job, runs): {wrong:?}"
+        );
+        assert_eq!(runs.len(), jobs.count(), "only these jobs ran");
+    }
+}
+
+/// A handler that records its run, then works for `work`.
+fn working(
+    runs: &Runs,
+    work: Duration,
+) -> impl Fn(Job, Context) -> BoxFuture<'static, Result<(), HandlerError>> + Clone + use<> {
+    let runs = runs.clone();
+    move |job: Job, _: Context| {
+        runs.record(job.n);
+        async move {
+            tokio::time::sleep(work).await;
+            Ok(())
+        }
+        .boxed()
+    }
+}
+
+/// A handler that records its run and fails job `poison` every time.
+fn poisoned(
+    runs: &Runs,
+    poison: u64,
+) -> impl Fn(Job, Context) -> BoxFuture<'static, Result<(), HandlerError>> + Clone + use<> {
+    let runs = runs.clone();
+    move |job: Job, _: Context| {
+        runs.record(job.n);
+        let result = if job.n == poison {
+            Err(HandlerError::from("poison"))
+        } else {
+            Ok(())
+        };
+        futures::future::ready(result).boxed()
+    }
+}
+
+async fn publish_jobs(publisher: &Publisher, jobs: std::ops::Range<u64>) {
+    let jobs: Vec<Job> = jobs.map(|n| Job { n }).collect();
+    for chunk in jobs.chunks(500) {
+        publisher.publish_many(chunk).await.unwrap();
+    }
+}
+
+/// Writes `job` to `stream` twice, as one event (same id, same body), the way a publisher that
+/// retries after a lost reply does.
+async fn publish_twice(server: &RedisServer, publisher: &Publisher, stream: &str, job: &Job) {
+    let envelope = publisher.envelope(job, PublishOptions::new()).unwrap();
+    let fields: Vec<(String, String)> = envelope
+        .fields()
+        .into_iter()
+        .map(|(name, value)| (name.into_owned(), value.into_owned()))
+        .collect();
+    let mut redis = connection(server).await;
+    for _ in 0..2 {
+        let _: String = redis.xadd(stream, "*", &fields).await.unwrap();
+    }
+}
+
+async fn dead_letter_count(server: &RedisServer, stream: &str) -> usize {
+    connection(server)
+        .await
+        .xlen(dead_letter_stream(stream))
+        .await
+        .unwrap()
+}
+
+fn sum(consumers: &[Consumer], counter: impl Fn(&events::Status) -> u64) -> u64 {
+    consumers
+        .iter()
+        .map(|consumer| counter(&consumer.status()))
+        .sum()
+}
+
+fn stalled(consumers: &[Consumer], operation: Operation) -> Option<events::Stall> {
+    consumers
+        .iter()
+        .flat_map(|consumer| consumer.status().stalls)
+        .find(|stall| stall.operation == operation)
+}
+
+/// `count` consumers of `stream` in `group`, named `c0`, `c1`, .., each handling a job in `work`,
+/// tuned by `tune`; running, with what they ran.
+async fn start_workers(
+    server: &RedisServer,
+    stream: &str,
+    count: usize,
+    work: Duration,
+    tune: impl Fn(ConsumerBuilder) -> ConsumerBuilder,
+) -> (Runs, Vec<Consumer>, Running) {
+    let runs = Runs::default();
+    let consumers = build_all(count, |index| {
+        tune(quick_consumer(server, stream, "workers"))
+            .consumer_name(format!("c{index}"))
+            .handle(working(&runs, work))
+    })
+    .await;
+    let running = Running::start(&consumers);
+    (runs, consumers, running)
+}
+
+async fn build_all(count: usize, builder: impl Fn(usize) -> ConsumerBuilder) -> Vec<Consumer> {
+    let mut consumers = Vec::new();
+    for index in 0..count {
+        consumers.push(builder(index).build().await.unwrap());
+    }
+    consumers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_deeper_than_concurrency_with_handlers_slower_than_claim_idle_runs_each_event_once()
+ {
+    let server = RedisServer::start();
+    let stream = unique("backlog");
+    let publisher = publisher_to(server.url(), &stream).await;
+    // 300 events, each written twice: a repeat waits behind the first, far longer than claim_idle.
+    for n in 0..300 {
+        publish_twice(&server, &publisher, &stream, &Job { n }).await;
+    }
+    // The consumers read the whole backlog at once and handle 2 events at a time each, 60 ms
+    // each: entries wait up to 3 s for their turn, and claim_idle is 1 s.
+    let (runs, consumers, running) =
+        start_workers(&server, &stream, 3, Duration::from_millis(60), |consumer| {
+            consumer.concurrency(2).max_attempts(2)
+        })
+        .await;
+    wait_until("every repeat is acknowledged", || {
+        sum(&consumers, |status| status.processed + status.duplicates) == 600
+    })
+    .await;
+    running.close().await;
+
+    runs.assert_each_once(0..300);
+    assert_eq!(sum(&consumers, |status| status.duplicates), 300);
+    assert_eq!(
+        sum(&consumers, |status| status.reclaimed),
+        0,
+        "nothing taken from a live consumer"
+    );
+    assert_eq!(dead_letter_count(&server, &stream).await, 0);
+    assert_eq!(pending(&server, &stream, "workers").await, 0);
+}
+
+#[tokio::test]
+async fn an_event_handled_ok_is_never_dead_lettered() {
+    let server = RedisServer::start();
+    let stream = unique("handled-not-dead");
+    let publisher = publisher_to(server.url(), &stream).await;
+    publish_jobs(&publisher, 0..30).await;
+    let runs = Runs::default();
+    // One attempt each, one at a time, 100 ms each: the last waits 3 s, three times claim_idle.
+    let consumer = quick_consumer(&server, &stream, "one-shot")
+        .concurrency(1)
+        .max_attempts(1)
+        .handle(working(&runs, Duration::from_millis(100)))
+        .build()
+        .await
+        .unwrap();
+    let running = Running::start(std::slice::from_ref(&consumer));
+    wait_until("all 30 are handled", || consumer.status().processed == 30).await;
+    running.close().await;
+
+    runs.assert_each_once(0..30);
+    assert_eq!(consumer.status().dead_lettered, 0);
+    assert_eq!(dead_letter_count(&server, &stream).await, 0);
+    assert_eq!(pending(&server, &stream, "one-shot").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_redis_refuses_writes_events_are_handled_once_and_a_poison_event_waits_to_be_dead_lettered()
+ {
+    let server = RedisServer::own();
+    let stream = unique("oom");
+    let publisher = publisher_to(server.url(), &stream).await;
+    publish_jobs(&publisher, 0..200).await;
+    let runs = Runs::default();
+    let (refusing, refused) = tokio::sync::watch::channel(false);
+    let handler = {
+        let runs = runs.clone();
+        move |job: Job, _: Context| {
+            runs.record(job.n);
+            let mut refused = refused.clone();
+            async move {
+                if job.n == 150 {
+                    // The poison event fails once Redis refuses writes: its move to the
+                    // dead-letter stream is refused too.
+                    let _ = refused.wait_for(|refused| *refused).await;
+                    return Err(HandlerError::permanent("poison"));
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                Ok(())
+            }
+        }
+    };
+    let consumers = build_all(2, |index| {
+        quick_consumer(&server, &stream, "oom")
+            .consumer_name(format!("c{index}"))
+            .concurrency(4)
+            .handle(handler.clone())
+    })
+    .await;
+    let running = Running::start(&consumers);
+    wait_until("the poison event's handler runs", || runs.of(150) == 1).await;
+    refuse_writes(&server).await;
+    refusing.send_replace(true);
+    let refused_at = Instant::now();
+    wait_until("the dead-letter move stalls", || {
+        stalled(&consumers, Operation::DeadLetter).is_some()
+    })
+    .await;
+    let stall = stalled(&consumers, Operation::DeadLetter).unwrap();
+    assert!(stall.error.contains("OOM"), "{stall:?}");
+    // Refused writes do not stop handling: holds and done marks are small bookkeeping that Redis
+    // takes even past maxmemory, so no handled event can run again.
+    wait_until("the others are handled meanwhile", || {
+        sum(&consumers, |status| status.processed) == 199
+    })
+    .await;
+    // Three times claim_idle with writes refused: nothing is taken over, nothing runs again.
+    tokio::time::sleep(Duration::from_secs(3).saturating_sub(refused_at.elapsed())).await;
+    assert_eq!(sum(&consumers, |status| status.dead_lettered), 0);
+    accept_writes(&server).await;
+    wait_until("the poison event is dead-lettered", || {
+        sum(&consumers, |status| status.dead_lettered) == 1
+    })
+    .await;
+    wait_until("the stall is over", || {
+        consumers
+            .iter()
+            .all(|consumer| consumer.status().stalls.is_empty())
+    })
+    .await;
+    running.close().await;
+
+    runs.assert_each_once(0..200);
+    assert_eq!(sum(&consumers, |status| status.reclaimed), 0);
+    assert_eq!(dead_letter_count(&server, &stream).await, 1);
+    assert_eq!(pending(&server, &stream, "oom").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_acknowledgements_are_retried_until_they_land_and_no_handler_runs_again() {
+    let server = RedisServer::own();
+    let stream = unique("acks");
+    let publisher = publisher_to(server.url(), &stream).await;
+    let runs = Runs::default();
+    let consumers = build_all(2, |index| {
+        quick_consumer(&server, &stream, "acks")
+            .consumer_name(format!("c{index}"))
+            .handle(working(&runs, Duration::ZERO))
+    })
+    .await;
+    let running = Running::start(&consumers);
+    // Redis answers every XACK with NOPERM, also the one inside the acknowledging script.
+    deny(&server, "xack").await;
+    publish_jobs(&publisher, 0..60).await;
+    wait_until("all 60 are handled", || runs.distinct() == 60).await;
+    wait_until("acknowledging shows as a stall", || {
+        stalled(&consumers, Operation::Acknowledge).is_some()
+    })
+    .await;
+    let stall = stalled(&consumers, Operation::Acknowledge).unwrap();
+    assert!(stall.error.contains("can't run this command"), "{stall:?}");
+    // Three times claim_idle with the acknowledgements failing.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(pending(&server, &stream, "acks").await, 60);
+    assert_eq!(sum(&consumers, |status| status.reclaimed), 0);
+    allow(&server, "xack").await;
+    wait_until("the acknowledgements land", || {
+        consumers
+            .iter()
+            .all(|consumer| consumer.status().stalls.is_empty())
+    })
+    .await;
+    assert_eq!(pending(&server, &stream, "acks").await, 0);
+
+    // Acknowledgements failing until shutdown: the entries stay pending, and the consumer that
+    // takes them over does not run them again.
+    deny(&server, "xack").await;
+    publish_jobs(&publisher, 60..80).await;
+    wait_until("all 80 are handled", || runs.distinct() == 80).await;
+    running.close().await;
+    assert_eq!(pending(&server, &stream, "acks").await, 20);
+    allow(&server, "xack").await;
+    let successor = quick_consumer(&server, &stream, "acks")
+        .consumer_name("successor")
+        .handle(working(&runs, Duration::ZERO))
+        .build()
+        .await
+        .unwrap();
+    let running = Running::start(std::slice::from_ref(&successor));
+    wait_until("the successor acknowledges them as handled", || {
+        successor.status().duplicates == 20
+    })
+    .await;
+    running.close().await;
+
+    runs.assert_each_once(0..80);
+    assert_eq!(pending(&server, &stream, "acks").await, 0);
+}
+
+#[tokio::test]
+async fn a_dead_letter_stream_that_refuses_writes_never_reruns_the_poison_handler() {
+    let server = RedisServer::start();
+    let stream = unique("dlq-refused");
+    let publisher = publisher_to(server.url(), &stream).await;
+    // The dead-letter key holds a string: every move there fails.
+    let mut redis = connection(&server).await;
+    let _: () = redis
+        .set(dead_letter_stream(&stream), "not a stream")
+        .await
+        .unwrap();
+    publish_jobs(&publisher, 0..10).await;
+    let runs = Runs::default();
+    let consumers = build_all(2, |index| {
+        quick_consumer(&server, &stream, "poison")
+            .consumer_name(format!("c{index}"))
+            .max_attempts(3)
+            .handle(poisoned(&runs, 7))
+    })
+    .await;
+    let running = Running::start(&consumers);
+    wait_until("the move stalls", || {
+        stalled(&consumers, Operation::DeadLetter).is_some()
+    })
+    .await;
+    assert!(
+        stalled(&consumers, Operation::DeadLetter)
+            .unwrap()
+            .error
+            .contains("not a stream")
+    );
+    // Three times claim_idle: the poison event is neither taken over nor run again.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(runs.of(7), 3);
+    assert_eq!(sum(&consumers, |status| status.reclaimed), 0);
+    assert_eq!(sum(&consumers, |status| status.dead_lettered), 0);
+    let _: () = redis.del(dead_letter_stream(&stream)).await.unwrap();
+    wait_until("the poison event is dead-lettered", || {
+        sum(&consumers, |status| status.dead_lettered) == 1
+    })
+    .await;
+    running.close().await;
+
+    assert_eq!(runs.of(7), 3, "max_attempts runs, no more");
+    assert_eq!(dead_letter_count(&server, &stream).await, 1);
+    assert_eq!(pending(&server, &stream, "poison").await, 0);
+}
+
+/// An entry of `count` fields that is no event: any producer with XADD can write one.
+async fn write_huge_entry(server: &RedisServer, stream: &str, count: usize) -> String {
+    let fields: Vec<(String, String)> = (0..count)
+        .map(|index| (format!("f{index}"), format!("value {index}")))
+        .collect();
+    connection(server)
+        .await
+        .xadd(stream, "*", &fields)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn entries_with_thousands_of_fields_are_dead_lettered_whole_and_replayed_whole() {
+    let server = RedisServer::start();
+    let stream = unique("huge");
+    let publisher = publisher_to(server.url(), &stream).await;
+    publish_jobs(&publisher, 0..5).await;
+    write_huge_entry(&server, &stream, 5_000).await;
+    publish_jobs(&publisher, 5..10).await;
+    write_huge_entry(&server, &stream, 40_000).await;
+    publish_jobs(&publisher, 10..15).await;
+    let runs = Runs::default();
+    let consumer = quick_consumer(&server, &stream, "huge")
+        .handle(working(&runs, Duration::ZERO))
+        .build()
+        .await
+        .unwrap();
+    let running = Running::start(std::slice::from_ref(&consumer));
+    wait_until("both are dead-lettered", || {
+        consumer.status().dead_lettered == 2
+    })
+    .await;
+    wait_until("the good ones are handled", || runs.distinct() == 15).await;
+    running.close().await;
+    runs.assert_each_once(0..15);
+
+    let mut letters = DeadLetters::new(
+        connection(&server).await,
+        &stream,
+        dead_letter_stream(&stream),
+    );
+    let all = letters.all().await.unwrap();
+    let sizes: Vec<usize> = all.iter().map(|letter| letter.fields.len()).collect();
+    assert_eq!(sizes, [5_000, 40_000], "each dead letter holds every field");
+    assert!(all[0].reason.contains("undecodable"), "{}", all[0].reason);
+    let replayed = letters.replay(&all[1]).await.unwrap().expect("replayed");
+    let back = events::read_range(
+        &mut connection(&server).await,
+        &stream,
+        &replayed,
+        &replayed,
+        1,
+    )
+    .await
+    .unwrap();
+    // Every field, and the replay count.
+    assert_eq!(back[0].fields.len(), 40_001);
+    assert_eq!(dead_letter_count(&server, &stream).await, 1);
+}
+
+#[tokio::test]
+async fn in_pull_mode_a_huge_entry_is_dead_lettered_and_the_good_ones_behind_it_are_reserved() {
+    let server = RedisServer::start();
+    let stream = unique("huge-pull");
+    let publisher = publisher_to(server.url(), &stream).await;
+    write_huge_entry(&server, &stream, 10_000).await;
+    publish_jobs(&publisher, 0..5).await;
+    let mut pull = quick_consumer(&server, &stream, "pull")
+        .build_pull()
+        .await
+        .unwrap();
+    let reserved = pull.reserve(10).await.unwrap();
+    assert_eq!(reserved.len(), 5, "the good entries behind it are reserved");
+    pull.ack(&reserved).await.unwrap();
+    wait_until("the huge entry is dead-lettered", || {
+        pull.status().dead_lettered == 1
+    })
+    .await;
+    pull.close().await.unwrap();
+    assert_eq!(dead_letter_count(&server, &stream).await, 1);
+    assert_eq!(pending(&server, &stream, "pull").await, 0);
+}
+
+#[tokio::test]
+async fn a_stream_deleted_and_written_again_under_a_running_consumer_loses_no_entry() {
+    let server = RedisServer::start();
+    let (read, replaced) = (unique("read"), unique("replaced"));
+    let runs = Runs::default();
+    // New entries only: the replaced stream was never read when it goes.
+    let consumer = quick_consumer(&server, &read, "g")
+        .stream(&replaced)
+        .start_from(events::StartFrom::New)
+        .handle(working(&runs, Duration::ZERO))
+        .build()
+        .await
+        .unwrap();
+    let running = Running::start(std::slice::from_ref(&consumer));
+    wait_until("the consumer runs", || consumer.status().running).await;
+    publish_jobs(&publisher_to(server.url(), &read).await, 0..3).await;
+    wait_until("the read stream's events are handled", || {
+        runs.distinct() == 3
+    })
+    .await;
+
+    let publisher = publisher_to(server.url(), &replaced).await;
+    let mut transaction = redis::pipe();
+    transaction.atomic().del(&replaced);
+    for n in 3..8 {
+        let envelope = publisher
+            .envelope(&Job { n }, PublishOptions::new())
+            .unwrap();
+        let fields: Vec<(String, String)> = envelope
+            .fields()
+            .into_iter()
+            .map(|(name, value)| (name.into_owned(), value.into_owned()))
+            .collect();
+        transaction.xadd(&replaced, "*", &fields);
+    }
+    let _: () = transaction
+        .query_async(&mut connection(&server).await)
+        .await
+        .unwrap();
+    wait_until("the events written with the new stream are handled", || {
+        runs.distinct() == 8
+    })
+    .await;
+    running.close().await;
+    runs.assert_each_once(0..8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_stall_longer_than_claim_idle_takes_no_entry_from_a_live_consumer() {
+    let server = RedisServer::own();
+    let stream = unique("stall");
+    let publisher = publisher_to(server.url(), &stream).await;
+    publish_jobs(&publisher, 0..80).await;
+    let (runs, consumers, running) =
+        start_workers(&server, &stream, 2, Duration::from_millis(50), |consumer| {
+            consumer.concurrency(2)
+        })
+        .await;
+    wait_until("some are handled", || runs.distinct() >= 10).await;
+    // Two and a half times claim_idle: when Redis is back, every entry looks idle.
+    let stalled = stall(&server, Duration::from_millis(2_500));
+    wait_until("all are handled", || {
+        sum(&consumers, |status| status.processed) == 80
+    })
+    .await;
+    drop(stalled);
+    running.close().await;
+
+    runs.assert_each_once(0..80);
+    assert_eq!(sum(&consumers, |status| status.reclaimed), 0);
+    assert_eq!(pending(&server, &stream, "workers").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_killed_every_200_ms_lose_and_repeat_nothing() {
+    let server = RedisServer::own();
+    let stream = unique("killed");
+    let publisher = publisher_to(server.url(), &stream).await;
+    publish_jobs(&publisher, 0..400).await;
+    let killer = ConnectionKiller::start(&server, Duration::from_millis(200)).await;
+    let (runs, consumers, running) =
+        start_workers(&server, &stream, 3, Duration::from_millis(10), |consumer| {
+            consumer.concurrency(4).batch_size(20)
+        })
+        .await;
+    wait_until("all are handled", || runs.distinct() == 400).await;
+    let killed = killer.killed();
+    drop(killer);
+    // Entries whose read reply was lost are taken over once idle: wait until none is pending.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pending(&server, &stream, "workers").await > 0 {
+        assert!(Instant::now() < deadline, "entries stay pending");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    running.close().await;
+
+    assert!(killed >= 10, "connections were killed: {killed}");
+    runs.assert_each_once(0..400);
+    assert_eq!(sum(&consumers, |status| status.processed), 400);
+}
+
+#[tokio::test]
+async fn a_keys_next_event_starts_only_after_the_previous_one_is_settled() {
+    let server = RedisServer::own();
+    let stream = unique("turns");
+    let publisher = Publisher::connect(
+        server.url(),
+        events::PublisherConfig::new("test").router(
+            events::Router::builder()
+                .route(events::Route::to("job.*", &stream).partitions(2))
+                .build()
+                .unwrap(),
+        ),
+    )
+    .await
+    .unwrap();
+    let runs = Runs::default();
+    let consumer = quick(
+        Consumer::builder(server.url())
+            .partitioned_stream(&stream, 2)
+            .group("turns"),
+    )
+    .partition_lease(Duration::from_millis(600))
+    .handle(working(&runs, Duration::ZERO))
+    .build()
+    .await
+    .unwrap();
+    let running = Running::start(std::slice::from_ref(&consumer));
+    wait_until("the consumer runs", || consumer.status().running).await;
+    deny(&server, "xack").await;
+    let key = |key: &str| PublishOptions::new().partition_key(key);
+    publisher
+        .publish_with(&Job { n: 1 }, key("a"))
+        .await
+        .unwrap();
+    wait_until("the first of key a is handled", || runs.of(1) == 1).await;
+    publisher
+        .publish_with(&Job { n: 2 }, key("a"))
+        .await
+        .unwrap();
+    // While the first one's acknowledgement fails, the second of its key waits.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(
+        runs.of(2),
+        0,
+        "the next event of a key waits until the one before is settled"
+    );
+    allow(&server, "xack").await;
+    wait_until("the second of key a is handled", || runs.of(2) == 1).await;
+    running.close().await;
+}
+
+#[tokio::test]
+async fn a_panicking_hook_harms_no_delivery() {
+    let server = RedisServer::start();
+    let stream = unique("hook-panic");
+    let publisher = publisher_to(server.url(), &stream).await;
+    publish_jobs(&publisher, 0..50).await;
+    let runs = Runs::default();
+    let calls = Arc::new(AtomicU32::new(0));
+    let consumer = quick_consumer(&server, &stream, "hooks")
+        .before({
+            let calls = Arc::clone(&calls);
+            move |_| {
+                if calls.fetch_add(1, Ordering::Relaxed).is_multiple_of(2) {
+                    panic!("a hook that panics");
+                }
+            }
+        })
+        .handle(working(&runs, Duration::from_millis(5)))
+        .build()
+        .await
+        .unwrap();
+    let running = Running::start(std::slice::from_ref(&consumer));
+    wait_until("all are handled", || consumer.status().processed == 50).await;
+    running.close().await;
+    runs.assert_each_once(0..50);
+    assert_eq!(calls.load(Ordering::Relaxed), 50);
+}
