@@ -434,3 +434,27 @@ async fn work_of_a_dropped_consumer_is_reclaimed_and_lost_connections_come_back(
     assert_eq!(survivor.status().reclaimed, 10);
     assert!(seen.lock().unwrap().values().all(|count| *count == 1));
 }
+
+#[tokio::test]
+async fn a_shared_dead_letter_stream_must_share_each_stream_s_slot() {
+    let cluster = RedisCluster::start();
+    let consumer = |stream: &str, dead_letters: &str| {
+        Consumer::builder(cluster.url())
+            .stream(stream)
+            .group("workers")
+            .dead_letter_stream(dead_letters)
+            .handle(|_: TaskCreated, _: Context| async { Ok(()) })
+            .build()
+    };
+    let error = consumer("orders", "failures")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains(
+            "dead_letter_stream `failures` is in another cluster slot than stream `orders`"
+        ),
+        "{error}"
+    );
+    consumer("{shop}:orders", "{shop}:failures").await.unwrap();
+}

@@ -1044,6 +1044,35 @@ async fn configuration_mistakes_are_named_before_connecting() {
             .await
             .contains("claim_idle (1s) must be longer than the handler timeout")
     );
+    let no_window = Consumer::builder(nowhere)
+        .stream("s")
+        .group("g")
+        .idempotency_ttl(Duration::from_micros(500))
+        .handle(recording(&seen));
+    assert!(message(no_window).await.starts_with(
+        "invalid configuration: idempotency_ttl (500µs) must be at least a millisecond"
+    ));
+    let no_interval = Consumer::builder(nowhere)
+        .stream("s")
+        .group("g")
+        .claim_interval(Duration::ZERO)
+        .handle(recording(&seen));
+    assert!(
+        message(no_interval)
+            .await
+            .contains("claim_interval (0ns) must be at least a millisecond")
+    );
+    let dead_letters_read_again = Consumer::builder(nowhere)
+        .stream("s")
+        .stream("failures")
+        .group("g")
+        .dead_letter_stream("failures")
+        .handle(recording(&seen));
+    assert!(
+        message(dead_letters_read_again)
+            .await
+            .contains("dead_letter_stream `failures` is also a stream the consumer reads")
+    );
 }
 
 #[tokio::test]

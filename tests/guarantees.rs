@@ -672,3 +672,115 @@ async fn a_panicking_hook_harms_no_delivery() {
     runs.assert_each_once(0..50);
     assert_eq!(calls.load(Ordering::Relaxed), 50);
 }
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
+#[event(name = "job.step")]
+struct Step {
+    key: String,
+    seq: u64,
+}
+
+/// One handler run of a step: its key and sequence number, when it ran, and where.
+type StepRun = (String, u64, Instant, Instant, &'static str);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_changes_hands_only_after_its_old_owner_finished_it() {
+    let server = RedisServer::start();
+    let stream = unique("handover");
+    let publisher = Publisher::connect(
+        server.url(),
+        events::PublisherConfig::new("test").router(
+            events::Router::builder()
+                .route(events::Route::to("job.*", &stream).partitions(4))
+                .build()
+                .unwrap(),
+        ),
+    )
+    .await
+    .unwrap();
+    // Steps `seqs` of 8 keys, a round of keys at a time with `pause` between rounds.
+    let publish_steps = |seqs: std::ops::Range<u64>, pause: Duration| {
+        let publisher = &publisher;
+        async move {
+            for seq in seqs {
+                tokio::time::sleep(pause).await;
+                for key in 0..8 {
+                    let step = Step {
+                        key: format!("k{key}"),
+                        seq,
+                    };
+                    let options = PublishOptions::new().partition_key(step.key.clone());
+                    publisher.publish_with(&step, options).await.unwrap();
+                }
+            }
+        }
+    };
+    let steps: Arc<Mutex<Vec<StepRun>>> = Arc::default();
+    let consumer = |name: &'static str| {
+        let steps = Arc::clone(&steps);
+        quick(
+            Consumer::builder(server.url())
+                .partitioned_stream(&stream, 4)
+                .group("handover"),
+        )
+        .consumer_name(name)
+        .concurrency(8)
+        .partition_lease(Duration::from_millis(600))
+        .handle(move |step: Step, _: Context| {
+            let steps = Arc::clone(&steps);
+            async move {
+                let started = Instant::now();
+                // 15 steps of a key take 1.5 s one after another: longer than claim_idle.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                steps
+                    .lock()
+                    .unwrap()
+                    .push((step.key, step.seq, started, Instant::now(), name));
+                Ok(())
+            }
+        })
+        .build()
+    };
+    publish_steps(0..15, Duration::ZERO).await;
+    let first = consumer("first").await.unwrap();
+    let running_first = Running::start(std::slice::from_ref(&first));
+    wait_until("the first consumer works", || {
+        !steps.lock().unwrap().is_empty()
+    })
+    .await;
+    // A second consumer joins while the first has every key's backlog in hand: half the
+    // partitions move to it, and the events of their keys that come meanwhile go to it.
+    let second = consumer("second").await.unwrap();
+    let running_second = Running::start(std::slice::from_ref(&second));
+    publish_steps(15..30, Duration::from_millis(150)).await;
+    wait_until("all 240 are handled", || steps.lock().unwrap().len() == 240).await;
+    running_first.close().await;
+    running_second.close().await;
+
+    let steps = steps.lock().unwrap();
+    assert!(
+        steps.iter().any(|(.., consumer)| *consumer == "second"),
+        "partitions changed hands"
+    );
+    for key in 0..8 {
+        let key = format!("k{key}");
+        let mut of_key: Vec<&StepRun> = steps.iter().filter(|step| step.0 == key).collect();
+        of_key.sort_by_key(|step| step.2);
+        let order: Vec<u64> = of_key.iter().map(|step| step.1).collect();
+        assert_eq!(
+            order,
+            (0..30).collect::<Vec<_>>(),
+            "key {key} in order, each once"
+        );
+        for pair in of_key.windows(2) {
+            assert!(
+                pair[0].3 <= pair[1].2,
+                "key {key}: step {} (on {}) started before step {} (on {}) ended",
+                pair[1].1,
+                pair[1].4,
+                pair[0].1,
+                pair[0].4
+            );
+        }
+    }
+}
