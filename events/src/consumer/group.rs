@@ -136,6 +136,12 @@ impl<C: ConnectionLike + Clone + Send + Sync> Group<C> {
             .await;
         match created {
             Err(error) if error.code() == Some("BUSYGROUP") => Ok(()),
+            // Redis refusing writes (maxmemory) refuses even a group that exists already: a
+            // consumer can still start then.
+            Err(error) if matches!(self.position(stream).await, Ok(Some(_))) => {
+                tracing::debug!(%stream, %error, "the group exists; creating it was refused");
+                Ok(())
+            }
             other => other,
         }
     }
