@@ -390,59 +390,6 @@ async fn malformed_entries_go_to_the_dead_letter_stream_and_the_consumer_keeps_g
 }
 
 #[tokio::test]
-async fn a_duplicate_publish_is_handled_once() {
-    let server = RedisServer::start();
-    let stream = unique("duplicate");
-    let seen = seen();
-    let handled = Arc::new(AtomicU32::new(0));
-    let handler = {
-        let (seen, handled) = (Arc::clone(&seen), Arc::clone(&handled));
-        move |task: TaskCreated, context: Context| {
-            handled.fetch_add(1, Ordering::SeqCst);
-            record(&seen, task.n, context.attempt());
-            futures::future::ready(Ok::<(), HandlerError>(()))
-        }
-    };
-    let consumer = quick_consumer(&server, &stream, "g")
-        .handle(handler)
-        .build()
-        .await
-        .unwrap();
-    let publisher = publisher_to(server.url(), &stream).await;
-    let envelope = publisher
-        .envelope(&TaskCreated { n: 1 }, PublishOptions::new())
-        .unwrap();
-    // The same envelope written twice (a retried publish), and the same event published again.
-    publisher
-        .publish_envelopes(vec![envelope.clone(), envelope])
-        .await
-        .unwrap();
-    publisher.publish(&TaskCreated { n: 1 }).await.unwrap();
-    publisher.publish(&TaskCreated { n: 2 }).await.unwrap();
-    let running = spawn(&consumer);
-
-    wait_until("all four entries are settled", || {
-        let status = consumer.status();
-        status.processed + status.duplicates == 4
-    })
-    .await;
-    publisher.publish(&TaskCreated { n: 1 }).await.unwrap();
-    wait_until("the late repeat is settled too", || {
-        consumer.status().duplicates == 3
-    })
-    .await;
-    stop(running).await;
-
-    assert_eq!(
-        handled.load(Ordering::SeqCst),
-        2,
-        "events 1 and 2 once each"
-    );
-    assert_eq!(consumer.status().processed, 2);
-    assert_eq!(pending(&server, &stream, "g").await, 0);
-}
-
-#[tokio::test]
 async fn entries_of_a_consumer_dropped_mid_handler_are_finished_by_another() {
     let server = RedisServer::start();
     let stream = unique("crash");
@@ -1193,53 +1140,4 @@ async fn never_more_entries_unacknowledged_than_max_unacked() {
         "at most 5 pending at once, saw {most_pending}"
     );
     assert!(most_pending >= 3, "the bound was used, saw {most_pending}");
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
-#[event(name = "payment.captured")]
-struct PaymentCaptured {
-    #[event(idempotency_key)]
-    payment_id: String,
-    captured_at: String,
-}
-
-#[tokio::test]
-async fn declared_idempotency_keys_identify_repeats_with_other_bodies() {
-    let server = RedisServer::start();
-    let stream = unique("declared-key");
-    let handled = Arc::new(Mutex::new(Vec::new()));
-    let handler = {
-        let handled = Arc::clone(&handled);
-        move |payment: PaymentCaptured, _: Context| {
-            handled.lock().unwrap().push(payment);
-            futures::future::ready(Ok::<(), HandlerError>(()))
-        }
-    };
-    let consumer = quick_consumer(&server, &stream, "g")
-        .handle(handler)
-        .build()
-        .await
-        .unwrap();
-    let publisher = publisher_to(server.url(), &stream).await;
-    let capture = |id: &str, at: &str| PaymentCaptured {
-        payment_id: id.into(),
-        captured_at: at.into(),
-    };
-    // The same payment reported twice with different timestamps: the key says it is one event.
-    publisher.publish(&capture("p-1", "10:00")).await.unwrap();
-    publisher.publish(&capture("p-1", "10:05")).await.unwrap();
-    publisher.publish(&capture("p-2", "10:00")).await.unwrap();
-    let running = spawn(&consumer);
-    wait_until("all three are settled", || {
-        let status = consumer.status();
-        status.processed + status.duplicates == 3
-    })
-    .await;
-    stop(running).await;
-
-    let handled = handled.lock().unwrap().clone();
-    let ids: Vec<&str> = handled.iter().map(|p| p.payment_id.as_str()).collect();
-    assert_eq!(ids.len(), 2, "{ids:?}");
-    assert!(ids.contains(&"p-1") && ids.contains(&"p-2"));
-    assert_eq!(consumer.status().duplicates, 1);
 }

@@ -4,6 +4,7 @@ mod support;
 
 use events::{dead_letter_stream, server_stats, stream_stats};
 use redis::AsyncCommands;
+use support::faults::config_set;
 use support::{RedisServer, connection, publisher_to, unique};
 
 #[tokio::test]
@@ -77,7 +78,7 @@ async fn stats_report_length_lag_pending_consumers_and_dead_letters() {
 }
 
 #[tokio::test]
-async fn server_stats_warn_when_streams_can_be_evicted() {
+async fn server_stats_warn_of_every_policy_that_can_evict_streams_or_idempotency_marks() {
     let server = RedisServer::own();
     let mut redis = connection(&server).await;
 
@@ -86,20 +87,28 @@ async fn server_stats_warn_when_streams_can_be_evicted() {
     assert!(safe.used_memory > 0);
     assert_eq!(safe.warning, None);
 
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("maxmemory-policy")
-        .arg("allkeys-lru")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    let risky = server_stats(&mut redis).await.unwrap();
-    assert!(
-        risky
-            .warning
-            .unwrap()
-            .contains("allkeys-lru may evict stream keys")
-    );
+    for policy in [
+        "volatile-lru",
+        "volatile-ttl",
+        "allkeys-lru",
+        "allkeys-random",
+    ] {
+        config_set(&server, "maxmemory-policy", policy).await;
+        let stats = server_stats(&mut redis).await.unwrap();
+        assert_eq!(stats.eviction_policy, policy);
+        let warning = stats.warning.expect(policy);
+        assert!(
+            warning.contains(&format!("maxmemory-policy {policy} may evict")),
+            "{warning}"
+        );
+        // Marks expire, so every policy but noeviction may evict them; streams only allkeys-*.
+        assert!(warning.contains("idempotency marks"), "{warning}");
+        assert_eq!(
+            warning.contains("streams"),
+            policy.starts_with("allkeys-"),
+            "{warning}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -159,7 +159,7 @@ impl<C: ConnectionLike + Send> DeadLetters<C> {
         let finish = Finish {
             script: include_str!("lua/replay.lua"),
             keys: vec![&self.stream, &self.dead_letter_stream],
-            args: vec![letter.id.clone()],
+            args: vec![letter.id.clone().into_bytes()],
         };
         let (id, replayed) = add_and_finish(&mut self.connection, &self.stream, 0, &fields, finish)
             .await

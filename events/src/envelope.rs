@@ -134,14 +134,7 @@ pub fn hash_body(event_type: &str, body: &str) -> String {
     hasher.update(event_type.as_bytes());
     hasher.update([0]);
     hasher.update(body.as_bytes());
-    let digest = hasher.finalize();
-    let mut hex = String::with_capacity(64);
-    for byte in digest {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        hex.push(DIGITS[usize::from(byte >> 4)] as char);
-        hex.push(DIGITS[usize::from(byte & 0xf)] as char);
-    }
-    hex
+    hex::encode(hasher.finalize())
 }
 
 impl Envelope {

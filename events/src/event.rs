@@ -16,7 +16,8 @@ pub trait Event: Validate + Serialize + DeserializeOwned + Send + Sync + 'static
     const VERSION: u32;
 
     /// The key that identifies a repeat of this event, taken from the fields marked
-    /// `#[event(idempotency_key)]`; `None` means the body's hash identifies it.
+    /// `#[event(idempotency_key)]`, scoped by the event type; `None` means the consumer's
+    /// [`Identity`](crate::Identity) identifies it (by default, the event id).
     fn idempotency_key(&self) -> Option<String> {
         None
     }

@@ -61,9 +61,16 @@ pub fn dead_letter_stream(stream: &str) -> String {
     format!("{}:dlq", slot_prefix(stream))
 }
 
-/// The key that marks the event with idempotency key `key` as handled by `group` on `stream`.
-pub(crate) fn idempotency_key(stream: &str, group: &str, key: &str) -> String {
-    format!("{}:done:{group}:{key}", slot_prefix(stream))
+/// The prefix of the keys holding `group`'s idempotency marks on `stream`: `<prefix>:<bucket>` and
+/// `<prefix>:<bucket>:<shard>`.
+pub(crate) fn marks_prefix(stream: &str, group: &str) -> String {
+    format!("{}:marks:{group}", slot_prefix(stream))
+}
+
+/// The key of `group`'s idempotency hold on the event whose identity digest is `digest` (hex) on
+/// `stream`, while an entry of it is being handled.
+pub(crate) fn hold_key(stream: &str, group: &str, digest: &str) -> String {
+    format!("{}:hold:{group}:{digest}", slot_prefix(stream))
 }
 
 #[cfg(test)]
@@ -74,9 +81,10 @@ mod tests {
     fn keys_share_the_stream_slot() {
         assert_eq!(dead_letter_stream("orders"), "{orders}:dlq");
         assert_eq!(dead_letter_stream("{shop}:orders"), "{shop}:orders:dlq");
+        assert_eq!(marks_prefix("orders", "billing"), "{orders}:marks:billing");
         assert_eq!(
-            idempotency_key("orders", "billing", "abc"),
-            "{orders}:done:billing:abc"
+            hold_key("orders", "billing", "ab12"),
+            "{orders}:hold:billing:ab12"
         );
     }
 

@@ -71,8 +71,8 @@ pub use batch::{
 pub use connection::{CLUSTER_SCHEME, Connection};
 pub use consumer::{
     Backoff, Consumer, ConsumerBuilder, Context, DEAD_LETTER_PREFIX, DeadLetter, Failure,
-    HandlerError, HandlerOptions, Operation, PullConsumer, Reserved, Stall, StartFrom, Status,
-    Unhandled, remove_stale_consumers_of,
+    HandlerError, HandlerOptions, Identity, Operation, PullConsumer, Reserved, Stall, StartFrom,
+    Status, Unhandled, remove_stale_consumers_of,
 };
 pub use dead_letters::{DeadLetterEntry, DeadLetters, REPLAYED_FIELD};
 pub use entry::{StreamEntry, read_after, read_range};

@@ -80,7 +80,8 @@ pub struct ServerStats {
     pub max_memory: u64,
     /// What Redis does at the limit (`maxmemory-policy`).
     pub eviction_policy: String,
-    /// Set when the policy may evict streams, which would lose events.
+    /// Set when the policy may evict streams (losing events) or idempotency marks (running repeats
+    /// again): every policy but `noeviction`.
     pub warning: Option<String>,
 }
 
@@ -231,26 +232,36 @@ pub async fn server_stats<C: ConnectionLike>(connection: &mut C) -> Result<Serve
         .iter()
         .filter_map(|info| field(info, "maxmemory_policy"))
         .collect();
-    let evicting = policies.iter().find(|policy| {
-        !matches!(
-            policy.as_str(),
-            "noeviction" | "volatile-lru" | "volatile-lfu" | "volatile-random" | "volatile-ttl"
-        )
-    });
-    let warning = evicting.map(|policy| {
-        format!(
-            "maxmemory-policy {policy} may evict stream keys under memory pressure, losing events; use noeviction or a volatile-* policy"
-        )
-    });
+    let warned = policies
+        .iter()
+        .find_map(|policy| Some((policy, eviction_warning(policy)?)));
     Ok(ServerStats {
         used_memory: sum("used_memory"),
         max_memory: sum("maxmemory"),
-        eviction_policy: evicting
+        eviction_policy: warned
+            .as_ref()
+            .map(|(policy, _)| *policy)
             .or(policies.first())
             .cloned()
             .unwrap_or_else(|| "unknown".into()),
-        warning,
+        warning: warned.map(|(_, warning)| warning),
     })
+}
+
+/// What `policy` may evict, when it may evict anything: streams (events lost) or idempotency
+/// marks (handled events run again). Only `noeviction` keeps both.
+fn eviction_warning(policy: &str) -> Option<String> {
+    match policy {
+        "noeviction" => None,
+        volatile if volatile.starts_with("volatile-") => Some(format!(
+            "maxmemory-policy {volatile} may evict idempotency marks under memory pressure (they \
+             expire), and repeats of events they marked then run again; use noeviction"
+        )),
+        other => Some(format!(
+            "maxmemory-policy {other} may evict streams under memory pressure, losing events, and \
+             idempotency marks, running repeats again; use noeviction"
+        )),
+    }
 }
 
 fn text(map: &HashMap<String, Value>, field: &str) -> String {

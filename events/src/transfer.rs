@@ -11,7 +11,7 @@ pub(crate) struct Finish<'a> {
     /// The script's source: `EVAL`, since a transaction cannot load a script that is missing.
     pub(crate) script: &'static str,
     pub(crate) keys: Vec<&'a str>,
-    pub(crate) args: Vec<String>,
+    pub(crate) args: Vec<Vec<u8>>,
 }
 
 /// Adds an entry with `fields` to `stream` (trimmed to about `max_len` entries unless 0), then

@@ -187,7 +187,8 @@ pub(crate) fn quick(builder: events::ConsumerBuilder) -> events::ConsumerBuilder
 }
 
 /// Publishes `event`, trying again while the error is retryable (Redis restarting or moving a
-/// slot), at most for 30 seconds.
+/// slot), at most for 30 seconds. It retries as a publisher should: the same event, with the same
+/// id, so that consumers tell a repeat written by a retry from a new event.
 pub(crate) async fn publish_retrying<E: events::Event>(publisher: &events::Publisher, event: &E) {
     publish_retrying_with(publisher, event, events::PublishOptions::new()).await;
 }
@@ -198,9 +199,12 @@ pub(crate) async fn publish_retrying_with<E: events::Event>(
     event: &E,
     options: events::PublishOptions,
 ) {
+    let envelope = publisher
+        .envelope(event, options)
+        .expect("a valid test event");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        match publisher.publish_with(event, options.clone()).await {
+        match publisher.publish_envelopes(vec![envelope.clone()]).await {
             Ok(_) => return,
             Err(error) if error.is_retryable() && std::time::Instant::now() < deadline => {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;

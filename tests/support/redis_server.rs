@@ -147,9 +147,15 @@ impl RedisServer {
     }
 }
 
-/// `redis-server` on `port`, keeping nothing on disk but what it is told to, in `dir`.
+/// The server binary tests start: `EVENTS_TEST_SERVER` (such as a `valkey-server`), or else
+/// `redis-server` from `PATH`.
+pub(crate) fn server_binary() -> String {
+    std::env::var("EVENTS_TEST_SERVER").unwrap_or_else(|_| "redis-server".to_owned())
+}
+
+/// The test server on `port`, keeping nothing on disk but what it is told to, in `dir`.
 pub(crate) fn redis_command(port: u16, dir: &Path) -> Command {
-    let mut command = Command::new("redis-server");
+    let mut command = Command::new(server_binary());
     command
         .args([
             "--port",

@@ -11,7 +11,7 @@ use super::group::Group;
 use super::handler::Registry;
 use super::partitions::Partitioned;
 use super::{
-    Backoff, Consumer, Context, DeadLetter, Failure, HandlerError, HandlerOptions, Inner,
+    Backoff, Consumer, Context, DeadLetter, Failure, HandlerError, HandlerOptions, Identity, Inner,
     PullConsumer, StartFrom, Unhandled,
 };
 use crate::connection::Connection;
@@ -156,6 +156,12 @@ impl ConsumerBuilder {
         self.settings(|settings| settings.idempotent = enabled)
     }
 
+    /// What identifies a repeat of an event whose type declares no idempotency key (default:
+    /// its event id).
+    pub fn identity(self, identity: Identity) -> Self {
+        self.settings(|settings| settings.identity = identity)
+    }
+
     /// How long an event is remembered as handled (default 24 h).
     pub fn idempotency_ttl(self, ttl: Duration) -> Self {
         self.settings(|settings| settings.idempotency_ttl = ttl)
@@ -271,16 +277,13 @@ impl ConsumerBuilder {
         if let Some(error) = self.error {
             return Err(error);
         }
-        self.settings.check()?;
-        let reader = connect(&self.url, self.settings.block + Duration::from_secs(5)).await?;
-        let commands = connect(&self.url, Duration::from_secs(10)).await?;
-        self.settings.check_connection(&commands)?;
-        PullConsumer::start(
-            self.settings.group_on(reader),
-            self.settings.group_on(commands),
-            self.settings,
-        )
-        .await
+        let mut settings = self.settings;
+        settings.check()?;
+        let reader = connect(&self.url, settings.block + Duration::from_secs(5)).await?;
+        let commands = settings
+            .connected(connect(&self.url, Duration::from_secs(10)).await?)
+            .await?;
+        PullConsumer::start(settings.group_on(reader), commands, settings).await
     }
 
     /// Checks the configuration and connects.
@@ -307,8 +310,10 @@ impl ConsumerBuilder {
             let reader = connect(&self.url, settings.block + Duration::from_secs(5)).await?;
             readers.push(settings.group_on(reader));
         }
-        let commands = connect(&self.url, Duration::from_secs(10)).await?;
-        settings.check_connection(&commands)?;
+        let mut settings = settings;
+        let commands = settings
+            .connected(connect(&self.url, Duration::from_secs(10)).await?)
+            .await?;
         let mut registry = self.registry;
         registry.instrument(&settings.streams, &settings.group);
         let unhandled_metrics = settings
@@ -319,7 +324,7 @@ impl ConsumerBuilder {
         let inner = Inner {
             unhandled_metrics,
             readers,
-            commands: settings.group_on(commands),
+            commands,
             group_name: Arc::from(settings.group.as_str()),
             concurrency: Semaphore::new(settings.concurrency),
             registry,
@@ -334,6 +339,15 @@ impl ConsumerBuilder {
 }
 
 impl Settings {
+    /// Checks the settings against the server `connection` talks to, reads what they depend on
+    /// from it, and returns this consumer of this group over it.
+    async fn connected(&mut self, connection: Connection) -> Result<Group<Connection>> {
+        self.check_connection(&connection)?;
+        let group = self.group_on(connection);
+        self.listpack_entries = group.listpack_entries().await;
+        Ok(group)
+    }
+
     /// Checks the settings that depend on what `connection` talks to: on a cluster, a shared
     /// dead-letter stream must live in the slot of every stream, since a dead-letter move touches
     /// both in one transaction.

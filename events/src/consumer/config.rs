@@ -3,8 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::idempotency::MarkSettings;
 use super::partitions::Partitioned;
-use super::{Backoff, Context, DeadLetter, Failure, StartFrom};
+use super::{Backoff, Context, DeadLetter, Failure, Identity, StartFrom};
 
 /// What to do with an event whose type has no handler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -22,6 +23,7 @@ pub enum Unhandled {
 pub struct HandlerOptions {
     pub(crate) timeout: Option<Duration>,
     pub(crate) idempotent: Option<bool>,
+    pub(crate) identity: Option<Identity>,
 }
 
 impl HandlerOptions {
@@ -39,6 +41,13 @@ impl HandlerOptions {
     /// Whether repeats of an event already handled are skipped (on by default).
     pub fn idempotent(mut self, idempotent: bool) -> Self {
         self.idempotent = Some(idempotent);
+        self
+    }
+
+    /// What identifies a repeat of an event for this handler, when its type declares no
+    /// idempotency key (by default the consumer's choice, itself by default the event id).
+    pub fn identity(mut self, identity: Identity) -> Self {
+        self.identity = Some(identity);
         self
     }
 }
@@ -88,7 +97,11 @@ pub(crate) struct Settings {
     pub(crate) claim_idle: Duration,
     pub(crate) claim_interval: Duration,
     pub(crate) idempotent: bool,
+    pub(crate) identity: Identity,
     pub(crate) idempotency_ttl: Duration,
+    /// How many fields the server's hashes keep compact (`hash-max-listpack-entries`), read when
+    /// the consumer connects.
+    pub(crate) listpack_entries: u64,
     pub(crate) unhandled: Unhandled,
     pub(crate) dead_letter_stream: Option<String>,
     pub(crate) dead_letter_max_len: u64,
@@ -114,12 +127,19 @@ impl Settings {
             claim_idle: Duration::from_secs(60),
             claim_interval: Duration::from_secs(5),
             idempotent: true,
+            identity: Identity::EventId,
             idempotency_ttl: Duration::from_secs(24 * 3600),
+            listpack_entries: 128,
             unhandled: Unhandled::Skip,
             dead_letter_stream: None,
             dead_letter_max_len: 0,
             shutdown_timeout: Duration::from_secs(30),
         }
+    }
+
+    /// Where and for how long the consumer's idempotency marks live.
+    pub(crate) fn marks(&self) -> MarkSettings {
+        MarkSettings::new(self.idempotency_ttl, self.listpack_entries)
     }
 
     /// The dead-letter stream of `stream`.

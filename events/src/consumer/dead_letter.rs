@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use super::config::Settings;
 use super::group::{DeadLetterMove, Group};
+use super::idempotency::Digest;
 use super::status::{Counters, Operation};
 use crate::connection::Connection;
 use crate::{Backoff, StreamEntry};
@@ -42,8 +43,8 @@ pub(crate) struct Doomed<'a> {
     pub(crate) event_type: Option<String>,
     pub(crate) reason: String,
     pub(crate) attempts: u32,
-    /// The entry's idempotency hold, marked dead with the move.
-    pub(crate) hold: Option<&'a str>,
+    /// The identity of the entry's event, when it holds its hold: marked dead with the move.
+    pub(crate) hold: Option<Digest>,
 }
 
 /// Moves `doomed` to its dead-letter stream, trying again until the move lands; `None` when the
@@ -68,7 +69,7 @@ pub(crate) async fn move_to_dead_letters(
         dead_letter_stream: &dead_letter_stream,
         entry_id: &doomed.entry.id,
         hold: doomed.hold,
-        window: settings.idempotency_ttl,
+        marks: settings.marks(),
         max_len: settings.dead_letter_max_len,
         fields: &fields,
     };

@@ -17,7 +17,7 @@ use tracing::Instrument;
 use super::dead_letter::{Doomed, move_to_dead_letters};
 use super::group::Hold;
 use super::handler::Registration;
-use super::idempotency::{hold_key, is_replay};
+use super::idempotency::{Digest, is_replay};
 use super::settle::{Ack, Unsettled};
 use super::status::{Counters, InFlight, Operation};
 use super::{Context, Failure, Session, Unhandled};
@@ -38,13 +38,13 @@ pub(crate) struct Delivery {
 
 /// How a delivery ends.
 enum End {
-    /// Acknowledge the entry, marking the hold done if there is one.
-    Ack { done: Option<String> },
+    /// Acknowledge the entry, marking its event done if it holds its hold.
+    Ack { done: Option<Digest> },
     /// Move the entry to the dead-letter stream.
     DeadLetter {
         event_type: Option<String>,
         failure: Failure,
-        hold: Option<String>,
+        hold: Option<Digest>,
     },
     /// Leave it pending: the consumer is stopping, or another consumer has it.
     Abandon,
@@ -73,10 +73,7 @@ impl Delivery {
                 event_type,
                 failure,
                 hold,
-            } => {
-                self.dead_letter(event_type, &failure, hold.as_deref())
-                    .await
-            }
+            } => self.dead_letter(event_type, &failure, hold).await,
             End::Abandon => {}
         }
     }
@@ -96,6 +93,7 @@ impl Delivery {
         };
         let envelope = Arc::new(envelope);
         let idempotent = registration.idempotent.unwrap_or(inner.settings.idempotent);
+        let identity = registration.identity.unwrap_or(inner.settings.identity);
         let mut busy_looks = 0;
         loop {
             let attempt = self.unsettled.kept.deliveries();
@@ -121,15 +119,10 @@ impl Delivery {
                 return End::Abandon;
             }
             let hold = if idempotent {
-                let key = hold_key(
-                    &self.stream,
-                    &inner.group_name,
-                    &envelope,
-                    prepared.key.as_deref(),
-                );
-                match self.take_hold(&key).await {
+                let digest = Digest::of(&envelope, prepared.key.as_deref(), identity);
+                match self.take_hold(digest).await {
                     None => return End::Abandon,
-                    Some(Hold::Taken) => Some(key),
+                    Some(Hold::Taken) => Some(digest),
                     Some(Hold::Done | Hold::Dead) => {
                         Counters::add(&inner.counters.duplicates, 1);
                         return End::Ack { done: None };
@@ -243,9 +236,9 @@ impl Delivery {
         outcome
     }
 
-    /// Takes the entry's idempotency hold, trying again while Redis fails; `None` when the
+    /// Takes the hold on the entry's event, trying again while Redis fails; `None` when the
     /// consumer stops meanwhile.
-    async fn take_hold(&self, key: &str) -> Option<Hold> {
+    async fn take_hold(&self, digest: Digest) -> Option<Hold> {
         let session = &self.session;
         let retry = Backoff::exponential(Duration::from_millis(20), Duration::from_secs(2));
         let replay = is_replay(&self.entry);
@@ -253,7 +246,7 @@ impl Delivery {
         loop {
             match session
                 .holds
-                .take(&self.stream, key, &self.entry.id, replay)
+                .take(&self.stream, digest, &self.entry.id, replay)
                 .await
             {
                 Ok(hold) => {
@@ -308,7 +301,7 @@ impl Delivery {
     }
 
     /// An attempt that failed for the last time: the entry goes to the dead-letter stream.
-    fn failed(&self, context: &Context, failure: Failure, hold: Option<String>) -> End {
+    fn failed(&self, context: &Context, failure: Failure, hold: Option<Digest>) -> End {
         self.report_failure(context, &failure);
         End::DeadLetter {
             event_type: Some(context.envelope.event_type.clone()),
@@ -331,7 +324,12 @@ impl Delivery {
 
     /// Moves the entry to the dead-letter stream, acknowledging it and marking its hold dead;
     /// tells the metrics and the `on_dead_letter` hook once it is there.
-    async fn dead_letter(self, event_type: Option<String>, failure: &Failure, hold: Option<&str>) {
+    async fn dead_letter(
+        self,
+        event_type: Option<String>,
+        failure: &Failure,
+        hold: Option<Digest>,
+    ) {
         let session = &self.session;
         let inner = &session.inner;
         let attempts = match failure {

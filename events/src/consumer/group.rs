@@ -6,14 +6,27 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime};
 
 use redis::aio::ConnectionLike;
-use redis::{Script, Value};
+use redis::{Script, ScriptInvocation, Value};
 
-use crate::StreamEntry;
+use super::idempotency::{Digest, MarkSettings};
 use crate::resp::{into_array, into_string, into_u64, millis, parse_fields, parse_read_reply};
 use crate::transfer::{Finish, add_and_finish};
+use crate::{StreamEntry, keys};
 
-static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../lua/settle.lua")));
-static BEGIN: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../lua/begin.lua")));
+/// The scripts that read or write idempotency marks: the marks' functions first. They run even
+/// when Redis refuses writes for maxmemory: their writes are small bookkeeping.
+macro_rules! with_marks {
+    ($script:literal) => {
+        concat!(
+            "#!lua flags=allow-oom\n",
+            include_str!("../lua/marks.lua"),
+            include_str!($script)
+        )
+    };
+}
+
+static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(with_marks!("../lua/settle.lua")));
+static BEGIN: LazyLock<Script> = LazyLock::new(|| Script::new(with_marks!("../lua/begin.lua")));
 static KEEP: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../lua/keep.lua")));
 static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../lua/claim.lua")));
 static REMOVE_CONSUMER: LazyLock<Script> =
@@ -86,11 +99,11 @@ pub(crate) struct Claimed {
     pub(crate) cleaned: usize,
 }
 
-/// An idempotency hold asked for: its key, the entry asking, and whether that entry replays a
-/// dead letter (which a dead mark does not stop).
+/// An idempotency hold asked for: the event's identity digest, the entry asking, and whether that
+/// entry replays a dead letter (which a dead mark does not stop).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct HoldRequest<'a> {
-    pub(crate) key: &'a str,
+    pub(crate) digest: Digest,
     pub(crate) entry_id: &'a str,
     pub(crate) replay: bool,
 }
@@ -101,10 +114,9 @@ pub(crate) struct DeadLetterMove<'a> {
     pub(crate) stream: &'a str,
     pub(crate) dead_letter_stream: &'a str,
     pub(crate) entry_id: &'a str,
-    /// The entry's idempotency hold, to mark dead.
-    pub(crate) hold: Option<&'a str>,
-    /// How long the dead mark lives.
-    pub(crate) window: Duration,
+    /// The identity of the entry's event, when it holds its hold: marked dead with the move.
+    pub(crate) hold: Option<Digest>,
+    pub(crate) marks: MarkSettings,
     /// Trim the dead-letter stream to about this many entries; 0 for no trimming.
     pub(crate) max_len: u64,
     pub(crate) fields: &'a [(Vec<u8>, Vec<u8>)],
@@ -333,15 +345,16 @@ impl<C: ConnectionLike + Clone + Send + Sync> Group<C> {
         invocation.invoke_async(&mut self.connection.clone()).await
     }
 
-    /// Acknowledges `ids` of `stream` and marks `done_holds` handled for `window`, atomically.
+    /// Acknowledges `ids` of `stream` and marks the events `done` handled (ending their holds),
+    /// atomically.
     pub(crate) async fn settle(
         &self,
         stream: &str,
         ids: &[String],
-        done_holds: &[String],
-        window: Duration,
+        done: &[Digest],
+        marks: MarkSettings,
     ) -> redis::RedisResult<()> {
-        if done_holds.is_empty() {
+        if done.is_empty() {
             // Nothing to mark: a plain XACK costs Redis less than a script.
             let _: i64 = redis::cmd("XACK")
                 .arg(stream)
@@ -352,31 +365,45 @@ impl<C: ConnectionLike + Clone + Send + Sync> Group<C> {
             return Ok(());
         }
         let mut invocation = SETTLE.prepare_invoke();
-        invocation
-            .key(stream)
-            .key(done_holds)
-            .arg(&self.group)
-            .arg(millis(window))
-            .arg(ids);
+        invocation.key(stream);
+        for digest in done {
+            invocation.key(keys::hold_key(stream, &self.group, &digest.hex()));
+        }
+        self.marks_args(&mut invocation, stream, marks);
+        invocation.arg(ids.len()).arg(ids);
+        for digest in done {
+            invocation.arg(digest.bytes());
+        }
         let _: i64 = invocation
             .invoke_async(&mut self.connection.clone())
             .await?;
         Ok(())
     }
 
-    /// Takes each entry's idempotency hold, all in the slot of `stream`; an abandoned hold lasts at
-    /// most `window`.
+    /// The arguments every marks script starts with: the group, where its marks are, the window
+    /// and the shard load.
+    fn marks_args(&self, invocation: &mut ScriptInvocation<'_>, stream: &str, marks: MarkSettings) {
+        invocation
+            .arg(&self.group)
+            .arg(keys::marks_prefix(stream, &self.group))
+            .arg(millis(marks.window))
+            .arg(marks.load);
+    }
+
+    /// Takes each entry's idempotency hold, all in the slot of `stream`.
     pub(crate) async fn begin(
         &self,
         stream: &str,
         requests: &[HoldRequest<'_>],
-        window: Duration,
+        marks: MarkSettings,
     ) -> redis::RedisResult<Vec<Hold>> {
         let mut invocation = BEGIN.prepare_invoke();
-        invocation.key(stream).arg(&self.group).arg(millis(window));
+        invocation.key(stream);
+        self.marks_args(&mut invocation, stream, marks);
         for request in requests {
             invocation
-                .key(request.key)
+                .key(keys::hold_key(stream, &self.group, &request.digest.hex()))
+                .arg(request.digest.bytes())
                 .arg(request.entry_id)
                 .arg(if request.replay { "1" } else { "0" });
         }
@@ -394,24 +421,31 @@ impl<C: ConnectionLike + Clone + Send + Sync> Group<C> {
             .collect())
     }
 
-    /// Adds the dead-letter entry, acknowledges the entry and marks its hold dead, in one
+    /// Adds the dead-letter entry, acknowledges the entry and marks its event dead, in one
     /// transaction; returns the dead-letter entry's id, or `None` (and nothing written) when the
     /// entry is no longer pending on this consumer.
     pub(crate) async fn dead_letter(
         &self,
         moving: &DeadLetterMove<'_>,
     ) -> redis::RedisResult<Option<String>> {
+        let hold = moving
+            .hold
+            .map(|digest| keys::hold_key(moving.stream, &self.group, &digest.hex()));
         let mut keys = vec![moving.stream, moving.dead_letter_stream];
-        keys.extend(moving.hold);
+        keys.extend(hold.as_deref());
+        let mut args = vec![
+            self.group.clone().into_bytes(),
+            self.consumer.clone().into_bytes(),
+            moving.entry_id.as_bytes().to_vec(),
+            keys::marks_prefix(moving.stream, &self.group).into_bytes(),
+            millis(moving.marks.window).to_string().into_bytes(),
+            moving.marks.load.to_string().into_bytes(),
+        ];
+        args.extend(moving.hold.map(|digest| digest.bytes().to_vec()));
         let finish = Finish {
-            script: include_str!("../lua/dead_letter.lua"),
+            script: with_marks!("../lua/dead_letter.lua"),
             keys,
-            args: vec![
-                self.group.clone(),
-                self.consumer.clone(),
-                moving.entry_id.to_owned(),
-                millis(moving.window).to_string(),
-            ],
+            args,
         };
         let (id, moved) = add_and_finish(
             &mut self.connection.clone(),
@@ -422,6 +456,20 @@ impl<C: ConnectionLike + Clone + Send + Sync> Group<C> {
         )
         .await?;
         Ok((moved == 1).then_some(id))
+    }
+
+    /// How many fields a hash keeps in its compact encoding on this server
+    /// (`hash-max-listpack-entries`); Redis's default when the server does not say.
+    pub(crate) async fn listpack_entries(&self) -> u64 {
+        let reply: redis::RedisResult<HashMap<String, u64>> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("hash-max-listpack-entries")
+            .query_async(&mut self.connection.clone())
+            .await;
+        reply
+            .ok()
+            .and_then(|config| config.into_values().next())
+            .unwrap_or(128)
     }
 
     /// Removes `consumer` from the group if it has no pending entries; returns whether it did.

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use globset::GlobMatcher;
 
-use super::HandlerOptions;
+use super::{HandlerOptions, Identity};
 use crate::instruments::HandlerMetrics;
 use crate::routing::{event_glob, glob_path};
 use crate::{DecodeError, Envelope, Error, Event, Result};
@@ -176,7 +176,7 @@ pub(crate) type BoxFuture = Pin<Box<dyn Future<Output = Result<(), Failure>> + S
 /// A delivery made ready for its handler, its body decoded once.
 pub(crate) struct Prepared {
     /// The idempotency key the event declares with `#[event(idempotency_key)]`; `None` means
-    /// its hash identifies it.
+    /// the consumer's [`Identity`] identifies it.
     pub(crate) key: Option<String>,
     /// The handler's run over the decoded event.
     pub(crate) run: BoxFuture,
@@ -193,6 +193,8 @@ pub(crate) struct Registration {
     pub(crate) timeout: Option<Duration>,
     /// Whether repeats are skipped; `None` follows the consumer.
     pub(crate) idempotent: Option<bool>,
+    /// What identifies a repeat; `None` follows the consumer.
+    pub(crate) identity: Option<Identity>,
     /// Metric handles, one per stream of the consumer, in its order.
     pub(crate) metrics: Vec<HandlerMetrics>,
 }
@@ -245,6 +247,7 @@ impl Registry {
             prepare,
             timeout: options.timeout,
             idempotent: options.idempotent,
+            identity: options.identity,
             metrics: Vec::new(),
         };
         self.typed
@@ -284,6 +287,7 @@ impl Registry {
             prepare,
             timeout: options.timeout,
             idempotent: options.idempotent,
+            identity: options.identity,
             metrics: Vec::new(),
         };
         self.patterns

@@ -34,6 +34,7 @@ pub use config::{HandlerOptions, Unhandled};
 pub use dead_letter::{DEAD_LETTER_PREFIX, DeadLetter};
 pub use group::StartFrom;
 pub use handler::{Context, Failure, HandlerError};
+pub use idempotency::Identity;
 pub use pull::{PullConsumer, Reserved};
 pub use stale::remove_stale_consumers_of;
 pub use status::{Operation, Stall, Status};
@@ -50,7 +51,7 @@ use reading::Reading;
 use settle::Acks;
 use status::Counters;
 
-use crate::Result;
+use crate::{Result, ServerStats, server_stats};
 
 /// Shared state of a consumer and its deliveries.
 #[derive(Debug)]
@@ -140,17 +141,20 @@ impl Consumer {
             .map(|stream| Arc::from(stream.as_str()))
             .collect();
         let positions = commands.positions(&streams).await;
+        if let Ok(ServerStats {
+            warning: Some(warning),
+            ..
+        }) = server_stats(&mut commands.connection.clone()).await
+        {
+            tracing::warn!("{warning}");
+        }
         inner.counters.running.store(true, Ordering::Relaxed);
         // Tasks owned by this future: dropping it (a consumer killed without shutdown) stops
         // them too.
         let keeper = Keeper::default();
-        let (acks, acknowledging) = Acks::serve(
-            commands,
-            &streams,
-            settings.idempotency_ttl,
-            &inner.counters,
-        );
-        let (holds, holding) = Holds::serve(commands.clone(), settings.idempotency_ttl);
+        let (acks, acknowledging) =
+            Acks::serve(commands, &streams, settings.marks(), &inner.counters);
+        let (holds, holding) = Holds::serve(commands.clone(), settings.marks());
         let stop_tasks = CancellationToken::new();
         let keeping = AbortOnDropHandle::new(tokio::spawn(keeper.clone().run(
             commands.clone(),

@@ -17,7 +17,7 @@ use super::Failure;
 use super::config::Settings;
 use super::dead_letter::{Doomed, move_to_dead_letters};
 use super::group::{Group, Hold, HoldRequest, is_no_group};
-use super::idempotency::{hold_key, is_replay};
+use super::idempotency::{Digest, is_replay};
 use super::keeper::{Keeper, Kept};
 use super::reclaim::Reclaimer;
 use super::settle::{Ack, Acks, Unsettled};
@@ -45,8 +45,8 @@ struct Holding {
     stream_index: usize,
     entry: StreamEntry,
     envelope: Envelope,
-    /// Its idempotency hold, when idempotency is on.
-    hold: Option<String>,
+    /// Its event's identity, when idempotency is on.
+    hold: Option<Digest>,
     kept: Kept,
 }
 
@@ -88,7 +88,7 @@ struct Condemned {
     stream_index: usize,
     entry: StreamEntry,
     kept: Kept,
-    hold: Option<String>,
+    hold: Option<Digest>,
     event_type: Option<String>,
     reason: String,
     attempts: u32,
@@ -112,8 +112,7 @@ impl PullConsumer {
         let counters = Arc::new(Counters::default());
         let keeper = Keeper::default();
         let stop = CancellationToken::new();
-        let (acks, acknowledging) =
-            Acks::serve(&commands, &streams, settings.idempotency_ttl, &counters);
+        let (acks, acknowledging) = Acks::serve(&commands, &streams, settings.marks(), &counters);
         let keeping = AbortOnDropHandle::new(tokio::spawn(keeper.clone().run(
             commands.clone(),
             settings.claim_idle / 4,
@@ -360,21 +359,15 @@ impl PullConsumer {
     async fn hold_and_reserve(&mut self, candidates: Vec<Holding>) -> Result<Vec<Reserved>> {
         let mut candidates = candidates;
         if self.settings.idempotent {
-            for holding in &mut candidates {
-                let stream = &self.streams[holding.stream_index];
-                holding.hold = Some(hold_key(
-                    stream,
-                    &self.settings.group,
-                    &holding.envelope,
-                    None,
-                ));
-            }
             let holds = self.take_holds(&candidates).await;
             let mut kept = Vec::with_capacity(candidates.len());
-            for (holding, hold) in candidates.into_iter().zip(holds) {
+            for (mut holding, hold) in candidates.into_iter().zip(holds) {
                 match hold {
-                    Some(Hold::Taken) => kept.push(holding),
-                    Some(Hold::Done | Hold::Dead) => {
+                    Some((Hold::Taken, digest)) => {
+                        holding.hold = Some(digest);
+                        kept.push(holding);
+                    }
+                    Some((Hold::Done | Hold::Dead, _)) => {
                         Counters::add(&self.counters.duplicates, 1);
                         self.acks.send(
                             holding.stream_index,
@@ -385,7 +378,7 @@ impl PullConsumer {
                         );
                     }
                     // Busy, or Redis failed: look again at the next reserve.
-                    Some(Hold::Busy) | None => self.busy.push(holding),
+                    Some((Hold::Busy, _)) | None => self.busy.push(holding),
                 }
             }
             candidates = kept;
@@ -411,8 +404,9 @@ impl PullConsumer {
         Ok(reserved)
     }
 
-    /// The holds of `candidates`, one script call per stream; `None` for those whose call failed.
-    async fn take_holds(&self, candidates: &[Holding]) -> Vec<Option<Hold>> {
+    /// The holds on the events of `candidates`, with their identities, one script call per
+    /// stream; `None` for those whose call failed.
+    async fn take_holds(&self, candidates: &[Holding]) -> Vec<Option<(Hold, Digest)>> {
         let mut holds = vec![None; candidates.len()];
         for (index, stream) in self.streams.iter().enumerate() {
             let of_stream: Vec<usize> = (0..candidates.len())
@@ -426,7 +420,7 @@ impl PullConsumer {
                 .map(|at| {
                     let holding = &candidates[*at];
                     HoldRequest {
-                        key: holding.hold.as_deref().unwrap_or_default(),
+                        digest: Digest::of(&holding.envelope, None, self.settings.identity),
                         entry_id: &holding.entry.id,
                         replay: is_replay(&holding.entry),
                     }
@@ -434,13 +428,13 @@ impl PullConsumer {
                 .collect();
             match self
                 .commands
-                .begin(stream, &requests, self.settings.idempotency_ttl)
+                .begin(stream, &requests, self.settings.marks())
                 .await
             {
                 Ok(taken) => {
                     self.counters.recovered(Operation::Hold, stream);
-                    for (at, hold) in of_stream.into_iter().zip(taken) {
-                        holds[at] = Some(hold);
+                    for ((at, hold), request) in of_stream.into_iter().zip(taken).zip(&requests) {
+                        holds[at] = Some((hold, request.digest));
                     }
                 }
                 Err(error) => self.counters.stalled(Operation::Hold, stream, &error),
@@ -462,7 +456,7 @@ impl PullConsumer {
                 event_type: condemned.event_type,
                 reason: condemned.reason,
                 attempts: condemned.attempts,
-                hold: condemned.hold.as_deref(),
+                hold: condemned.hold,
             };
             move_to_dead_letters(&commands, &settings, &counters, doomed).await;
             // Kept until the move has landed.

@@ -11,6 +11,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tokio_util::task::AbortOnDropHandle;
 
 use super::group::{Group, is_no_group};
+use super::idempotency::{Digest, MarkSettings};
 use super::keeper::Kept;
 use super::status::{Counters, Operation};
 use crate::Backoff;
@@ -44,11 +45,11 @@ impl Unsettled {
     }
 }
 
-/// A handled (or skipped) entry to acknowledge, with the hold to mark done.
+/// A handled (or skipped) entry to acknowledge, with the event to mark done.
 #[derive(Debug)]
 pub(crate) struct Ack {
     pub(crate) unsettled: Unsettled,
-    pub(crate) done: Option<String>,
+    pub(crate) done: Option<Digest>,
 }
 
 /// Where deliveries hand their acknowledgements over: one queue per stream, by the stream's
@@ -59,11 +60,11 @@ pub(crate) struct Acks {
 }
 
 impl Acks {
-    /// Starts one acknowledging task per stream of `streams`; marks live for `window`.
+    /// Starts one acknowledging task per stream of `streams`, marking events as `marks` says.
     pub(crate) fn serve(
         group: &Group<Connection>,
         streams: &[Arc<str>],
-        window: Duration,
+        marks: MarkSettings,
         counters: &Arc<Counters>,
     ) -> (Self, Vec<AbortOnDropHandle<()>>) {
         let (queues, tasks) = streams
@@ -74,7 +75,7 @@ impl Acks {
                     group.clone(),
                     Arc::clone(stream),
                     receiver,
-                    window,
+                    marks,
                     Arc::clone(counters),
                 );
                 (queue, AbortOnDropHandle::new(tokio::spawn(task)))
@@ -98,7 +99,7 @@ async fn acknowledge(
     group: Group<Connection>,
     stream: Arc<str>,
     mut receiver: mpsc::UnboundedReceiver<Ack>,
-    window: Duration,
+    marks: MarkSettings,
     counters: Arc<Counters>,
 ) {
     let retry = Backoff::exponential(Duration::from_millis(50), Duration::from_secs(2));
@@ -119,8 +120,8 @@ async fn acknowledge(
             .iter()
             .map(|ack| ack.unsettled.kept.id().to_owned())
             .collect();
-        let done: Vec<String> = batch.iter().filter_map(|ack| ack.done.clone()).collect();
-        match group.settle(&stream, &ids, &done, window).await {
+        let done: Vec<Digest> = batch.iter().filter_map(|ack| ack.done).collect();
+        match group.settle(&stream, &ids, &done, marks).await {
             Ok(()) => {
                 failures = 0;
                 counters.recovered(Operation::Acknowledge, &stream);

@@ -1,7 +1,7 @@
-#!lua flags=allow-oom
+
 -- Ends a dead-letter move: runs in one transaction right after the XADD of the dead-letter entry
 -- (so that an entry of any size can be moved: its fields never pass through Lua). If the entry is
--- still pending on this consumer, acknowledges it and marks its hold dead; otherwise another
+-- still pending on this consumer, acknowledges it and marks its event dead; otherwise another
 -- consumer has it, and the dead-letter entry just added is deleted again. So an entry is
 -- dead-lettered at most once, and never one that another consumer handled. (When the XADD failed,
 -- the dead-letter key is not a stream: nothing is acknowledged then.)
@@ -11,7 +11,10 @@
 -- ARGV[1]  the consumer group
 -- ARGV[2]  this consumer
 -- ARGV[3]  the entry id
--- ARGV[4]  how long the dead mark lives, in milliseconds
+-- ARGV[4]  the prefix of the group's marks on the stream
+-- ARGV[5]  the idempotency window, in milliseconds
+-- ARGV[6]  marks per shard before a split
+-- ARGV[7]  the event's identity digest, with a hold key
 -- Returns 1 when the entry was moved, 0 when it was not this consumer's any more.
 if redis.call('TYPE', KEYS[2]).ok ~= 'stream' then
   return redis.error_reply('the dead-letter key ' .. KEYS[2] .. ' is not a stream')
@@ -23,7 +26,12 @@ if pending[1] == nil or pending[1][2] ~= ARGV[2] then
   return 0
 end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
-if KEYS[3] and redis.call('GET', KEYS[3]) == ARGV[3] then
-  redis.call('SET', KEYS[3], 'dead', 'PX', ARGV[4])
+if KEYS[3] then
+  marks_setup(ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]))
+  marks_add(ARGV[7], 'x')
+  marks_flush()
+  if redis.call('GET', KEYS[3]) == ARGV[3] then
+    redis.call('DEL', KEYS[3])
+  end
 end
 return 1

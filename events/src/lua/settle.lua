@@ -1,18 +1,27 @@
-#!lua flags=allow-oom
--- Acknowledges handled entries and marks their idempotency holds done, in one atomic step, so a
--- crash cannot leave an entry acknowledged without its mark or marked without being acknowledged.
--- Marks are bookkeeping of a few dozen bytes: written even when Redis refuses writes for
--- maxmemory, so that a handled event is never run again.
+
+-- Acknowledges handled entries and marks their events done, in one atomic step, so a crash
+-- cannot leave an entry acknowledged without its mark or marked without being acknowledged. The
+-- marks are written first: if the acknowledgement fails, a consumer that takes the entries over
+-- finds them marked and does not run them again. Marks are bookkeeping of a few dozen bytes:
+-- written even when Redis refuses writes for maxmemory.
 -- KEYS[1]      the stream
--- KEYS[2..]    hold keys to mark done (may be none)
+-- KEYS[2..]    hold keys of the events to mark done (may be none)
 -- ARGV[1]      the consumer group
--- ARGV[2]      how long a done mark lives, in milliseconds
--- ARGV[3..]    the entry ids to acknowledge
+-- ARGV[2]      the prefix of the group's marks on the stream
+-- ARGV[3]      the idempotency window, in milliseconds
+-- ARGV[4]      marks per shard before a split
+-- ARGV[5]      n, the number of entries to acknowledge
+-- ARGV[6..5+n] their ids
+-- ARGV[6+n..]  the identity digests of the events to mark done, one per hold key
 -- Returns the number of entries acknowledged.
+marks_setup(ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]))
+local count = tonumber(ARGV[5])
 for i = 2, #KEYS do
-  redis.call('SET', KEYS[i], 'done', 'PX', ARGV[2])
+  marks_add(ARGV[4 + count + i], 'd')
+  redis.call('DEL', KEYS[i])
 end
-if #ARGV < 3 then
+marks_flush()
+if count == 0 then
   return 0
 end
-return redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 3))
+return redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 6, 5 + count))

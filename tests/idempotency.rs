@@ -1,0 +1,367 @@
+//! Idempotency against a real server: repeats of the same event are caught within the window,
+//! distinct events are never merged, marks stay compact, and what can evict them is said.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use events::{
+    Consumer, Context, Event, HandlerError, HandlerOptions, Identity, PublishOptions, Publisher,
+};
+use serde::{Deserialize, Serialize};
+use support::faults::config_set;
+use support::{
+    RedisServer, Running, connection, pending, publisher_to, quick_consumer, unique, wait_until,
+};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
+#[event(name = "audit.login")]
+struct Login {
+    user: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
+#[event(name = "order.placed")]
+struct OrderPlaced {
+    #[event(idempotency_key)]
+    order_id: String,
+    total: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
+#[event(name = "order.paid")]
+struct OrderPaid {
+    #[event(idempotency_key)]
+    order_id: String,
+    total: u32,
+}
+
+/// Handler runs by a label of the event.
+#[derive(Debug, Clone, Default)]
+struct Runs(Arc<Mutex<BTreeMap<String, u32>>>);
+
+impl Runs {
+    fn record(&self, label: impl Into<String>) {
+        *self.0.lock().unwrap().entry(label.into()).or_default() += 1;
+    }
+
+    fn of(&self, label: &str) -> u32 {
+        self.0.lock().unwrap().get(label).copied().unwrap_or(0)
+    }
+
+    fn total(&self) -> u32 {
+        self.0.lock().unwrap().values().sum()
+    }
+}
+
+fn logins(
+    runs: &Runs,
+) -> impl Fn(Login, Context) -> futures::future::Ready<Result<(), HandlerError>> + Clone + use<> {
+    let runs = runs.clone();
+    move |login: Login, _: Context| {
+        runs.record(login.user);
+        futures::future::ready(Ok(()))
+    }
+}
+
+/// Waits until `consumer` has settled `count` entries, handled or as repeats.
+async fn settled(consumer: &Consumer, count: u64) {
+    wait_until(&format!("{count} entries are settled"), || {
+        let status = consumer.status();
+        status.processed + status.duplicates == count
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_retried_publish_runs_once_and_equal_bodies_under_new_ids_both_run() {
+    let server = RedisServer::start();
+    let stream = unique("identity");
+    let runs = Runs::default();
+    let consumer = quick_consumer(&server, &stream, "g")
+        .handle(logins(&runs))
+        .build()
+        .await
+        .unwrap();
+    let running = Running::start(std::slice::from_ref(&consumer));
+    let publisher = publisher_to(server.url(), &stream).await;
+    let ada = Login { user: "ada".into() };
+    // The same event written twice, as a publisher retrying after a lost reply does.
+    let envelope = publisher.envelope(&ada, PublishOptions::new()).unwrap();
+    publisher
+        .publish_envelopes(vec![envelope.clone(), envelope])
+        .await
+        .unwrap();
+    // Ada logs in again: another event with an equal body.
+    publisher.publish(&ada).await.unwrap();
+    publisher.publish(&ada).await.unwrap();
+    settled(&consumer, 4).await;
+    running.close().await;
+
+    assert_eq!(runs.of("ada"), 3, "three logins, one of them written twice");
+    assert_eq!(consumer.status().duplicates, 1);
+    assert_eq!(pending(&server, &stream, "g").await, 0);
+}
+
+#[tokio::test]
+async fn identity_by_content_merges_equal_bodies_when_asked() {
+    let server = RedisServer::start();
+    let stream = unique("content");
+    let (logins_run, orders_run) = (Runs::default(), Runs::default());
+    // The consumer identifies events by their content; one handler by event id all the same.
+    let consumer = quick_consumer(&server, &stream, "g")
+        .identity(Identity::Content)
+        .handle(logins(&logins_run))
+        .handle_pattern_with(
+            "audit.*",
+            HandlerOptions::new().identity(Identity::EventId),
+            {
+                let orders_run = orders_run.clone();
+                move |context: Context| {
+                    orders_run.record(context.event_type().to_owned());
+                    async { Ok(()) }
+                }
+            },
+        )
+        .build()
+        .await
+        .unwrap();
+    let running = Running::start(std::slice::from_ref(&consumer));
+    let publisher = publisher_to(server.url(), &stream).await;
+    for _ in 0..3 {
+        publisher
+            .publish(&Login { user: "ada".into() })
+            .await
+            .unwrap();
+        publisher
+            .publish_raw("audit.logout", serde_json::json!({"user": "ada"}))
+            .await
+            .unwrap();
+    }
+    publisher
+        .publish(&Login { user: "bob".into() })
+        .await
+        .unwrap();
+    settled(&consumer, 7).await;
+    running.close().await;
+
+    assert_eq!(
+        logins_run.of("ada"),
+        1,
+        "equal bodies are one event by content"
+    );
+    assert_eq!(logins_run.of("bob"), 1);
+    assert_eq!(
+        orders_run.of("audit.logout"),
+        3,
+        "by event id, three events"
+    );
+}
+
+#[tokio::test]
+async fn declared_keys_of_two_types_do_not_collide_and_identify_repeats_with_other_bodies() {
+    let server = RedisServer::start();
+    let stream = unique("declared");
+    let runs = Runs::default();
+    let consumer = quick_consumer(&server, &stream, "g")
+        .handle({
+            let runs = runs.clone();
+            move |order: OrderPlaced, _: Context| {
+                runs.record(format!("placed {} {}", order.order_id, order.total));
+                async { Ok(()) }
+            }
+        })
+        .handle({
+            let runs = runs.clone();
+            move |order: OrderPaid, _: Context| {
+                runs.record(format!("paid {} {}", order.order_id, order.total));
+                async { Ok(()) }
+            }
+        })
+        .build()
+        .await
+        .unwrap();
+    let running = Running::start(std::slice::from_ref(&consumer));
+    let publisher = publisher_to(server.url(), &stream).await;
+    let placed = |total| OrderPlaced {
+        order_id: "o1".into(),
+        total,
+    };
+    publisher.publish(&placed(10)).await.unwrap();
+    // The same order reported again with another body: the declared key says it is one event.
+    publisher.publish(&placed(11)).await.unwrap();
+    // Another type keyed by the same order id: another event.
+    publisher
+        .publish(&OrderPaid {
+            order_id: "o1".into(),
+            total: 10,
+        })
+        .await
+        .unwrap();
+    settled(&consumer, 3).await;
+    running.close().await;
+
+    assert_eq!(runs.of("placed o1 10"), 1);
+    assert_eq!(runs.of("placed o1 11"), 0, "a repeat by its declared key");
+    assert_eq!(
+        runs.of("paid o1 10"),
+        1,
+        "the key is scoped by the event type"
+    );
+}
+
+#[tokio::test]
+async fn a_repeat_inside_the_window_is_skipped_and_one_outside_it_runs() {
+    let server = RedisServer::start();
+    let stream = unique("window");
+    let runs = Runs::default();
+    let window = Duration::from_secs(2);
+    let consumer = quick_consumer(&server, &stream, "g")
+        .idempotency_ttl(window)
+        .handle(logins(&runs))
+        .build()
+        .await
+        .unwrap();
+    let running = Running::start(std::slice::from_ref(&consumer));
+    let publisher = publisher_to(server.url(), &stream).await;
+    let envelope = publisher
+        .envelope(&Login { user: "ada".into() }, PublishOptions::new())
+        .unwrap();
+    let write_again = || publisher.publish_envelopes(vec![envelope.clone()]);
+    write_again().await.unwrap();
+    settled(&consumer, 1).await;
+    let handled_at = Instant::now();
+    // Repeats are caught for at least the window...
+    for after in [Duration::from_millis(300), Duration::from_millis(1_800)] {
+        tokio::time::sleep(after.saturating_sub(handled_at.elapsed())).await;
+        write_again().await.unwrap();
+        settled(&consumer, 2 + u64::from(after > Duration::from_secs(1))).await;
+    }
+    assert_eq!(runs.of("ada"), 1);
+    assert!(
+        handled_at.elapsed() < window,
+        "both repeats came within the window"
+    );
+    // ... and forgotten at most a quarter of the window after it.
+    tokio::time::sleep(
+        (window * 5 / 4 + Duration::from_millis(100)).saturating_sub(handled_at.elapsed()),
+    )
+    .await;
+    write_again().await.unwrap();
+    settled(&consumer, 4).await;
+    running.close().await;
+    assert_eq!(runs.of("ada"), 2, "a repeat after the window runs again");
+    assert_eq!(consumer.status().duplicates, 2);
+}
+
+#[tokio::test]
+async fn marks_stay_in_small_compact_hashes_however_many_events() {
+    let server = RedisServer::own();
+    // A small listpack limit, so that this test needs many splits.
+    config_set(&server, "hash-max-listpack-entries", "32").await;
+    let stream = unique("compact");
+    let runs = Runs::default();
+    let consumer = quick_consumer(&server, &stream, "g")
+        .handle(logins(&runs))
+        .build()
+        .await
+        .unwrap();
+    let running = Running::start(std::slice::from_ref(&consumer));
+    let publisher = publisher_to(server.url(), &stream).await;
+    let logins: Vec<Login> = (0..5_000)
+        .map(|n| Login {
+            user: format!("u{n}"),
+        })
+        .collect();
+    for chunk in logins.chunks(500) {
+        publisher.publish_many(chunk).await.unwrap();
+    }
+    settled(&consumer, 5_000).await;
+    running.close().await;
+    assert_eq!(runs.total(), 5_000);
+
+    let mut redis = connection(&server).await;
+    let prefix = format!("{}:marks:g", events::slot_prefix(&stream));
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let (mut marks, mut counted, mut shards) = (0, 0, 0);
+    for key in &keys {
+        let fields: u64 = redis::cmd("HLEN")
+            .arg(key)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        let encoding: String = redis::cmd("OBJECT")
+            .arg("ENCODING")
+            .arg(key)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        assert_eq!(encoding, "listpack", "{key} holds {fields} fields");
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(key)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        assert!(ttl > 0, "{key} expires");
+        if key.matches(':').count() == prefix.matches(':').count() + 1 {
+            // A bucket's meta hash.
+            let count: u64 = redis::cmd("HGET")
+                .arg(key)
+                .arg("count")
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            counted += count;
+        } else {
+            marks += fields;
+            shards += 1;
+        }
+    }
+    assert_eq!(marks, 5_000, "one mark per event");
+    assert_eq!(counted, 5_000);
+    assert!(shards >= 5_000 / 32, "{shards} shards");
+    // No hold is left once every event is settled.
+    let holds: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:hold:*", events::slot_prefix(&stream)))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(holds.is_empty(), "{holds:?}");
+}
+
+#[tokio::test]
+async fn repeats_read_in_pull_mode_are_acknowledged_without_being_reserved() {
+    let server = RedisServer::start();
+    let stream = unique("pull-identity");
+    let publisher: Publisher = publisher_to(server.url(), &stream).await;
+    let envelope = publisher
+        .envelope(&Login { user: "ada".into() }, PublishOptions::new())
+        .unwrap();
+    publisher
+        .publish_envelopes(vec![envelope.clone(), envelope])
+        .await
+        .unwrap();
+    publisher
+        .publish(&Login { user: "ada".into() })
+        .await
+        .unwrap();
+    let mut pull = quick_consumer(&server, &stream, "pull")
+        .build_pull()
+        .await
+        .unwrap();
+    let first = pull.reserve(10).await.unwrap();
+    // The repeat waits while the first of its event is reserved.
+    assert_eq!(first.len(), 2, "two distinct events: {first:?}");
+    pull.ack(&first).await.unwrap();
+    let rest = pull.reserve(10).await.unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
+    assert_eq!(pull.status().duplicates, 1);
+    pull.close().await.unwrap();
+    assert_eq!(pending(&server, &stream, "pull").await, 0);
+}
