@@ -80,12 +80,8 @@ async fn a_retried_publish_runs_once_and_equal_bodies_under_new_ids_both_run() {
     let server = RedisServer::start();
     let stream = unique("identity");
     let runs = Runs::default();
-    let consumer = quick_consumer(&server, &stream, "g")
-        .handle(logins(&runs))
-        .build()
-        .await
-        .unwrap();
-    let running = Running::start(std::slice::from_ref(&consumer));
+    let (consumer, running) =
+        Running::build(quick_consumer(&server, &stream, "g").handle(logins(&runs))).await;
     let publisher = publisher_to(server.url(), &stream).await;
     let ada = Login { user: "ada".into() };
     // The same event written twice, as a publisher retrying after a lost reply does.
@@ -111,24 +107,23 @@ async fn identity_by_content_merges_equal_bodies_when_asked() {
     let stream = unique("content");
     let (logins_run, orders_run) = (Runs::default(), Runs::default());
     // The consumer identifies events by their content; one handler by event id all the same.
-    let consumer = quick_consumer(&server, &stream, "g")
-        .identity(Identity::Content)
-        .handle(logins(&logins_run))
-        .handle_pattern_with(
-            "audit.*",
-            HandlerOptions::new().identity(Identity::EventId),
-            {
-                let orders_run = orders_run.clone();
-                move |context: Context| {
-                    orders_run.record(context.event_type().to_owned());
-                    async { Ok(()) }
-                }
-            },
-        )
-        .build()
-        .await
-        .unwrap();
-    let running = Running::start(std::slice::from_ref(&consumer));
+    let (consumer, running) = Running::build(
+        quick_consumer(&server, &stream, "g")
+            .identity(Identity::Content)
+            .handle(logins(&logins_run))
+            .handle_pattern_with(
+                "audit.*",
+                HandlerOptions::new().identity(Identity::EventId),
+                {
+                    let orders_run = orders_run.clone();
+                    move |context: Context| {
+                        orders_run.record(context.event_type().to_owned());
+                        async { Ok(()) }
+                    }
+                },
+            ),
+    )
+    .await;
     let publisher = publisher_to(server.url(), &stream).await;
     for _ in 0..3 {
         publisher
@@ -165,25 +160,24 @@ async fn declared_keys_of_two_types_do_not_collide_and_identify_repeats_with_oth
     let server = RedisServer::start();
     let stream = unique("declared");
     let runs = Runs::default();
-    let consumer = quick_consumer(&server, &stream, "g")
-        .handle({
-            let runs = runs.clone();
-            move |order: OrderPlaced, _: Context| {
-                runs.record(format!("placed {} {}", order.order_id, order.total));
-                async { Ok(()) }
-            }
-        })
-        .handle({
-            let runs = runs.clone();
-            move |order: OrderPaid, _: Context| {
-                runs.record(format!("paid {} {}", order.order_id, order.total));
-                async { Ok(()) }
-            }
-        })
-        .build()
-        .await
-        .unwrap();
-    let running = Running::start(std::slice::from_ref(&consumer));
+    let (consumer, running) = Running::build(
+        quick_consumer(&server, &stream, "g")
+            .handle({
+                let runs = runs.clone();
+                move |order: OrderPlaced, _: Context| {
+                    runs.record(format!("placed {} {}", order.order_id, order.total));
+                    async { Ok(()) }
+                }
+            })
+            .handle({
+                let runs = runs.clone();
+                move |order: OrderPaid, _: Context| {
+                    runs.record(format!("paid {} {}", order.order_id, order.total));
+                    async { Ok(()) }
+                }
+            }),
+    )
+    .await;
     let publisher = publisher_to(server.url(), &stream).await;
     let placed = |total| OrderPlaced {
         order_id: "o1".into(),
@@ -218,13 +212,12 @@ async fn a_repeat_inside_the_window_is_skipped_and_one_outside_it_runs() {
     let stream = unique("window");
     let runs = Runs::default();
     let window = Duration::from_secs(2);
-    let consumer = quick_consumer(&server, &stream, "g")
-        .idempotency_ttl(window)
-        .handle(logins(&runs))
-        .build()
-        .await
-        .unwrap();
-    let running = Running::start(std::slice::from_ref(&consumer));
+    let (consumer, running) = Running::build(
+        quick_consumer(&server, &stream, "g")
+            .idempotency_ttl(window)
+            .handle(logins(&runs)),
+    )
+    .await;
     let publisher = publisher_to(server.url(), &stream).await;
     let envelope = publisher
         .envelope(&Login { user: "ada".into() }, PublishOptions::new())
@@ -263,12 +256,8 @@ async fn marks_stay_in_small_compact_hashes_however_many_events() {
     config_set(&server, "hash-max-listpack-entries", "32").await;
     let stream = unique("compact");
     let runs = Runs::default();
-    let consumer = quick_consumer(&server, &stream, "g")
-        .handle(logins(&runs))
-        .build()
-        .await
-        .unwrap();
-    let running = Running::start(std::slice::from_ref(&consumer));
+    let (consumer, running) =
+        Running::build(quick_consumer(&server, &stream, "g").handle(logins(&runs))).await;
     let publisher = publisher_to(server.url(), &stream).await;
     let logins: Vec<Login> = (0..5_000)
         .map(|n| Login {

@@ -125,6 +125,13 @@ pub(crate) struct Running {
 }
 
 impl Running {
+    /// Builds one consumer and runs it in a task of its own.
+    pub(crate) async fn build(builder: events::ConsumerBuilder) -> (events::Consumer, Self) {
+        let consumer = builder.build().await.expect("the consumer builds");
+        let running = Self::start(std::slice::from_ref(&consumer));
+        (consumer, running)
+    }
+
     /// Runs every consumer in a task of its own.
     pub(crate) fn start(consumers: &[events::Consumer]) -> Self {
         let (shutdown, _) = tokio::sync::watch::channel(false);
