@@ -237,9 +237,9 @@ async fn a_repeat_inside_the_window_is_skipped_and_one_outside_it_runs() {
         handled_at.elapsed() < window,
         "both repeats came within the window"
     );
-    // ... and forgotten at most a quarter of the window after it.
+    // ... and forgotten at most half the window after it.
     tokio::time::sleep(
-        (window * 5 / 4 + Duration::from_millis(100)).saturating_sub(handled_at.elapsed()),
+        (window * 3 / 2 + Duration::from_millis(100)).saturating_sub(handled_at.elapsed()),
     )
     .await;
     write_again().await.unwrap();
@@ -308,20 +308,27 @@ async fn marks_stay_in_small_compact_hashes_however_many_events() {
                 .unwrap();
             counted += count;
         } else {
-            marks += fields;
             shards += 1;
+            // Every event is settled: no mark names an entry in progress any more. (A shard a
+            // split emptied keeps an empty field, which no digest matches.)
+            let all: BTreeMap<Vec<u8>, String> = redis::cmd("HGETALL")
+                .arg(key)
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            for (field, value) in all {
+                match field.len() {
+                    16 => assert_eq!(value, "d", "{key}"),
+                    0 => assert_eq!(value, "", "{key}"),
+                    other => panic!("{key} holds a field of {other} bytes"),
+                }
+                marks += u64::from(!field.is_empty());
+            }
         }
     }
     assert_eq!(marks, 5_000, "one mark per event");
     assert_eq!(counted, 5_000);
     assert!(shards >= 5_000 / 32, "{shards} shards");
-    // No hold is left once every event is settled.
-    let holds: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{}:hold:*", events::slot_prefix(&stream)))
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    assert!(holds.is_empty(), "{holds:?}");
 }
 
 #[tokio::test]

@@ -67,12 +67,6 @@ pub(crate) fn marks_prefix(stream: &str, group: &str) -> String {
     format!("{}:marks:{group}", slot_prefix(stream))
 }
 
-/// The key of `group`'s idempotency hold on the event whose identity digest is `digest` (hex) on
-/// `stream`, while an entry of it is being handled.
-pub(crate) fn hold_key(stream: &str, group: &str, digest: &str) -> String {
-    format!("{}:hold:{group}:{digest}", slot_prefix(stream))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,10 +76,6 @@ mod tests {
         assert_eq!(dead_letter_stream("orders"), "{orders}:dlq");
         assert_eq!(dead_letter_stream("{shop}:orders"), "{shop}:orders:dlq");
         assert_eq!(marks_prefix("orders", "billing"), "{orders}:marks:billing");
-        assert_eq!(
-            hold_key("orders", "billing", "ab12"),
-            "{orders}:hold:billing:ab12"
-        );
     }
 
     #[test]

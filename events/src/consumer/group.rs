@@ -345,8 +345,7 @@ impl<C: ConnectionLike + Clone + Send + Sync> Group<C> {
         invocation.invoke_async(&mut self.connection.clone()).await
     }
 
-    /// Acknowledges `ids` of `stream` and marks the events `done` handled (ending their holds),
-    /// atomically.
+    /// Acknowledges `ids` of `stream` and marks the events `done` handled, atomically.
     pub(crate) async fn settle(
         &self,
         stream: &str,
@@ -366,9 +365,6 @@ impl<C: ConnectionLike + Clone + Send + Sync> Group<C> {
         }
         let mut invocation = SETTLE.prepare_invoke();
         invocation.key(stream);
-        for digest in done {
-            invocation.key(keys::hold_key(stream, &self.group, &digest.hex()));
-        }
         self.marks_args(&mut invocation, stream, marks);
         invocation.arg(ids.len()).arg(ids);
         for digest in done {
@@ -402,7 +398,6 @@ impl<C: ConnectionLike + Clone + Send + Sync> Group<C> {
         self.marks_args(&mut invocation, stream, marks);
         for request in requests {
             invocation
-                .key(keys::hold_key(stream, &self.group, &request.digest.hex()))
                 .arg(request.digest.bytes())
                 .arg(request.entry_id)
                 .arg(if request.replay { "1" } else { "0" });
@@ -428,11 +423,7 @@ impl<C: ConnectionLike + Clone + Send + Sync> Group<C> {
         &self,
         moving: &DeadLetterMove<'_>,
     ) -> redis::RedisResult<Option<String>> {
-        let hold = moving
-            .hold
-            .map(|digest| keys::hold_key(moving.stream, &self.group, &digest.hex()));
-        let mut keys = vec![moving.stream, moving.dead_letter_stream];
-        keys.extend(hold.as_deref());
+        let keys = vec![moving.stream, moving.dead_letter_stream];
         let mut args = vec![
             self.group.clone().into_bytes(),
             self.consumer.clone().into_bytes(),

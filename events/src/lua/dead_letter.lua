@@ -7,14 +7,13 @@
 -- the dead-letter key is not a stream: nothing is acknowledged then.)
 -- KEYS[1]  the stream
 -- KEYS[2]  the dead-letter stream
--- KEYS[3]  the entry's hold key (optional)
 -- ARGV[1]  the consumer group
 -- ARGV[2]  this consumer
 -- ARGV[3]  the entry id
 -- ARGV[4]  the prefix of the group's marks on the stream
 -- ARGV[5]  the idempotency window, in milliseconds
 -- ARGV[6]  marks per shard before a split
--- ARGV[7]  the event's identity digest, with a hold key
+-- ARGV[7]  the event's identity digest, when the entry holds its event
 -- Returns 1 when the entry was moved, 0 when it was not this consumer's any more.
 if redis.call('TYPE', KEYS[2]).ok ~= 'stream' then
   return redis.error_reply('the dead-letter key ' .. KEYS[2] .. ' is not a stream')
@@ -26,12 +25,9 @@ if pending[1] == nil or pending[1][2] ~= ARGV[2] then
   return 0
 end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
-if KEYS[3] then
+if ARGV[7] then
   marks_setup(ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]))
-  marks_add(ARGV[7], 'x')
+  marks_write('HSET', ARGV[7], marks_number(ARGV[7]), 'x')
   marks_flush()
-  if redis.call('GET', KEYS[3]) == ARGV[3] then
-    redis.call('DEL', KEYS[3])
-  end
 end
 return 1

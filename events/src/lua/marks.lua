@@ -1,8 +1,9 @@
--- Idempotency marks of one stream and group: which events were handled ('d') or dead-lettered
--- ('x') within the idempotency window, a 16-byte digest of each event's identity apiece.
+-- Idempotency marks of one stream and group, keyed by a 16-byte digest of each event's identity:
+-- the id of the entry handling the event while it runs (its hold), then 'd' once it was handled
+-- or 'x' once it was dead-lettered, kept for the idempotency window.
 --
--- Marks live in time buckets a quarter of the window long, each expiring a window after its
--- bucket ends, so a mark is found for at least the window and at most a quarter longer. A bucket
+-- Marks live in time buckets half the window long, each expiring a window after its bucket ends,
+-- so a mark is found for at least the window and at most half as long again. A bucket
 -- spreads its marks over hashes by linear hashing on the digest: a shard splits in two whenever
 -- the bucket holds more than `load` marks per shard, so every hash stays small enough for Redis's
 -- compact listpack encoding, about 20 bytes a mark, whatever the rate. A bucket's meta hash holds
@@ -17,29 +18,43 @@ local function marks_setup(prefix, window, load)
   local millis = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
   marks.prefix = prefix
   marks.load = load
-  marks.span = math.max(1, math.floor(window / 4))
+  marks.span = math.max(1, math.floor(window / 2))
   marks.bucket = math.floor(millis / marks.span)
   marks.meta = {}
+  marks.keys = {}
   marks.changed = {}
 end
 
+-- The key of the bucket's meta hash.
+local function marks_meta_key(bucket)
+  return marks.prefix .. ':' .. string.format('%d', bucket)
+end
+
+-- The key of one shard of the bucket; made once per call.
 local function marks_key(bucket, shard)
-  if shard == nil then
-    return marks.prefix .. ':' .. string.format('%d', bucket)
+  local keys = marks.keys[bucket]
+  if keys == nil then
+    keys = {prefix = marks_meta_key(bucket) .. ':'}
+    marks.keys[bucket] = keys
   end
-  return marks.prefix .. ':' .. string.format('%d', bucket) .. ':' .. string.format('%d', shard)
+  local key = keys[shard]
+  if key == nil then
+    key = keys.prefix .. string.format('%d', shard)
+    keys[shard] = key
+  end
+  return key
 end
 
 -- When the keys of `bucket` expire, in milliseconds since the epoch.
 local function marks_expiry(bucket)
-  return string.format('%d', (bucket + 5) * marks.span)
+  return string.format('%d', (bucket + 3) * marks.span)
 end
 
 -- The bucket's {level, next, count}, or false when it has no marks; read once per call.
 local function marks_meta(bucket)
   local meta = marks.meta[bucket]
   if meta == nil then
-    local values = redis.call('HMGET', marks_key(bucket), 'level', 'next', 'count')
+    local values = redis.call('HMGET', marks_meta_key(bucket), 'level', 'next', 'count')
     if values[1] then
       meta = {tonumber(values[1]), tonumber(values[2]), tonumber(values[3])}
     else
@@ -65,10 +80,10 @@ local function marks_shard(number, meta)
   return shard
 end
 
--- The mark of `digest` in the window: 'd', 'x', or false.
-local function marks_find(digest)
-  local number = marks_number(digest)
-  for bucket = marks.bucket, marks.bucket - 4, -1 do
+-- The mark of `digest` (whose number is `number`) in the buckets before the current one that are
+-- still in the window, the newest first: an entry id, 'd', 'x', or false.
+local function marks_find_before(digest, number)
+  for bucket = marks.bucket - 1, marks.bucket - 2, -1 do
     local meta = marks_meta(bucket)
     if meta then
       local mark = redis.call('HGET', marks_key(bucket, marks_shard(number, meta)), digest)
@@ -80,23 +95,30 @@ local function marks_find(digest)
   return false
 end
 
--- Splits the next shard of the current bucket in two.
+-- Splits the next shard of the current bucket in two, moving the marks that now belong to the
+-- new shard in two calls. A shard left empty keeps a field that no digest matches, so that its key,
+-- and its expiry, stay.
 local function marks_split(meta)
   local bucket = marks.bucket
   local size = 2 ^ meta[1]
   local from = marks_key(bucket, meta[2])
   local to = marks_key(bucket, meta[2] + size)
   local fields = redis.call('HGETALL', from)
-  local moved = false
+  local moving, leaving = {}, {}
   for i = 1, #fields, 2 do
-    if marks_number(fields[i]) % (2 * size) ~= meta[2] then
-      redis.call('HSET', to, fields[i], fields[i + 1])
-      redis.call('HDEL', from, fields[i])
-      moved = true
+    if #fields[i] == 16 and marks_number(fields[i]) % (2 * size) ~= meta[2] then
+      moving[#moving + 1] = fields[i]
+      moving[#moving + 1] = fields[i + 1]
+      leaving[#leaving + 1] = fields[i]
     end
   end
-  if moved then
+  if #moving > 0 then
+    redis.call('HSET', to, unpack(moving))
     redis.call('PEXPIREAT', to, marks_expiry(bucket))
+    if #leaving * 2 == #fields then
+      redis.call('HSET', from, '', '')
+    end
+    redis.call('HDEL', from, unpack(leaving))
   end
   meta[2] = meta[2] + 1
   if meta[2] == size then
@@ -105,32 +127,47 @@ local function marks_split(meta)
   end
 end
 
--- Marks `digest` as `mark` ('d' or 'x') in the current bucket.
-local function marks_add(digest, mark)
+-- Writes `mark` (an entry id, 'd' or 'x') for `digest` in the current bucket with `command`:
+-- 'HSET' always, 'HSETNX' unless it has a mark there. Returns whether a new mark was added. Shard
+-- keys get their expiry when they are made: the first shard with the bucket, the others by their
+-- split.
+local function marks_write(command, digest, number, mark)
   local bucket = marks.bucket
   local meta = marks_meta(bucket)
-  if not meta then
+  local fresh = not meta
+  if fresh then
     meta = {0, 0, 0}
     marks.meta[bucket] = meta
   end
-  local key = marks_key(bucket, marks_shard(marks_number(digest), meta))
-  if redis.call('HSET', key, digest, mark) == 1 then
-    if redis.call('HLEN', key) == 1 then
-      redis.call('PEXPIREAT', key, marks_expiry(bucket))
-    end
-    meta[3] = meta[3] + 1
-    while meta[3] > marks.load * (2 ^ meta[1] + meta[2]) do
-      marks_split(meta)
-    end
-    marks.changed[bucket] = true
+  local key = marks_key(bucket, marks_shard(number, meta))
+  if redis.call(command, key, digest, mark) == 0 then
+    return false
   end
+  if fresh then
+    redis.call('PEXPIREAT', key, marks_expiry(bucket))
+  end
+  meta[3] = meta[3] + 1
+  while meta[3] > marks.load * (2 ^ meta[1] + meta[2]) do
+    marks_split(meta)
+  end
+  marks.changed[bucket] = true
+  return true
+end
+
+-- The mark of `digest` in the current bucket, or false.
+local function marks_find_current(digest, number)
+  local meta = marks_meta(marks.bucket)
+  if not meta then
+    return false
+  end
+  return redis.call('HGET', marks_key(marks.bucket, marks_shard(number, meta)), digest)
 end
 
 -- Writes back the meta of the buckets this call changed.
 local function marks_flush()
   for bucket in pairs(marks.changed) do
     local meta = marks.meta[bucket]
-    local key = marks_key(bucket)
+    local key = marks_meta_key(bucket)
     redis.call('HSET', key, 'level', meta[1], 'next', meta[2], 'count', meta[3])
     redis.call('PEXPIREAT', key, marks_expiry(bucket))
   end

@@ -5,20 +5,18 @@
 -- finds them marked and does not run them again. Marks are bookkeeping of a few dozen bytes:
 -- written even when Redis refuses writes for maxmemory.
 -- KEYS[1]      the stream
--- KEYS[2..]    hold keys of the events to mark done (may be none)
 -- ARGV[1]      the consumer group
 -- ARGV[2]      the prefix of the group's marks on the stream
 -- ARGV[3]      the idempotency window, in milliseconds
 -- ARGV[4]      marks per shard before a split
 -- ARGV[5]      n, the number of entries to acknowledge
 -- ARGV[6..5+n] their ids
--- ARGV[6+n..]  the identity digests of the events to mark done, one per hold key
+-- ARGV[6+n..]  the identity digests of the events to mark done
 -- Returns the number of entries acknowledged.
 marks_setup(ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]))
 local count = tonumber(ARGV[5])
-for i = 2, #KEYS do
-  marks_add(ARGV[4 + count + i], 'd')
-  redis.call('DEL', KEYS[i])
+for i = 6 + count, #ARGV do
+  marks_write('HSET', ARGV[i], marks_number(ARGV[i]), 'd')
 end
 marks_flush()
 if count == 0 then
