@@ -7,13 +7,13 @@
 #[path = "../tests/support/redis_server.rs"]
 mod redis_server;
 
+mod backlog;
 mod order_placed;
 mod timing;
 
 use std::time::{Duration, Instant};
 
-use events::{Consumer, Publisher, PublisherConfig, Router, StartFrom};
-use order_placed::OrderPlaced;
+use events::{Consumer, StartFrom};
 use redis::Value;
 
 const STREAM: &str = "bench:consume";
@@ -124,21 +124,8 @@ async fn main() {
         .unwrap_or(500);
     let server = redis_server::RedisServer::start();
     let url = server.url().to_owned();
-    let publisher = Publisher::connect(
-        &url,
-        PublisherConfig::new("bench").router(Router::single(STREAM)),
-    )
-    .await
-    .unwrap();
-    let mut published = 0;
-    while published < events {
-        // Distinct bodies, so that idempotency sees distinct events.
-        let chunk: Vec<OrderPlaced> = (published..events.min(published + 1000))
-            .map(|n| OrderPlaced::sample(n as u32))
-            .collect();
-        publisher.publish_many(&chunk).await.unwrap();
-        published += chunk.len() as u64;
-    }
+    // Distinct orders: distinct events for idempotency.
+    backlog::write_orders(&url, STREAM, events).await;
     println!(
         "{events} events of 160-byte JSON bodies in one stream, batches of {batch}, Redis at {url}"
     );

@@ -8,13 +8,13 @@
 #[path = "../tests/support/redis_server.rs"]
 mod redis_server;
 
+mod backlog;
 mod order_placed;
 mod timing;
 
 use std::time::Duration;
 
-use events::{Consumer, Publisher, PublisherConfig, Router, StartFrom};
-use order_placed::OrderPlaced;
+use events::{Consumer, StartFrom};
 use redis::aio::MultiplexedConnection;
 
 const STREAM: &str = "bench:marks";
@@ -95,20 +95,7 @@ async fn main() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let publisher = Publisher::connect(
-        &url,
-        PublisherConfig::new("bench").router(Router::single(STREAM)),
-    )
-    .await
-    .unwrap();
-    let mut published = 0;
-    while published < events {
-        let chunk: Vec<OrderPlaced> = (published..events.min(published + 1000))
-            .map(|n| OrderPlaced::sample(n as u32))
-            .collect();
-        publisher.publish_many(&chunk).await.unwrap();
-        published += chunk.len() as u64;
-    }
+    backlog::write_orders(&url, STREAM, events).await;
     println!("{events} events handled with idempotency on (window 24 h), Redis at {url}");
 
     let before = used_memory(&mut redis).await;
