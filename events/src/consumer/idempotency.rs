@@ -88,11 +88,14 @@ pub(crate) struct MarkSettings {
 impl MarkSettings {
     /// Marks kept for `window`, on a server whose hashes stay compact up to `listpack_entries`.
     pub(crate) fn new(window: Duration, listpack_entries: u64) -> Self {
+        // Shards not yet split in a round hold up to twice `load` marks on average: that, and five
+        // standard deviations more, must stay within the listpack limit (x + 5 sqrt(x) <= limit),
+        // or a shard turns into a hash table for good.
+        let limit = listpack_entries as f64;
+        let twice = ((25.0 + 4.0 * limit).sqrt() - 5.0) / 2.0;
         Self {
             window,
-            // A shard splits at `load` marks per shard on average; shards not yet split in a
-            // round hold up to twice that, and must stay under the listpack limit.
-            load: (listpack_entries * 5 / 16).max(4),
+            load: ((twice * twice / 2.0) as u64).max(2),
         }
     }
 }
@@ -235,7 +238,10 @@ mod tests {
 
     #[test]
     fn shards_stay_under_the_listpack_limit() {
-        assert_eq!(MarkSettings::new(Duration::from_secs(1), 128).load, 40);
-        assert_eq!(MarkSettings::new(Duration::from_secs(1), 0).load, 4);
+        let load = |limit| MarkSettings::new(Duration::from_secs(1), limit).load;
+        assert_eq!(load(128), 41);
+        assert_eq!(load(32), 6);
+        assert_eq!(load(512), 205);
+        assert_eq!(load(0), 2);
     }
 }

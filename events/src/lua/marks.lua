@@ -96,8 +96,8 @@ local function marks_find_before(digest, number)
 end
 
 -- Splits the next shard of the current bucket in two, moving the marks that now belong to the
--- new shard in two calls. A shard left empty keeps a field that no digest matches, so that its key,
--- and its expiry, stay.
+-- new shard in two calls. A shard left empty keeps a field that no digest matches (as does a new
+-- shard that no mark moved to), so that its key, and its expiry, stay.
 local function marks_split(meta)
   local bucket = marks.bucket
   local size = 2 ^ meta[1]
@@ -105,16 +105,23 @@ local function marks_split(meta)
   local to = marks_key(bucket, meta[2] + size)
   local fields = redis.call('HGETALL', from)
   local moving, leaving = {}, {}
+  -- Every digest here has the shard's number in its low bits: bit `level` says which half it
+  -- belongs to, and sits in one byte of the six.
+  local byte, bit = 6 - math.floor(meta[1] / 8), 2 ^ (meta[1] % 8)
   for i = 1, #fields, 2 do
-    if #fields[i] == 16 and marks_number(fields[i]) % (2 * size) ~= meta[2] then
+    if #fields[i] == 16 and math.floor(string.byte(fields[i], byte) / bit) % 2 == 1 then
       moving[#moving + 1] = fields[i]
       moving[#moving + 1] = fields[i + 1]
       leaving[#leaving + 1] = fields[i]
     end
   end
-  if #moving > 0 then
-    redis.call('HSET', to, unpack(moving))
-    redis.call('PEXPIREAT', to, marks_expiry(bucket))
+  -- The new shard is made now, with its expiry, even when no mark moves to it.
+  if #moving == 0 then
+    moving = {'', ''}
+  end
+  redis.call('HSET', to, unpack(moving))
+  redis.call('PEXPIREAT', to, marks_expiry(bucket))
+  if #leaving > 0 then
     if #leaving * 2 == #fields then
       redis.call('HSET', from, '', '')
     end
