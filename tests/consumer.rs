@@ -1141,3 +1141,98 @@ async fn never_more_entries_unacknowledged_than_max_unacked() {
     );
     assert!(most_pending >= 3, "the bound was used, saw {most_pending}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filled_stream_is_drained_without_waiting_out_a_blocking_read() {
+    let server = RedisServer::start();
+    let stream = unique("drain");
+    let publisher = publisher_to(server.url(), &stream).await;
+    publish_tasks(&publisher, 0..1_000).await;
+    // Twelve drains at once, each by a consumer of a new group. A read served after a later one
+    // finds nothing and blocks: its 5 s must not hold up the entries the other read brought.
+    let mut drains = Vec::new();
+    for round in 0..12 {
+        let seen = seen();
+        let consumer = quick_consumer(&server, &stream, &format!("drain-{round}"))
+            .block(Duration::from_secs(5))
+            .handle(recording(&seen))
+            .build()
+            .await
+            .unwrap();
+        drains.push((seen, consumer));
+    }
+    let started = std::time::Instant::now();
+    let running: Vec<Running> = drains.iter().map(|(_, consumer)| spawn(consumer)).collect();
+    let mut took = Vec::new();
+    while took.len() < drains.len() {
+        for (seen, _) in &drains[took.len()..] {
+            if count(seen) < 1_000 {
+                break;
+            }
+            took.push(started.elapsed());
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "drains stalled: {took:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for (token, _) in &running {
+        token.cancel();
+    }
+    for (_, task) in running {
+        task.await.unwrap().unwrap();
+    }
+    let slowest = took.iter().max().unwrap();
+    assert!(
+        *slowest < Duration::from_millis(2_500),
+        "the slowest of 12 drains of 1,000 entries took {slowest:?}: {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn events_arriving_one_by_one_are_handled_without_waiting_for_the_next() {
+    let server = RedisServer::start();
+    let stream = unique("trickle");
+    let handled_at: Arc<Mutex<BTreeMap<u64, std::time::Instant>>> = Arc::default();
+    let consumer = quick_consumer(&server, &stream, "g")
+        .block(Duration::from_secs(5))
+        .handle({
+            let handled_at = Arc::clone(&handled_at);
+            move |task: TaskCreated, _: Context| {
+                handled_at
+                    .lock()
+                    .unwrap()
+                    .insert(task.n, std::time::Instant::now());
+                futures::future::ready(Ok::<(), HandlerError>(()))
+            }
+        })
+        .build()
+        .await
+        .unwrap();
+    let running = spawn(&consumer);
+    wait_until("the consumer runs", || consumer.status().running).await;
+    let publisher = publisher_to(server.url(), &stream).await;
+    let mut published_at = BTreeMap::new();
+    // Pauses of 20 to 150 ms between events: sometimes a read is out, sometimes two.
+    for n in 0..40 {
+        tokio::time::sleep(Duration::from_millis(20 + (n * 37) % 131)).await;
+        published_at.insert(n, std::time::Instant::now());
+        publisher.publish(&TaskCreated { n }).await.unwrap();
+    }
+    wait_until("all 40 are handled", || {
+        handled_at.lock().unwrap().len() == 40
+    })
+    .await;
+    stop(running).await;
+    let handled_at = handled_at.lock().unwrap();
+    let slowest = published_at
+        .iter()
+        .map(|(n, at)| handled_at[n].duration_since(*at))
+        .max()
+        .unwrap();
+    assert!(
+        slowest < Duration::from_millis(500),
+        "an event waited {slowest:?} (a blocking read is 5 s)"
+    );
+}

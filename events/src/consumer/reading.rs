@@ -1,13 +1,12 @@
 //! The read loop of a running consumer: reads batches, takes over entries other consumers left,
 //! starts deliveries.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-use tokio_util::task::AbortOnDropHandle;
 
 use super::delivery::Delivery;
 use super::group::is_no_group;
@@ -22,9 +21,9 @@ use crate::StreamEntry;
 /// What one read of the streams gives: per stream, its entries.
 type ReadResult = redis::RedisResult<Vec<(String, Vec<StreamEntry>)>>;
 
-/// A read sent and not yet delivered.
+/// A read sent on a reader connection and not yet delivered.
+#[derive(Debug)]
 struct Read {
-    reply: AbortOnDropHandle<ReadResult>,
     /// How many entries it asked for.
     count: usize,
     /// The streams it named.
@@ -94,34 +93,34 @@ impl Reading {
         let readers = &session.inner.readers;
         let mut last_claim: Option<Instant> = None;
         let mut failures = 0u32;
-        // Reads already sent, each on a connection of its own, so that Redis prepares the next
+        // Reads already sent, at most one per reader connection, so that Redis prepares the next
         // batches and their replies are parsed while earlier ones are delivered. Only while
-        // entries keep coming: an idle consumer has one blocking read out.
-        let mut reads: VecDeque<Read> = VecDeque::new();
+        // entries keep coming: an idle consumer has one blocking read out. Replies are taken in
+        // the order they come, whatever order the reads were sent in: Redis may serve a later
+        // read first, and the earlier one then waits out its block.
+        let mut out: Vec<Option<Read>> = (0..readers.len()).map(|_| None).collect();
+        let mut replies: JoinSet<(usize, ReadResult)> = JoinSet::new();
         let mut busy = false;
-        let mut turn = 0;
         loop {
             while self.deliveries.try_join_next().is_some() {}
             let readable = self.readable();
             let claim_due = last_claim.is_none_or(|at| at.elapsed() >= settings.claim_interval);
-            while !shutdown.is_cancelled()
-                && !claim_due
-                && !readable.is_empty()
-                && reads.len() < readers.len()
-            {
-                let requested: usize = reads.iter().map(|read| read.count).sum();
+            while !shutdown.is_cancelled() && !claim_due && !readable.is_empty() {
+                let Some(free) = out.iter().position(Option::is_none) else {
+                    break;
+                };
+                let requested: usize = out.iter().flatten().map(|read| read.count).sum();
                 let room = self.unacked.available_permits().saturating_sub(requested);
-                if room == 0 || (!busy && !reads.is_empty()) {
+                if room == 0 || (!busy && !replies.is_empty()) {
                     break;
                 }
                 let count = settings.batch_size.min(room);
-                turn = (turn + 1) % readers.len();
-                let Some(read) = self.start_read(&readable, &reads, turn, count) else {
+                let Some(read) = self.start_read(&readable, &out, free, count, &mut replies) else {
                     break;
                 };
-                reads.push_back(read);
+                out[free] = Some(read);
             }
-            let Some(Read { reply: read, .. }) = reads.pop_front() else {
+            if replies.is_empty() {
                 if claim_due && !shutdown.is_cancelled() {
                     self.reclaim().await;
                     last_claim = Some(Instant::now());
@@ -141,10 +140,18 @@ impl Reading {
                     permit = Arc::clone(&self.unacked).acquire_owned() => drop(permit),
                 }
                 continue;
-            };
-            let read = match read.await {
-                Ok(read) => read,
-                Err(error) => Err(redis::RedisError::from(std::io::Error::other(error))),
+            }
+            let read = match replies.join_next().await {
+                Some(Ok((reader, read))) => {
+                    out[reader] = None;
+                    read
+                }
+                Some(Err(error)) => {
+                    out.iter_mut().for_each(|read| *read = None);
+                    replies.abort_all();
+                    Err(redis::RedisError::from(std::io::Error::other(error)))
+                }
+                None => continue,
             };
             match read {
                 Ok(streams) => {
@@ -202,20 +209,24 @@ impl Reading {
     }
 
     /// Sends a read of up to `count` entries from the `readable` streams, on reader connection
-    /// `index`; none when every stream it could name is a partition already being read (two
-    /// reads of one stream on two connections may be served in either order, which would put
-    /// a key's events out of order).
+    /// `index`, its reply to come through `replies`; none when every stream it could name is a
+    /// partition already being read (two reads of one stream on two connections may be served in
+    /// either order, which would put a key's events out of order).
     fn start_read(
         &mut self,
         readable: &[String],
-        reads: &VecDeque<Read>,
+        out: &[Option<Read>],
         index: usize,
         count: usize,
+        replies: &mut JoinSet<(usize, ReadResult)>,
     ) -> Option<Read> {
         let inner = &self.session.inner;
         let busy = |stream: &String| {
             self.partitions.contains(stream)
-                && reads.iter().any(|read| read.streams.contains(stream))
+                && out
+                    .iter()
+                    .flatten()
+                    .any(|read| read.streams.contains(stream))
         };
         let candidates: Vec<String> = readable
             .iter()
@@ -264,14 +275,8 @@ impl Reading {
                 .collect()
         };
         let named = streams.clone();
-        let reply = AbortOnDropHandle::new(tokio::spawn(async move {
-            reader.read(&named, count, block).await
-        }));
-        Some(Read {
-            reply,
-            count,
-            streams,
-        })
+        replies.spawn(async move { (index, reader.read(&named, count, block).await) });
+        Some(Read { count, streams })
     }
 
     /// Starts deliveries of `entries` of `stream` (each with its delivery count), each once it
