@@ -1,24 +1,22 @@
 //! Acceptance scenarios in the spirit of Watermill's universal Pub/Sub tests, against a real
 //! redis-server: each checks every message.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::example::{ExampleProcess, OrderPlaced};
+use crate::support::{
+    RedisServer, Running, connection, pending, publish_retrying_with, publisher_to, quick_consumer,
+    quick_consumer_at, unique, wait_until,
+};
 use events::{
     Context, Event, HandlerError, PublishOptions, Publisher, PublisherConfig, Router,
     dead_letter_stream, read_range,
 };
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
-use support::example::{ExampleProcess, OrderPlaced};
-use support::{
-    RedisServer, Running, connection, pending, publish_retrying_with, publisher_to, quick_consumer,
-    quick_consumer_at, unique, wait_until,
-};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]

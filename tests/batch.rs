@@ -2,19 +2,17 @@
 //! bounded in concurrency and memory, losing nothing when Redis goes away or refuses writes, and
 //! telling what it could not write.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::faults::{accept_writes, refuse_writes};
+use crate::support::{Captured, RedisServer, connection, publisher_to, unique, wait_until};
 use events::{
     Backoff, BatchConfig, BatchedPublisher, BatchingStrategy, Error, Event, Overflow, read_range,
 };
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
-use support::faults::{accept_writes, refuse_writes};
-use support::{Captured, RedisServer, connection, publisher_to, unique, wait_until};
 use tracing_subscriber::fmt::format::FmtSpan;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]

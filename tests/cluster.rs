@@ -1,17 +1,15 @@
 //! The library on a local 3-node Redis Cluster: the same API as on one server.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::{RedisCluster, publish_retrying, publisher_to, run_all, unique, wait_until};
 use events::{
     BatchConfig, BatchedPublisher, Consumer, Context, Event, HandlerError, Publisher,
     PublisherConfig, Route, Router, StartFrom, dead_letter_stream, read_range,
 };
 use serde::{Deserialize, Serialize};
-use support::{RedisCluster, publish_retrying, publisher_to, run_all, unique, wait_until};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
 #[event(name = "task.created")]

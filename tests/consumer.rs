@@ -1,23 +1,21 @@
 //! The consumer-group server against a real redis-server: every event handled once, failures
 //! retried or dead-lettered, crashed consumers' work reclaimed, shutdown clean.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::{
+    RedisServer, connection, pending, publish_retrying, publisher_to, quick_consumer, unique,
+    wait_until,
+};
 use events::{
     Backoff, Consumer, ConsumerBuilder, Context, Event, HandlerError, PublishOptions, Publisher,
     StartFrom, Unhandled, read_range,
 };
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
-use support::{
-    RedisServer, connection, pending, publish_retrying, publisher_to, quick_consumer, unique,
-    wait_until,
-};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]

@@ -4,13 +4,16 @@
 //! too big for a script, a stream replaced under a running consumer, keys whose order must hold
 //! while partitions change hands.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::faults::{ConnectionKiller, accept_writes, allow, deny, refuse_writes, stall};
+use crate::support::{
+    RedisServer, Running, connection, pending, publisher_to, quick, quick_consumer, unique,
+    wait_until,
+};
 use events::{
     Consumer, ConsumerBuilder, Context, DeadLetters, Event, HandlerError, Operation,
     PublishOptions, Publisher, dead_letter_stream,
@@ -19,11 +22,6 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
-use support::faults::{ConnectionKiller, accept_writes, allow, deny, refuse_writes, stall};
-use support::{
-    RedisServer, Running, connection, pending, publisher_to, quick, quick_consumer, unique,
-    wait_until,
-};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
 #[event(name = "job.queued")]

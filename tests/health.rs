@@ -1,17 +1,15 @@
 //! The health example's endpoints, served on a free port and asked over HTTP.
 
-mod support;
-
 #[path = "../examples/health_app.rs"]
 mod health_app;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::{RedisServer, publisher_to, unique, wait_until};
 use events::{BatchConfig, BatchedPublisher, Consumer, Context, Event, HandlerError, StartFrom};
 use health_app::{Health, Thresholds};
 use serde::{Deserialize, Serialize};
-use support::{RedisServer, publisher_to, unique, wait_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(Debug, Serialize, Deserialize, Event)]

@@ -1,20 +1,18 @@
 //! Idempotency against a real server: repeats of the same event are caught within the window,
 //! distinct events are never merged, marks stay compact, and what can evict them is said.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::faults::config_set;
+use crate::support::{
+    RedisServer, Running, connection, pending, publisher_to, quick_consumer, unique, wait_until,
+};
 use events::{
     Consumer, Context, Event, HandlerError, HandlerOptions, Identity, PublishOptions, Publisher,
 };
 use serde::{Deserialize, Serialize};
-use support::faults::config_set;
-use support::{
-    RedisServer, Running, connection, pending, publisher_to, quick_consumer, unique, wait_until,
-};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
 #[event(name = "audit.login")]

@@ -1,16 +1,14 @@
 //! The publisher against a real redis-server: what it writes is what a reader gets back.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{RedisServer, connection, unique};
 use events::{
     Envelope, Error, Event, PublishOptions, Publisher, PublisherConfig, Route, Router, Trim,
     ValidationReport, read_range,
 };
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
-use support::{RedisServer, connection, unique};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
 #[event(name = "user.created", version = 2)]

@@ -1,11 +1,9 @@
 //! Stream and server stats against known states of a real redis-server.
 
-mod support;
-
+use crate::support::faults::config_set;
+use crate::support::{RedisServer, connection, publisher_to, unique};
 use events::{dead_letter_stream, server_stats, stream_stats};
 use redis::AsyncCommands;
-use support::faults::config_set;
-use support::{RedisServer, connection, publisher_to, unique};
 
 #[tokio::test]
 async fn stats_report_length_lag_pending_consumers_and_dead_letters() {

@@ -1,0 +1,15 @@
+//! The integration tests against real servers (a redis-server, a local Redis Cluster, Valkey),
+//! in one binary: one link instead of one per file. Run one file's tests with its module name as
+//! the filter, such as `cargo test --test integration guarantees::`.
+
+mod support;
+
+mod acceptance;
+mod batch;
+mod cluster;
+mod consumer;
+mod guarantees;
+mod health;
+mod idempotency;
+mod publish;
+mod stats;
