@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use crate::support::faults::{ConnectionKiller, accept_writes, allow, deny, refuse_writes, stall};
 use crate::support::{
-    RedisServer, Running, connection, pending, publisher_to, quick, quick_consumer, unique,
-    wait_until,
+    RedisServer, Running, connection, pending, publisher_to, publisher_to_partitions, quick,
+    quick_consumer, unique, wait_until,
 };
 use events::{
     Consumer, ConsumerBuilder, Context, DeadLetters, Event, HandlerError, Operation,
@@ -600,17 +600,7 @@ async fn connections_killed_every_200_ms_lose_and_repeat_nothing() {
 async fn a_keys_next_event_starts_only_after_the_previous_one_is_settled() {
     let server = RedisServer::own();
     let stream = unique("turns");
-    let publisher = Publisher::connect(
-        server.url(),
-        events::PublisherConfig::new("test").router(
-            events::Router::builder()
-                .route(events::Route::to("job.*", &stream).partitions(2))
-                .build()
-                .unwrap(),
-        ),
-    )
-    .await
-    .unwrap();
+    let publisher = publisher_to_partitions(server.url(), &stream, 2).await;
     let runs = Runs::default();
     let consumer = quick(
         Consumer::builder(server.url())
@@ -689,17 +679,7 @@ type StepRun = (String, u64, Instant, Instant, &'static str);
 async fn a_partition_changes_hands_only_after_its_old_owner_finished_it() {
     let server = RedisServer::start();
     let stream = unique("handover");
-    let publisher = Publisher::connect(
-        server.url(),
-        events::PublisherConfig::new("test").router(
-            events::Router::builder()
-                .route(events::Route::to("job.*", &stream).partitions(4))
-                .build()
-                .unwrap(),
-        ),
-    )
-    .await
-    .unwrap();
+    let publisher = publisher_to_partitions(server.url(), &stream, 4).await;
     // Steps `seqs` of 8 keys, a round of keys at a time with `pause` between rounds.
     let publish_steps = |seqs: std::ops::Range<u64>, pause: Duration| {
         let publisher = &publisher;

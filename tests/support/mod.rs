@@ -57,6 +57,21 @@ pub(crate) async fn publisher_to(url: &str, stream: &str) -> events::Publisher {
     .expect("connect a publisher to the test server")
 }
 
+/// A publisher writing `job.*` events to the `partitions` partitions of `stream`, by their keys.
+pub(crate) async fn publisher_to_partitions(
+    url: &str,
+    stream: &str,
+    partitions: u32,
+) -> events::Publisher {
+    let router = events::Router::builder()
+        .route(events::Route::to("job.*", stream).partitions(partitions))
+        .build()
+        .expect("a valid route");
+    events::Publisher::connect(url, events::PublisherConfig::new("test").router(router))
+        .await
+        .expect("connect a publisher to the test server")
+}
+
 /// Entries of `stream` still pending in `group`.
 pub(crate) async fn pending(server: &RedisServer, stream: &str, group: &str) -> usize {
     let summary: (usize, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")

@@ -158,18 +158,26 @@ impl<C: ConnectionLike + Clone + Send + Sync> Group<C> {
         }
     }
 
-    /// Creates the group on every one of `streams` that lacks it.
-    pub(crate) async fn ensure_all(
+    /// Creates the group on every one of `streams` that lacks it; returns the streams, and where
+    /// the group is in each (see [`position`](Self::position)), for a consumer to start from.
+    pub(crate) async fn open(
         &self,
         streams: &[String],
         start: &StartFrom,
-    ) -> crate::Result<()> {
+    ) -> crate::Result<(Vec<Arc<str>>, HashMap<Arc<str>, String>)> {
+        let mut opened = Vec::with_capacity(streams.len());
+        let mut positions = HashMap::new();
         for stream in streams {
             self.ensure(stream, start)
                 .await
                 .map_err(crate::Error::reading(stream))?;
+            let stream: Arc<str> = Arc::from(stream.as_str());
+            if let Ok(Some(position)) = self.position(&stream).await {
+                positions.insert(Arc::clone(&stream), position);
+            }
+            opened.push(stream);
         }
-        Ok(())
+        Ok((opened, positions))
     }
 
     /// The id of the last entry the group delivered from `stream`, if the group exists.
@@ -188,19 +196,6 @@ impl<C: ConnectionLike + Clone + Send + Sync> Group<C> {
                     .is_some_and(|name| name == self.group)
             })
             .and_then(|mut info| into_string(info.remove("last-delivered-id")?)))
-    }
-
-    /// The group's position in each of `streams` where it can be read (see [`position`]).
-    ///
-    /// [`position`]: Self::position
-    pub(crate) async fn positions(&self, streams: &[Arc<str>]) -> HashMap<Arc<str>, String> {
-        let mut positions = HashMap::new();
-        for stream in streams {
-            if let Ok(Some(position)) = self.position(stream).await {
-                positions.insert(Arc::clone(stream), position);
-            }
-        }
-        positions
     }
 
     /// Creates the group on `stream` again after it vanished, so that no entry written since is

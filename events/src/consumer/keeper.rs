@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::group::Group;
 use super::status::{Counters, Operation};
@@ -111,9 +112,26 @@ impl Keeper {
         }
     }
 
+    /// Starts the task that keeps the kept entries through `group` until `stop`, every quarter of
+    /// `claim_idle`: well before another consumer would take them over.
+    pub(crate) fn start(
+        &self,
+        group: &Group<Connection>,
+        claim_idle: Duration,
+        counters: &Arc<Counters>,
+        stop: &CancellationToken,
+    ) -> AbortOnDropHandle<()> {
+        AbortOnDropHandle::new(tokio::spawn(self.clone().run(
+            group.clone(),
+            claim_idle / 4,
+            Arc::clone(counters),
+            stop.clone(),
+        )))
+    }
+
     /// Keeps every kept entry every `interval` until `stop`; a failed round is tried again sooner,
     /// and reported as a stall until it succeeds.
-    pub(crate) async fn run(
+    async fn run(
         self,
         group: Group<Connection>,
         interval: Duration,

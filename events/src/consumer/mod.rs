@@ -132,15 +132,9 @@ impl Consumer {
         let inner = &self.inner;
         let settings = &inner.settings;
         let commands = &inner.commands;
-        commands
-            .ensure_all(&settings.streams, &settings.start_from)
+        let (streams, positions) = commands
+            .open(&settings.streams, &settings.start_from)
             .await?;
-        let streams: Vec<Arc<str>> = settings
-            .streams
-            .iter()
-            .map(|stream| Arc::from(stream.as_str()))
-            .collect();
-        let positions = commands.positions(&streams).await;
         if let Ok(ServerStats {
             warning: Some(warning),
             ..
@@ -156,12 +150,7 @@ impl Consumer {
             Acks::serve(commands, &streams, settings.marks(), &inner.counters);
         let (holds, holding) = Holds::serve(commands.clone(), settings.marks());
         let stop_tasks = CancellationToken::new();
-        let keeping = AbortOnDropHandle::new(tokio::spawn(keeper.clone().run(
-            commands.clone(),
-            settings.claim_idle / 4,
-            Arc::clone(&inner.counters),
-            stop_tasks.clone(),
-        )));
+        let keeping = keeper.start(commands, settings.claim_idle, &inner.counters, &stop_tasks);
         // Partition leases are kept by a task of their own, so that a busy read loop never lets
         // them lapse; it gives them up when reading stops.
         let leases = Leases::default();

@@ -100,25 +100,14 @@ impl PullConsumer {
         commands: Group<Connection>,
         settings: Settings,
     ) -> Result<Self> {
-        commands
-            .ensure_all(&settings.streams, &settings.start_from)
+        let (streams, last_seen) = commands
+            .open(&settings.streams, &settings.start_from)
             .await?;
-        let streams: Vec<Arc<str>> = settings
-            .streams
-            .iter()
-            .map(|stream| Arc::from(stream.as_str()))
-            .collect();
-        let last_seen = commands.positions(&streams).await;
         let counters = Arc::new(Counters::default());
         let keeper = Keeper::default();
         let stop = CancellationToken::new();
         let (acks, acknowledging) = Acks::serve(&commands, &streams, settings.marks(), &counters);
-        let keeping = AbortOnDropHandle::new(tokio::spawn(keeper.clone().run(
-            commands.clone(),
-            settings.claim_idle / 4,
-            Arc::clone(&counters),
-            stop.clone(),
-        )));
+        let keeping = keeper.start(&commands, settings.claim_idle, &counters, &stop);
         Ok(Self {
             reader,
             commands,
