@@ -173,7 +173,7 @@ impl PullConsumer {
                         &self.commands,
                         &stream,
                         self.settings.claim_idle,
-                        self.settings.batch_size,
+                        room.max(self.settings.batch_size),
                         room,
                         &self.keeper,
                     )

@@ -334,14 +334,16 @@ impl Reading {
             if !self.leases.may_reclaim(stream, &settings.partitioned) {
                 continue;
             }
-            let room = self.unacked.available_permits().min(settings.batch_size);
+            // As many as backpressure allows, so that a crashed consumer's backlog is taken
+            // over in a few rounds; looked at in at least a batch's worth.
+            let room = self.unacked.available_permits();
             let claimed = self
                 .reclaimer
                 .round(
                     &inner.commands,
                     stream,
                     settings.claim_idle,
-                    settings.batch_size,
+                    room.max(settings.batch_size),
                     room,
                     &session.keeper,
                 )
