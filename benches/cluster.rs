@@ -54,7 +54,13 @@ async fn consume(url: &str, stream: &str, partitions: u32, events: u64) -> f64 {
         .concurrency(500)
         .block(Duration::from_millis(100))
         .idempotency(false);
-    let (_, elapsed) = timing::time_consumer(builder, events).await;
+    let streams = if partitions > 1 {
+        events::partition_streams(stream, partitions)
+    } else {
+        vec![stream.to_owned()]
+    };
+    let elapsed =
+        timing::time_until_acknowledged(vec![builder], events, url, &streams, "bench").await;
     events as f64 / elapsed.as_secs_f64()
 }
 

@@ -1,8 +1,12 @@
-//! Events per second through `Consumer` (read, decode, typed handler, acknowledge) with and without
-//! idempotency, next to a raw redis-rs `XREADGROUP` + `XACK` loop over the same entries, all in this
-//! run against the same throwaway `redis-server` (or `REDIS_URL`).
+//! Events per second through consumers (read, decode, typed handler, acknowledged in Redis: the
+//! time until nothing is pending), next to a raw redis-rs `XREADGROUP` + `XACK` loop over the
+//! same entries, all in this run against the same throwaway `redis-server` (or `REDIS_URL`): one
+//! consumer with and without idempotency, and consumers of a stream partitioned 8 ways. Rounds of
+//! each alternate, every run reading its stream anew in a group of its own; each row gives the
+//! median, least and most of the rounds, and the Redis CPU each event cost (`INFO cpu`).
 //!
-//! `cargo bench --bench consume` (set `EVENTS_BENCH_EVENTS` to change the number of events).
+//! `cargo bench --bench consume` (`EVENTS_BENCH_EVENTS` sets the events, 200,000 by default,
+//! `EVENTS_BENCH_ROUNDS` the rounds, 5, and `EVENTS_BENCH_BATCH` the batch size, 500).
 
 #[path = "../tests/support/redis_server.rs"]
 mod redis_server;
@@ -13,21 +17,29 @@ mod timing;
 
 use std::time::{Duration, Instant};
 
-use events::{Consumer, StartFrom};
+use events::{Consumer, ConsumerBuilder, StartFrom, partition_streams};
 use redis::Value;
 
 const STREAM: &str = "bench:consume";
+const PARTITIONED: &str = "bench:partitioned";
 
 /// A stream entry as the raw loop reads it: its id and field-value pairs.
 type Entry = (String, Vec<(Vec<u8>, Vec<u8>)>);
 
-fn row(name: &str, events: u64, elapsed: Duration, baseline: f64) -> f64 {
-    let rate = events as f64 / elapsed.as_secs_f64();
-    println!(
-        "{name:<52} {rate:>10.0} events/s {:>7.2}x baseline",
-        rate / baseline
-    );
-    rate
+/// The CPU time Redis has used so far, in microseconds (`INFO cpu`: user and system). Command
+/// statistics would count commands run by scripts twice, in the script and on their own.
+async fn redis_busy(redis: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("cpu")
+        .query_async(redis)
+        .await
+        .unwrap();
+    let seconds: f64 = info
+        .lines()
+        .filter(|line| line.starts_with("used_cpu_user:") || line.starts_with("used_cpu_sys:"))
+        .filter_map(|line| line.split(':').nth(1)?.trim().parse::<f64>().ok())
+        .sum();
+    (seconds * 1e6) as u64
 }
 
 /// Reads every entry through a new group with XREADGROUP and acknowledges each batch with XACK.
@@ -78,84 +90,123 @@ async fn raw_loop(url: &str, group: &str, events: u64, batch: usize) -> Duration
     start.elapsed()
 }
 
-/// Runs a consumer in a new group until it has handled every entry.
-async fn consumer(
-    url: &str,
-    group: &str,
-    events: u64,
-    batch: usize,
-    idempotency: bool,
-) -> Duration {
-    let builder = Consumer::builder(url)
-        .stream(STREAM)
+/// One consumer of `group`, tuned like the raw loop: batches of `batch`, as many at once.
+fn consumer(url: &str, group: &str, batch: usize, idempotency: bool) -> ConsumerBuilder {
+    Consumer::builder(url)
         .group(group)
         .start_from(StartFrom::Beginning)
         .batch_size(batch)
         .max_unacked(batch * 8)
         .concurrency(batch)
         .block(Duration::from_millis(100))
-        .idempotency(idempotency);
-    let (consumer, elapsed) = timing::time_consumer(builder, events).await;
-    assert_eq!(consumer.status().processed, events);
-    let mut connection = redis::Client::open(url)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let pending: (u64, Value, Value, Value) = redis::cmd("XPENDING")
-        .arg(STREAM)
-        .arg(group)
-        .query_async(&mut connection)
-        .await
-        .unwrap();
-    assert_eq!(pending.0, 0, "every handled event was acknowledged");
-    elapsed
+        .idempotency(idempotency)
+}
+
+/// What one configuration measured over the rounds: events per second and Redis µs per event.
+#[derive(Default)]
+struct Measured {
+    rates: Vec<f64>,
+    redis_micros: Vec<f64>,
+}
+
+impl Measured {
+    fn add(&mut self, events: u64, elapsed: Duration, redis_micros: u64) {
+        self.rates.push(events as f64 / elapsed.as_secs_f64());
+        self.redis_micros.push(redis_micros as f64 / events as f64);
+    }
+
+    /// The median, least and most of `values`.
+    fn spread(values: &[f64]) -> (f64, f64, f64) {
+        let mut sorted = values.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        (
+            sorted[sorted.len() / 2],
+            sorted[0],
+            sorted[sorted.len() - 1],
+        )
+    }
+
+    fn row(&self, name: &str, baseline: &Measured) {
+        let (rate, least, most) = Self::spread(&self.rates);
+        let (base, ..) = Self::spread(&baseline.rates);
+        let (micros, ..) = Self::spread(&self.redis_micros);
+        let (base_micros, ..) = Self::spread(&baseline.redis_micros);
+        println!(
+            "{name:<46} {rate:>8.0} ({least:>6.0}-{most:>6.0})  {:>5.2}x  {micros:>6.2} µs {:>5.2}x",
+            rate / base,
+            micros / base_micros
+        );
+    }
 }
 
 #[tokio::main]
 async fn main() {
-    let events: u64 = std::env::var("EVENTS_BENCH_EVENTS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(200_000);
-    let batch: usize = std::env::var("EVENTS_BENCH_BATCH")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(500);
+    let setting = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(default)
+    };
+    let events = setting("EVENTS_BENCH_EVENTS", 200_000);
+    let rounds = setting("EVENTS_BENCH_ROUNDS", 5);
+    let batch = setting("EVENTS_BENCH_BATCH", 500) as usize;
     let server = redis_server::RedisServer::start();
     let url = server.url().to_owned();
     // Distinct orders: distinct events for idempotency.
     backlog::write_orders(&url, STREAM, events).await;
+    backlog::write_partitioned_orders(&url, PARTITIONED, 8, events).await;
+    let partitions = partition_streams(PARTITIONED, 8);
+    let mut redis = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
     println!(
-        "{events} events of 160-byte JSON bodies in one stream, batches of {batch}, Redis at {url}"
+        "{events} events of 160-byte JSON bodies, batches of {batch}, {rounds} rounds, Redis at {url}"
+    );
+    println!(
+        "{:<46} {:>24}  {:>6}  {:>17}",
+        "events/s, acknowledged in Redis", "median (least-most)", "ratio", "Redis CPU/event"
     );
 
-    // Each measurement reads the whole stream in a new group; the fastest of three rounds counts,
-    // the rounds interleaved so that a slow moment of the machine does not favour one side.
-    let (mut raw, mut plain, mut idempotent) = (Duration::MAX, Duration::MAX, Duration::MAX);
-    for round in 0..3 {
-        raw = raw.min(raw_loop(&url, &format!("raw-{round}"), events, batch).await);
-        plain = plain.min(consumer(&url, &format!("plain-{round}"), events, batch, false).await);
-        idempotent = idempotent
-            .min(consumer(&url, &format!("idempotent-{round}"), events, batch, true).await);
-    }
-    let baseline = events as f64 / raw.as_secs_f64();
-    row(
+    let names = [
         "raw redis-rs XREADGROUP + XACK loop (baseline)",
-        events,
-        raw,
-        baseline,
-    );
-    row(
-        "Consumer, typed handler, idempotency off",
-        events,
-        plain,
-        baseline,
-    );
-    row(
-        "Consumer, typed handler, idempotency on",
-        events,
-        idempotent,
-        baseline,
-    );
+        "Consumer, idempotency off",
+        "Consumer, idempotency on",
+        "Consumer of 8 partitions, idempotency off",
+        "3 consumers sharing 8 partitions",
+    ];
+    let mut measured: Vec<Measured> = names.iter().map(|_| Measured::default()).collect();
+    for round in 0..rounds {
+        for (index, measure) in measured.iter_mut().enumerate() {
+            let group = format!("g{index}-{round}");
+            let busy = redis_busy(&mut redis).await;
+            let elapsed = match index {
+                0 => raw_loop(&url, &group, events, batch).await,
+                1 | 2 => {
+                    let builder = consumer(&url, &group, batch, index == 2).stream(STREAM);
+                    let streams = [STREAM.to_owned()];
+                    timing::time_until_acknowledged(vec![builder], events, &url, &streams, &group)
+                        .await
+                }
+                _ => {
+                    let count = if index == 3 { 1 } else { 3 };
+                    let builders = (0..count)
+                        .map(|n| {
+                            consumer(&url, &group, batch, false)
+                                .partitioned_stream(PARTITIONED, 8)
+                                .partition_lease(Duration::from_secs(2))
+                                .consumer_name(format!("c{n}"))
+                        })
+                        .collect();
+                    timing::time_until_acknowledged(builders, events, &url, &partitions, &group)
+                        .await
+                }
+            };
+            measure.add(events, elapsed, redis_busy(&mut redis).await - busy);
+        }
+    }
+    for (name, measure) in names.iter().zip(&measured) {
+        measure.row(name, &measured[0]);
+    }
 }

@@ -108,8 +108,9 @@ async fn main() {
         .concurrency(500)
         .block(Duration::from_millis(100))
         .idempotency_ttl(window);
-    let (consumer, elapsed) = timing::time_consumer(builder, events).await;
-    assert_eq!(consumer.status().processed, events);
+    let streams = [STREAM.to_owned()];
+    let elapsed =
+        timing::time_until_acknowledged(vec![builder], events, &url, &streams, "new").await;
     let ours = used_memory(&mut redis).await.saturating_sub(before);
     let (ours_keys_bytes, ours_keys) =
         keys_memory(&mut redis, &format!("{{{STREAM}}}:marks:new:*")).await;

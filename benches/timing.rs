@@ -1,20 +1,74 @@
-//! Timing a consumer in the benchmarks.
+//! Timing consumers in the benchmarks.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use events::{Consumer, ConsumerBuilder, Context, HandlerError};
+use redis::Value;
 
 use crate::order_placed::OrderPlaced;
 
-/// Adds to `builder` a handler that counts orders, runs the consumer until it has handled
-/// `events`, and returns it with the time that took: until the last event is handled, not the
-/// shutdown after it (which waits for the read in progress to return).
-pub(crate) async fn time_consumer(builder: ConsumerBuilder, events: u64) -> (Consumer, Duration) {
+/// Runs the consumers `builders` make (of one group, handling orders) until they have handled
+/// `events` and nothing is pending on `streams` in `group` any more: the time until the last
+/// acknowledgement landed in Redis.
+pub(crate) async fn time_until_acknowledged(
+    builders: Vec<ConsumerBuilder>,
+    events: u64,
+    url: &str,
+    streams: &[String],
+    group: &str,
+) -> Duration {
     let handled = Arc::new(AtomicU64::new(0));
-    let counter = Arc::clone(&handled);
-    let consumer = builder
+    let mut consumers = Vec::new();
+    for builder in builders {
+        consumers.push(counting(builder, &handled).await);
+    }
+    let mut redis = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running: Vec<_> = consumers
+        .iter()
+        .map(|consumer| {
+            let (consumer, shutdown) = (consumer.clone(), shutdown.clone());
+            tokio::spawn(async move { consumer.run(shutdown).await })
+        })
+        .collect();
+    let start = Instant::now();
+    while handled.load(Ordering::Relaxed) < events {
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    loop {
+        let mut pending = 0;
+        for stream in streams {
+            let summary: (u64, Value, Value, Value) = redis::cmd("XPENDING")
+                .arg(stream)
+                .arg(group)
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            pending += summary.0;
+        }
+        if pending == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_micros(500)).await;
+    }
+    let elapsed = start.elapsed();
+    shutdown.cancel();
+    for run in running {
+        run.await.unwrap().unwrap();
+    }
+    elapsed
+}
+
+/// Builds the consumer of `builder` with a handler that counts the orders it handles.
+async fn counting(builder: ConsumerBuilder, handled: &Arc<AtomicU64>) -> Consumer {
+    let counter = Arc::clone(handled);
+    builder
         .handle(move |order: OrderPlaced, _: Context| {
             std::hint::black_box(order);
             counter.fetch_add(1, Ordering::Relaxed);
@@ -22,15 +76,5 @@ pub(crate) async fn time_consumer(builder: ConsumerBuilder, events: u64) -> (Con
         })
         .build()
         .await
-        .unwrap();
-    let start = Instant::now();
-    let mut elapsed = Duration::ZERO;
-    let all_handled = async {
-        while handled.load(Ordering::Relaxed) < events {
-            tokio::time::sleep(Duration::from_micros(200)).await;
-        }
-        elapsed = start.elapsed();
-    };
-    consumer.run_until(all_handled).await.unwrap();
-    (consumer, elapsed)
+        .unwrap()
 }

@@ -225,21 +225,23 @@ impl<C: ConnectionLike + Clone + Send + Sync> Group<C> {
         self.ensure(stream, &start).await
     }
 
-    /// New entries for this consumer (`XREADGROUP .. >`), waiting up to `block` for some (not at
-    /// all when `None`).
+    /// Up to `count` new entries for this consumer (`XREADGROUP .. >`) from the first `count` of
+    /// `streams` at most, waiting up to `block` for some (not at all when `None`). Redis applies
+    /// `COUNT` to each stream: the count is shared out.
     pub(crate) async fn read(
         &self,
         streams: &[String],
         count: usize,
         block: Option<Duration>,
     ) -> redis::RedisResult<Vec<(String, Vec<StreamEntry>)>> {
+        let streams = &streams[..streams.len().min(count.max(1))];
         let mut command = redis::cmd("XREADGROUP");
         command
             .arg("GROUP")
             .arg(&self.group)
             .arg(&self.consumer)
             .arg("COUNT")
-            .arg(count);
+            .arg((count / streams.len().max(1)).max(1));
         if let Some(block) = block {
             command.arg("BLOCK").arg(millis(block).max(1));
         }

@@ -95,9 +95,17 @@ impl Leases {
                     tracing::warn!(stream = %logical.stream, %error, "could not balance partition leases");
                 }
             }
+            // A partition taken and not ready yet is looked at again soon: reading it starts as
+            // soon as its previous reader is done, not a third of the lease later.
+            let waiting = self.lock().values().any(|leased| !leased.ready);
+            let next = if waiting {
+                (drain / 2).min(lease / 3)
+            } else {
+                lease / 3
+            };
             tokio::select! {
                 () = stop.cancelled() => break,
-                () = tokio::time::sleep(lease / 3) => {}
+                () = tokio::time::sleep(next) => {}
             }
         }
         let leased: Vec<String> = self.lock().keys().cloned().collect();

@@ -247,7 +247,10 @@ impl Reading {
             .iter()
             .any(|stream| self.partitions.contains(stream))
         {
-            candidates.len().div_ceil(inner.readers.len())
+            readable
+                .len()
+                .div_ceil(inner.readers.len())
+                .min(candidates.len())
         } else {
             candidates.len()
         };
@@ -256,9 +259,9 @@ impl Reading {
         let reads_per_round = if rotating {
             candidates.len()
         } else {
-            candidates.len().div_ceil(share)
+            readable.len().div_ceil(share)
         };
-        let partial = rotating || share < candidates.len();
+        let partial = rotating || share < readable.len();
         let block =
             (!partial || self.empty_reads >= reads_per_round).then_some(inner.settings.block);
         let streams = if rotating {
