@@ -17,7 +17,7 @@ mod timing;
 
 use std::time::{Duration, Instant};
 
-use events::{Consumer, ConsumerBuilder, StartFrom, partition_streams};
+use events::{Consumer, ConsumerBuilder, Router, StartFrom, partition_streams};
 use redis::Value;
 
 const STREAM: &str = "bench:consume";
@@ -153,8 +153,8 @@ async fn main() {
     let server = redis_server::RedisServer::start();
     let url = server.url().to_owned();
     // Distinct orders: distinct events for idempotency.
-    backlog::write_orders(&url, STREAM, events).await;
-    backlog::write_partitioned_orders(&url, PARTITIONED, 8, events).await;
+    backlog::write_orders(&url, Router::single(STREAM), events).await;
+    backlog::write_orders(&url, backlog::partitioned(PARTITIONED, 8), events).await;
     let partitions = partition_streams(PARTITIONED, 8);
     let mut redis = redis::Client::open(url.as_str())
         .unwrap()

@@ -14,7 +14,7 @@ mod timing;
 
 use std::time::Duration;
 
-use events::{Consumer, StartFrom};
+use events::{Consumer, Router, StartFrom};
 use redis::aio::MultiplexedConnection;
 
 const STREAM: &str = "bench:marks";
@@ -95,7 +95,7 @@ async fn main() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    backlog::write_orders(&url, STREAM, events).await;
+    backlog::write_orders(&url, Router::single(STREAM), events).await;
     println!("{events} events handled with idempotency on (window 24 h), Redis at {url}");
 
     let before = used_memory(&mut redis).await;
