@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::idempotency::MarkSettings;
+use super::identity::MarkSettings;
 use super::partitions::Partitioned;
 use super::{Backoff, Context, DeadLetter, Failure, Identity, StartFrom};
 

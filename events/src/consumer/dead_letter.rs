@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use super::config::Settings;
 use super::group::{DeadLetterMove, Group};
-use super::idempotency::Digest;
+use super::identity::Digest;
 use super::status::{Counters, Operation};
 use crate::connection::Connection;
 use crate::{Backoff, StreamEntry};

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use redis::aio::ConnectionLike;
 use redis::{Script, ScriptInvocation, Value};
 
-use super::idempotency::{Digest, MarkSettings};
+use super::identity::{Digest, MarkSettings};
 use crate::resp::{into_array, into_string, into_u64, millis, parse_fields, parse_read_reply};
 use crate::transfer::{Finish, add_and_finish};
 use crate::{StreamEntry, keys};

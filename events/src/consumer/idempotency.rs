@@ -1,5 +1,4 @@
-//! Idempotency: what identifies an event as a repeat of another, and the holds that keep its
-//! handler from running twice.
+//! Idempotency holds: what keeps a handler from running twice for one event.
 //!
 //! A delivery about to run its handler asks for its event's hold; one task asks Redis for every
 //! hold asked for meanwhile, in one script call per stream. A hold is the event's mark naming the
@@ -11,94 +10,17 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
-use sha2::{Digest as _, Sha256};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::AbortOnDropHandle;
 
 use super::group::{Group, Hold, HoldRequest};
+use super::identity::{Digest, MarkSettings};
 use crate::connection::Connection;
-use crate::{Envelope, REPLAYED_FIELD, StreamEntry};
+use crate::{REPLAYED_FIELD, StreamEntry};
 
 /// Most holds taken in one script call.
 const MAX_BATCH: usize = 1_000;
-
-/// What identifies an event as a repeat of another, for events whose type declares no
-/// `#[event(idempotency_key)]` (declared keys, scoped by the event type, always do).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum Identity {
-    /// Its event id: publisher retries, `retry_failed`, re-sent batches and redeliveries keep it,
-    /// and distinct events are never merged, whatever their bodies.
-    #[default]
-    EventId,
-    /// Its type and body: two events of one type with equal bodies count as one, whatever their
-    /// ids. For events whose bodies carry their own identity.
-    Content,
-}
-
-/// A 16-byte digest of an event's identity: what idempotency marks and holds are keyed by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct Digest([u8; 16]);
-
-impl Digest {
-    /// The identity of the event in `envelope`: its declared key (scoped by its type) when it has
-    /// one, else as `identity` says.
-    pub(crate) fn of(envelope: &Envelope, declared: Option<&str>, identity: Identity) -> Self {
-        let mut hasher = Sha256::new();
-        match (declared, identity) {
-            (Some(key), _) => {
-                hasher.update(b"key\0");
-                hasher.update(envelope.event_type.as_bytes());
-                hasher.update([0]);
-                hasher.update(key.as_bytes());
-            }
-            (None, Identity::EventId) => {
-                hasher.update(b"id\0");
-                hasher.update(envelope.id.as_bytes());
-            }
-            (None, Identity::Content) => {
-                hasher.update(b"content\0");
-                hasher.update(envelope.event_type.as_bytes());
-                hasher.update([0]);
-                hasher.update(envelope.body.as_bytes());
-            }
-        }
-        let mut digest = [0; 16];
-        digest.copy_from_slice(&hasher.finalize()[..16]);
-        Self(digest)
-    }
-
-    /// The digest's bytes.
-    pub(crate) fn bytes(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-/// Where and for how long one group's marks live: the window, and how many marks a shard holds
-/// before it splits (a share of the server's `hash-max-listpack-entries`, so that every shard
-/// stays listpack-encoded).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct MarkSettings {
-    pub(crate) window: Duration,
-    pub(crate) load: u64,
-}
-
-impl MarkSettings {
-    /// Marks kept for `window`, on a server whose hashes stay compact up to `listpack_entries`.
-    pub(crate) fn new(window: Duration, listpack_entries: u64) -> Self {
-        // Shards not yet split in a round hold up to twice `load` marks on average: that, and five
-        // standard deviations more, must stay within the listpack limit (x + 5 sqrt(x) <= limit),
-        // or a shard turns into a hash table for good.
-        let limit = listpack_entries as f64;
-        let twice = ((25.0 + 4.0 * limit).sqrt() - 5.0) / 2.0;
-        Self {
-            window,
-            load: ((twice * twice / 2.0) as u64).max(2),
-        }
-    }
-}
 
 /// Whether `entry` is a dead letter replayed into its stream: a dead mark does not stop it.
 pub(crate) fn is_replay(entry: &StreamEntry) -> bool {
@@ -196,52 +118,5 @@ async fn take_batches(
                 let _ = request.reply.send(result);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn envelope(id: &str, event_type: &str, body: &str) -> Envelope {
-        let mut envelope = Envelope::new(event_type, 1, "test", body.to_owned());
-        envelope.id = id.to_owned();
-        envelope
-    }
-
-    #[test]
-    fn events_are_told_apart_by_id_unless_asked_otherwise() {
-        let first = envelope("1", "audit.login", r#"{"user":"ada"}"#);
-        let again = envelope("1", "audit.login", r#"{"user":"ada"}"#);
-        let other = envelope("2", "audit.login", r#"{"user":"ada"}"#);
-        let by_id = |envelope: &Envelope| Digest::of(envelope, None, Identity::EventId);
-        assert_eq!(by_id(&first), by_id(&again));
-        assert_ne!(
-            by_id(&first),
-            by_id(&other),
-            "equal bodies, distinct events"
-        );
-        let by_content = |envelope: &Envelope| Digest::of(envelope, None, Identity::Content);
-        assert_eq!(by_content(&first), by_content(&other));
-        let updated = envelope("2", "audit.logout", r#"{"user":"ada"}"#);
-        assert_ne!(by_content(&first), by_content(&updated), "types differ");
-    }
-
-    #[test]
-    fn declared_keys_are_scoped_by_the_event_type() {
-        let placed = envelope("1", "order.placed", "{}");
-        let paid = envelope("2", "order.paid", "{}");
-        let key = |envelope: &Envelope| Digest::of(envelope, Some("o1"), Identity::EventId);
-        assert_ne!(key(&placed), key(&paid));
-        assert_eq!(key(&placed), key(&envelope("3", "order.placed", "{}")));
-    }
-
-    #[test]
-    fn shards_stay_under_the_listpack_limit() {
-        let load = |limit| MarkSettings::new(Duration::from_secs(1), limit).load;
-        assert_eq!(load(128), 41);
-        assert_eq!(load(32), 6);
-        assert_eq!(load(512), 205);
-        assert_eq!(load(0), 2);
     }
 }

@@ -11,7 +11,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tokio_util::task::AbortOnDropHandle;
 
 use super::group::{Group, is_no_group};
-use super::idempotency::{Digest, MarkSettings};
+use super::identity::{Digest, MarkSettings};
 use super::keeper::Kept;
 use super::status::{Counters, Operation};
 use crate::Backoff;
