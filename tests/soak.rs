@@ -129,7 +129,10 @@ async fn steady_flow_through_a_restart_keeps_memory_flat_and_loses_nothing() {
         if started.elapsed() >= next_sample {
             next_sample += SAMPLE_EVERY;
             worker.assert_running();
-            let (own, worker_rss) = (resident_kib("self"), resident_kib(&worker.id().to_string()));
+            let (own, worker_rss) = (
+                support::resident_kib("self"),
+                support::resident_kib(&worker.id().to_string()),
+            );
             if started.elapsed() >= restart_at + SETTLE {
                 publisher_kib.push(own);
                 worker_kib.push(worker_rss);
@@ -206,16 +209,6 @@ fn setting(name: &str, default: u64) -> u64 {
                 .unwrap_or_else(|_| panic!("{name} must be a whole number"))
         })
         .unwrap_or(default)
-}
-
-/// Resident memory of process `pid` (or `self`) in KiB, from `/proc/<pid>/status`.
-fn resident_kib(pid: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/<pid>/status")
 }
 
 /// Redis's `used_memory`, in bytes.

@@ -235,3 +235,13 @@ pub(crate) async fn publish_retrying_with<E: events::Event>(
         }
     }
 }
+
+/// Resident memory of process `pid` (or `self`) in KiB, from `/proc/<pid>/status`.
+pub(crate) fn resident_kib(pid: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/<pid>/status")
+}
