@@ -329,3 +329,43 @@ async fn the_tool_works_on_a_cluster_too() {
     );
     assert_eq!(stdout(&tail).lines().count(), 3, "{}", stderr(&tail));
 }
+
+#[tokio::test]
+async fn control_characters_in_entries_are_shown_escaped_and_no_password_is_printed() {
+    let server = RedisServer::start();
+    let stream = unique("hostile");
+    // An entry whose type and origin would retitle the operator's terminal window.
+    let hostile: Vec<(&str, &str)> = vec![
+        ("id", "0b5a3c1e-8d4f-4a51-9d0e-6b7f1c2d3e4f"),
+        ("type", "x\u{1b}]0;PWNED\u{7}"),
+        ("v", "1"),
+        ("origin", "o\u{1b}[2J"),
+        ("ts", "2026-01-01T00:00:00.000Z"),
+        ("body", "{}"),
+    ];
+    let _: String = connection(&server)
+        .await
+        .xadd(&stream, "*", &hostile)
+        .await
+        .unwrap();
+    let tail = events(
+        server.url(),
+        &["tail", &stream, "--from", "0", "--count", "1"],
+    );
+    let shown = stdout(&tail) + &stderr(&tail);
+    assert!(
+        !shown.contains('\u{1b}') && !shown.contains('\u{7}'),
+        "{shown:?}"
+    );
+    assert!(shown.contains("\\e]0;PWNED"), "{shown:?}");
+
+    // A cluster URL whose every node carries a password: none is printed.
+    let unreachable = events(
+        "redis+cluster://ops:secret-a@127.0.0.1:1,ops:secret-b@127.0.0.1:2",
+        &["stats", &stream],
+    );
+    let shown = stdout(&unreachable) + &stderr(&unreachable);
+    assert!(!unreachable.status.success());
+    assert!(!shown.contains("secret"), "{shown}");
+    assert!(shown.contains("***@127.0.0.1:1,***@127.0.0.1:2"), "{shown}");
+}

@@ -1,5 +1,6 @@
 //! `events dlq`: list, show, replay and purge a stream's dead letters.
 
+use crate::say;
 use std::io::{BufRead, IsTerminal, Write};
 
 use events::Connection;
@@ -19,7 +20,7 @@ pub(crate) async fn run(connection: Connection, command: DlqCommand) -> Result<(
         } => {
             let page = letters(&stream).list(&after, count).await?;
             for letter in &page {
-                println!(
+                say!(
                     "{}  {}  attempts {}  {}",
                     letter.id,
                     letter.event_type().unwrap_or_else(|| "(no type)".into()),
@@ -28,8 +29,8 @@ pub(crate) async fn run(connection: Connection, command: DlqCommand) -> Result<(
                 );
             }
             match page.last() {
-                Some(last) if page.len() == count => println!("next page: --after {}", last.id),
-                None => println!("no dead letters"),
+                Some(last) if page.len() == count => say!("next page: --after {}", last.id),
+                None => say!("no dead letters"),
                 Some(_) => {}
             }
         }
@@ -53,7 +54,7 @@ pub(crate) async fn run(connection: Connection, command: DlqCommand) -> Result<(
                     eprintln!("replayed {}/{total}", done + 1);
                 }
             }
-            println!("replayed {replayed} dead letter(s) to {stream}");
+            say!("replayed {replayed} dead letter(s) to {stream}");
         }
         DlqCommand::Purge {
             stream,
@@ -63,7 +64,7 @@ pub(crate) async fn run(connection: Connection, command: DlqCommand) -> Result<(
             let mut letters = letters(&stream);
             let chosen = select(&mut letters, &selection).await?;
             if chosen.is_empty() {
-                println!("no dead letters match");
+                say!("no dead letters match");
                 return Ok(());
             }
             if !yes
@@ -76,7 +77,7 @@ pub(crate) async fn run(connection: Connection, command: DlqCommand) -> Result<(
             }
             let ids: Vec<String> = chosen.into_iter().map(|letter| letter.id).collect();
             let purged = letters.purge(&ids).await?;
-            println!("purged {purged} dead letter(s) of {stream}");
+            say!("purged {purged} dead letter(s) of {stream}");
         }
     }
     Ok(())
@@ -124,19 +125,21 @@ fn confirm(question: &str) -> Result<bool, Failure> {
 }
 
 fn show(letter: &DeadLetterEntry) {
-    println!("id            {}", letter.id);
-    println!("reason        {}", letter.reason);
-    println!("attempts      {}", letter.attempts);
-    println!(
+    say!("id            {}", letter.id);
+    say!("reason        {}", letter.reason);
+    say!("attempts      {}", letter.attempts);
+    say!(
         "group         {}  consumer {}",
-        letter.group, letter.consumer
+        letter.group,
+        letter.consumer
     );
-    println!(
+    say!(
         "entry         {}  dead-lettered at {}",
-        letter.entry_id, letter.time
+        letter.entry_id,
+        letter.time
     );
     for (name, value) in &letter.fields {
-        println!(
+        say!(
             "  {:<12} {}",
             String::from_utf8_lossy(name),
             String::from_utf8_lossy(value)

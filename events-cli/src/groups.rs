@@ -1,5 +1,6 @@
 //! `events groups`: the consumers of a stream's groups, and removal of stale ones.
 
+use crate::say;
 use std::time::Duration;
 
 use events::Connection;
@@ -23,15 +24,15 @@ pub(crate) async fn run(
             for name in
                 remove_stale_consumers_of(connection.clone(), stream, &group.name, idle).await?
             {
-                println!("removed consumer {name} of group {}", group.name);
+                say!("removed consumer {name} of group {}", group.name);
             }
         }
     }
     let stats = stream_stats(&mut connection, stream, &dead_letter_stream(stream)).await?;
     for group in &stats.groups {
-        println!("group {}  pending {}", group.name, group.pending);
+        say!("group {}  pending {}", group.name, group.pending);
         for consumer in &group.consumers {
-            println!(
+            say!(
                 "  {}  pending {}  idle {:.1}s",
                 consumer.name,
                 consumer.pending,

@@ -5,8 +5,18 @@
 
 mod dlq;
 mod groups;
+mod printable;
 mod stats;
 mod tail;
+
+/// `println!` for lines holding anything read from Redis: control characters in it are shown
+/// escaped (see `printable`).
+macro_rules! say {
+    ($($line:tt)*) => {
+        println!("{}", crate::printable::printable(&format!($($line)*)))
+    };
+}
+pub(crate) use say;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -143,7 +153,7 @@ async fn main() -> ExitCode {
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error}");
+            eprintln!("error: {}", printable::printable(&error.to_string()));
             ExitCode::FAILURE
         }
     }
@@ -169,16 +179,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
 /// Connects to `url` (`redis://..` or `redis+cluster://host:port,..`), failing within a few
 /// seconds with the address (never the password).
 async fn connect(url: &str) -> Result<Connection, Failure> {
-    let shown = match url.split_once('@') {
-        Some((scheme_and_credentials, host)) => {
-            let scheme = scheme_and_credentials
-                .split("://")
-                .next()
-                .unwrap_or("redis");
-            format!("{scheme}://***@{host}")
-        }
-        None => url.to_owned(),
-    };
+    let shown = printable::without_credentials(url);
     Connection::open(url, Duration::from_secs(30))
         .await
         .map_err(|error| {

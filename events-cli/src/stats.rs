@@ -1,5 +1,6 @@
 //! `events stats`: a stream's state as a table or JSON.
 
+use crate::say;
 use std::time::Duration;
 
 use events::Connection;
@@ -28,25 +29,27 @@ pub(crate) async fn run(
         return Ok(());
     }
     let memory = stats.memory_bytes.map_or_else(|| "?".to_owned(), kib);
-    println!(
+    say!(
         "stream        {}  {} entries, {memory}",
-        stats.stream, stats.length
+        stats.stream,
+        stats.length
     );
     for (label, entry) in [
         ("first entry", &stats.first_entry),
         ("last entry", &stats.last_entry),
     ] {
         if let Some(entry) = entry {
-            println!(
+            say!(
                 "{label:<13} {}  {}",
                 entry.id,
                 humantime::format_rfc3339_millis(entry.time)
             );
         }
     }
-    println!(
+    say!(
         "dead letters  {}  {} entries",
-        stats.dead_letter_stream, stats.dead_letters
+        stats.dead_letter_stream,
+        stats.dead_letters
     );
     for group in &stats.groups {
         let lag = group
@@ -55,12 +58,14 @@ pub(crate) async fn run(
         let oldest = group
             .oldest_pending_idle
             .map_or_else(|| "-".to_owned(), seconds);
-        println!(
+        say!(
             "group         {}  lag {lag}, pending {}, oldest pending idle {oldest}, last delivered {}",
-            group.name, group.pending, group.last_delivered_id
+            group.name,
+            group.pending,
+            group.last_delivered_id
         );
         for consumer in &group.consumers {
-            println!(
+            say!(
                 "  consumer    {}  pending {}, idle {}",
                 consumer.name,
                 consumer.pending,
@@ -73,13 +78,13 @@ pub(crate) async fn run(
     } else {
         kib(server.max_memory)
     };
-    println!(
+    say!(
         "server        memory {} of {limit}, policy {}",
         kib(server.used_memory),
         server.eviction_policy
     );
     if let Some(warning) = server.warning {
-        println!("warning       {warning}");
+        say!("warning       {warning}");
     }
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! `events tail`: follow a stream's new entries, decoded.
 
+use crate::say;
 use std::time::Duration;
 
 use events::Connection;
@@ -24,7 +25,7 @@ pub(crate) async fn run(
     let mut printed = 0;
     while count.is_none_or(|count| printed < count) {
         for entry in read_after(connection, stream, &last, 100, Duration::from_secs(1)).await? {
-            println!("{}", describe(&entry));
+            say!("{}", describe(&entry));
             last = entry.id;
             printed += 1;
             if count.is_some_and(|count| printed >= count) {
