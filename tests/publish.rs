@@ -423,3 +423,49 @@ async fn the_publisher_reconnects_after_a_redis_restart() {
         user(2)
     );
 }
+
+#[tokio::test]
+async fn authentication_mistakes_are_named_at_connect_and_never_retried() {
+    let server = RedisServer::own();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("s3cret")
+        .query_async(&mut connection(&server).await)
+        .await
+        .unwrap();
+    let with = |credentials: &str| {
+        server
+            .url()
+            .replace("redis://", &format!("redis://{credentials}"))
+    };
+    let connect =
+        |url: String| async move { Publisher::connect(&url, PublisherConfig::new("test")).await };
+
+    let missing = connect(server.url().to_owned()).await.unwrap_err();
+    assert!(!missing.is_retryable());
+    assert!(
+        missing
+            .to_string()
+            .starts_with("Redis requires authentication: put the password"),
+        "{missing}"
+    );
+    let wrong = connect(with(":wrong@")).await.unwrap_err();
+    assert!(!wrong.is_retryable());
+    assert!(
+        wrong.to_string().contains("refused the credentials"),
+        "{wrong}"
+    );
+    let consumer = events::Consumer::builder(server.url())
+        .stream("s")
+        .group("g")
+        .handle(|_: UserCreated, _: events::Context| async { Ok(()) })
+        .build()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(consumer, Error::Authentication { .. }),
+        "{consumer}"
+    );
+    connect(with(":s3cret@")).await.unwrap();
+}

@@ -10,6 +10,7 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 
+use crate::error::is_authentication;
 use crate::{Error, Result};
 
 /// Prefix of a URL naming the seed nodes of a Redis Cluster:
@@ -92,11 +93,8 @@ pub(crate) async fn connect(url: &str, response_timeout: Duration) -> Result<Con
             .connection_timeout(Duration::from_secs(1))
             .build()
             .map_err(|source| Error::Connect { source })?;
-        let connection = client
-            .get_async_connection()
-            .await
-            .map_err(|source| Error::Connect { source })?;
-        return Ok(Connection::Cluster(connection));
+        let connection = client.get_async_connection().await.map_err(connect_error)?;
+        return check_access(Connection::Cluster(connection)).await;
     }
     let client = redis::Client::open(url).map_err(|source| Error::Connect { source })?;
     let config = ConnectionManagerConfig::new()
@@ -107,6 +105,39 @@ pub(crate) async fn connect(url: &str, response_timeout: Duration) -> Result<Con
         .set_max_delay(Duration::from_millis(500));
     let connection = ConnectionManager::new_with_config(client, config)
         .await
-        .map_err(|source| Error::Connect { source })?;
-    Ok(Connection::Single(connection))
+        .map_err(connect_error)?;
+    check_access(Connection::Single(connection)).await
+}
+
+/// The error of a failed connection: [`Error::Authentication`] when the credentials were refused.
+fn connect_error(source: redis::RedisError) -> Error {
+    if !is_authentication(&source) {
+        return Error::Connect { source };
+    }
+    let reason = if source.code() == Some("NOAUTH")
+        || source.to_string().contains("unauthenticated")
+    {
+        "Redis requires authentication: put the password, and the user if not `default`, in the \
+         URL (redis://user:password@host:port)"
+    } else {
+        "Redis refused the credentials: the user or password in the URL is wrong"
+    };
+    Error::Authentication {
+        reason: reason.to_owned(),
+        source,
+    }
+}
+
+/// `connection`, once Redis has answered a `PING` on it: a server that needs a password the URL
+/// does not give says so now, not at the first command.
+async fn check_access(connection: Connection) -> Result<Connection> {
+    let pong: redis::RedisResult<String> = redis::cmd("PING")
+        .query_async(&mut connection.clone())
+        .await;
+    match pong {
+        // A user without PING is authenticated all the same.
+        Err(error) if error.code() == Some("NOPERM") => Ok(connection),
+        Err(error) => Err(connect_error(error)),
+        Ok(_) => Ok(connection),
+    }
 }

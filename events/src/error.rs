@@ -58,6 +58,16 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     Config(String),
 
+    /// Redis refused the credentials, or requires some and none were given: no retry helps.
+    #[error("{reason}")]
+    Authentication {
+        /// What to change.
+        reason: String,
+        /// The client's or the server's error.
+        #[source]
+        source: redis::RedisError,
+    },
+
     /// Redis could not be reached.
     #[error("could not connect to Redis: {source}")]
     Connect {
@@ -142,15 +152,24 @@ impl Error {
     }
 
     /// Whether trying the same operation again may succeed: connection and server-side transient
-    /// failures are, invalid events and configuration are not.
+    /// failures are; invalid events, configuration and authentication are not.
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Connect { source }
             | Error::Write { source, .. }
             | Error::Read { source, .. } => {
-                !matches!(source.retry_method(), redis::RetryMethod::NoRetry)
+                !is_authentication(source)
+                    && !matches!(source.retry_method(), redis::RetryMethod::NoRetry)
             }
             _ => false,
         }
     }
+}
+
+/// Whether `error` says the credentials were refused or are missing.
+pub(crate) fn is_authentication(error: &redis::RedisError) -> bool {
+    error.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(error.code(), Some("NOAUTH" | "WRONGPASS"))
+        // Redis answers an unauthenticated client's long command with this, not NOAUTH.
+        || error.to_string().contains("unauthenticated")
 }
