@@ -469,3 +469,21 @@ async fn authentication_mistakes_are_named_at_connect_and_never_retried() {
     );
     connect(with(":s3cret@")).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_valkey_url_names_the_server_as_a_redis_url_does() {
+    let server = RedisServer::start();
+    let stream = unique("valkey-url");
+    let url = server.url().replace("redis://", "valkey://");
+    let publisher = Publisher::connect(
+        &url,
+        PublisherConfig::new("test").router(Router::single(&stream)),
+    )
+    .await
+    .unwrap();
+    publisher.publish(&user(1)).await.unwrap();
+    let entries = read_range(&mut connection(&server).await, &stream, "-", "+", 10)
+        .await
+        .unwrap();
+    assert_eq!(entries.len(), 1);
+}

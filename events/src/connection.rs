@@ -80,9 +80,72 @@ impl ConnectionLike for Connection {
     }
 }
 
-/// Connects to `url`: `redis://..` for one server, `redis+cluster://host:port,host:port` for a
-/// cluster; a reply is given up on after `response_timeout`.
+/// The oldest Redis a consumer works with: its scripts declare flags (`#!lua flags=..`) and it
+/// reads idle entries with `XPENDING .. IDLE`, both of Redis 7.0. Valkey reports the Redis version
+/// it is compatible with (7.2.4 for Valkey 7.2 to 9).
+pub(crate) const OLDEST_REDIS: (u64, u64) = (7, 0);
+
+/// Checks that the server whose `INFO server` text is `info` is at least [`OLDEST_REDIS`]; says
+/// which version it is otherwise.
+pub(crate) fn check_version(info: &str) -> std::result::Result<(), String> {
+    let Some(version) = info
+        .lines()
+        .find_map(|line| line.strip_prefix("redis_version:"))
+        .map(str::trim)
+    else {
+        return Ok(());
+    };
+    let mut parts = version
+        .split('.')
+        .map(|part| part.parse::<u64>().unwrap_or(0));
+    let found = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if found >= OLDEST_REDIS {
+        return Ok(());
+    }
+    Err(format!(
+        "the server is Redis {version}; a consumer needs Redis {}.{} or later (or Valkey 7.2 or later)",
+        OLDEST_REDIS.0, OLDEST_REDIS.1
+    ))
+}
+
+/// Checks the version of the server `connection` talks to (every node's, on a cluster); a server
+/// that does not let this user run `INFO` passes.
+pub(crate) async fn check_server_version(connection: &Connection) -> Result<()> {
+    let reply: redis::RedisResult<Value> = redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut connection.clone())
+        .await;
+    let texts: Vec<String> = match reply {
+        Ok(Value::Map(nodes)) => nodes
+            .into_iter()
+            .filter_map(|(_, info)| redis::from_redis_value::<String>(info).ok())
+            .collect(),
+        Ok(reply) => redis::from_redis_value::<String>(reply)
+            .into_iter()
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    for text in texts {
+        check_version(&text).map_err(Error::Config)?;
+    }
+    Ok(())
+}
+
+/// `url` with a `valkey://` or `valkeys://` scheme read as `redis://` or `rediss://`.
+fn as_redis_url(url: &str) -> std::borrow::Cow<'_, str> {
+    for (valkey, redis) in [("valkey://", "redis://"), ("valkeys://", "rediss://")] {
+        if let Some(rest) = url.strip_prefix(valkey) {
+            return format!("{redis}{rest}").into();
+        }
+    }
+    url.into()
+}
+
+/// Connects to `url`: `redis://..` (or `valkey://..`) for one server,
+/// `redis+cluster://host:port,host:port` for a cluster; a reply is given up on after
+/// `response_timeout`.
 pub(crate) async fn connect(url: &str, response_timeout: Duration) -> Result<Connection> {
+    let url = &*as_redis_url(url);
     if let Some(nodes) = url.strip_prefix(CLUSTER_SCHEME) {
         let nodes: Vec<String> = nodes
             .split(',')
@@ -139,5 +202,30 @@ async fn check_access(connection: Connection) -> Result<Connection> {
         Err(error) if error.code() == Some("NOPERM") => Ok(connection),
         Err(error) => Err(connect_error(error)),
         Ok(_) => Ok(connection),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn servers_older_than_redis_7_are_named() {
+        assert!(check_version("# Server\r\nredis_version:7.0.15\r\n").is_ok());
+        assert!(check_version("redis_version:7.2.4\r\nvalkey_version:9.1.2\r\n").is_ok());
+        assert!(check_version("redis_version:8.4.0\r\n").is_ok());
+        let old = check_version("redis_version:6.2.14\r\n").unwrap_err();
+        assert_eq!(
+            old,
+            "the server is Redis 6.2.14; a consumer needs Redis 7.0 or later (or Valkey 7.2 or later)"
+        );
+        assert!(check_version("no version here").is_ok());
+    }
+
+    #[test]
+    fn valkey_urls_are_redis_urls() {
+        assert_eq!(as_redis_url("valkey://h:6379"), "redis://h:6379");
+        assert_eq!(as_redis_url("valkeys://h:6380"), "rediss://h:6380");
+        assert_eq!(as_redis_url("redis://h"), "redis://h");
     }
 }

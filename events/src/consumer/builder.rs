@@ -15,7 +15,7 @@ use super::{
     PullConsumer, StartFrom, Unhandled,
 };
 use crate::connection::Connection;
-use crate::connection::connect;
+use crate::connection::{check_server_version, connect};
 use crate::instruments::HandlerMetrics;
 use crate::{Error, Event, Result, keys};
 
@@ -343,6 +343,7 @@ impl Settings {
     /// from it, and returns this consumer of this group over it.
     async fn connected(&mut self, connection: Connection) -> Result<Group<Connection>> {
         self.check_connection(&connection)?;
+        check_server_version(&connection).await?;
         let group = self.group_on(connection);
         self.listpack_entries = group.listpack_entries().await;
         Ok(group)
