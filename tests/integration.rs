@@ -11,5 +11,6 @@ mod consumer;
 mod guarantees;
 mod health;
 mod idempotency;
+mod permissions;
 mod publish;
 mod stats;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
+use super::access::check_access;
 use super::config::{Hooks, Settings};
 use super::group::Group;
 use super::handler::Registry;
@@ -345,6 +346,7 @@ impl Settings {
         self.check_connection(&connection)?;
         check_server_version(&connection).await?;
         let group = self.group_on(connection);
+        check_access(&group, self).await?;
         self.listpack_entries = group.listpack_entries().await;
         Ok(group)
     }

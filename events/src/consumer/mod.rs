@@ -1,6 +1,7 @@
 //! The consumer-group server: reads streams in a group and runs the registered handlers, with
 //! bounded concurrency, retries, idempotency, dead letters and reclaim of crashed consumers' work.
 
+mod access;
 mod backoff;
 mod builder;
 mod config;

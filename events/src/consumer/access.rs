@@ -1,0 +1,182 @@
+//! What a consumer must be allowed to run in Redis, checked when it is built: a user that lacks a
+//! command would otherwise start, handle nothing and loop its entries through reclaim. Each
+//! command is checked on the keys the consumer will use, without running it
+//! (`redis.acl_check_cmd`); the first one refused is named with what it is for.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+use super::config::Settings;
+use super::group::Group;
+use crate::connection::Connection;
+use crate::keys::{marks_prefix, slot_prefix};
+use crate::{Error, Result};
+
+static ACCESS: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../lua/access.lua")));
+
+/// A command to check: its words, and what the consumer needs it for.
+struct Needed {
+    words: Vec<String>,
+    purpose: &'static str,
+}
+
+fn needed(purpose: &'static str, words: &[&str]) -> Needed {
+    Needed {
+        words: words.iter().map(|word| (*word).to_owned()).collect(),
+        purpose,
+    }
+}
+
+/// Every command the consumer of `settings` runs, with the keys it runs them on.
+fn commands(settings: &Settings) -> Vec<Needed> {
+    let (group, consumer) = (settings.group.as_str(), settings.consumer.as_str());
+    let mut all = vec![
+        needed("to run its scripts", &["EVALSHA", "0", "0"]),
+        needed("to load its scripts", &["SCRIPT", "LOAD", "return 0"]),
+        needed("to move entries to the dead-letter stream", &["MULTI"]),
+        needed("to move entries to the dead-letter stream", &["EXEC"]),
+        needed("to date idempotency marks", &["TIME"]),
+    ];
+    for stream in &settings.streams {
+        let dead_letters = settings.dead_letter_stream(stream);
+        let marks = format!("{}:0:0", marks_prefix(stream, group));
+        let reading: [(&str, &[&str]); 7] = [
+            (
+                "to create its group",
+                &["XGROUP", "CREATE", stream, group, "$", "MKSTREAM"],
+            ),
+            (
+                "to read new entries",
+                &[
+                    "XREADGROUP",
+                    "GROUP",
+                    group,
+                    consumer,
+                    "COUNT",
+                    "1",
+                    "STREAMS",
+                    stream,
+                    ">",
+                ],
+            ),
+            ("to acknowledge entries", &["XACK", stream, group, "0-0"]),
+            (
+                "to keep and take over entries",
+                &["XCLAIM", stream, group, consumer, "0", "0-0"],
+            ),
+            (
+                "to find idle and pending entries",
+                &["XPENDING", stream, group],
+            ),
+            ("to find where its group is", &["XINFO", "GROUPS", stream]),
+            (
+                "to create a vanished group again",
+                &["XRANGE", stream, "-", "+"],
+            ),
+        ];
+        let dead_lettering: [(&str, &[&str]); 4] = [
+            (
+                "to move entries to the dead-letter stream",
+                &["XADD", &dead_letters, "*", "f", "v"],
+            ),
+            (
+                "to move entries to the dead-letter stream",
+                &["XDEL", &dead_letters, "0-0"],
+            ),
+            (
+                "to move entries to the dead-letter stream",
+                &["XREVRANGE", &dead_letters, "+", "-"],
+            ),
+            (
+                "to move entries to the dead-letter stream",
+                &["TYPE", &dead_letters],
+            ),
+        ];
+        let marking: [(&str, &[&str]); 7] = [
+            ("for idempotency marks", &["HGET", &marks, "f"]),
+            ("for idempotency marks", &["HMGET", &marks, "f"]),
+            ("for idempotency marks", &["HSET", &marks, "f", "v"]),
+            ("for idempotency marks", &["HSETNX", &marks, "f", "v"]),
+            ("for idempotency marks", &["HGETALL", &marks]),
+            ("for idempotency marks", &["HDEL", &marks, "f"]),
+            ("for idempotency marks", &["PEXPIREAT", &marks, "0"]),
+        ];
+        for (purpose, words) in reading.into_iter().chain(dead_lettering).chain(marking) {
+            all.push(needed(purpose, words));
+        }
+    }
+    for logical in &settings.partitioned {
+        let lease = format!("{}:owner:{group}", slot_prefix(&logical.stream));
+        let members = format!("{}:members:{group}", slot_prefix(&logical.stream));
+        let leasing: [(&str, &[&str]); 8] = [
+            ("for partition leases", &["GET", &lease]),
+            ("for partition leases", &["SET", &lease, "v"]),
+            ("for partition leases", &["PEXPIRE", &lease, "1"]),
+            ("for partition leases", &["DEL", &lease]),
+            ("for partition leases", &["ZADD", &members, "0", "m"]),
+            (
+                "for partition leases",
+                &["ZREMRANGEBYSCORE", &members, "0", "0"],
+            ),
+            ("for partition leases", &["ZCARD", &members]),
+            ("for partition leases", &["PEXPIRE", &members, "1"]),
+        ];
+        for (purpose, words) in leasing {
+            all.push(needed(purpose, words));
+        }
+    }
+    all
+}
+
+/// Checks that the user of `group`'s connection may run every command the consumer of
+/// `settings` needs; names the first it may not.
+pub(crate) async fn check_access(group: &Group<Connection>, settings: &Settings) -> Result<()> {
+    let commands = commands(settings);
+    let mut invocation = ACCESS.prepare_invoke();
+    for command in &commands {
+        invocation.arg(command.words.len()).arg(&command.words);
+    }
+    let refused: redis::RedisResult<usize> =
+        invocation.invoke_async(&mut group.connection.clone()).await;
+    let refused = match refused {
+        Ok(refused) => refused,
+        Err(error) if error.code() == Some("NOPERM") => {
+            return Err(Error::Config(format!(
+                "the Redis user may not run EVALSHA (or SCRIPT LOAD): a consumer runs Lua scripts; \
+                 grant +evalsha +eval +script|load ({error})"
+            )));
+        }
+        Err(error) => return Err(Error::Connect { source: error }),
+    };
+    match refused.checked_sub(1).and_then(|at| commands.get(at)) {
+        None => Ok(()),
+        Some(command) => Err(Error::Config(command.refusal())),
+    }
+}
+
+impl Needed {
+    /// Says that the user may not run this command, what for, and what to grant.
+    fn refusal(&self) -> String {
+        let words = &self.words;
+        // A command with subcommands is granted as `command|subcommand`; its key follows.
+        let with_subcommand = matches!(words[0].as_str(), "XGROUP" | "XINFO" | "SCRIPT");
+        let (name, key) = if with_subcommand {
+            (format!("{}|{}", words[0], words[1]), words.get(2))
+        } else {
+            (words[0].clone(), words.get(1))
+        };
+        let on = match key {
+            Some(key) if !matches!(name.as_str(), "EVALSHA" | "SCRIPT|LOAD") => {
+                format!(" on `{key}`")
+            }
+            _ => String::new(),
+        };
+        format!(
+            "the Redis user may not run `{name}`{on}, which a consumer needs {}: grant it, for \
+             example `ACL SETUSER <user> +{}`; the README lists what a consumer needs",
+            self.purpose,
+            name.to_lowercase()
+        )
+    }
+}
