@@ -14,3 +14,4 @@ mod idempotency;
 mod permissions;
 mod publish;
 mod stats;
+mod tls;

@@ -179,7 +179,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
 /// Connects to `url` (`redis://..` or `redis+cluster://host:port,..`), failing within a few
 /// seconds with the address (never the password).
 async fn connect(url: &str) -> Result<Connection, Failure> {
-    let shown = printable::without_credentials(url);
+    let shown = events::Endpoint::url(url).to_string();
     Connection::open(url, Duration::from_secs(30))
         .await
         .map_err(|error| {

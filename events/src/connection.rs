@@ -6,16 +6,12 @@
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 
+use crate::endpoint::{Client, Endpoint};
 use crate::error::is_authentication;
 use crate::{Error, Result};
-
-/// Prefix of a URL naming the seed nodes of a Redis Cluster:
-/// `redis+cluster://host1:port1,host2:port2`.
-pub const CLUSTER_SCHEME: &str = "redis+cluster://";
 
 /// A connection to one Redis or to a Redis Cluster; cheap to clone, clones share it.
 #[derive(Clone)]
@@ -36,10 +32,10 @@ impl std::fmt::Debug for Connection {
 }
 
 impl Connection {
-    /// Connects to `url`: `redis://..` for one server, `redis+cluster://host:port,host:port` for
-    /// a cluster; a reply is given up on after `response_timeout`.
-    pub async fn open(url: &str, response_timeout: Duration) -> Result<Self> {
-        connect(url, response_timeout).await
+    /// Connects to `endpoint` (or a URL: see [`Endpoint`]); a reply is given up on after
+    /// `response_timeout`.
+    pub async fn open(endpoint: impl Into<Endpoint>, response_timeout: Duration) -> Result<Self> {
+        connect(&endpoint.into(), response_timeout).await
     }
 
     /// Whether it talks to a cluster.
@@ -131,45 +127,42 @@ pub(crate) async fn check_server_version(connection: &Connection) -> Result<()> 
     Ok(())
 }
 
-/// `url` with a `valkey://` or `valkeys://` scheme read as `redis://` or `rediss://`.
-fn as_redis_url(url: &str) -> std::borrow::Cow<'_, str> {
-    for (valkey, redis) in [("valkey://", "redis://"), ("valkeys://", "rediss://")] {
-        if let Some(rest) = url.strip_prefix(valkey) {
-            return format!("{redis}{rest}").into();
+/// Connects to `endpoint`, one server or a cluster; a reply is given up on after
+/// `response_timeout`.
+pub(crate) async fn connect(endpoint: &Endpoint, response_timeout: Duration) -> Result<Connection> {
+    let dropped = |source: redis::RedisError| connect_error(dropped_at_handshake(source, endpoint));
+    let connection = match endpoint.make_client(response_timeout)? {
+        Client::Cluster(client) => {
+            Connection::Cluster(client.get_async_connection().await.map_err(dropped)?)
         }
-    }
-    url.into()
+        Client::Single(client) => {
+            let config = ConnectionManagerConfig::new()
+                .set_response_timeout(Some(response_timeout))
+                .set_connection_timeout(Some(Duration::from_secs(1)))
+                .set_number_of_retries(2)
+                .set_min_delay(Duration::from_millis(50))
+                .set_max_delay(Duration::from_millis(500));
+            Connection::Single(
+                ConnectionManager::new_with_config(*client, config)
+                    .await
+                    .map_err(dropped)?,
+            )
+        }
+    };
+    check_login(connection).await
 }
 
-/// Connects to `url`: `redis://..` (or `valkey://..`) for one server,
-/// `redis+cluster://host:port,host:port` for a cluster; a reply is given up on after
-/// `response_timeout`.
-pub(crate) async fn connect(url: &str, response_timeout: Duration) -> Result<Connection> {
-    let url = &*as_redis_url(url);
-    if let Some(nodes) = url.strip_prefix(CLUSTER_SCHEME) {
-        let nodes: Vec<String> = nodes
-            .split(',')
-            .map(|node| format!("redis://{}", node.trim()))
-            .collect();
-        let client = ClusterClient::builder(nodes)
-            .response_timeout(response_timeout)
-            .connection_timeout(Duration::from_secs(1))
-            .build()
-            .map_err(|source| Error::Connect { source })?;
-        let connection = client.get_async_connection().await.map_err(connect_error)?;
-        return check_access(Connection::Cluster(connection)).await;
+/// `error`, said plainly when a server dropped a plain client at once: most likely it listens for
+/// TLS there.
+fn dropped_at_handshake(error: redis::RedisError, endpoint: &Endpoint) -> redis::RedisError {
+    if !error.is_connection_dropped() || endpoint.uses_tls() {
+        return error;
     }
-    let client = redis::Client::open(url).map_err(|source| Error::Connect { source })?;
-    let config = ConnectionManagerConfig::new()
-        .set_response_timeout(Some(response_timeout))
-        .set_connection_timeout(Some(Duration::from_secs(1)))
-        .set_number_of_retries(2)
-        .set_min_delay(Duration::from_millis(50))
-        .set_max_delay(Duration::from_millis(500));
-    let connection = ConnectionManager::new_with_config(client, config)
-        .await
-        .map_err(connect_error)?;
-    check_access(Connection::Single(connection)).await
+    redis::RedisError::from((
+        redis::ErrorKind::Io,
+        "the server dropped the connection at once: if it listens for TLS there, use a rediss:// URL",
+        error.to_string(),
+    ))
 }
 
 /// The error of a failed connection: [`Error::Authentication`] when the credentials were refused.
@@ -193,7 +186,7 @@ fn connect_error(source: redis::RedisError) -> Error {
 
 /// `connection`, once Redis has answered a `PING` on it: a server that needs a password the URL
 /// does not give says so now, not at the first command.
-async fn check_access(connection: Connection) -> Result<Connection> {
+async fn check_login(connection: Connection) -> Result<Connection> {
     let pong: redis::RedisResult<String> = redis::cmd("PING")
         .query_async(&mut connection.clone())
         .await;
@@ -220,12 +213,5 @@ mod tests {
             "the server is Redis 6.2.14; a consumer needs Redis 7.0 or later (or Valkey 7.2 or later)"
         );
         assert!(check_version("no version here").is_ok());
-    }
-
-    #[test]
-    fn valkey_urls_are_redis_urls() {
-        assert_eq!(as_redis_url("valkey://h:6379"), "redis://h:6379");
-        assert_eq!(as_redis_url("valkeys://h:6380"), "rediss://h:6380");
-        assert_eq!(as_redis_url("redis://h"), "redis://h");
     }
 }

@@ -47,6 +47,7 @@ mod batch;
 mod connection;
 mod consumer;
 mod dead_letters;
+mod endpoint;
 mod entry;
 mod envelope;
 mod error;
@@ -68,13 +69,14 @@ pub mod __private;
 pub use batch::{
     BatchConfig, BatchedPublisher, BatchingStrategy, FailedMessage, MemoryStats, Overflow,
 };
-pub use connection::{CLUSTER_SCHEME, Connection};
+pub use connection::Connection;
 pub use consumer::{
     Backoff, Consumer, ConsumerBuilder, Context, DEAD_LETTER_PREFIX, DeadLetter, Failure,
     HandlerError, HandlerOptions, Identity, Operation, PullConsumer, Reserved, Stall, StartFrom,
     Status, Unhandled, remove_stale_consumers_of,
 };
 pub use dead_letters::{DeadLetterEntry, DeadLetters, REPLAYED_FIELD};
+pub use endpoint::{CLUSTER_SCHEME, Endpoint, TLS_CLUSTER_SCHEME};
 pub use entry::{StreamEntry, read_after, read_range};
 pub use envelope::{DecodeError, Envelope, HEADER_PREFIX, hash_body};
 pub use error::{Error, Result};

@@ -185,10 +185,14 @@ impl<C> fmt::Debug for Publisher<C> {
 }
 
 impl Publisher<Connection> {
-    /// Connects to the Redis at `url` (such as `redis://127.0.0.1:6379`) with a connection that
-    /// reconnects by itself.
-    pub async fn connect(url: &str, config: PublisherConfig) -> Result<Self> {
-        let connection = crate::connection::connect(url, Duration::from_secs(5)).await?;
+    /// Connects to the Redis at `endpoint` (or a URL, such as `redis://127.0.0.1:6379`) with a
+    /// connection that reconnects by itself.
+    pub async fn connect(
+        endpoint: impl Into<crate::Endpoint>,
+        config: PublisherConfig,
+    ) -> Result<Self> {
+        let connection =
+            crate::connection::connect(&endpoint.into(), Duration::from_secs(5)).await?;
         let cluster = connection.is_cluster();
         let publisher = Self::new(connection, config);
         Ok(if cluster {

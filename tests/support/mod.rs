@@ -5,6 +5,7 @@ pub(crate) mod example;
 pub(crate) mod faults;
 pub(crate) mod redis_cluster;
 pub(crate) mod redis_server;
+pub(crate) mod tls;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -26,9 +27,10 @@ pub(crate) fn unique(name: &str) -> String {
     )
 }
 
-/// A plain multiplexed connection to `server`, for reading back what the library wrote.
+/// A plain multiplexed connection to `server` (its plain listener), for reading back what the
+/// library wrote.
 pub(crate) async fn connection(server: &RedisServer) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(server.url())
+    redis::Client::open(server.plain_url())
         .expect("valid url")
         .get_multiplexed_async_connection()
         .await

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 #[derive(Debug)]
 pub(crate) struct RedisServer {
     url: String,
+    /// The URL of its plain (non-TLS) listener: its URL, unless it listens for TLS too.
+    plain_url: String,
     child: Option<Child>,
     dir: Option<PathBuf>,
     durable: bool,
@@ -29,6 +31,7 @@ impl RedisServer {
     fn from_env_or_start() -> Result<Self, String> {
         if let Ok(url) = std::env::var("REDIS_URL") {
             return Ok(Self {
+                plain_url: url.clone(),
                 url,
                 child: None,
                 dir: None,
@@ -100,7 +103,7 @@ impl RedisServer {
     pub(crate) fn resume(&mut self) {
         assert!(self.child.is_none(), "the server is running");
         let port: u16 = self
-            .url
+            .plain_url
             .rsplit(':')
             .next()
             .and_then(|port| port.parse().ok())
@@ -117,19 +120,39 @@ impl RedisServer {
 
     /// Starts `redis-server` on a free port, trying again on another if the port was taken meanwhile.
     fn spawn() -> io::Result<Self> {
+        Self::spawn_with(|_| (Vec::new(), None))
+    }
+
+    /// The URL of its plain (non-TLS) listener: its URL, unless it listens for TLS too.
+    #[allow(dead_code)]
+    pub(crate) fn plain_url(&self) -> &str {
+        &self.plain_url
+    }
+
+    /// Starts a server on a free port with the arguments `extra` gives for that port, trying
+    /// again on another if the port was taken meanwhile; its URL is TLS's when `extra` names a
+    /// TLS port.
+    #[allow(dead_code)]
+    pub(crate) fn spawn_with(
+        extra: impl Fn(u16) -> (Vec<String>, Option<u16>),
+    ) -> io::Result<Self> {
         let mut last_error = None;
         for _ in 0..5 {
-            let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
-                .local_addr()?
-                .port();
+            let port = free_port()?;
             let dir =
                 std::env::temp_dir().join(format!("events-redis-{}-{port}", std::process::id()));
             std::fs::create_dir_all(&dir)?;
-            let mut child = redis_command(port, &dir).spawn()?;
+            let (args, tls_port) = extra(port);
+            let mut child = redis_command(port, &dir).args(&args).spawn()?;
             match wait_until_ready(&mut child, port) {
                 Ok(()) => {
+                    let url = match tls_port {
+                        Some(tls_port) => format!("rediss://127.0.0.1:{tls_port}"),
+                        None => format!("redis://127.0.0.1:{port}"),
+                    };
                     return Ok(Self {
-                        url: format!("redis://127.0.0.1:{port}"),
+                        url,
+                        plain_url: format!("redis://127.0.0.1:{port}"),
                         child: Some(child),
                         dir: Some(dir),
                         durable: false,
@@ -145,6 +168,14 @@ impl RedisServer {
         }
         Err(last_error.unwrap_or_else(|| io::Error::other("redis-server did not start")))
     }
+}
+
+/// A port no one listens on right now.
+#[allow(dead_code)]
+pub(crate) fn free_port() -> io::Result<u16> {
+    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port())
 }
 
 /// The server binary tests start: `EVENTS_TEST_SERVER` (such as a `valkey-server`), or else

@@ -18,7 +18,7 @@ use super::{
 use crate::connection::Connection;
 use crate::connection::{check_server_version, connect};
 use crate::instruments::HandlerMetrics;
-use crate::{Error, Event, Result, keys};
+use crate::{Endpoint, Error, Event, Result, keys};
 
 /// Connections for blocking reads: two, so that a read is under way while the reply to the one
 /// before is parsed.
@@ -27,7 +27,7 @@ const READERS: usize = 2;
 /// Configures a [`Consumer`]: streams, group, handlers and policies.
 #[must_use]
 pub struct ConsumerBuilder {
-    url: String,
+    endpoint: Endpoint,
     settings: Settings,
     registry: Registry,
     hooks: Hooks,
@@ -44,9 +44,9 @@ impl std::fmt::Debug for ConsumerBuilder {
 }
 
 impl ConsumerBuilder {
-    pub(crate) fn new(url: String) -> Self {
+    pub(crate) fn new(endpoint: Endpoint) -> Self {
         Self {
-            url,
+            endpoint,
             settings: Settings::new(),
             registry: Registry::default(),
             hooks: Hooks::default(),
@@ -280,9 +280,9 @@ impl ConsumerBuilder {
         }
         let mut settings = self.settings;
         settings.check()?;
-        let reader = connect(&self.url, settings.block + Duration::from_secs(5)).await?;
+        let reader = connect(&self.endpoint, settings.block + Duration::from_secs(5)).await?;
         let commands = settings
-            .connected(connect(&self.url, Duration::from_secs(10)).await?)
+            .connected(connect(&self.endpoint, Duration::from_secs(10)).await?)
             .await?;
         PullConsumer::start(settings.group_on(reader), commands, settings).await
     }
@@ -308,12 +308,12 @@ impl ConsumerBuilder {
         }
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
-            let reader = connect(&self.url, settings.block + Duration::from_secs(5)).await?;
+            let reader = connect(&self.endpoint, settings.block + Duration::from_secs(5)).await?;
             readers.push(settings.group_on(reader));
         }
         let mut settings = settings;
         let commands = settings
-            .connected(connect(&self.url, Duration::from_secs(10)).await?)
+            .connected(connect(&self.endpoint, Duration::from_secs(10)).await?)
             .await?;
         let mut registry = self.registry;
         registry.instrument(&settings.streams, &settings.group);

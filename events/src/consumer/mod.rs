@@ -96,9 +96,10 @@ pub struct Consumer {
 }
 
 impl Consumer {
-    /// Starts configuring a consumer of the Redis at `url`, such as `redis://127.0.0.1:6379`.
-    pub fn builder(url: impl Into<String>) -> ConsumerBuilder {
-        ConsumerBuilder::new(url.into())
+    /// Starts configuring a consumer of the Redis at `endpoint` (or a URL, such as
+    /// `redis://127.0.0.1:6379`).
+    pub fn builder(endpoint: impl Into<crate::Endpoint>) -> ConsumerBuilder {
+        ConsumerBuilder::new(endpoint.into())
     }
 
     /// What the consumer is doing and has done.

@@ -1,0 +1,367 @@
+//! Where a Redis is and how to reach it: a URL, with TLS certificates and credentials when the URL
+//! does not carry them, or a redis-rs client of the caller's own (custom TLS, a credentials
+//! provider, its own settings).
+
+use std::borrow::Cow;
+use std::fmt;
+
+use redis::IntoConnectionInfo;
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+
+use crate::{Error, Result};
+
+/// Prefix of a URL naming the seed nodes of a Redis Cluster:
+/// `redis+cluster://host1:port1,host2:port2`.
+pub const CLUSTER_SCHEME: &str = "redis+cluster://";
+
+/// Prefix of a URL naming the seed nodes of a Redis Cluster reached over TLS.
+pub const TLS_CLUSTER_SCHEME: &str = "rediss+cluster://";
+
+/// Where a Redis (or a Redis Cluster) is and how to reach it. Every entry point takes one, or a
+/// URL: `redis://host:port`, `rediss://` for TLS, `valkey://` and `valkeys://` alike, and
+/// `redis+cluster://host:port,host:port` (`rediss+cluster://` over TLS) for a cluster, whose
+/// credentials, given on any node, go to every node.
+#[derive(Clone)]
+#[must_use]
+pub struct Endpoint {
+    target: Target,
+    credentials: Option<Credentials>,
+    #[cfg(feature = "tls")]
+    certificates: Option<redis::TlsCertificates>,
+}
+
+/// What connections are made from.
+#[derive(Clone)]
+enum Target {
+    Url(String),
+    Client(Box<redis::Client>),
+    Cluster(Box<ClusterClient>),
+}
+
+/// A user name (none for `default`) and a password.
+#[derive(Clone)]
+struct Credentials {
+    username: Option<String>,
+    password: String,
+}
+
+/// What connections to one server or to a cluster are made from.
+pub(crate) enum Client {
+    Single(Box<redis::Client>),
+    Cluster(Box<ClusterClient>),
+}
+
+impl Endpoint {
+    /// The Redis at `url`.
+    pub fn url(url: impl Into<String>) -> Self {
+        Self::of(Target::Url(url.into()))
+    }
+
+    /// Connections made from `client`, a redis-rs client built the caller's way.
+    pub fn client(client: redis::Client) -> Self {
+        Self::of(Target::Client(Box::new(client)))
+    }
+
+    /// Connections to a cluster made from `client`, built the caller's way.
+    pub fn cluster(client: ClusterClient) -> Self {
+        Self::of(Target::Cluster(Box::new(client)))
+    }
+
+    fn of(target: Target) -> Self {
+        Self {
+            target,
+            credentials: None,
+            #[cfg(feature = "tls")]
+            certificates: None,
+        }
+    }
+
+    /// Logs in as `username` (`None` for `default`) with `password`, whatever the URL says: for
+    /// credentials kept apart from the URL.
+    pub fn credentials(mut self, username: Option<&str>, password: impl Into<String>) -> Self {
+        self.credentials = Some(Credentials {
+            username: username.map(str::to_owned),
+            password: password.into(),
+        });
+        self
+    }
+
+    /// Trusts the certificate authorities in `pem` (PEM-encoded) instead of the system's, for a
+    /// `rediss://` URL.
+    #[cfg(feature = "tls")]
+    pub fn root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.certificates_mut().root_cert = Some(pem.into());
+        self
+    }
+
+    /// Presents `certificate` with its private `key` (both PEM-encoded) to a server that asks
+    /// clients for one (mutual TLS).
+    #[cfg(feature = "tls")]
+    pub fn client_certificate(
+        mut self,
+        certificate: impl Into<Vec<u8>>,
+        key: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.certificates_mut().client_tls = Some(redis::ClientTlsConfig {
+            client_cert: certificate.into(),
+            client_key: key.into(),
+        });
+        self
+    }
+
+    #[cfg(feature = "tls")]
+    fn certificates_mut(&mut self) -> &mut redis::TlsCertificates {
+        self.certificates.get_or_insert(redis::TlsCertificates {
+            client_tls: None,
+            root_cert: None,
+        })
+    }
+
+    /// Whether its URL asks for TLS (a client of the caller's own is taken to know).
+    pub(crate) fn uses_tls(&self) -> bool {
+        match &self.target {
+            Target::Url(url) => ["rediss://", "valkeys://", TLS_CLUSTER_SCHEME]
+                .iter()
+                .any(|scheme| url.starts_with(scheme)),
+            Target::Client(_) | Target::Cluster(_) => true,
+        }
+    }
+
+    /// The client connections are made from, with the response timeout of cluster connections.
+    pub(crate) fn make_client(&self, response_timeout: std::time::Duration) -> Result<Client> {
+        let connect_error = |source| Error::Connect { source };
+        match &self.target {
+            Target::Client(client) => Ok(Client::Single(client.clone())),
+            Target::Cluster(client) => Ok(Client::Cluster(client.clone())),
+            Target::Url(url) => {
+                let url = as_redis_url(url);
+                if let Some((tls, nodes)) = cluster_nodes(&url) {
+                    let mut builder = ClusterClientBuilder::new(nodes.addresses)
+                        .response_timeout(response_timeout)
+                        .connection_timeout(std::time::Duration::from_secs(1));
+                    let credentials = self.credentials.clone().or(nodes.credentials);
+                    if let Some(credentials) = credentials {
+                        if let Some(username) = credentials.username {
+                            builder = builder.username(username);
+                        }
+                        builder = builder.password(credentials.password);
+                    }
+                    builder = self.cluster_tls(builder, tls)?;
+                    return builder
+                        .build()
+                        .map(|client| Client::Cluster(Box::new(client)))
+                        .map_err(connect_error);
+                }
+                let mut info = url.as_ref().into_connection_info().map_err(connect_error)?;
+                if let Some(credentials) = &self.credentials {
+                    let mut redis = info.redis_settings().clone();
+                    if let Some(username) = &credentials.username {
+                        redis = redis.set_username(username);
+                    }
+                    info = info.set_redis_settings(redis.set_password(&credentials.password));
+                }
+                self.single(info)
+                    .map(|client| Client::Single(Box::new(client)))
+            }
+        }
+    }
+
+    #[cfg(feature = "tls")]
+    fn single(&self, info: redis::ConnectionInfo) -> Result<redis::Client> {
+        let built = match &self.certificates {
+            Some(certificates) => redis::Client::build_with_tls(info, certificates.clone()),
+            None => redis::Client::open(info),
+        };
+        built.map_err(|source| Error::Connect { source })
+    }
+
+    #[cfg(not(feature = "tls"))]
+    fn single(&self, info: redis::ConnectionInfo) -> Result<redis::Client> {
+        redis::Client::open(info).map_err(|source| Error::Connect { source })
+    }
+
+    #[cfg(feature = "tls")]
+    fn cluster_tls(
+        &self,
+        builder: ClusterClientBuilder,
+        tls: bool,
+    ) -> Result<ClusterClientBuilder> {
+        let builder = if tls {
+            builder.tls(redis::TlsMode::Secure)
+        } else {
+            builder
+        };
+        Ok(match &self.certificates {
+            Some(certificates) => builder.certs(certificates.clone()),
+            None => builder,
+        })
+    }
+
+    #[cfg(not(feature = "tls"))]
+    fn cluster_tls(
+        &self,
+        builder: ClusterClientBuilder,
+        tls: bool,
+    ) -> Result<ClusterClientBuilder> {
+        if tls {
+            return Err(Error::Config(
+                "a rediss+cluster:// URL needs the `tls` feature of events".into(),
+            ));
+        }
+        Ok(builder)
+    }
+}
+
+impl fmt::Display for Endpoint {
+    /// The endpoint as an operator may read it: no password of any node.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.target {
+            Target::Url(url) => f.write_str(&without_credentials(url)),
+            Target::Client(_) => f.write_str("(a redis-rs client)"),
+            Target::Cluster(_) => f.write_str("(a redis-rs cluster client)"),
+        }
+    }
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Endpoint").field(&self.to_string()).finish()
+    }
+}
+
+impl From<&str> for Endpoint {
+    fn from(url: &str) -> Self {
+        Self::url(url)
+    }
+}
+
+impl From<String> for Endpoint {
+    fn from(url: String) -> Self {
+        Self::url(url)
+    }
+}
+
+impl From<&String> for Endpoint {
+    fn from(url: &String) -> Self {
+        Self::url(url.as_str())
+    }
+}
+
+/// `url` with the credentials of every node left out: `redis+cluster://***@h1,***@h2`.
+fn without_credentials(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("redis", url));
+    let nodes: Vec<String> = rest
+        .split(',')
+        .map(|node| match node.rsplit_once('@') {
+            Some((_, host)) => format!("***@{host}"),
+            None => node.to_owned(),
+        })
+        .collect();
+    format!("{scheme}://{}", nodes.join(","))
+}
+
+/// `url` with a `valkey://` or `valkeys://` scheme read as `redis://` or `rediss://`.
+fn as_redis_url(url: &str) -> Cow<'_, str> {
+    for (valkey, redis) in [("valkey://", "redis://"), ("valkeys://", "rediss://")] {
+        if let Some(rest) = url.strip_prefix(valkey) {
+            return format!("{redis}{rest}").into();
+        }
+    }
+    url.into()
+}
+
+/// A cluster URL's nodes, without credentials, and the credentials given on any of them.
+struct Nodes {
+    addresses: Vec<String>,
+    credentials: Option<Credentials>,
+}
+
+/// Whether `url` names a cluster, over TLS or not, and its nodes.
+fn cluster_nodes(url: &str) -> Option<(bool, Nodes)> {
+    let (tls, nodes) = match url.strip_prefix(CLUSTER_SCHEME) {
+        Some(nodes) => (false, nodes),
+        None => (true, url.strip_prefix(TLS_CLUSTER_SCHEME)?),
+    };
+    let scheme = if tls { "rediss" } else { "redis" };
+    let mut credentials = None;
+    let addresses = nodes
+        .split(',')
+        .map(|node| {
+            let node = node.trim();
+            let host = match node.rsplit_once('@') {
+                Some((login, host)) => {
+                    let (username, password) = match login.split_once(':') {
+                        Some((username, password)) => (
+                            (!username.is_empty()).then(|| username.to_owned()),
+                            password,
+                        ),
+                        None => (None, login),
+                    };
+                    credentials.get_or_insert(Credentials {
+                        username,
+                        password: password.to_owned(),
+                    });
+                    host
+                }
+                None => node,
+            };
+            format!("{scheme}://{host}")
+        })
+        .collect();
+    Some((
+        tls,
+        Nodes {
+            addresses,
+            credentials,
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn valkey_urls_are_redis_urls() {
+        assert_eq!(as_redis_url("valkey://h:6379"), "redis://h:6379");
+        assert_eq!(as_redis_url("valkeys://h:6380"), "rediss://h:6380");
+        assert_eq!(as_redis_url("redis://h"), "redis://h");
+    }
+
+    #[test]
+    fn cluster_credentials_given_on_one_node_go_to_all() {
+        let (tls, nodes) = cluster_nodes("redis+cluster://ops:pw@h1:7000, h2:7001").unwrap();
+        assert!(!tls);
+        assert_eq!(nodes.addresses, ["redis://h1:7000", "redis://h2:7001"]);
+        let credentials = nodes.credentials.unwrap();
+        assert_eq!(
+            (
+                credentials.username.as_deref(),
+                credentials.password.as_str()
+            ),
+            (Some("ops"), "pw")
+        );
+        let (tls, nodes) = cluster_nodes("rediss+cluster://:pw@h1:7000").unwrap();
+        assert!(tls);
+        assert_eq!(nodes.addresses, ["rediss://h1:7000"]);
+        assert_eq!(nodes.credentials.unwrap().username, None);
+        assert!(cluster_nodes("redis://h:1").is_none());
+    }
+
+    #[test]
+    fn no_password_of_any_node_is_shown() {
+        assert_eq!(
+            without_credentials("redis+cluster://u:pw@h1:7000,u:pw@h2:7001"),
+            "redis+cluster://***@h1:7000,***@h2:7001"
+        );
+        assert_eq!(
+            without_credentials("redis://:p@ss@h:6379/0"),
+            "redis://***@h:6379/0"
+        );
+        assert_eq!(without_credentials("redis://h:6379"), "redis://h:6379");
+        assert_eq!(
+            Endpoint::url("redis://u:secret@h:1").to_string(),
+            "redis://***@h:1"
+        );
+    }
+}

@@ -1,0 +1,90 @@
+//! TLS against a redis-server listening for it with certificates the test makes: a custom
+//! certificate authority, client certificates (mutual TLS), and what a client gets wrong.
+
+use crate::support::RedisServer;
+use crate::support::tls::TlsFiles;
+use crate::support::{Running, pending, quick, unique, wait_until};
+use events::{
+    Consumer, Context, Endpoint, Event, HandlerError, Publisher, PublisherConfig, Router,
+};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
+#[event(name = "secret.kept")]
+struct Kept {
+    n: u64,
+}
+
+/// Publishes 20 events through `endpoint` and consumes them through it; all must be handled.
+async fn round_trip(server: &RedisServer, endpoint: Endpoint) {
+    let stream = unique("tls");
+    let publisher = Publisher::connect(
+        endpoint.clone(),
+        PublisherConfig::new("test").router(Router::single(&stream)),
+    )
+    .await
+    .unwrap();
+    for n in 0..20 {
+        publisher.publish(&Kept { n }).await.unwrap();
+    }
+    let (consumer, running) = Running::build(
+        quick(Consumer::builder(endpoint).stream(&stream).group("g"))
+            .handle(|_: Kept, _: Context| async { Ok::<(), HandlerError>(()) }),
+    )
+    .await;
+    wait_until("all 20 are handled", || consumer.status().processed == 20).await;
+    running.close().await;
+    assert_eq!(pending(server, &stream, "g").await, 0);
+}
+
+#[tokio::test]
+async fn events_travel_over_tls_with_a_custom_authority_and_with_client_certificates() {
+    let tls = TlsFiles::make();
+    let server = RedisServer::own_tls(&tls, false);
+    let endpoint = Endpoint::url(server.url()).root_certificate(TlsFiles::read(&tls.authority));
+    round_trip(&server, endpoint).await;
+
+    let mutual = RedisServer::own_tls(&tls, true);
+    let endpoint = Endpoint::url(mutual.url())
+        .root_certificate(TlsFiles::read(&tls.authority))
+        .client_certificate(
+            TlsFiles::read(&tls.client_certificate),
+            TlsFiles::read(&tls.client_key),
+        );
+    round_trip(&mutual, endpoint).await;
+}
+
+#[tokio::test]
+async fn tls_mistakes_each_give_a_clear_error() {
+    let tls = TlsFiles::make();
+    let server = RedisServer::own_tls(&tls, true);
+    let connect = |endpoint: Endpoint| async move {
+        Publisher::connect(endpoint, PublisherConfig::new("test"))
+            .await
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+    };
+    // The server's certificate does not come from the authority the client trusts.
+    let wrong_authority =
+        connect(Endpoint::url(server.url()).root_certificate(TlsFiles::read(&tls.other_authority)))
+            .await;
+    assert!(
+        wrong_authority.contains("could not connect to Redis"),
+        "{wrong_authority}"
+    );
+    assert!(
+        wrong_authority.to_lowercase().contains("certificate"),
+        "{wrong_authority}"
+    );
+    // The server asks for a client certificate and gets none.
+    let no_client_certificate =
+        connect(Endpoint::url(server.url()).root_certificate(TlsFiles::read(&tls.authority))).await;
+    assert!(
+        no_client_certificate.contains("could not connect to Redis"),
+        "{no_client_certificate}"
+    );
+    // A plain client at the TLS port.
+    let plain = connect(Endpoint::url(server.url().replace("rediss://", "redis://"))).await;
+    assert!(plain.contains("use a rediss:// URL"), "{plain}");
+}
