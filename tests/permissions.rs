@@ -32,6 +32,7 @@ async fn user(server: &RedisServer, name: &str, rules: &[String]) -> String {
         .arg("SETUSER")
         .arg(name)
         .arg("reset")
+        .arg("on")
         .arg(">pw")
         .arg(rules);
     let _: () = command
@@ -122,4 +123,34 @@ async fn a_consumer_whose_user_lacks_a_command_fails_to_build_naming_it() {
     assert!(error.contains("may not run `HSETNX`"), "{error}");
     let error = refusal_without(&server, &stream, "+evalsha").await;
     assert!(error.contains("EVALSHA"), "{error}");
+}
+
+#[tokio::test]
+async fn a_publisher_whose_user_may_not_add_to_a_route_s_stream_fails_to_connect_naming_it() {
+    let server = RedisServer::own();
+    let (allowed, forbidden) = (unique("allowed"), unique("forbidden"));
+    // May run scripts (so the check runs) and add to `allowed*` streams only.
+    let rules: Vec<String> = ["+ping", "+xadd", "+evalsha", "+eval", "+script|load"]
+        .iter()
+        .map(|rule| (*rule).to_owned())
+        .chain([format!("~{allowed}*")])
+        .collect();
+    let url = user(&server, "narrow", &rules).await;
+    let router = |stream: &str| Router::single(stream);
+    Publisher::connect(&url, PublisherConfig::new("test").router(router(&allowed)))
+        .await
+        .unwrap();
+    let error = Publisher::connect(
+        &url,
+        PublisherConfig::new("test").router(router(&forbidden)),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        error.contains(&format!(
+            "may not run `XADD` on `{forbidden}`, which a publisher needs"
+        )),
+        "{error}"
+    );
 }

@@ -487,3 +487,32 @@ async fn a_valkey_url_names_the_server_as_a_redis_url_does() {
         .unwrap();
     assert_eq!(entries.len(), 1);
 }
+
+#[tokio::test]
+async fn publishers_and_consumers_run_on_a_redis_client_of_the_caller_s_own() {
+    let server = RedisServer::start();
+    let stream = unique("own-client");
+    let own = events::Endpoint::client(redis::Client::open(server.url()).unwrap());
+    let publisher = Publisher::connect(
+        own.clone(),
+        PublisherConfig::new("test").router(Router::single(&stream)),
+    )
+    .await
+    .unwrap();
+    publisher.publish(&user(1)).await.unwrap();
+    let batched = events::BatchedPublisher::new(publisher, events::BatchConfig::new());
+    batched.publish(&user(2)).await.unwrap();
+    batched.close().await.unwrap();
+    let mut pull = events::Consumer::builder(own)
+        .stream(&stream)
+        .group("g")
+        .start_from(events::StartFrom::Beginning)
+        .block(Duration::from_millis(100))
+        .build_pull()
+        .await
+        .unwrap();
+    let reserved = pull.reserve(10).await.unwrap();
+    assert_eq!(reserved.len(), 2);
+    pull.ack(&reserved).await.unwrap();
+    pull.close().await.unwrap();
+}

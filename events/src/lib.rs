@@ -43,6 +43,7 @@
 //! # }
 //! ```
 
+mod access;
 mod batch;
 mod connection;
 mod consumer;

@@ -193,6 +193,16 @@ impl Publisher<Connection> {
     ) -> Result<Self> {
         let connection =
             crate::connection::connect(&endpoint.into(), Duration::from_secs(5)).await?;
+        // The user must be allowed to add to every stream a route names outright.
+        let adding: Vec<crate::access::Needed> = config
+            .router
+            .fixed_streams()
+            .iter()
+            .map(|stream| crate::access::needed("to publish", &["XADD", stream, "*", "f", "v"]))
+            .collect();
+        if !adding.is_empty() {
+            crate::access::check(&mut connection.clone(), "publisher", &adding, false).await?;
+        }
         let cluster = connection.is_cluster();
         let publisher = Self::new(connection, config);
         Ok(if cluster {

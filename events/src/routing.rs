@@ -308,6 +308,23 @@ impl Router {
             .map(|(_, destination)| destination)
     }
 
+    /// The streams the routes name outright (every partition of a partitioned one); streams
+    /// named by a prefix and the event type are not known ahead.
+    pub(crate) fn fixed_streams(&self) -> Vec<String> {
+        self.routes
+            .iter()
+            .chain(&self.default)
+            .filter_map(|route| match &route.target {
+                Target::Fixed(stream) => Some(match route.partitions {
+                    Some(partitions) => partition_streams(stream, partitions),
+                    None => vec![stream.clone()],
+                }),
+                Target::Prefixed(_) => None,
+            })
+            .flatten()
+            .collect()
+    }
+
     fn route_of(&self, event_type: &str) -> Result<(&Route, Destination<'_>)> {
         let first = if self.routes.is_empty() {
             None

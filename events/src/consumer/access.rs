@@ -1,32 +1,12 @@
-//! What a consumer must be allowed to run in Redis, checked when it is built: a user that lacks a
-//! command would otherwise start, handle nothing and loop its entries through reclaim. Each
-//! command is checked on the keys the consumer will use, without running it
-//! (`redis.acl_check_cmd`); the first one refused is named with what it is for.
-
-use std::sync::LazyLock;
-
-use redis::Script;
+//! What a consumer must be allowed to run in Redis: its own commands and those inside its scripts,
+//! on the keys of its streams, dead-letter streams, marks and partition leases.
 
 use super::config::Settings;
 use super::group::Group;
+use crate::Result;
+use crate::access::{Needed, check, needed};
 use crate::connection::Connection;
 use crate::keys::{marks_prefix, slot_prefix};
-use crate::{Error, Result};
-
-static ACCESS: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../lua/access.lua")));
-
-/// A command to check: its words, and what the consumer needs it for.
-struct Needed {
-    words: Vec<String>,
-    purpose: &'static str,
-}
-
-fn needed(purpose: &'static str, words: &[&str]) -> Needed {
-    Needed {
-        words: words.iter().map(|word| (*word).to_owned()).collect(),
-        purpose,
-    }
-}
 
 /// Every command the consumer of `settings` runs, with the keys it runs them on.
 fn commands(settings: &Settings) -> Vec<Needed> {
@@ -132,51 +112,11 @@ fn commands(settings: &Settings) -> Vec<Needed> {
 /// Checks that the user of `group`'s connection may run every command the consumer of
 /// `settings` needs; names the first it may not.
 pub(crate) async fn check_access(group: &Group<Connection>, settings: &Settings) -> Result<()> {
-    let commands = commands(settings);
-    let mut invocation = ACCESS.prepare_invoke();
-    for command in &commands {
-        invocation.arg(command.words.len()).arg(&command.words);
-    }
-    let refused: redis::RedisResult<usize> =
-        invocation.invoke_async(&mut group.connection.clone()).await;
-    let refused = match refused {
-        Ok(refused) => refused,
-        Err(error) if error.code() == Some("NOPERM") => {
-            return Err(Error::Config(format!(
-                "the Redis user may not run EVALSHA (or SCRIPT LOAD): a consumer runs Lua scripts; \
-                 grant +evalsha +eval +script|load ({error})"
-            )));
-        }
-        Err(error) => return Err(Error::Connect { source: error }),
-    };
-    match refused.checked_sub(1).and_then(|at| commands.get(at)) {
-        None => Ok(()),
-        Some(command) => Err(Error::Config(command.refusal())),
-    }
-}
-
-impl Needed {
-    /// Says that the user may not run this command, what for, and what to grant.
-    fn refusal(&self) -> String {
-        let words = &self.words;
-        // A command with subcommands is granted as `command|subcommand`; its key follows.
-        let with_subcommand = matches!(words[0].as_str(), "XGROUP" | "XINFO" | "SCRIPT");
-        let (name, key) = if with_subcommand {
-            (format!("{}|{}", words[0], words[1]), words.get(2))
-        } else {
-            (words[0].clone(), words.get(1))
-        };
-        let on = match key {
-            Some(key) if !matches!(name.as_str(), "EVALSHA" | "SCRIPT|LOAD") => {
-                format!(" on `{key}`")
-            }
-            _ => String::new(),
-        };
-        format!(
-            "the Redis user may not run `{name}`{on}, which a consumer needs {}: grant it, for \
-             example `ACL SETUSER <user> +{}`; the README lists what a consumer needs",
-            self.purpose,
-            name.to_lowercase()
-        )
-    }
+    check(
+        &mut group.connection.clone(),
+        "consumer",
+        &commands(settings),
+        true,
+    )
+    .await
 }

@@ -1,4 +1,4 @@
--- Checks, without running any, that this connection's user may run each command a consumer needs,
+-- Checks, without running any, that this connection's user may run each command it needs,
 -- on the keys it will use (redis.acl_check_cmd, Redis 7.0).
 -- ARGV: for each command, how many words it has, then its words.
 -- Returns the position of the first command refused (1 for the first), or 0 when all are allowed.
