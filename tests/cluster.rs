@@ -466,3 +466,73 @@ async fn a_shared_dead_letter_stream_must_share_each_stream_s_slot() {
     );
     consumer("{shop}:orders", "{shop}:failures").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_on_one_node_of_a_cluster_url_reach_every_node() {
+    let cluster = RedisCluster::start();
+    let nodes: Vec<String> = cluster
+        .url()
+        .trim_start_matches(events::CLUSTER_SCHEME)
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    for node in &nodes {
+        let port = node.rsplit(':').next().unwrap();
+        let set = std::process::Command::new("redis-cli")
+            .args(["-p", port, "CONFIG", "SET", "requirepass", "s3cret"])
+            .output()
+            .unwrap();
+        assert!(set.status.success());
+    }
+    // The password given once, on the first node.
+    let url = format!("{}:s3cret@{}", events::CLUSTER_SCHEME, nodes.join(","));
+    // Twelve streams, in slots of every node.
+    let streams: Vec<String> = (0..12).map(|_| unique("cluster-auth")).collect();
+    for stream in &streams {
+        let publisher = publisher_to(&url, stream).await;
+        let tasks: Vec<TaskCreated> = (0..5).map(|n| TaskCreated { n }).collect();
+        publisher.publish_many(&tasks).await.unwrap();
+    }
+    let consumer = streams
+        .iter()
+        .fold(Consumer::builder(url.as_str()), |builder, stream| {
+            builder.stream(stream)
+        })
+        .group("g")
+        .start_from(StartFrom::Beginning)
+        .block(Duration::from_millis(100))
+        .handle(|_: TaskCreated, _: Context| async { Ok(()) })
+        .build()
+        .await
+        .unwrap();
+    let runs = run_all(std::slice::from_ref(&consumer));
+    wait_until("all 60 are handled", || consumer.status().processed == 60).await;
+    for run in runs {
+        run.abort();
+    }
+    let nodes_used: std::collections::BTreeSet<u8> = streams
+        .iter()
+        .map(|stream| {
+            let slot: u16 = redis::cmd("CLUSTER")
+                .arg("KEYSLOT")
+                .arg(stream)
+                .query(&mut redis::Client::open(format!("redis://:s3cret@{}", nodes[0])).unwrap())
+                .unwrap();
+            // redis-cli --cluster create gives three masters 0-5460, 5461-10922, 10923-16383.
+            match slot {
+                0..5461 => 0,
+                5461..10923 => 1,
+                _ => 2,
+            }
+        })
+        .collect();
+    assert_eq!(nodes_used.len(), 3, "the streams live on every node");
+    // Without it, every node refuses.
+    let refused = Publisher::connect(
+        format!("{}{}", events::CLUSTER_SCHEME, nodes.join(",")),
+        PublisherConfig::new("test"),
+    )
+    .await
+    .unwrap_err();
+    assert!(!refused.is_retryable(), "{refused}");
+}
