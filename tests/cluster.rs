@@ -4,9 +4,10 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::tls::TlsFiles;
 use crate::support::{RedisCluster, publish_retrying, publisher_to, run_all, unique, wait_until};
 use events::{
-    BatchConfig, BatchedPublisher, Consumer, Context, Event, HandlerError, Publisher,
+    BatchConfig, BatchedPublisher, Consumer, Context, Endpoint, Event, HandlerError, Publisher,
     PublisherConfig, Route, Router, StartFrom, dead_letter_stream, read_range,
 };
 use serde::{Deserialize, Serialize};
@@ -486,16 +487,54 @@ async fn credentials_on_one_node_of_a_cluster_url_reach_every_node() {
     }
     // The password given once, on the first node.
     let url = format!("{}:s3cret@{}", events::CLUSTER_SCHEME, nodes.join(","));
-    // Twelve streams, in slots of every node.
-    let streams: Vec<String> = (0..12).map(|_| unique("cluster-auth")).collect();
-    for stream in &streams {
-        let publisher = publisher_to(&url, stream).await;
+    let streams = streams_on_every_node(&format!("redis://:s3cret@{}", nodes[0]));
+    every_node_handles_events(Endpoint::url(&url), &streams).await;
+    // Without it, every node refuses.
+    let refused = Publisher::connect(
+        format!("{}{}", events::CLUSTER_SCHEME, nodes.join(",")),
+        PublisherConfig::new("test"),
+    )
+    .await
+    .unwrap_err();
+    assert!(!refused.is_retryable(), "{refused}");
+}
+
+/// Twelve stream names, four in the slots of each master (`redis-cli --cluster create` gives
+/// three masters 0-5460, 5461-10922 and 10923-16383), as the node at `node_url` computes them.
+fn streams_on_every_node(node_url: &str) -> Vec<String> {
+    let mut node = redis::Client::open(node_url).unwrap();
+    let mut by_node: [Vec<String>; 3] = Default::default();
+    while by_node.iter().any(|streams| streams.len() < 4) {
+        let stream = unique("cluster-nodes");
+        let slot: u16 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(&stream)
+            .query(&mut node)
+            .unwrap();
+        let owner = &mut by_node[usize::from(slot / 5461).min(2)];
+        if owner.len() < 4 {
+            owner.push(stream);
+        }
+    }
+    by_node.concat()
+}
+
+/// Publishes 5 events to each of `streams` through `endpoint`, and consumes all of them
+/// through it.
+async fn every_node_handles_events(endpoint: Endpoint, streams: &[String]) {
+    for stream in streams {
+        let publisher = Publisher::connect(
+            endpoint.clone(),
+            PublisherConfig::new("test").router(Router::single(stream)),
+        )
+        .await
+        .unwrap();
         let tasks: Vec<TaskCreated> = (0..5).map(|n| TaskCreated { n }).collect();
         publisher.publish_many(&tasks).await.unwrap();
     }
     let consumer = streams
         .iter()
-        .fold(Consumer::builder(url.as_str()), |builder, stream| {
+        .fold(Consumer::builder(endpoint), |builder, stream| {
             builder.stream(stream)
         })
         .group("g")
@@ -506,33 +545,35 @@ async fn credentials_on_one_node_of_a_cluster_url_reach_every_node() {
         .await
         .unwrap();
     let runs = run_all(std::slice::from_ref(&consumer));
-    wait_until("all 60 are handled", || consumer.status().processed == 60).await;
+    let all = streams.len() as u64 * 5;
+    wait_until("all are handled", || consumer.status().processed == all).await;
     for run in runs {
         run.abort();
     }
-    let nodes_used: std::collections::BTreeSet<u8> = streams
-        .iter()
-        .map(|stream| {
-            let slot: u16 = redis::cmd("CLUSTER")
-                .arg("KEYSLOT")
-                .arg(stream)
-                .query(&mut redis::Client::open(format!("redis://:s3cret@{}", nodes[0])).unwrap())
-                .unwrap();
-            // redis-cli --cluster create gives three masters 0-5460, 5461-10922, 10923-16383.
-            match slot {
-                0..5461 => 0,
-                5461..10923 => 1,
-                _ => 2,
-            }
-        })
-        .collect();
-    assert_eq!(nodes_used.len(), 3, "the streams live on every node");
-    // Without it, every node refuses.
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_travel_over_tls_to_every_node_of_a_cluster() {
+    let tls = TlsFiles::make();
+    let cluster = RedisCluster::start_tls(&tls);
+    let authority = std::fs::read(&tls.authority).unwrap();
+    let plain_node = cluster.url().replace(events::CLUSTER_SCHEME, "redis://");
+    let streams = streams_on_every_node(plain_node.split(',').next().unwrap());
+    every_node_handles_events(
+        Endpoint::url(cluster.tls_url()).root_certificate(authority),
+        &streams,
+    )
+    .await;
+    // An authority the nodes' certificates do not come from is refused.
+    let other = std::fs::read(&tls.other_authority).unwrap();
     let refused = Publisher::connect(
-        format!("{}{}", events::CLUSTER_SCHEME, nodes.join(",")),
+        Endpoint::url(cluster.tls_url()).root_certificate(other),
         PublisherConfig::new("test"),
     )
     .await
     .unwrap_err();
-    assert!(!refused.is_retryable(), "{refused}");
+    assert!(
+        refused.to_string().to_lowercase().contains("certificate"),
+        "a wrong authority is named as a certificate problem: {refused}"
+    );
 }

@@ -13,5 +13,6 @@ mod health;
 mod idempotency;
 mod permissions;
 mod publish;
+mod sentinel;
 mod stats;
 mod tls;

@@ -5,8 +5,8 @@
 
 use std::sync::LazyLock;
 
+use crate::connection::Connection;
 use redis::Script;
-use redis::aio::ConnectionLike;
 
 use crate::{Error, Result};
 
@@ -28,8 +28,8 @@ pub(crate) fn needed(purpose: &'static str, words: &[&str]) -> Needed {
 /// Checks that the user of `connection` may run each of `commands`, which a `role` (publisher,
 /// consumer) needs; names the first it may not. The check is a script: a `role` that runs no
 /// scripts of its own (`scripts_needed` false) is not checked when its user may run none.
-pub(crate) async fn check<C: ConnectionLike>(
-    connection: &mut C,
+pub(crate) async fn check(
+    connection: &Connection,
     role: &str,
     commands: &[Needed],
     scripts_needed: bool,
@@ -38,7 +38,8 @@ pub(crate) async fn check<C: ConnectionLike>(
     for command in commands {
         invocation.arg(command.words.len()).arg(&command.words);
     }
-    let refused: redis::RedisResult<usize> = invocation.invoke_async(connection).await;
+    let refused: redis::RedisResult<usize> =
+        invocation.invoke_async(&mut connection.unconfirmed()).await;
     let refused = match refused {
         Ok(refused) => refused,
         Err(error) if error.code() == Some("NOPERM") && !scripts_needed => {

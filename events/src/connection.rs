@@ -1,5 +1,5 @@
-//! Connections to a single Redis or to a Redis Cluster, from one URL, that reconnect by
-//! themselves. They are tuned so that an outage surfaces as a retryable error within about a
+//! Connections to a single Redis, a Redis Cluster or the master Redis Sentinels name, from one
+//! URL, that reconnect by themselves. They are tuned so that an outage surfaces as a retryable error within about a
 //! second instead of holding callers through long reconnection backoffs: the publisher, the
 //! batched publisher and the consumer all retry on their own terms.
 
@@ -11,23 +11,38 @@ use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 use crate::endpoint::{Client, Endpoint};
 use crate::error::is_authentication;
+use crate::replicas::Replicas;
+use crate::sentinel::SentinelConnection;
 use crate::{Error, Result};
 
-/// A connection to one Redis or to a Redis Cluster; cheap to clone, clones share it.
+/// A connection to one Redis, to a Redis Cluster or to the master Redis Sentinels name; cheap to
+/// clone, clones share it.
 #[derive(Clone)]
-pub enum Connection {
-    /// One server.
+pub struct Connection {
+    link: Link,
+    /// The replicas every command waits for, if the endpoint asks for them.
+    replicas: Option<Replicas>,
+}
+
+/// What commands travel on.
+#[derive(Clone)]
+enum Link {
     Single(ConnectionManager),
-    /// A cluster: commands go to the node owning their keys' slot, following redirections.
     Cluster(ClusterConnection),
+    Sentinel(SentinelConnection),
 }
 
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Connection::Single(_) => "Connection::Single",
-            Connection::Cluster(_) => "Connection::Cluster",
-        })
+        let kind = match self.link {
+            Link::Single(_) => "single",
+            Link::Cluster(_) => "cluster",
+            Link::Sentinel(_) => "sentinel",
+        };
+        f.debug_struct("Connection")
+            .field("kind", &kind)
+            .field("replicas", &self.replicas)
+            .finish()
     }
 }
 
@@ -38,17 +53,50 @@ impl Connection {
         connect(&endpoint.into(), response_timeout).await
     }
 
+    /// A connection over `manager`, a redis-rs connection manager of the caller's own.
+    pub fn single(manager: ConnectionManager) -> Self {
+        Self::of(Link::Single(manager))
+    }
+
+    /// A connection over `connection`, a redis-rs cluster connection of the caller's own.
+    pub fn cluster(connection: ClusterConnection) -> Self {
+        Self::of(Link::Cluster(connection))
+    }
+
+    fn of(link: Link) -> Self {
+        Self {
+            link,
+            replicas: None,
+        }
+    }
+
     /// Whether it talks to a cluster.
     pub fn is_cluster(&self) -> bool {
-        matches!(self, Connection::Cluster(_))
+        matches!(self.link, Link::Cluster(_))
+    }
+
+    /// The same connection, its commands not waiting for replicas: for checks that only read.
+    pub(crate) fn unconfirmed(&self) -> Self {
+        Self::of(self.link.clone())
     }
 }
 
-impl ConnectionLike for Connection {
+impl Link {
+    /// Tells a Sentinel connection that a write was not confirmed by replicas, with `error`: the
+    /// replica may have been promoted while the server written to still takes writes.
+    async fn unconfirmed(&self, error: Option<&redis::RedisError>) {
+        if let (Link::Sentinel(connection), Some(error)) = (self, error) {
+            connection.follow_after(error).await;
+        }
+    }
+}
+
+impl ConnectionLike for Link {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
-            Connection::Single(connection) => connection.req_packed_command(cmd),
-            Connection::Cluster(connection) => connection.req_packed_command(cmd),
+            Link::Single(connection) => connection.req_packed_command(cmd),
+            Link::Cluster(connection) => connection.req_packed_command(cmd),
+            Link::Sentinel(connection) => connection.req_packed_command(cmd),
         }
     }
 
@@ -59,20 +107,53 @@ impl ConnectionLike for Connection {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
-            Connection::Single(connection) => {
-                connection.req_packed_commands(pipeline, offset, count)
-            }
-            Connection::Cluster(connection) => {
-                connection.req_packed_commands(pipeline, offset, count)
-            }
+            Link::Single(connection) => connection.req_packed_commands(pipeline, offset, count),
+            Link::Cluster(connection) => connection.req_packed_commands(pipeline, offset, count),
+            Link::Sentinel(connection) => connection.req_packed_commands(pipeline, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
-            Connection::Single(connection) => connection.get_db(),
-            Connection::Cluster(connection) => connection.get_db(),
+            Link::Single(connection) => connection.get_db(),
+            Link::Cluster(connection) => connection.get_db(),
+            Link::Sentinel(connection) => connection.get_db(),
         }
+    }
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self.replicas {
+            None => self.link.req_packed_command(cmd),
+            Some(replicas) => Box::pin(async move {
+                let reply = replicas.command(&mut self.link, cmd).await;
+                self.link.unconfirmed(reply.as_ref().err()).await;
+                reply
+            }),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self.replicas {
+            None => self.link.req_packed_commands(pipeline, offset, count),
+            Some(replicas) => Box::pin(async move {
+                let replies = replicas
+                    .pipeline(&mut self.link, pipeline, offset, count)
+                    .await;
+                self.link.unconfirmed(replies.as_ref().err()).await;
+                replies
+            }),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        self.link.get_db()
     }
 }
 
@@ -109,7 +190,7 @@ pub(crate) fn check_version(info: &str) -> std::result::Result<(), String> {
 pub(crate) async fn check_server_version(connection: &Connection) -> Result<()> {
     let reply: redis::RedisResult<Value> = redis::cmd("INFO")
         .arg("server")
-        .query_async(&mut connection.clone())
+        .query_async(&mut connection.unconfirmed())
         .await;
     let texts: Vec<String> = match reply {
         Ok(Value::Map(nodes)) => nodes
@@ -127,29 +208,38 @@ pub(crate) async fn check_server_version(connection: &Connection) -> Result<()> 
     Ok(())
 }
 
-/// Connects to `endpoint`, one server or a cluster; a reply is given up on after
-/// `response_timeout`.
+/// Connects to `endpoint`: one server, a cluster or the master Sentinels name; a reply is given
+/// up on after `response_timeout`.
 pub(crate) async fn connect(endpoint: &Endpoint, response_timeout: Duration) -> Result<Connection> {
     let dropped = |source: redis::RedisError| connect_error(dropped_at_handshake(source, endpoint));
-    let connection = match endpoint.make_client(response_timeout)? {
+    let config = ConnectionManagerConfig::new()
+        .set_response_timeout(Some(response_timeout))
+        .set_connection_timeout(Some(Duration::from_secs(1)))
+        .set_number_of_retries(2)
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_millis(500));
+    let link = match endpoint.make_client(response_timeout)? {
         Client::Cluster(client) => {
-            Connection::Cluster(client.get_async_connection().await.map_err(dropped)?)
+            Link::Cluster(client.get_async_connection().await.map_err(dropped)?)
         }
-        Client::Single(client) => {
-            let config = ConnectionManagerConfig::new()
-                .set_response_timeout(Some(response_timeout))
-                .set_connection_timeout(Some(Duration::from_secs(1)))
-                .set_number_of_retries(2)
-                .set_min_delay(Duration::from_millis(50))
-                .set_max_delay(Duration::from_millis(500));
-            Connection::Single(
-                ConnectionManager::new_with_config(*client, config)
-                    .await
-                    .map_err(dropped)?,
-            )
-        }
+        Client::Single(client) => Link::Single(
+            ConnectionManager::new_with_config(*client, config)
+                .await
+                .map_err(dropped)?,
+        ),
+        Client::Sentinel(sentinels) => Link::Sentinel(
+            SentinelConnection::open(sentinels, config)
+                .await
+                .map_err(dropped)?,
+        ),
     };
-    check_login(connection).await
+    let replicas = endpoint.replicas();
+    if replicas.is_some() && matches!(link, Link::Cluster(_)) {
+        return Err(Error::Config(
+            "waiting for replicas is not supported on a cluster yet".into(),
+        ));
+    }
+    check_login(Connection { link, replicas }).await
 }
 
 /// `error`, said plainly when a server dropped a plain client at once: most likely it listens for
@@ -188,7 +278,7 @@ fn connect_error(source: redis::RedisError) -> Error {
 /// does not give says so now, not at the first command.
 async fn check_login(connection: Connection) -> Result<Connection> {
     let pong: redis::RedisResult<String> = redis::cmd("PING")
-        .query_async(&mut connection.clone())
+        .query_async(&mut connection.unconfirmed())
         .await;
     match pong {
         // A user without PING is authenticated all the same.

@@ -4,10 +4,15 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
 
 use redis::IntoConnectionInfo;
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use tokio::sync::Mutex;
 
+use crate::replicas::Replicas;
 use crate::{Error, Result};
 
 /// Prefix of a URL naming the seed nodes of a Redis Cluster:
@@ -17,15 +22,22 @@ pub const CLUSTER_SCHEME: &str = "redis+cluster://";
 /// Prefix of a URL naming the seed nodes of a Redis Cluster reached over TLS.
 pub const TLS_CLUSTER_SCHEME: &str = "rediss+cluster://";
 
+/// Prefix of a URL naming Redis Sentinels and the master they watch:
+/// `redis+sentinel://host1:port1,host2:port2/master-name`. Credentials in it are the master's.
+pub const SENTINEL_SCHEME: &str = "redis+sentinel://";
+
 /// Where a Redis (or a Redis Cluster) is and how to reach it. Every entry point takes one, or a
 /// URL: `redis://host:port`, `rediss://` for TLS, `valkey://` and `valkeys://` alike, and
 /// `redis+cluster://host:port,host:port` (`rediss+cluster://` over TLS) for a cluster, whose
-/// credentials, given on any node, go to every node.
+/// credentials, given on any node, go to every node, and
+/// `redis+sentinel://host:port,host:port/master-name` for the master Redis Sentinels name, followed
+/// through failovers.
 #[derive(Clone)]
 #[must_use]
 pub struct Endpoint {
     target: Target,
     credentials: Option<Credentials>,
+    replicas: Option<Replicas>,
     #[cfg(feature = "tls")]
     certificates: Option<redis::TlsCertificates>,
 }
@@ -36,6 +48,7 @@ enum Target {
     Url(String),
     Client(Box<redis::Client>),
     Cluster(Box<ClusterClient>),
+    Sentinel(Arc<Mutex<SentinelClient>>),
 }
 
 /// A user name (none for `default`) and a password.
@@ -49,6 +62,7 @@ struct Credentials {
 pub(crate) enum Client {
     Single(Box<redis::Client>),
     Cluster(Box<ClusterClient>),
+    Sentinel(Arc<Mutex<SentinelClient>>),
 }
 
 impl Endpoint {
@@ -67,10 +81,17 @@ impl Endpoint {
         Self::of(Target::Cluster(Box::new(client)))
     }
 
+    /// Connections to the master `client` names, a redis-rs Sentinel client built the caller's
+    /// way (it must look for a master), followed through failovers.
+    pub fn sentinel(client: SentinelClient) -> Self {
+        Self::of(Target::Sentinel(Arc::new(Mutex::new(client))))
+    }
+
     fn of(target: Target) -> Self {
         Self {
             target,
             credentials: None,
+            replicas: None,
             #[cfg(feature = "tls")]
             certificates: None,
         }
@@ -84,6 +105,21 @@ impl Endpoint {
             password: password.into(),
         });
         self
+    }
+
+    /// Waits, after every command, until `count` replicas hold all it wrote (`WAIT`); a write
+    /// they do not confirm within `timeout` fails with a retryable error, to be written again.
+    /// With Redis's asynchronous replication, this keeps what was acknowledged through a failover
+    /// (see the README's Sentinel section), at the cost of a replica round trip per command. Not
+    /// for clusters yet.
+    pub fn wait_for_replicas(mut self, count: usize, timeout: Duration) -> Self {
+        self.replicas = Some(Replicas::new(count, timeout));
+        self
+    }
+
+    /// The replicas every command waits for, if any.
+    pub(crate) fn replicas(&self) -> Option<Replicas> {
+        self.replicas
     }
 
     /// Trusts the certificate authorities in `pem` (PEM-encoded) instead of the system's, for a
@@ -123,7 +159,7 @@ impl Endpoint {
             Target::Url(url) => ["rediss://", "valkeys://", TLS_CLUSTER_SCHEME]
                 .iter()
                 .any(|scheme| url.starts_with(scheme)),
-            Target::Client(_) | Target::Cluster(_) => true,
+            Target::Client(_) | Target::Cluster(_) | Target::Sentinel(_) => true,
         }
     }
 
@@ -133,8 +169,12 @@ impl Endpoint {
         match &self.target {
             Target::Client(client) => Ok(Client::Single(client.clone())),
             Target::Cluster(client) => Ok(Client::Cluster(client.clone())),
+            Target::Sentinel(client) => Ok(Client::Sentinel(client.clone())),
             Target::Url(url) => {
                 let url = as_redis_url(url);
+                if let Some(sentinels) = sentinel_nodes(&url)? {
+                    return self.sentinel_client(sentinels);
+                }
                 if let Some((tls, nodes)) = cluster_nodes(&url) {
                     let mut builder = ClusterClientBuilder::new(nodes.addresses)
                         .response_timeout(response_timeout)
@@ -164,6 +204,32 @@ impl Endpoint {
                     .map(|client| Client::Single(Box::new(client)))
             }
         }
+    }
+
+    /// A Sentinel client for the master and Sentinels `sentinels` names.
+    fn sentinel_client(&self, sentinels: Sentinels) -> Result<Client> {
+        let config_error = |source: redis::RedisError| Error::Config(source.to_string());
+        let addresses = sentinels
+            .addresses
+            .iter()
+            .map(|address| {
+                format!("redis://{address}")
+                    .into_connection_info()
+                    .map(|info| info.addr().clone())
+                    .map_err(config_error)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut builder =
+            SentinelClientBuilder::new(addresses, &sentinels.master, SentinelServerType::Master)
+                .map_err(config_error)?;
+        if let Some(credentials) = self.credentials.clone().or(sentinels.credentials) {
+            if let Some(username) = credentials.username {
+                builder = builder.set_client_to_redis_username(username);
+            }
+            builder = builder.set_client_to_redis_password(credentials.password);
+        }
+        let client = builder.build().map_err(config_error)?;
+        Ok(Client::Sentinel(Arc::new(Mutex::new(client))))
     }
 
     #[cfg(feature = "tls")]
@@ -219,6 +285,7 @@ impl fmt::Display for Endpoint {
             Target::Url(url) => f.write_str(&without_credentials(url)),
             Target::Client(_) => f.write_str("(a redis-rs client)"),
             Target::Cluster(_) => f.write_str("(a redis-rs cluster client)"),
+            Target::Sentinel(_) => f.write_str("(a redis-rs Sentinel client)"),
         }
     }
 }
@@ -283,30 +350,10 @@ fn cluster_nodes(url: &str) -> Option<(bool, Nodes)> {
         None => (true, url.strip_prefix(TLS_CLUSTER_SCHEME)?),
     };
     let scheme = if tls { "rediss" } else { "redis" };
-    let mut credentials = None;
-    let addresses = nodes
-        .split(',')
-        .map(|node| {
-            let node = node.trim();
-            let host = match node.rsplit_once('@') {
-                Some((login, host)) => {
-                    let (username, password) = match login.split_once(':') {
-                        Some((username, password)) => (
-                            (!username.is_empty()).then(|| username.to_owned()),
-                            password,
-                        ),
-                        None => (None, login),
-                    };
-                    credentials.get_or_insert(Credentials {
-                        username,
-                        password: password.to_owned(),
-                    });
-                    host
-                }
-                None => node,
-            };
-            format!("{scheme}://{host}")
-        })
+    let (hosts, credentials) = logins(nodes);
+    let addresses = hosts
+        .into_iter()
+        .map(|host| format!("{scheme}://{host}"))
         .collect();
     Some((
         tls,
@@ -315,6 +362,70 @@ fn cluster_nodes(url: &str) -> Option<(bool, Nodes)> {
             credentials,
         },
     ))
+}
+
+/// The Sentinels of a `redis+sentinel://` URL and the master they watch.
+struct Sentinels {
+    /// `host:port` of each Sentinel.
+    addresses: Vec<String>,
+    master: String,
+    /// The master's credentials, given on any Sentinel.
+    credentials: Option<Credentials>,
+}
+
+/// The Sentinels `url` names, if it is a `redis+sentinel://` URL.
+fn sentinel_nodes(url: &str) -> Result<Option<Sentinels>> {
+    if url.starts_with("rediss+sentinel://") {
+        return Err(Error::Config(
+            "TLS to Sentinels is not supported yet: use redis+sentinel://, or a redis-rs \
+             SentinelClient of your own with Endpoint::sentinel"
+                .into(),
+        ));
+    }
+    let Some(rest) = url.strip_prefix(SENTINEL_SCHEME) else {
+        return Ok(None);
+    };
+    let (nodes, master) = rest.split_once('/').unwrap_or((rest, ""));
+    if master.is_empty() || nodes.is_empty() {
+        return Err(Error::Config(format!(
+            "{} names no Sentinels or no master: use redis+sentinel://host:port,host:port/master-name",
+            without_credentials(url)
+        )));
+    }
+    let (addresses, credentials) = logins(nodes);
+    Ok(Some(Sentinels {
+        addresses: addresses.into_iter().map(str::to_owned).collect(),
+        master: master.to_owned(),
+        credentials,
+    }))
+}
+
+/// The hosts of comma-separated `nodes`, each maybe `user:password@host:port`, and the first
+/// credentials given on any of them.
+fn logins(nodes: &str) -> (Vec<&str>, Option<Credentials>) {
+    let mut credentials = None;
+    let hosts = nodes
+        .split(',')
+        .map(|node| {
+            let node = node.trim();
+            let Some((login, host)) = node.rsplit_once('@') else {
+                return node;
+            };
+            let (username, password) = match login.split_once(':') {
+                Some((username, password)) => (
+                    (!username.is_empty()).then(|| username.to_owned()),
+                    password,
+                ),
+                None => (None, login),
+            };
+            credentials.get_or_insert(Credentials {
+                username,
+                password: password.to_owned(),
+            });
+            host
+        })
+        .collect();
+    (hosts, credentials)
 }
 
 #[cfg(test)]
@@ -346,6 +457,20 @@ mod tests {
         assert_eq!(nodes.addresses, ["rediss://h1:7000"]);
         assert_eq!(nodes.credentials.unwrap().username, None);
         assert!(cluster_nodes("redis://h:1").is_none());
+    }
+
+    #[test]
+    fn sentinel_urls_name_sentinels_and_a_master() {
+        let sentinels = sentinel_nodes("redis+sentinel://:pw@s1:26379,s2:26380/orders")
+            .unwrap()
+            .unwrap();
+        assert_eq!(sentinels.addresses, ["s1:26379", "s2:26380"]);
+        assert_eq!(sentinels.master, "orders");
+        assert_eq!(sentinels.credentials.unwrap().password, "pw");
+        let unnamed = sentinel_nodes("redis+sentinel://s1:26379").err().unwrap();
+        assert!(unnamed.to_string().contains("no master"), "{unnamed}");
+        assert!(sentinel_nodes("rediss+sentinel://s1:26379/m").is_err());
+        assert!(sentinel_nodes("redis://h:1").unwrap().is_none());
     }
 
     #[test]

@@ -56,8 +56,10 @@ mod event;
 mod instruments;
 mod keys;
 mod publisher;
+mod replicas;
 mod resp;
 mod routing;
+mod sentinel;
 mod stats;
 mod trace;
 mod transfer;
@@ -77,7 +79,7 @@ pub use consumer::{
     Status, Unhandled, remove_stale_consumers_of,
 };
 pub use dead_letters::{DeadLetterEntry, DeadLetters, REPLAYED_FIELD};
-pub use endpoint::{CLUSTER_SCHEME, Endpoint, TLS_CLUSTER_SCHEME};
+pub use endpoint::{CLUSTER_SCHEME, Endpoint, SENTINEL_SCHEME, TLS_CLUSTER_SCHEME};
 pub use entry::{StreamEntry, read_after, read_range};
 pub use envelope::{DecodeError, Envelope, HEADER_PREFIX, hash_body};
 pub use error::{Error, Result};

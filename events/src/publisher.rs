@@ -201,7 +201,7 @@ impl Publisher<Connection> {
             .map(|stream| crate::access::needed("to publish", &["XADD", stream, "*", "f", "v"]))
             .collect();
         if !adding.is_empty() {
-            crate::access::check(&mut connection.clone(), "publisher", &adding, false).await?;
+            crate::access::check(&connection, "publisher", &adding, false).await?;
         }
         let cluster = connection.is_cluster();
         let publisher = Self::new(connection, config);

@@ -5,6 +5,7 @@ pub(crate) mod example;
 pub(crate) mod faults;
 pub(crate) mod redis_cluster;
 pub(crate) mod redis_server;
+pub(crate) mod sentinel;
 pub(crate) mod tls;
 
 use std::sync::atomic::{AtomicU64, Ordering};

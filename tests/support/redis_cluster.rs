@@ -12,12 +12,25 @@ use std::time::{Duration, Instant};
 #[derive(Debug)]
 pub(crate) struct RedisCluster {
     nodes: Vec<(u16, Child)>,
+    /// The TLS port of each node, when they listen for TLS too.
+    tls_ports: Vec<u16>,
     dir: std::path::PathBuf,
 }
 
 impl RedisCluster {
     /// Starts the nodes and joins them; panics with the reason when that fails.
     pub(crate) fn start() -> Self {
+        Self::start_with(|_| Vec::new())
+    }
+
+    /// A cluster whose nodes also listen for TLS with `tls`'s certificates, and talk TLS to each
+    /// other; [`tls_url`](Self::tls_url) names their TLS ports.
+    pub(crate) fn start_tls(tls: &super::tls::TlsFiles) -> Self {
+        Self::start_with(|tls_port| tls.server_args(tls_port, false, true))
+    }
+
+    /// Starts three nodes, each with the arguments `extra` gives for a TLS port of its own.
+    fn start_with(extra: impl Fn(u16) -> Vec<String>) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "events-cluster-{}-{}",
             std::process::id(),
@@ -25,17 +38,29 @@ impl RedisCluster {
         ));
         std::fs::create_dir_all(&dir).expect("cluster directory");
         let mut nodes = Vec::new();
+        let mut tls_ports = Vec::new();
         for _ in 0..3 {
-            let port = free_port();
+            let (port, tls_port) = (free_port(), free_port());
             let node_dir = dir.join(port.to_string());
             std::fs::create_dir_all(&node_dir).expect("node directory");
+            let extra = extra(tls_port);
+            if !extra.is_empty() {
+                tls_ports.push(tls_port);
+            }
             let child = redis_command(port, &node_dir)
                 .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+                // Not port + 10000, which may be past 65535.
+                .args(["--cluster-port", &free_port().to_string()])
+                .args(extra)
                 .spawn()
                 .expect("start redis-server in cluster mode");
             nodes.push((port, child));
         }
-        let cluster = Self { nodes, dir };
+        let cluster = Self {
+            nodes,
+            tls_ports,
+            dir,
+        };
         for (port, _) in &cluster.nodes {
             wait_for_port(*port);
         }
@@ -70,6 +95,16 @@ impl RedisCluster {
     }
 
     /// Waits until every node reports the cluster as ok.
+    /// The `rediss+cluster://` URL of its nodes' TLS ports.
+    pub(crate) fn tls_url(&self) -> String {
+        let nodes: Vec<String> = self
+            .tls_ports
+            .iter()
+            .map(|port| format!("127.0.0.1:{port}"))
+            .collect();
+        format!("{}{}", events::TLS_CLUSTER_SCHEME, nodes.join(","))
+    }
+
     fn wait_until_ok(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         for (port, _) in &self.nodes {

@@ -102,12 +102,7 @@ impl RedisServer {
     #[allow(dead_code)]
     pub(crate) fn resume(&mut self) {
         assert!(self.child.is_none(), "the server is running");
-        let port: u16 = self
-            .plain_url
-            .rsplit(':')
-            .next()
-            .and_then(|port| port.parse().ok())
-            .expect("port in url");
+        let port = self.port();
         let dir = self.dir.clone().expect("data directory");
         let mut command = redis_command(port, &dir);
         if self.durable {
@@ -123,6 +118,15 @@ impl RedisServer {
         Self::spawn_with(|_| (Vec::new(), None))
     }
 
+    /// The port of its plain (non-TLS) listener.
+    pub(crate) fn port(&self) -> u16 {
+        self.plain_url
+            .rsplit(':')
+            .next()
+            .and_then(|port| port.parse().ok())
+            .expect("port in url")
+    }
+
     /// The URL of its plain (non-TLS) listener: its URL, unless it listens for TLS too.
     #[allow(dead_code)]
     pub(crate) fn plain_url(&self) -> &str {
@@ -136,14 +140,27 @@ impl RedisServer {
     pub(crate) fn spawn_with(
         extra: impl Fn(u16) -> (Vec<String>, Option<u16>),
     ) -> io::Result<Self> {
+        Self::spawn_command(|port, dir| {
+            let (args, tls_port) = extra(port);
+            let mut command = redis_command(port, dir);
+            command.args(args);
+            (command, tls_port)
+        })
+    }
+
+    /// Starts the server `command` makes for a free port and a data directory of its own, trying
+    /// again on another port if it was taken meanwhile; its URL is TLS's when it names a TLS port.
+    pub(crate) fn spawn_command(
+        command: impl Fn(u16, &Path) -> (Command, Option<u16>),
+    ) -> io::Result<Self> {
         let mut last_error = None;
         for _ in 0..5 {
             let port = free_port()?;
             let dir =
                 std::env::temp_dir().join(format!("events-redis-{}-{port}", std::process::id()));
             std::fs::create_dir_all(&dir)?;
-            let (args, tls_port) = extra(port);
-            let mut child = redis_command(port, &dir).args(&args).spawn()?;
+            let (mut command, tls_port) = command(port, &dir);
+            let mut child = command.spawn()?;
             match wait_until_ready(&mut child, port) {
                 Ok(()) => {
                     let url = match tls_port {

@@ -23,6 +23,33 @@ pub(crate) struct TlsFiles {
 }
 
 impl TlsFiles {
+    /// The arguments of a redis-server listening for TLS on `port` with these certificates,
+    /// asking clients for theirs if `client_certificates`, and talking TLS to other cluster
+    /// nodes if `cluster`.
+    pub(crate) fn server_args(
+        &self,
+        port: u16,
+        client_certificates: bool,
+        cluster: bool,
+    ) -> Vec<String> {
+        let mut args = vec![
+            "--tls-port".into(),
+            port.to_string(),
+            "--tls-cert-file".into(),
+            path(&self.server_certificate),
+            "--tls-key-file".into(),
+            path(&self.server_key),
+            "--tls-ca-cert-file".into(),
+            path(&self.authority),
+            "--tls-auth-clients".into(),
+            (if client_certificates { "yes" } else { "no" }).into(),
+        ];
+        if cluster {
+            args.extend(["--tls-cluster".into(), "yes".into()]);
+        }
+        args
+    }
+
     /// Makes a fresh set with `openssl`.
     pub(crate) fn make() -> Self {
         let dir = std::env::temp_dir().join(super::unique("events-tls"));
@@ -58,7 +85,8 @@ impl TlsFiles {
         }
         std::fs::write(
             file("server.ext"),
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+            // Cluster nodes present it to each other as clients too.
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n",
         )
         .expect("write extensions");
         std::fs::write(file("client.ext"), "extendedKeyUsage=clientAuth\n")
@@ -140,19 +168,10 @@ impl RedisServer {
     pub(crate) fn own_tls(tls: &TlsFiles, client_certificates: bool) -> Self {
         Self::spawn_with(|_| {
             let port = free_port().expect("a free port");
-            let args = vec![
-                "--tls-port".into(),
-                port.to_string(),
-                "--tls-cert-file".into(),
-                path(&tls.server_certificate),
-                "--tls-key-file".into(),
-                path(&tls.server_key),
-                "--tls-ca-cert-file".into(),
-                path(&tls.authority),
-                "--tls-auth-clients".into(),
-                (if client_certificates { "yes" } else { "no" }).into(),
-            ];
-            (args, Some(port))
+            (
+                tls.server_args(port, client_certificates, false),
+                Some(port),
+            )
         })
         .unwrap_or_else(|error| panic!("could not start redis-server with TLS: {error}"))
     }

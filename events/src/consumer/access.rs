@@ -112,11 +112,5 @@ fn commands(settings: &Settings) -> Vec<Needed> {
 /// Checks that the user of `group`'s connection may run every command the consumer of
 /// `settings` needs; names the first it may not.
 pub(crate) async fn check_access(group: &Group<Connection>, settings: &Settings) -> Result<()> {
-    check(
-        &mut group.connection.clone(),
-        "consumer",
-        &commands(settings),
-        true,
-    )
-    .await
+    check(&group.connection, "consumer", &commands(settings), true).await
 }

@@ -130,14 +130,26 @@ impl Consumer {
     /// for their backoff, stay pending for another consumer to take over.
     ///
     /// Lost connections and Redis restarts are retried, not returned: it returns an error only
-    /// when the group cannot be created at start.
+    /// when the group cannot be created at start for a reason retrying does not cure.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<()> {
         let inner = &self.inner;
         let settings = &inner.settings;
         let commands = &inner.commands;
-        let (streams, positions) = commands
-            .open(&settings.streams, &settings.start_from)
-            .await?;
+        let mut attempt = 0;
+        let (streams, positions) = loop {
+            match commands.open(&settings.streams, &settings.start_from).await {
+                Ok(opened) => break opened,
+                Err(error) if error.is_retryable() => {
+                    tracing::warn!(%error, "could not open the group yet; trying again");
+                    tokio::select! {
+                        () = tokio::time::sleep(settings.backoff.delay(attempt)) => {}
+                        () = shutdown.cancelled() => return Ok(()),
+                    }
+                    attempt = attempt.saturating_add(1);
+                }
+                Err(error) => return Err(error),
+            }
+        };
         if let Ok(ServerStats {
             warning: Some(warning),
             ..
