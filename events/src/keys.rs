@@ -44,16 +44,7 @@ pub(crate) fn slot(key: &str) -> u16 {
         Some((open, length)) if length > 0 => &key[open + 1..open + 1 + length],
         _ => key,
     };
-    let crc = hashed.bytes().fold(0u16, |crc, byte| {
-        (0..8).fold(crc ^ (u16::from(byte) << 8), |crc, _| {
-            if crc & 0x8000 == 0 {
-                crc << 1
-            } else {
-                (crc << 1) ^ 0x1021
-            }
-        })
-    });
-    crc % 16_384
+    crc16::State::<crc16::XMODEM>::calculate(hashed.as_bytes()) % 16_384
 }
 
 /// The default dead-letter stream of `stream`.

@@ -1,47 +1,5 @@
-//! Typed events over Redis Streams.
-//!
-//! Derive [`Event`] on a struct to give it a type name, a version and validation; publish it with a
-//! [`Publisher`], whose [`Router`] picks the stream by glob patterns over the event type; consume it
-//! in a consumer group with a [`Consumer`], which runs typed handlers with retries, idempotency,
-//! dead letters and reclaim of crashed consumers' work. Entries travel as [`Envelope`]s, a flat wire
-//! format that `redis-cli` shows readably.
-//!
-//! ```no_run
-//! use events::{Event, Publisher, PublisherConfig, Route, Router};
-//! use serde::{Deserialize, Serialize};
-//!
-//! #[derive(Debug, Serialize, Deserialize, Event)]
-//! #[event(name = "user.created", version = 1)]
-//! struct UserCreated {
-//!     #[event(uuid)]
-//!     user_id: String,
-//!     #[event(email)]
-//!     email: String,
-//! }
-//!
-//! # async fn run() -> events::Result<()> {
-//! let router = Router::builder().route(Route::to("user.*", "user-events")).build()?;
-//! let publisher = Publisher::connect("redis://127.0.0.1:6379", PublisherConfig::new("users").router(router)).await?;
-//! let event = UserCreated {
-//!     user_id: "0b5a3c1e-8d4f-4a51-9d0e-6b7f1c2d3e4f".into(),
-//!     email: "ada@example.com".into(),
-//! };
-//! let published = publisher.publish(&event).await?;
-//! println!("{} is entry {} of {}", published.event_id, published.entry_id, published.stream);
-//!
-//! let consumer = events::Consumer::builder("redis://127.0.0.1:6379")
-//!     .stream("user-events")
-//!     .group("mailer")
-//!     .handle(|user: UserCreated, ctx: events::Context| async move {
-//!         println!("welcome {} (attempt {})", user.email, ctx.attempt());
-//!         Ok(())
-//!     })
-//!     .build()
-//!     .await?;
-//! consumer.run_until(async { tokio::signal::ctrl_c().await.unwrap() }).await?;
-//! # Ok(())
-//! # }
-//! ```
+#![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod access;
 mod batch;

@@ -1,6 +1,5 @@
 //! Delays between attempts: exponential, capped, with jitter so that retries spread out.
 
-use std::hash::{BuildHasher, RandomState};
 use std::time::Duration;
 
 /// How long to wait before each retry: `initial`, doubling per attempt up to `max`, and with
@@ -51,8 +50,7 @@ impl Backoff {
             return delay;
         }
         let half = delay / 2;
-        let random = RandomState::new().hash_one(attempt);
-        half + half.mul_f64((random % 1_000_000) as f64 / 1_000_000.0)
+        half + half.mul_f64(rand::random::<f64>())
     }
 }
 
