@@ -4,8 +4,7 @@
 //!
 //! `cargo bench --bench batch` (set `EVENTS_BENCH_EVENTS` to change the number of events).
 
-#[path = "../tests/support/redis_server.rs"]
-mod redis_server;
+use events::testing as redis_server;
 
 mod order_placed;
 

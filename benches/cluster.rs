@@ -3,17 +3,14 @@
 //!
 //! `cargo bench --bench cluster` (set `EVENTS_BENCH_EVENTS` to change the number of events).
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 mod order_placed;
 mod timing;
 
 use std::time::{Duration, Instant};
 
+use events::testing::{RedisCluster, RedisServer};
 use events::{Consumer, Publisher, PublisherConfig, Route, Router, StartFrom};
 use order_placed::OrderPlaced;
-use support::{RedisCluster, RedisServer};
 
 /// Publishes `events` orders in batches of 1,000 to `stream` (partitioned `partitions` ways when
 /// more than one); events per second.

@@ -8,8 +8,7 @@
 //! `cargo bench --bench consume` (`EVENTS_BENCH_EVENTS` sets the events, 200,000 by default,
 //! `EVENTS_BENCH_ROUNDS` the rounds, 5, and `EVENTS_BENCH_BATCH` the batch size, 500).
 
-#[path = "../tests/support/redis_server.rs"]
-mod redis_server;
+use events::testing as redis_server;
 
 mod backlog;
 mod order_placed;

@@ -4,9 +4,6 @@
 //!
 //! `cargo bench --bench footprint` (`EVENTS_BENCH_EVENTS` sets the backlog, 1,000,000 by default).
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 mod backlog;
 mod order_placed;
 
@@ -14,9 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use events::testing::{RedisServer, resident_kib};
 use events::{Consumer, Context, HandlerError, Router, StartFrom};
 use order_placed::OrderPlaced;
-use support::{RedisServer, resident_kib};
 
 const STREAM: &str = "bench:footprint";
 

@@ -6,8 +6,7 @@
 //! `cargo bench --bench latency` (`EVENTS_BENCH_SECONDS` sets the length of a round, 2 s by
 //! default, and `EVENTS_BENCH_ROUNDS` the rounds per rate, 5).
 
-#[path = "../tests/support/redis_server.rs"]
-mod redis_server;
+use events::testing as redis_server;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

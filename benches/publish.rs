@@ -3,8 +3,7 @@
 //!
 //! `cargo bench --bench publish` (set `EVENTS_BENCH_EVENTS` to change the number of events per round).
 
-#[path = "../tests/support/redis_server.rs"]
-mod redis_server;
+use events::testing as redis_server;
 
 mod order_placed;
 

@@ -4,8 +4,7 @@
 //! Run with `cargo run --example batched`. With `REDIS_URL` set it uses that Redis; otherwise it
 //! starts a throwaway `redis-server`.
 
-#[path = "../tests/support/redis_server.rs"]
-mod redis_server;
+use events::testing as redis_server;
 
 use std::error::Error;
 use std::sync::Arc;

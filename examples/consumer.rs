@@ -6,8 +6,7 @@
 //! to consume, and stops by itself once they are all settled (a real service would run until
 //! Ctrl-C). With `REDIS_URL` set it uses that Redis; otherwise it starts a throwaway `redis-server`.
 
-#[path = "../tests/support/redis_server.rs"]
-mod redis_server;
+use events::testing as redis_server;
 
 use std::error::Error;
 use std::time::Duration;

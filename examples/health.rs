@@ -6,8 +6,7 @@
 //! Run with `cargo run --example health`, then `curl localhost:3000/health`. `HEALTH_ADDR`,
 //! `HEALTH_MAX_LAG` and `HEALTH_MAX_DEAD_LETTERS` change the address and thresholds; Ctrl-C stops it.
 
-#[path = "../tests/support/redis_server.rs"]
-mod redis_server;
+use events::testing as redis_server;
 
 mod health_app;
 

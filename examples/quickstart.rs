@@ -3,8 +3,7 @@
 //! Run with `cargo run --example quickstart`. With `REDIS_URL` set it uses that Redis; otherwise it
 //! starts a throwaway `redis-server` from `PATH` and stops it at the end.
 
-#[path = "../tests/support/redis_server.rs"]
-mod redis_server;
+use events::testing as redis_server;
 
 use std::error::Error;
 

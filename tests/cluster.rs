@@ -555,7 +555,7 @@ async fn every_node_handles_events(endpoint: Endpoint, streams: &[String]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_travel_over_tls_to_every_node_of_a_cluster() {
     let tls = TlsFiles::make();
-    let cluster = RedisCluster::start_tls(&tls);
+    let cluster = tls.cluster();
     let authority = std::fs::read(&tls.authority).unwrap();
     let plain_node = cluster.url().replace(events::CLUSTER_SCHEME, "redis://");
     let streams = streams_on_every_node(plain_node.split(',').next().unwrap());

@@ -130,8 +130,8 @@ async fn steady_flow_through_a_restart_keeps_memory_flat_and_loses_nothing() {
             next_sample += SAMPLE_EVERY;
             worker.assert_running();
             let (own, worker_rss) = (
-                support::resident_kib("self"),
-                support::resident_kib(&worker.id().to_string()),
+                events::testing::resident_kib("self"),
+                events::testing::resident_kib(&worker.id().to_string()),
             );
             if started.elapsed() >= restart_at + SETTLE {
                 publisher_kib.push(own);

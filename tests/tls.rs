@@ -40,11 +40,11 @@ async fn round_trip(server: &RedisServer, endpoint: Endpoint) {
 #[tokio::test]
 async fn events_travel_over_tls_with_a_custom_authority_and_with_client_certificates() {
     let tls = TlsFiles::make();
-    let server = RedisServer::own_tls(&tls, false);
+    let server = tls.server(false);
     let endpoint = Endpoint::url(server.url()).root_certificate(TlsFiles::read(&tls.authority));
     round_trip(&server, endpoint).await;
 
-    let mutual = RedisServer::own_tls(&tls, true);
+    let mutual = tls.server(true);
     let endpoint = Endpoint::url(mutual.url())
         .root_certificate(TlsFiles::read(&tls.authority))
         .client_certificate(
@@ -57,7 +57,7 @@ async fn events_travel_over_tls_with_a_custom_authority_and_with_client_certific
 #[tokio::test]
 async fn tls_mistakes_each_give_a_clear_error() {
     let tls = TlsFiles::make();
-    let server = RedisServer::own_tls(&tls, true);
+    let server = tls.server(true);
     let connect = |endpoint: Endpoint| async move {
         Publisher::connect(endpoint, PublisherConfig::new("test"))
             .await

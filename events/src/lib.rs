@@ -19,6 +19,9 @@ mod resp;
 mod routing;
 mod sentinel;
 mod stats;
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
 mod trace;
 mod transfer;
 mod validation;

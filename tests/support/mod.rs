@@ -3,16 +3,16 @@
 
 pub(crate) mod example;
 pub(crate) mod faults;
-pub(crate) mod redis_cluster;
-pub(crate) mod redis_server;
+/// The library's test kit, under the name the helpers use.
+pub(crate) use events::testing as redis_server;
 pub(crate) mod sentinel;
 pub(crate) mod tls;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 #[allow(unused_imports)]
-pub(crate) use redis_cluster::RedisCluster;
-pub(crate) use redis_server::RedisServer;
+pub(crate) use events::testing::RedisCluster;
+pub(crate) use events::testing::RedisServer;
 
 /// A key prefix no other test in any process uses, so tests can share one server.
 pub(crate) fn unique(name: &str) -> String {
@@ -237,14 +237,4 @@ pub(crate) async fn publish_retrying_with<E: events::Event>(
             Err(error) => panic!("publishing failed: {error}"),
         }
     }
-}
-
-/// Resident memory of process `pid` (or `self`) in KiB, from `/proc/<pid>/status`.
-pub(crate) fn resident_kib(pid: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/<pid>/status")
 }

@@ -161,12 +161,21 @@ fn openssl(args: &[&str]) {
     );
 }
 
-impl RedisServer {
-    /// A server of this process's own that also listens for TLS, with `tls`'s certificates; it
+impl TlsFiles {
+    /// A cluster whose nodes also listen for TLS with these certificates, and talk TLS to each
+    /// other; its `tls_url` names their TLS ports.
+    pub(crate) fn cluster(&self) -> events::testing::RedisCluster {
+        events::testing::RedisCluster::start_with(|tls_port| {
+            self.server_args(tls_port, false, true)
+        })
+    }
+
+    /// A server of this process's own that also listens for TLS, with these certificates; it
     /// asks clients for theirs when `client_certificates`. Its URL is the TLS port's
     /// (`rediss://127.0.0.1:<port>`); `plain_url` is the other.
-    pub(crate) fn own_tls(tls: &TlsFiles, client_certificates: bool) -> Self {
-        Self::spawn_with(|_| {
+    pub(crate) fn server(&self, client_certificates: bool) -> RedisServer {
+        let tls = self;
+        RedisServer::spawn_with(|_| {
             let port = free_port().expect("a free port");
             (
                 tls.server_args(port, client_certificates, false),

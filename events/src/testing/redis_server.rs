@@ -1,5 +1,6 @@
-//! A throwaway `redis-server` for tests, examples and benchmarks: started on a free port, stopped
-//! when dropped. With `REDIS_URL` set, that server is used instead and nothing is started.
+//! A throwaway `redis-server`: started from `PATH` (or `EVENTS_TEST_SERVER`, such as a
+//! `valkey-server`) on a free port, stopped and its data directory removed when dropped. With
+//! `REDIS_URL` set, [`RedisServer::start`] uses that server instead and starts nothing.
 
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 
 /// A running Redis: one this process started, or the one `REDIS_URL` names.
 #[derive(Debug)]
-pub(crate) struct RedisServer {
+pub struct RedisServer {
     url: String,
     /// The URL of its plain (non-TLS) listener: its URL, unless it listens for TLS too.
     plain_url: String,
@@ -22,8 +23,7 @@ pub(crate) struct RedisServer {
 impl RedisServer {
     /// The server named by `REDIS_URL`, or else a new `redis-server` from `PATH`. Panics with the
     /// reason when neither is possible.
-    #[allow(dead_code)]
-    pub(crate) fn start() -> Self {
+    pub fn start() -> Self {
         Self::from_env_or_start().unwrap_or_else(|reason| panic!("{reason}"))
     }
 
@@ -50,8 +50,7 @@ impl RedisServer {
 
     /// Like [`RedisServer::start`], for programs: says in one line why no server could be had and
     /// exits with status 1.
-    #[allow(dead_code)]
-    pub(crate) fn start_or_exit() -> Self {
+    pub fn start_or_exit() -> Self {
         Self::from_env_or_start().unwrap_or_else(|reason| {
             eprintln!("{reason}");
             std::process::exit(1);
@@ -59,21 +58,19 @@ impl RedisServer {
     }
 
     /// The URL to connect to, such as `redis://127.0.0.1:41234`.
-    pub(crate) fn url(&self) -> &str {
+    pub fn url(&self) -> &str {
         &self.url
     }
 
     /// A new `redis-server` of this process's own, even when `REDIS_URL` is set: for tests that
     /// stop and restart it.
-    #[allow(dead_code)]
-    pub(crate) fn own() -> Self {
+    pub fn own() -> Self {
         Self::spawn().unwrap_or_else(|error| panic!("could not start redis-server: {error}"))
     }
 
     /// Like [`RedisServer::own`], but it writes every change to an append-only file, so its data
     /// survives a [`restart`](RedisServer::restart).
-    #[allow(dead_code)]
-    pub(crate) fn own_durable() -> Self {
+    pub fn own_durable() -> Self {
         let mut server = Self::own();
         server.durable = true;
         server.restart();
@@ -81,15 +78,13 @@ impl RedisServer {
     }
 
     /// Stops the server and starts it again on the same port, with the same data directory.
-    #[allow(dead_code)]
-    pub(crate) fn restart(&mut self) {
+    pub fn restart(&mut self) {
         self.stop();
         self.resume();
     }
 
     /// Stops the server; [`resume`](RedisServer::resume) starts it again.
-    #[allow(dead_code)]
-    pub(crate) fn stop(&mut self) {
+    pub fn stop(&mut self) {
         let mut child = self
             .child
             .take()
@@ -99,8 +94,7 @@ impl RedisServer {
     }
 
     /// Starts a stopped server again on its port, with its data directory.
-    #[allow(dead_code)]
-    pub(crate) fn resume(&mut self) {
+    pub fn resume(&mut self) {
         assert!(self.child.is_none(), "the server is running");
         let port = self.port();
         let dir = self.dir.clone().expect("data directory");
@@ -119,7 +113,7 @@ impl RedisServer {
     }
 
     /// The port of its plain (non-TLS) listener.
-    pub(crate) fn port(&self) -> u16 {
+    pub fn port(&self) -> u16 {
         self.plain_url
             .rsplit(':')
             .next()
@@ -128,18 +122,14 @@ impl RedisServer {
     }
 
     /// The URL of its plain (non-TLS) listener: its URL, unless it listens for TLS too.
-    #[allow(dead_code)]
-    pub(crate) fn plain_url(&self) -> &str {
+    pub fn plain_url(&self) -> &str {
         &self.plain_url
     }
 
     /// Starts a server on a free port with the arguments `extra` gives for that port, trying
     /// again on another if the port was taken meanwhile; its URL is TLS's when `extra` names a
     /// TLS port.
-    #[allow(dead_code)]
-    pub(crate) fn spawn_with(
-        extra: impl Fn(u16) -> (Vec<String>, Option<u16>),
-    ) -> io::Result<Self> {
+    pub fn spawn_with(extra: impl Fn(u16) -> (Vec<String>, Option<u16>)) -> io::Result<Self> {
         Self::spawn_command(|port, dir| {
             let (args, tls_port) = extra(port);
             let mut command = redis_command(port, dir);
@@ -150,7 +140,7 @@ impl RedisServer {
 
     /// Starts the server `command` makes for a free port and a data directory of its own, trying
     /// again on another port if it was taken meanwhile; its URL is TLS's when it names a TLS port.
-    pub(crate) fn spawn_command(
+    pub fn spawn_command(
         command: impl Fn(u16, &Path) -> (Command, Option<u16>),
     ) -> io::Result<Self> {
         let mut last_error = None;
@@ -188,8 +178,7 @@ impl RedisServer {
 }
 
 /// A port no one listens on right now.
-#[allow(dead_code)]
-pub(crate) fn free_port() -> io::Result<u16> {
+pub fn free_port() -> io::Result<u16> {
     Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
         .local_addr()?
         .port())
@@ -197,12 +186,12 @@ pub(crate) fn free_port() -> io::Result<u16> {
 
 /// The server binary tests start: `EVENTS_TEST_SERVER` (such as a `valkey-server`), or else
 /// `redis-server` from `PATH`.
-pub(crate) fn server_binary() -> String {
+pub fn server_binary() -> String {
     std::env::var("EVENTS_TEST_SERVER").unwrap_or_else(|_| "redis-server".to_owned())
 }
 
 /// The test server on `port`, keeping nothing on disk but what it is told to, in `dir`.
-pub(crate) fn redis_command(port: u16, dir: &Path) -> Command {
+pub fn redis_command(port: u16, dir: &Path) -> Command {
     let mut command = Command::new(server_binary());
     command
         .args([

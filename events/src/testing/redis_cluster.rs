@@ -1,5 +1,5 @@
 //! A throwaway 3-node Redis Cluster for tests: `redis-server --cluster-enabled yes` on free ports,
-//! joined with `redis-cli --cluster create`, all stopped when dropped.
+//! joined with `redis-cli --cluster create`, all stopped when dropped. Needs `redis-cli` on `PATH`.
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::process::{Child, Command};
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 /// Three masters owning all 16,384 slots between them.
 #[derive(Debug)]
-pub(crate) struct RedisCluster {
+pub struct RedisCluster {
     nodes: Vec<(u16, Child)>,
     /// The TLS port of each node, when they listen for TLS too.
     tls_ports: Vec<u16>,
@@ -19,18 +19,14 @@ pub(crate) struct RedisCluster {
 
 impl RedisCluster {
     /// Starts the nodes and joins them; panics with the reason when that fails.
-    pub(crate) fn start() -> Self {
+    pub fn start() -> Self {
         Self::start_with(|_| Vec::new())
     }
 
-    /// A cluster whose nodes also listen for TLS with `tls`'s certificates, and talk TLS to each
-    /// other; [`tls_url`](Self::tls_url) names their TLS ports.
-    pub(crate) fn start_tls(tls: &super::tls::TlsFiles) -> Self {
-        Self::start_with(|tls_port| tls.server_args(tls_port, false, true))
-    }
-
-    /// Starts three nodes, each with the arguments `extra` gives for a TLS port of its own.
-    fn start_with(extra: impl Fn(u16) -> Vec<String>) -> Self {
+    /// Starts three nodes, each with the arguments `extra` gives for a free port of its own,
+    /// meant for TLS (`--tls-port`): when it gives any, [`tls_url`](Self::tls_url) names those
+    /// ports.
+    pub fn start_with(extra: impl Fn(u16) -> Vec<String>) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "events-cluster-{}-{}",
             std::process::id(),
@@ -85,7 +81,7 @@ impl RedisCluster {
     }
 
     /// `redis+cluster://` URL naming every node.
-    pub(crate) fn url(&self) -> String {
+    pub fn url(&self) -> String {
         let nodes: Vec<String> = self
             .nodes
             .iter()
@@ -96,13 +92,13 @@ impl RedisCluster {
 
     /// Waits until every node reports the cluster as ok.
     /// The `rediss+cluster://` URL of its nodes' TLS ports.
-    pub(crate) fn tls_url(&self) -> String {
+    pub fn tls_url(&self) -> String {
         let nodes: Vec<String> = self
             .tls_ports
             .iter()
             .map(|port| format!("127.0.0.1:{port}"))
             .collect();
-        format!("{}{}", events::TLS_CLUSTER_SCHEME, nodes.join(","))
+        format!("{}{}", crate::TLS_CLUSTER_SCHEME, nodes.join(","))
     }
 
     fn wait_until_ok(&self) {
@@ -154,7 +150,7 @@ fn wait_for_port(port: u16) {
 impl RedisCluster {
     /// Moves the slot of `key`, with every key in it, to another node, as `redis-cli --cluster
     /// reshard` does: IMPORTING/MIGRATING, MIGRATE in rounds, then the new owner announced.
-    pub(crate) fn migrate_slot_of(&self, key: &str) {
+    pub fn migrate_slot_of(&self, key: &str) {
         let cli = |port: u16, args: &[&str]| -> String {
             let output = Command::new("redis-cli")
                 .arg("-p")
@@ -233,7 +229,7 @@ fn slot_in(line: &str, slot: &str) -> bool {
 
 impl RedisCluster {
     /// Closes every client connection of every node, as a network blip would.
-    pub(crate) fn drop_client_connections(&self) {
+    pub fn drop_client_connections(&self) {
         for (port, _) in &self.nodes {
             let _ = Command::new("redis-cli")
                 .args(["-p", &port.to_string(), "client", "kill", "type", "normal"])
