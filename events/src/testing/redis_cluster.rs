@@ -2,7 +2,7 @@
 //! joined with `redis-cli --cluster create`, all stopped when dropped. Needs `redis-cli` on `PATH`.
 
 use std::net::{Ipv4Addr, TcpListener};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 
 use super::redis_server::redis_command;
 use std::thread::sleep;
@@ -65,16 +65,29 @@ impl RedisCluster {
             .iter()
             .map(|(port, _)| format!("127.0.0.1:{port}"))
             .collect();
-        let created = Command::new("redis-cli")
+        let mut create = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addresses)
             .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .output()
+            .stdout(Stdio::null())
+            .spawn()
             .expect("run redis-cli --cluster create");
+        // Nodes that cannot reach each other (a TLS bus with unsuitable certificates) would keep
+        // it waiting for them to join forever.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = create.try_wait().expect("wait for redis-cli") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = create.kill();
+                panic!("the nodes did not join a cluster within 30 s");
+            }
+            sleep(Duration::from_millis(50));
+        };
         assert!(
-            created.status.success(),
-            "cluster create failed: {}",
-            String::from_utf8_lossy(&created.stdout)
+            status.success(),
+            "redis-cli --cluster create failed: {status}"
         );
         cluster.wait_until_ok();
         cluster
