@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+#[cfg(feature = "cluster")]
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 
@@ -28,6 +29,7 @@ pub struct Connection {
 #[derive(Clone)]
 enum Link {
     Single(ConnectionManager),
+    #[cfg(feature = "cluster")]
     Cluster(ClusterConnection),
     Sentinel(SentinelConnection),
 }
@@ -36,6 +38,7 @@ impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let kind = match self.link {
             Link::Single(_) => "single",
+            #[cfg(feature = "cluster")]
             Link::Cluster(_) => "cluster",
             Link::Sentinel(_) => "sentinel",
         };
@@ -59,6 +62,8 @@ impl Connection {
     }
 
     /// A connection over `connection`, a redis-rs cluster connection of the caller's own.
+    #[cfg(feature = "cluster")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "cluster")))]
     pub fn cluster(connection: ClusterConnection) -> Self {
         Self::of(Link::Cluster(connection))
     }
@@ -72,7 +77,10 @@ impl Connection {
 
     /// Whether it talks to a cluster.
     pub fn is_cluster(&self) -> bool {
-        matches!(self.link, Link::Cluster(_))
+        #[cfg(feature = "cluster")]
+        return matches!(self.link, Link::Cluster(_));
+        #[cfg(not(feature = "cluster"))]
+        false
     }
 
     /// The same connection, its commands not waiting for replicas: for checks that only read.
@@ -95,6 +103,7 @@ impl ConnectionLike for Link {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Link::Single(connection) => connection.req_packed_command(cmd),
+            #[cfg(feature = "cluster")]
             Link::Cluster(connection) => connection.req_packed_command(cmd),
             Link::Sentinel(connection) => connection.req_packed_command(cmd),
         }
@@ -108,6 +117,7 @@ impl ConnectionLike for Link {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Link::Single(connection) => connection.req_packed_commands(pipeline, offset, count),
+            #[cfg(feature = "cluster")]
             Link::Cluster(connection) => connection.req_packed_commands(pipeline, offset, count),
             Link::Sentinel(connection) => connection.req_packed_commands(pipeline, offset, count),
         }
@@ -116,6 +126,7 @@ impl ConnectionLike for Link {
     fn get_db(&self) -> i64 {
         match self {
             Link::Single(connection) => connection.get_db(),
+            #[cfg(feature = "cluster")]
             Link::Cluster(connection) => connection.get_db(),
             Link::Sentinel(connection) => connection.get_db(),
         }
@@ -219,6 +230,7 @@ pub(crate) async fn connect(endpoint: &Endpoint, response_timeout: Duration) -> 
         .set_min_delay(Duration::from_millis(50))
         .set_max_delay(Duration::from_millis(500));
     let link = match endpoint.make_client(response_timeout)? {
+        #[cfg(feature = "cluster")]
         Client::Cluster(client) => {
             Link::Cluster(client.get_async_connection().await.map_err(dropped)?)
         }
@@ -233,13 +245,16 @@ pub(crate) async fn connect(endpoint: &Endpoint, response_timeout: Duration) -> 
                 .map_err(dropped)?,
         ),
     };
-    let replicas = endpoint.replicas();
-    if replicas.is_some() && matches!(link, Link::Cluster(_)) {
+    let connection = Connection {
+        link,
+        replicas: endpoint.replicas(),
+    };
+    if connection.replicas.is_some() && connection.is_cluster() {
         return Err(Error::Config(
             "waiting for replicas is not supported on a cluster yet".into(),
         ));
     }
-    check_login(Connection { link, replicas }).await
+    check_login(connection).await
 }
 
 /// `error`, said plainly when a server dropped a plain client at once: most likely it listens for

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::IntoConnectionInfo;
+#[cfg(feature = "cluster")]
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use tokio::sync::Mutex;
@@ -47,6 +48,7 @@ pub struct Endpoint {
 enum Target {
     Url(String),
     Client(Box<redis::Client>),
+    #[cfg(feature = "cluster")]
     Cluster(Box<ClusterClient>),
     Sentinel(Arc<Mutex<SentinelClient>>),
 }
@@ -61,6 +63,7 @@ struct Credentials {
 /// What connections to one server or to a cluster are made from.
 pub(crate) enum Client {
     Single(Box<redis::Client>),
+    #[cfg(feature = "cluster")]
     Cluster(Box<ClusterClient>),
     Sentinel(Arc<Mutex<SentinelClient>>),
 }
@@ -77,6 +80,8 @@ impl Endpoint {
     }
 
     /// Connections to a cluster made from `client`, built the caller's way.
+    #[cfg(feature = "cluster")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "cluster")))]
     pub fn cluster(client: ClusterClient) -> Self {
         Self::of(Target::Cluster(Box::new(client)))
     }
@@ -159,7 +164,9 @@ impl Endpoint {
             Target::Url(url) => ["rediss://", "valkeys://", TLS_CLUSTER_SCHEME]
                 .iter()
                 .any(|scheme| url.starts_with(scheme)),
-            Target::Client(_) | Target::Cluster(_) | Target::Sentinel(_) => true,
+            Target::Client(_) | Target::Sentinel(_) => true,
+            #[cfg(feature = "cluster")]
+            Target::Cluster(_) => true,
         }
     }
 
@@ -168,6 +175,7 @@ impl Endpoint {
         let connect_error = |source| Error::Connect { source };
         match &self.target {
             Target::Client(client) => Ok(Client::Single(client.clone())),
+            #[cfg(feature = "cluster")]
             Target::Cluster(client) => Ok(Client::Cluster(client.clone())),
             Target::Sentinel(client) => Ok(Client::Sentinel(client.clone())),
             Target::Url(url) => {
@@ -176,21 +184,7 @@ impl Endpoint {
                     return self.sentinel_client(sentinels);
                 }
                 if let Some((tls, nodes)) = cluster_nodes(&url) {
-                    let mut builder = ClusterClientBuilder::new(nodes.addresses)
-                        .response_timeout(response_timeout)
-                        .connection_timeout(std::time::Duration::from_secs(1));
-                    let credentials = self.credentials.clone().or(nodes.credentials);
-                    if let Some(credentials) = credentials {
-                        if let Some(username) = credentials.username {
-                            builder = builder.username(username);
-                        }
-                        builder = builder.password(credentials.password);
-                    }
-                    builder = self.cluster_tls(builder, tls)?;
-                    return builder
-                        .build()
-                        .map(|client| Client::Cluster(Box::new(client)))
-                        .map_err(connect_error);
+                    return self.cluster_client(tls, nodes, response_timeout);
                 }
                 let mut info = url.as_ref().into_connection_info().map_err(connect_error)?;
                 if let Some(credentials) = &self.credentials {
@@ -246,7 +240,37 @@ impl Endpoint {
         redis::Client::open(info).map_err(|source| Error::Connect { source })
     }
 
-    #[cfg(feature = "tls")]
+    /// A cluster client for `nodes`, over TLS if `tls`.
+    #[cfg(feature = "cluster")]
+    fn cluster_client(
+        &self,
+        tls: bool,
+        nodes: Nodes,
+        response_timeout: std::time::Duration,
+    ) -> Result<Client> {
+        let mut builder = ClusterClientBuilder::new(nodes.addresses)
+            .response_timeout(response_timeout)
+            .connection_timeout(std::time::Duration::from_secs(1));
+        if let Some(credentials) = self.credentials.clone().or(nodes.credentials) {
+            if let Some(username) = credentials.username {
+                builder = builder.username(username);
+            }
+            builder = builder.password(credentials.password);
+        }
+        self.cluster_tls(builder, tls)?
+            .build()
+            .map(|client| Client::Cluster(Box::new(client)))
+            .map_err(|source| Error::Connect { source })
+    }
+
+    #[cfg(not(feature = "cluster"))]
+    fn cluster_client(&self, _: bool, _: Nodes, _: std::time::Duration) -> Result<Client> {
+        Err(Error::Config(
+            "a redis+cluster:// URL needs the `cluster` feature of redis-typed-events".into(),
+        ))
+    }
+
+    #[cfg(all(feature = "cluster", feature = "tls"))]
     fn cluster_tls(
         &self,
         builder: ClusterClientBuilder,
@@ -263,7 +287,7 @@ impl Endpoint {
         })
     }
 
-    #[cfg(not(feature = "tls"))]
+    #[cfg(all(feature = "cluster", not(feature = "tls")))]
     fn cluster_tls(
         &self,
         builder: ClusterClientBuilder,
@@ -271,7 +295,7 @@ impl Endpoint {
     ) -> Result<ClusterClientBuilder> {
         if tls {
             return Err(Error::Config(
-                "a rediss+cluster:// URL needs the `tls` feature of events".into(),
+                "a rediss+cluster:// URL needs the `tls` feature of redis-typed-events".into(),
             ));
         }
         Ok(builder)
@@ -284,6 +308,7 @@ impl fmt::Display for Endpoint {
         match &self.target {
             Target::Url(url) => f.write_str(&without_credentials(url)),
             Target::Client(_) => f.write_str("(a redis-rs client)"),
+            #[cfg(feature = "cluster")]
             Target::Cluster(_) => f.write_str("(a redis-rs cluster client)"),
             Target::Sentinel(_) => f.write_str("(a redis-rs Sentinel client)"),
         }
@@ -338,6 +363,10 @@ fn as_redis_url(url: &str) -> Cow<'_, str> {
 }
 
 /// A cluster URL's nodes, without credentials, and the credentials given on any of them.
+#[cfg_attr(
+    not(feature = "cluster"),
+    expect(dead_code, reason = "a cluster client reads them")
+)]
 struct Nodes {
     addresses: Vec<String>,
     credentials: Option<Credentials>,
