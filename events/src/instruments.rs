@@ -4,15 +4,77 @@
 //! Handles are registered once (per handler and stream when a consumer is built, per stream and
 //! type on a publisher's first event of it), so that recording is an atomic operation on a
 //! handle: nothing is allocated per event, and without a recorder the handles do nothing.
-//! Install the recorder before building publishers and consumers.
+//! Install the recorder before building publishers and consumers. Without the `metrics` feature
+//! the handles are empty and recording compiles to nothing.
 
 use std::collections::HashMap;
 use std::sync::RwLock;
 use std::time::Duration;
 
-use metrics::{Counter, Gauge, Histogram};
+#[cfg(feature = "metrics")]
+use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
+#[cfg(not(feature = "metrics"))]
+use silent::{Counter, Gauge, Histogram, counter, gauge, histogram};
 
+#[cfg(feature = "metrics")]
 use crate::StreamStats;
+
+/// Handles that record nothing, for builds without the `metrics` feature.
+#[cfg(not(feature = "metrics"))]
+mod silent {
+    /// A counter that counts nothing.
+    #[derive(Debug, Clone)]
+    pub(crate) struct Counter;
+
+    impl Counter {
+        pub(crate) fn increment(&self, _: u64) {}
+    }
+
+    /// A gauge that holds nothing.
+    #[derive(Debug, Clone)]
+    pub(crate) struct Gauge;
+
+    impl Gauge {
+        pub(crate) fn set(&self, _: f64) {}
+    }
+
+    /// A histogram that keeps nothing.
+    #[derive(Debug, Clone)]
+    pub(crate) struct Histogram;
+
+    impl Histogram {
+        pub(crate) fn record(&self, _: f64) {}
+    }
+
+    /// A handle of type `$handle` that records nothing, its name and labels evaluated and
+    /// dropped.
+    macro_rules! nothing {
+        ($handle:ident; $name:expr $(, $labels:expr)?) => {{
+            let _ = ($name, $($labels)?);
+            $handle
+        }};
+        ($handle:ident; $name:expr $(, $key:expr => $value:expr)+) => {{
+            let _ = ($name, $(($key, $value)),+);
+            $handle
+        }};
+    }
+    macro_rules! counter {
+        ($($arguments:tt)*) => {
+            $crate::instruments::silent::nothing!(Counter; $($arguments)*)
+        };
+    }
+    macro_rules! gauge {
+        ($($arguments:tt)*) => {
+            $crate::instruments::silent::nothing!(Gauge; $($arguments)*)
+        };
+    }
+    macro_rules! histogram {
+        ($($arguments:tt)*) => {
+            $crate::instruments::silent::nothing!(Histogram; $($arguments)*)
+        };
+    }
+    pub(crate) use {counter, gauge, histogram, nothing};
+}
 
 /// Metric handles of one handler on one stream of one group.
 #[derive(Debug, Clone)]
@@ -33,11 +95,11 @@ impl HandlerMetrics {
             ("event_type", event_type.to_owned()),
         ];
         Self {
-            handled: metrics::counter!("events_handled_total", &labels),
-            failed: metrics::counter!("events_failed_total", &labels),
-            retried: metrics::counter!("events_retried_total", &labels),
-            dead_lettered: metrics::counter!("events_dead_lettered_total", &labels),
-            duration: metrics::histogram!("events_handler_duration_seconds", &labels),
+            handled: counter!("events_handled_total", &labels),
+            failed: counter!("events_failed_total", &labels),
+            retried: counter!("events_retried_total", &labels),
+            dead_lettered: counter!("events_dead_lettered_total", &labels),
+            duration: histogram!("events_handler_duration_seconds", &labels),
         }
     }
 
@@ -81,7 +143,7 @@ impl PublishMetrics {
             .ok()
             .and_then(|streams| Some(streams.get(stream)?.get(event_type)?.clone()));
         let counter = known.unwrap_or_else(|| {
-            let counter = metrics::counter!(
+            let counter = counter!(
                 "events_published_total",
                 "stream" => stream.to_owned(),
                 "event_type" => event_type.to_owned()
@@ -108,8 +170,8 @@ pub(crate) struct BatchMetrics {
 impl BatchMetrics {
     pub(crate) fn new() -> Self {
         Self {
-            size: metrics::histogram!("events_batch_size"),
-            queued: metrics::gauge!("events_batch_queued_messages"),
+            size: histogram!("events_batch_size"),
+            queued: gauge!("events_batch_queued_messages"),
         }
     }
 }
@@ -117,16 +179,17 @@ impl BatchMetrics {
 /// Sets gauges from a stream's stats: length, dead letters, and per group lag and pending
 /// (`events_stream_length`, `events_dead_letters`, `events_group_lag`, `events_group_pending`).
 /// A health check that reads stats can call it each time.
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub fn record_stream_stats(stats: &StreamStats) {
     let stream = stats.stream.clone();
-    metrics::gauge!("events_stream_length", "stream" => stream.clone()).set(stats.length as f64);
-    metrics::gauge!("events_dead_letters", "stream" => stream.clone())
-        .set(stats.dead_letters as f64);
+    gauge!("events_stream_length", "stream" => stream.clone()).set(stats.length as f64);
+    gauge!("events_dead_letters", "stream" => stream.clone()).set(stats.dead_letters as f64);
     for group in &stats.groups {
         let labels = [("stream", stream.clone()), ("group", group.name.clone())];
         if let Some(lag) = group.lag {
-            metrics::gauge!("events_group_lag", &labels).set(lag as f64);
+            gauge!("events_group_lag", &labels).set(lag as f64);
         }
-        metrics::gauge!("events_group_pending", &labels).set(group.pending as f64);
+        gauge!("events_group_pending", &labels).set(group.pending as f64);
     }
 }

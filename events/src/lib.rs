@@ -45,6 +45,7 @@ pub use entry::{StreamEntry, read_after, read_range};
 pub use envelope::{DecodeError, Envelope, HEADER_PREFIX, hash_body};
 pub use error::{Error, Result};
 pub use event::{Event, check_event_type};
+#[cfg(feature = "metrics")]
 pub use instruments::record_stream_stats;
 pub use keys::{dead_letter_stream, slot_prefix};
 pub use publisher::{PublishOptions, Published, Publisher, PublisherConfig, RawValidator};
