@@ -199,19 +199,7 @@ async fn a_sentinel_client_of_ones_own_reaches_the_master() {
     .unwrap()
     .build()
     .unwrap();
-    let stream = unique("own-sentinel");
-    let published = publisher(Endpoint::sentinel(client), &stream)
-        .await
-        .publish(&Job { n: 7 })
-        .await
-        .expect("published through the Sentinels");
-    let mut master = crate::support::connection(&group.master).await;
-    let length: usize = master.xlen(&stream).await.unwrap();
-    assert_eq!(
-        length, 1,
-        "the entry {} is on the master",
-        published.entry_id
-    );
+    publishes_to_the_master(&group, Endpoint::sentinel(client)).await;
 }
 
 #[tokio::test]
@@ -230,4 +218,41 @@ async fn a_write_no_replica_confirms_fails_and_may_be_retried() {
         text.contains("0 of the 1 replicas") && text.contains(&stream),
         "the error says what was not confirmed, and where: {text}"
     );
+}
+
+#[tokio::test]
+async fn sentinels_that_ask_for_a_password_get_the_one_given_apart_from_the_url() {
+    let group = SentinelGroup::start_with(Some("watchword")).await;
+    let stream = unique("guarded-sentinels");
+    let refused = Publisher::connect(
+        Endpoint::url(group.url()),
+        PublisherConfig::new("sentinel-test").router(Router::single(&stream)),
+    )
+    .await
+    .unwrap_err();
+    assert!(!refused.is_retryable(), "{refused}");
+    assert!(
+        refused
+            .to_string()
+            .contains("Endpoint::sentinel_credentials"),
+        "the error says where the Sentinels' password goes: {refused}"
+    );
+    publishes_to_the_master(
+        &group,
+        Endpoint::url(group.url()).sentinel_credentials(None, "watchword"),
+    )
+    .await;
+}
+
+/// Publishes one event through `endpoint` and checks that it is on the group's master.
+async fn publishes_to_the_master(group: &SentinelGroup, endpoint: Endpoint) {
+    let stream = unique("through-sentinels");
+    publisher(endpoint, &stream)
+        .await
+        .publish(&Job { n: 1 })
+        .await
+        .expect("published through the Sentinels");
+    let mut master = crate::support::connection(&group.master).await;
+    let length: usize = master.xlen(&stream).await.unwrap();
+    assert_eq!(length, 1, "the entry is on the master");
 }

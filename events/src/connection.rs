@@ -13,7 +13,7 @@ use redis::{Cmd, Pipeline, RedisFuture, Value};
 use crate::endpoint::{Client, Endpoint};
 use crate::error::is_authentication;
 use crate::replicas::Replicas;
-use crate::sentinel::SentinelConnection;
+use crate::sentinel::{OpenError, SentinelConnection};
 use crate::{Error, Result};
 
 /// A connection to one Redis, to a Redis Cluster or to the master Redis Sentinels name; cheap to
@@ -242,7 +242,10 @@ pub(crate) async fn connect(endpoint: &Endpoint, response_timeout: Duration) -> 
         Client::Sentinel(sentinels) => Link::Sentinel(
             SentinelConnection::open(sentinels, config)
                 .await
-                .map_err(dropped)?,
+                .map_err(|error| match error {
+                    OpenError::Master(source) => dropped(source),
+                    OpenError::Sentinels(source) => sentinels_error(source),
+                })?,
         ),
     };
     let connection = Connection {
@@ -285,6 +288,20 @@ fn connect_error(source: redis::RedisError) -> Error {
     };
     Error::Authentication {
         reason: reason.to_owned(),
+        source,
+    }
+}
+
+/// The error of asking the Sentinels for the master: [`Error::Authentication`] when they want
+/// credentials they were not given, or refused them.
+fn sentinels_error(source: redis::RedisError) -> Error {
+    if !is_authentication(&source) {
+        return Error::Connect { source };
+    }
+    Error::Authentication {
+        reason: "the Sentinels require a password, or refused the one given: give theirs with \
+                 Endpoint::sentinel_credentials (the URL's credentials are the master's)"
+            .to_owned(),
         source,
     }
 }

@@ -38,6 +38,8 @@ pub const SENTINEL_SCHEME: &str = "redis+sentinel://";
 pub struct Endpoint {
     target: Target,
     credentials: Option<Credentials>,
+    /// The Sentinels' own credentials, when they ask for a password.
+    sentinel_credentials: Option<Credentials>,
     replicas: Option<Replicas>,
     #[cfg(feature = "tls")]
     certificates: Option<redis::TlsCertificates>,
@@ -58,6 +60,15 @@ enum Target {
 struct Credentials {
     username: Option<String>,
     password: String,
+}
+
+impl Credentials {
+    fn new(username: Option<&str>, password: impl Into<String>) -> Self {
+        Self {
+            username: username.map(str::to_owned),
+            password: password.into(),
+        }
+    }
 }
 
 /// What connections to one server or to a cluster are made from.
@@ -96,6 +107,7 @@ impl Endpoint {
         Self {
             target,
             credentials: None,
+            sentinel_credentials: None,
             replicas: None,
             #[cfg(feature = "tls")]
             certificates: None,
@@ -105,10 +117,19 @@ impl Endpoint {
     /// Logs in as `username` (`None` for `default`) with `password`, whatever the URL says: for
     /// credentials kept apart from the URL.
     pub fn credentials(mut self, username: Option<&str>, password: impl Into<String>) -> Self {
-        self.credentials = Some(Credentials {
-            username: username.map(str::to_owned),
-            password: password.into(),
-        });
+        self.credentials = Some(Credentials::new(username, password));
+        self
+    }
+
+    /// Logs in to the Sentinels of a `redis+sentinel://` URL as `username` (`None` for
+    /// `default`) with `password`, for Sentinels that ask for one (`requirepass` in their
+    /// configuration); the URL's credentials are the master's.
+    pub fn sentinel_credentials(
+        mut self,
+        username: Option<&str>,
+        password: impl Into<String>,
+    ) -> Self {
+        self.sentinel_credentials = Some(Credentials::new(username, password));
         self
     }
 
@@ -221,6 +242,12 @@ impl Endpoint {
                 builder = builder.set_client_to_redis_username(username);
             }
             builder = builder.set_client_to_redis_password(credentials.password);
+        }
+        if let Some(credentials) = self.sentinel_credentials.clone() {
+            if let Some(username) = credentials.username {
+                builder = builder.set_client_to_sentinel_username(username);
+            }
+            builder = builder.set_client_to_sentinel_password(credentials.password);
         }
         let client = builder.build().map_err(config_error)?;
         Ok(Client::Sentinel(Arc::new(Mutex::new(client))))

@@ -16,6 +16,15 @@ const LOOKUP_INTERVAL: Duration = Duration::from_millis(100);
 /// How long a lookup (Sentinels, then the master's `ROLE` and a connection) may take.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Why a connection through the Sentinels could not be opened, and where.
+#[derive(Debug)]
+pub(crate) enum OpenError {
+    /// Asking the Sentinels for the master failed.
+    Sentinels(RedisError),
+    /// Connecting to the master they named failed.
+    Master(RedisError),
+}
+
 /// A connection to the current master of a Sentinel-monitored group; clones share it.
 #[derive(Clone)]
 pub(crate) struct SentinelConnection {
@@ -38,13 +47,22 @@ struct Lookup {
 
 impl SentinelConnection {
     /// Connects to the master `sentinels` name, with connections set up as `config` says.
+    /// Fails with [`Error::Authentication`](crate::Error::Authentication) when the Sentinels
+    /// want credentials they were not given.
     pub(crate) async fn open(
         sentinels: Arc<Mutex<SentinelClient>>,
         config: ConnectionManagerConfig,
-    ) -> RedisResult<Self> {
-        let client = sentinels.lock().await.async_get_client().await?;
+    ) -> Result<Self, OpenError> {
+        let client = sentinels
+            .lock()
+            .await
+            .async_get_client()
+            .await
+            .map_err(OpenError::Sentinels)?;
         let master = client.get_connection_info().addr().clone();
-        let current = ConnectionManager::new_with_config(client, config.clone()).await?;
+        let current = ConnectionManager::new_with_config(client, config.clone())
+            .await
+            .map_err(OpenError::Master)?;
         Ok(Self {
             shared: Arc::new(Shared {
                 current: SyncMutex::new(current),

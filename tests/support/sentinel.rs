@@ -16,12 +16,23 @@ pub(crate) struct SentinelGroup {
     pub(crate) master: RedisServer,
     pub(crate) replica: RedisServer,
     sentinels: Vec<RedisServer>,
+    /// The Sentinels' password, if they ask for one.
+    password: Option<String>,
 }
 
 impl SentinelGroup {
     /// Starts the servers and waits until the replica is in sync and the Sentinels know it (a
     /// failover needs one).
     pub(crate) async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// [`start`](Self::start), the Sentinels asking clients (and each other) for `password`
+    /// when there is one.
+    pub(crate) async fn start_with(password: Option<&str>) -> Self {
+        let guard = password
+            .map(|password| format!("requirepass {password}\nsentinel sentinel-pass {password}\n"))
+            .unwrap_or_default();
         let master = RedisServer::spawn_with(|_| {
             (vec!["--repl-diskless-sync-delay".into(), "0".into()], None)
         })
@@ -44,7 +55,7 @@ impl SentinelGroup {
                             "port {port}\nbind 127.0.0.1\ndir {}\n\
                              sentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 2\n\
                              sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
-                             sentinel failover-timeout {MASTER_NAME} 5000\n",
+                             sentinel failover-timeout {MASTER_NAME} 5000\n{guard}",
                             dir.display()
                         ),
                     )
@@ -64,6 +75,7 @@ impl SentinelGroup {
             master,
             replica,
             sentinels,
+            password: password.map(str::to_owned),
         };
         group.wait_for_replica().await;
         group
@@ -88,7 +100,13 @@ impl SentinelGroup {
     }
 
     async fn ask(&self, command: &redis::Cmd) -> redis::RedisResult<redis::Value> {
-        let client = redis::Client::open(self.sentinels[0].url()).expect("a Sentinel URL");
+        let url = match &self.password {
+            Some(password) => self.sentinels[0]
+                .url()
+                .replace("redis://", &format!("redis://:{password}@")),
+            None => self.sentinels[0].url().to_owned(),
+        };
+        let client = redis::Client::open(url).expect("a Sentinel URL");
         let mut connection = client.get_multiplexed_async_connection().await?;
         command.query_async(&mut connection).await
     }
