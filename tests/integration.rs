@@ -16,3 +16,4 @@ mod publish;
 mod sentinel;
 mod stats;
 mod tls;
+mod typescript;

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::support::{RedisServer, connection, unique};
 use events::{
-    Envelope, Error, Event, PublishOptions, Publisher, PublisherConfig, Route, Router, Trim,
+    Error, Event, PublishOptions, Publisher, PublisherConfig, Route, Router, Trim,
     ValidationReport, read_range,
 };
 use redis::AsyncCommands;
@@ -357,34 +357,6 @@ async fn a_failed_write_names_the_event_type_and_stream() {
         assert!(error.to_string().contains("WRONGTYPE"), "{error}");
         assert!(!error.is_retryable());
     }
-}
-
-#[tokio::test]
-async fn an_entry_in_the_seed_library_format_decodes() {
-    let server = RedisServer::start();
-    let stream = unique("seed");
-    let data = r#"{"pattern":"user.created","data":{"header":{"id":"7f0c","type":"user.created","origin":"ts-service","timestamp":"2024-05-01T10:00:00.000Z","hash":"abc123","version":"2"},"body":{"user_id":"u9","email":"u9@example.com"}}}"#;
-    let _: String = redis::cmd("XADD")
-        .arg(&stream)
-        .arg("*")
-        .arg("data")
-        .arg(data)
-        .query_async(&mut connection(&server).await)
-        .await
-        .unwrap();
-
-    let entries = entries(&server, &stream).await;
-    let envelope: Envelope = entries[0].decode().unwrap();
-
-    assert_eq!(envelope.origin, "ts-service");
-    assert_eq!(envelope.hash, "abc123");
-    assert_eq!(
-        envelope.decode_body::<UserCreated>().unwrap(),
-        UserCreated {
-            user_id: "u9".into(),
-            email: "u9@example.com".into()
-        }
-    );
 }
 
 #[tokio::test]

@@ -4,7 +4,7 @@ use crate::say;
 use std::time::Duration;
 
 use events::Connection;
-use events::{StreamEntry, read_after};
+use events::{Envelope, StreamEntry, read_after};
 use redis::Value;
 
 use crate::Failure;
@@ -25,7 +25,9 @@ pub(crate) async fn run(
     let mut printed = 0;
     while count.is_none_or(|count| printed < count) {
         for entry in read_after(connection, stream, &last, 100, Duration::from_secs(1)).await? {
-            say!("{}", describe(&entry));
+            for line in describe(&entry) {
+                say!("{line}");
+            }
             last = entry.id;
             printed += 1;
             if count.is_some_and(|count| printed >= count) {
@@ -52,18 +54,34 @@ async fn last_id(connection: &mut Connection, stream: &str) -> Result<String, Fa
         .map_or_else(|| "0-0".to_owned(), |(id, _)| id))
 }
 
-/// One line for an entry: decoded, or why it cannot be.
-pub(crate) fn describe(entry: &StreamEntry) -> String {
-    match entry.decode() {
-        Ok(envelope) => format!(
-            "{} {} v{} from {} at {} {}",
-            entry.id,
-            envelope.event_type,
-            envelope.version,
-            envelope.origin,
-            humantime::format_rfc3339_millis(envelope.timestamp),
-            envelope.body
-        ),
-        Err(error) => format!("{} undecodable: {error}", entry.id),
-    }
+/// One line per event of an entry (several for a batch the TypeScript batched publisher packed
+/// into it): decoded, or why it cannot be.
+pub(crate) fn describe(entry: &StreamEntry) -> Vec<String> {
+    let events = match Envelope::decode_all(&entry.fields) {
+        Ok(events) => events,
+        Err(error) => return vec![format!("{} undecodable: {error}", entry.id)],
+    };
+    let packed = events.len() > 1;
+    events
+        .into_iter()
+        .enumerate()
+        .map(|(index, event)| {
+            let at = if packed {
+                format!("{}#{index}", entry.id)
+            } else {
+                entry.id.clone()
+            };
+            match event {
+                Ok(envelope) => format!(
+                    "{at} {} v{} from {} at {} {}",
+                    envelope.event_type,
+                    envelope.version,
+                    envelope.origin,
+                    humantime::format_rfc3339_millis(envelope.timestamp),
+                    envelope.body
+                ),
+                Err(error) => format!("{at} undecodable: {error}"),
+            }
+        })
+        .collect()
 }

@@ -24,6 +24,9 @@ pub struct DeadLetterEntry {
     pub consumer: String,
     /// Its id in the original stream.
     pub entry_id: String,
+    /// The event's place in its entry, from 0, when the entry held a batch packed by the
+    /// TypeScript batched publisher; the dead letter then holds that event alone.
+    pub part: Option<usize>,
     /// When it was dead-lettered, as written.
     pub time: String,
     /// The original entry's fields, as they were.
@@ -50,6 +53,7 @@ impl DeadLetterEntry {
             group: take("group"),
             consumer: take("consumer"),
             entry_id: take("entry_id"),
+            part: take("part").parse().ok(),
             time: take("ts"),
             fields,
         }
@@ -60,12 +64,16 @@ impl DeadLetterEntry {
         Envelope::decode(&self.fields).ok()
     }
 
-    /// The original entry's event type, if it has one.
+    /// The original entry's event type, if it has one (even when the rest does not decode).
     pub fn event_type(&self) -> Option<String> {
-        self.fields
-            .iter()
-            .find(|(name, _)| name == b"type")
-            .map(|(_, value)| String::from_utf8_lossy(value).into_owned())
+        self.envelope()
+            .map(|envelope| envelope.event_type)
+            .or_else(|| {
+                self.fields
+                    .iter()
+                    .find(|(name, _)| name == b"type")
+                    .map(|(_, value)| String::from_utf8_lossy(value).into_owned())
+            })
     }
 
     /// How often it was replayed before.

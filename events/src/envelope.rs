@@ -9,11 +9,10 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::Deserialize;
-use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 use crate::Event;
+use crate::typescript::Decoded;
 
 /// Prefix of the fields that carry user headers, such as `h.tenant`.
 pub const HEADER_PREFIX: &str = "h.";
@@ -238,26 +237,51 @@ impl Envelope {
             + headers
     }
 
-    /// Reads an envelope from an entry's field-value pairs, in this crate's format or the seed
-    /// library's. Never panics: anything malformed is a [`DecodeError`] that says what is wrong.
+    /// Reads an envelope from an entry's field-value pairs, in this crate's format or the
+    /// TypeScript library's. Never panics: anything malformed is a [`DecodeError`] that says what
+    /// is wrong. A batch the TypeScript batched publisher packed into one entry is an error here:
+    /// read it with [`decode_all`](Self::decode_all).
     pub fn decode<K: AsRef<[u8]>, V: AsRef<[u8]>>(fields: &[(K, V)]) -> Result<Self, DecodeError> {
-        let envelope = Self::decode_leaving_body(fields)?;
-        envelope.check_body()?;
-        Ok(envelope)
+        match Self::decode_entry(fields)? {
+            Decoded::One(envelope) => {
+                envelope.check_body()?;
+                Ok(envelope)
+            }
+            Decoded::Packed(events) => Err(invalid(
+                crate::typescript::DATA_FIELD,
+                format!(
+                    "a batch of {} events packed by the TypeScript batched publisher: read it with `Envelope::decode_all`",
+                    events.len()
+                ),
+            )),
+        }
     }
 
-    /// [`decode`](Self::decode) but for the check that the body is JSON, for readers that parse the
-    /// body anyway and so check it then, at no extra cost.
-    pub(crate) fn decode_leaving_body<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+    /// Reads every event an entry holds: one, or each event of a batch the TypeScript batched
+    /// publisher packed into one entry, in order, each decoded on its own. The outer error is for
+    /// an entry that holds no readable event at all.
+    pub fn decode_all<K: AsRef<[u8]>, V: AsRef<[u8]>>(
         fields: &[(K, V)],
-    ) -> Result<Self, DecodeError> {
+    ) -> Result<Vec<Result<Self, DecodeError>>, DecodeError> {
+        Ok(match Self::decode_entry(fields)? {
+            Decoded::One(envelope) => vec![envelope.check_body().map(|()| envelope)],
+            Decoded::Packed(events) => events.into_iter().map(|event| event.envelope).collect(),
+        })
+    }
+
+    /// The events of an entry, as [`decode_all`](Self::decode_all) reads them but for the check
+    /// that a flat entry's body is JSON, for readers that parse the body anyway and so check it
+    /// then, at no extra cost.
+    pub(crate) fn decode_entry<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+        fields: &[(K, V)],
+    ) -> Result<Decoded, DecodeError> {
         let mut flat = FlatFields::default();
         for (name, value) in fields {
             flat.insert(name.as_ref(), value.as_ref())?;
         }
-        match (flat.event_type.is_some(), flat.seed_data.take()) {
-            (false, Some(data)) => decode_seed(data),
-            _ => flat.into_envelope(),
+        match (flat.event_type.is_some(), flat.typescript_data.take()) {
+            (false, Some(data)) => crate::typescript::decode(data),
+            _ => flat.into_envelope().map(Decoded::One),
         }
     }
 
@@ -321,7 +345,7 @@ struct FlatFields<'a> {
     causation_id: Option<&'a str>,
     traceparent: Option<&'a str>,
     partition_key: Option<&'a str>,
-    seed_data: Option<&'a str>,
+    typescript_data: Option<&'a str>,
     headers: BTreeMap<&'a str, &'a str>,
 }
 
@@ -339,7 +363,7 @@ impl<'a> FlatFields<'a> {
             b"cause" => &mut self.causation_id,
             b"traceparent" => &mut self.traceparent,
             b"key" => &mut self.partition_key,
-            b"data" => &mut self.seed_data,
+            b"data" => &mut self.typescript_data,
             _ => return self.insert_header(name, value),
         };
         let name = String::from_utf8_lossy(name);
@@ -427,16 +451,16 @@ fn body_not_json(error: serde_json::Error) -> DecodeError {
     invalid("body", format!("not valid JSON: {error}"))
 }
 
-fn invalid(field: &str, reason: impl Into<String>) -> DecodeError {
+pub(crate) fn invalid(field: &str, reason: impl Into<String>) -> DecodeError {
     DecodeError::InvalidField {
         field: field.to_owned(),
         reason: reason.into(),
     }
 }
 
-/// A schema version: a positive integer, or for the seed library a version string whose major part
-/// is one (`"1.0.0"`).
-fn parse_version(field: &str, text: &str) -> Result<u32, DecodeError> {
+/// A schema version: a positive integer, or for the TypeScript library a version string whose major
+/// part is the version (`"1.0.0"` is 1).
+pub(crate) fn parse_version(field: &str, text: &str) -> Result<u32, DecodeError> {
     let major = text.split('.').next().unwrap_or_default();
     match major.parse::<u32>() {
         Ok(0) => Err(invalid(
@@ -452,13 +476,13 @@ fn parse_version(field: &str, text: &str) -> Result<u32, DecodeError> {
 const LAST_MILLIS: u64 = 253_402_300_799_999;
 
 /// `time` as RFC 3339 UTC to the millisecond, clamped to the years 1970 to 9999 that it can write.
-fn format_timestamp(time: SystemTime) -> String {
+pub(crate) fn format_timestamp(time: SystemTime) -> String {
     let last = UNIX_EPOCH + Duration::from_millis(LAST_MILLIS);
     humantime::format_rfc3339_millis(time.clamp(UNIX_EPOCH, last)).to_string()
 }
 
 /// A time written as milliseconds since the Unix epoch, up to the end of year 9999.
-fn timestamp_from_millis(field: &str, millis: u64) -> Result<SystemTime, DecodeError> {
+pub(crate) fn timestamp_from_millis(field: &str, millis: u64) -> Result<SystemTime, DecodeError> {
     if millis > LAST_MILLIS {
         return Err(invalid(
             field,
@@ -469,90 +493,12 @@ fn timestamp_from_millis(field: &str, millis: u64) -> Result<SystemTime, DecodeE
 }
 
 /// An RFC 3339 UTC time such as `2026-11-23T07:05:37.123Z`.
-fn parse_timestamp(field: &str, text: &str) -> Result<SystemTime, DecodeError> {
+pub(crate) fn parse_timestamp(field: &str, text: &str) -> Result<SystemTime, DecodeError> {
     humantime::parse_rfc3339_weak(text).map_err(|error| {
         invalid(
             field,
             format!("`{text}` is not an RFC 3339 UTC time: {error}"),
         )
-    })
-}
-
-/// The seed library's entry: `{"pattern": .., "data": {"header": {..}, "body": ..}}`.
-#[derive(Deserialize)]
-struct SeedEntry<'a> {
-    #[serde(borrow)]
-    data: SeedData<'a>,
-}
-
-#[derive(Deserialize)]
-struct SeedData<'a> {
-    header: SeedHeader,
-    #[serde(borrow)]
-    body: &'a RawValue,
-}
-
-#[derive(Deserialize)]
-struct SeedHeader {
-    id: String,
-    #[serde(rename = "type")]
-    event_type: String,
-    origin: String,
-    timestamp: SeedScalar,
-    #[serde(default)]
-    hash: Option<String>,
-    #[serde(default)]
-    version: Option<SeedScalar>,
-}
-
-/// A header value the seed library wrote as a string or a number.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum SeedScalar {
-    Number(u64),
-    Text(String),
-}
-
-fn decode_seed(data: &str) -> Result<Envelope, DecodeError> {
-    let entry: SeedEntry<'_> = serde_json::from_str(data)
-        .map_err(|error| invalid("data", format!("not a seed-library event: {error}")))?;
-    let SeedData { header, body } = entry.data;
-    if header.event_type.is_empty() {
-        return Err(invalid("data", "`data.header.type` is empty"));
-    }
-    if header.id.is_empty() {
-        return Err(invalid("data", "`data.header.id` is empty"));
-    }
-    if header.origin.is_empty() {
-        return Err(invalid("data", "`data.header.origin` is empty"));
-    }
-    let timestamp = match header.timestamp {
-        SeedScalar::Number(millis) => timestamp_from_millis("data.header.timestamp", millis)?,
-        SeedScalar::Text(text) => parse_timestamp("data.header.timestamp", &text)?,
-    };
-    let version = match header.version {
-        None => 1,
-        Some(SeedScalar::Number(number)) => {
-            parse_version("data.header.version", &number.to_string())?
-        }
-        Some(SeedScalar::Text(text)) => parse_version("data.header.version", &text)?,
-    };
-    let body = body.get().to_owned();
-    Ok(Envelope {
-        id: header.id,
-        hash: header
-            .hash
-            .unwrap_or_else(|| hash_body(&header.event_type, &body)),
-        event_type: header.event_type,
-        version,
-        origin: header.origin,
-        timestamp,
-        body,
-        correlation_id: None,
-        causation_id: None,
-        traceparent: None,
-        partition_key: None,
-        headers: BTreeMap::new(),
     })
 }
 
@@ -750,84 +696,6 @@ mod tests {
         let expected = decode_owned(fields.clone()).unwrap();
         fields.push(("future".into(), "x".into()));
         assert_eq!(decode_owned(fields), Ok(expected));
-    }
-
-    #[test]
-    fn reads_seed_library_entries() {
-        let data = r#"{"pattern":"user.created","data":{"header":{"id":"9b2c","type":"user.created","origin":"user-service","timestamp":"2024-05-01T10:00:00.123Z","hash":"abc","version":"1.0.0"},"body":{"userId":"123","name":"John"}}}"#;
-        let envelope = decode_pairs(&[("data", data)]).unwrap();
-        assert_eq!(envelope.id, "9b2c");
-        assert_eq!(envelope.event_type, "user.created");
-        assert_eq!(envelope.origin, "user-service");
-        assert_eq!(envelope.version, 1);
-        assert_eq!(envelope.hash, "abc");
-        assert_eq!(envelope.body, r#"{"userId":"123","name":"John"}"#);
-        assert_eq!(
-            humantime::format_rfc3339_millis(envelope.timestamp).to_string(),
-            "2024-05-01T10:00:00.123Z"
-        );
-    }
-
-    #[test]
-    fn seed_entries_with_numeric_timestamps_and_versions() {
-        let data = r#"{"pattern":"x","data":{"header":{"id":"1","type":"a.b","origin":"o","timestamp":1714557600123,"version":3},"body":[1,2]}}"#;
-        let envelope = decode_pairs(&[("data", data)]).unwrap();
-        assert_eq!(envelope.version, 3);
-        assert_eq!(envelope.hash, hash_body("a.b", "[1,2]"));
-        assert_eq!(
-            envelope.timestamp,
-            UNIX_EPOCH + Duration::from_millis(1_714_557_600_123)
-        );
-    }
-
-    #[test]
-    fn malformed_seed_entries_say_what_is_wrong() {
-        for (data, expected) in [
-            ("not json", "not a seed-library event"),
-            (
-                r#"{"data":{"header":{"id":"1","origin":"o","timestamp":1},"body":{}}}"#,
-                "missing field `type`",
-            ),
-            (
-                r#"{"data":{"header":{"id":"1","type":"a","origin":"o","timestamp":1}}}"#,
-                "missing field `body`",
-            ),
-            (
-                r#"{"data":{"header":{"id":"1","type":"a","timestamp":1},"body":{}}}"#,
-                "missing field `origin`",
-            ),
-            (
-                r#"{"data":{"header":{"id":1,"type":"a","origin":"o","timestamp":1},"body":{}}}"#,
-                "invalid type",
-            ),
-            (
-                r#"{"data":{"header":{"id":"1","type":"","origin":"o","timestamp":1},"body":{}}}"#,
-                "`data.header.type` is empty",
-            ),
-            (
-                r#"{"data":{"header":{"id":"1","type":"a","origin":"","timestamp":1},"body":{}}}"#,
-                "`data.header.origin` is empty",
-            ),
-            (
-                r#"{"data":{"header":{"id":"1","type":"a","origin":"o","timestamp":"soon"},"body":{}}}"#,
-                "`soon` is not an RFC 3339",
-            ),
-            (
-                r#"{"data":{"header":{"id":"1","type":"a","origin":"o","timestamp":1e30},"body":{}}}"#,
-                "data did not match any variant",
-            ),
-            (
-                r#"{"data":{"header":{"id":"1","type":"a","origin":"o","timestamp":253402300800000},"body":{}}}"#,
-                "after the year 9999",
-            ),
-            (
-                r#"{"data":{"header":{"id":"1","type":"a","origin":"o","timestamp":1,"version":"x"},"body":{}}}"#,
-                "not a version number",
-            ),
-        ] {
-            let error = decode_pairs(&[("data", data)]).unwrap_err().to_string();
-            assert!(error.contains(expected), "{data}: {error}");
-        }
     }
 
     #[test]

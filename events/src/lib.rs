@@ -24,6 +24,7 @@ mod stats;
 pub mod testing;
 mod trace;
 mod transfer;
+mod typescript;
 mod validation;
 
 #[doc(hidden)]
@@ -50,7 +51,7 @@ pub use instruments::record_stream_stats;
 pub use keys::{dead_letter_stream, slot_prefix};
 pub use publisher::{PublishOptions, Published, Publisher, PublisherConfig, RawValidator};
 pub use routing::{
-    Destination, Route, Router, RouterBuilder, Trim, partition_stream, partition_streams,
+    Destination, Format, Route, Router, RouterBuilder, Trim, partition_stream, partition_streams,
 };
 pub use stats::{
     ConsumerStats, EntryStamp, GroupStats, ServerStats, StreamStats, server_stats, stream_stats,

@@ -14,6 +14,8 @@ use tracing::Instrument;
 use crate::connection::Connection;
 use crate::instruments::PublishMetrics;
 use crate::keys;
+use crate::routing::Format;
+use crate::typescript;
 use crate::{
     Envelope, Error, Event, Result, Router, TraceContext, ValidationReport, check_event_type,
 };
@@ -353,6 +355,11 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Publisher<C> {
             .iter()
             .map(|envelope| self.config.router.destination(envelope))
             .collect::<Result<Vec<_>>>()?;
+        let mut commands = destinations
+            .iter()
+            .zip(envelopes)
+            .map(|(destination, envelope)| xadd(destination, envelope, now).map(Some))
+            .collect::<Result<Vec<_>>>()?;
         let write_error = |envelope: &Envelope, stream: &str, source| Error::Write {
             event_type: envelope.event_type.clone(),
             stream: stream.to_owned(),
@@ -372,11 +379,17 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Publisher<C> {
         } else {
             vec![(0..envelopes.len()).collect()]
         };
-        let round_trips = groups.iter().map(|indices| {
-            let mut pipeline = redis::pipe();
-            for &index in indices {
-                pipeline.add_command(xadd(&destinations[index], &envelopes[index], now));
-            }
+        let pipelines: Vec<redis::Pipeline> = groups
+            .iter()
+            .map(|indices| {
+                let mut pipeline = redis::pipe();
+                for &index in indices {
+                    pipeline.add_command(commands[index].take().expect("each write goes once"));
+                }
+                pipeline
+            })
+            .collect();
+        let round_trips = pipelines.into_iter().map(|mut pipeline| {
             let mut connection = self.connection.clone();
             async move {
                 pipeline
@@ -433,7 +446,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Publisher<C> {
 
     async fn write_one(&self, envelope: Envelope) -> Result<Published> {
         let destination = self.config.router.destination(&envelope)?;
-        let command = xadd(&destination, &envelope, SystemTime::now());
+        let command = xadd(&destination, &envelope, SystemTime::now())?;
         let stream = destination.stream.into_owned();
         let span = tracing::info_span!(
             "events.publish",
@@ -464,16 +477,32 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Publisher<C> {
     }
 }
 
-/// `XADD <stream> [trim] * <fields>` for one envelope.
-fn xadd(destination: &crate::Destination<'_>, envelope: &Envelope, now: SystemTime) -> redis::Cmd {
+/// `XADD <stream> [trim] * <fields>` for one envelope, in its destination's format.
+fn xadd(
+    destination: &crate::Destination<'_>,
+    envelope: &Envelope,
+    now: SystemTime,
+) -> Result<redis::Cmd> {
     let mut command = redis::cmd("XADD");
     command.arg(destination.stream.as_ref());
     if let Some(trim) = &destination.trim {
         command.arg(&trim.arguments(now));
     }
     command.arg("*");
-    for (name, value) in envelope.fields() {
-        command.arg(name.as_ref()).arg(value.as_ref());
+    match &destination.format {
+        Format::Native => {
+            for (name, value) in envelope.fields() {
+                command.arg(name.as_ref()).arg(value.as_ref());
+            }
+        }
+        Format::TypeScript { namespace } => {
+            let data =
+                typescript::encode(envelope, namespace).map_err(|source| Error::Serialize {
+                    event_type: envelope.event_type.clone(),
+                    source,
+                })?;
+            command.arg(typescript::DATA_FIELD).arg(data);
+        }
     }
-    command
+    Ok(command)
 }

@@ -101,6 +101,25 @@ pub struct Route {
     trim: Option<Trim>,
     partitions: Option<u32>,
     key_of: Option<KeyOf>,
+    format: Format,
+}
+
+/// How a route writes its events' entries.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Format {
+    /// This crate's flat fields (`id`, `type`, `v`, `origin`, `ts`, `hash`, `body`, ...), each
+    /// readable on its own in `redis-cli`.
+    #[default]
+    Native,
+    /// The TypeScript library's (`@logistically/events` v2): one field `data` holding the event's
+    /// header and body as JSON, so that its consumers read the events. Its consumers look handlers
+    /// up by the type prefixed with a namespace (by default the publishing service's name):
+    /// types are written as `<namespace>.<type>`, as they are when the namespace is empty.
+    TypeScript {
+        /// The prefix of the types written.
+        namespace: String,
+    },
 }
 
 impl fmt::Debug for Route {
@@ -111,6 +130,7 @@ impl fmt::Debug for Route {
             .field("trim", &self.trim)
             .field("partitions", &self.partitions)
             .field("key_of", &self.key_of.is_some())
+            .field("format", &self.format)
             .finish()
     }
 }
@@ -124,6 +144,7 @@ impl Route {
             trim: None,
             partitions: None,
             key_of: None,
+            format: Format::Native,
         }
     }
 
@@ -136,6 +157,7 @@ impl Route {
             trim: None,
             partitions: None,
             key_of: None,
+            format: Format::Native,
         }
     }
 
@@ -161,6 +183,16 @@ impl Route {
         key_of: impl Fn(&Envelope) -> Option<String> + Send + Sync + 'static,
     ) -> Self {
         self.key_of = Some(Arc::new(key_of));
+        self
+    }
+
+    /// Writes the route's events in the TypeScript library's format, their types prefixed with
+    /// `namespace` (see [`Format::TypeScript`]), so that its consumers read them. This crate's
+    /// consumers read both formats.
+    pub fn typescript(mut self, namespace: impl Into<String>) -> Self {
+        self.format = Format::TypeScript {
+            namespace: namespace.into(),
+        };
         self
     }
 
@@ -199,6 +231,8 @@ pub struct Destination<'a> {
     pub stream: Cow<'a, str>,
     /// Trimming applied with the write.
     pub trim: Option<Trim>,
+    /// How the entry is written.
+    pub format: Format,
 }
 
 /// Ordered routes, first match wins, then an optional default. Build it with [`Router::builder`].
@@ -296,7 +330,7 @@ impl Router {
         let partition = partition_of(key.as_deref().unwrap_or(&envelope.id), partitions);
         Ok(Destination {
             stream: Cow::Owned(partition_stream(&destination.stream, partition)),
-            trim: destination.trim,
+            ..destination
         })
     }
 
@@ -349,6 +383,7 @@ impl Router {
             Destination {
                 stream,
                 trim: route.trim,
+                format: route.format.clone(),
             },
         ))
     }

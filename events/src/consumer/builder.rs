@@ -173,6 +173,25 @@ impl ConsumerBuilder {
         self.settings(|settings| settings.unhandled = unhandled)
     }
 
+    /// Reads events whose type starts with `namespace` and a dot without them, so that
+    /// `user-service.user.created`, as a TypeScript service named `user-service` publishes it, goes
+    /// to the handler of `user.created`. Call it once per namespace.
+    pub fn strip_namespace(mut self, namespace: &str) -> Self {
+        if let Err(error) = self.settings.type_names.strip_namespace(namespace) {
+            self.error.get_or_insert(error);
+        }
+        self
+    }
+
+    /// Reads events of type `from` as events of type `to`: for a type named otherwise by another
+    /// service or an older version. Renames win over [`strip_namespace`](Self::strip_namespace).
+    pub fn rename_type(mut self, from: &str, to: &str) -> Self {
+        if let Err(error) = self.settings.type_names.rename(from, to) {
+            self.error.get_or_insert(error);
+        }
+        self
+    }
+
     /// One dead-letter stream for every stream; by default each stream `s` has its own, `{s}:dlq`,
     /// in the same Redis Cluster slot.
     pub fn dead_letter_stream(self, stream: impl Into<String>) -> Self {

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::identity::MarkSettings;
 use super::partitions::Partitioned;
+use super::type_names::TypeNames;
 use super::{Backoff, Context, DeadLetter, Failure, Identity, StartFrom};
 
 /// What to do with an event whose type has no handler.
@@ -103,6 +104,8 @@ pub(crate) struct Settings {
     /// the consumer connects.
     pub(crate) listpack_entries: u64,
     pub(crate) unhandled: Unhandled,
+    /// The names events are read under.
+    pub(crate) type_names: TypeNames,
     pub(crate) dead_letter_stream: Option<String>,
     pub(crate) dead_letter_max_len: u64,
     pub(crate) shutdown_timeout: Duration,
@@ -131,6 +134,7 @@ impl Settings {
             idempotency_ttl: Duration::from_secs(24 * 3600),
             listpack_entries: 128,
             unhandled: Unhandled::Skip,
+            type_names: TypeNames::default(),
             dead_letter_stream: None,
             dead_letter_max_len: 0,
             shutdown_timeout: Duration::from_secs(30),

@@ -1,4 +1,4 @@
-//! Dead letters: entries that cannot be handled, kept with why, for an operator to inspect or
+//! Dead letters: events that cannot be handled, kept with why, for an operator to inspect or
 //! replay. Push and pull consumers move entries there the same way: retried until the move lands
 //! (or the consumer stops), the entry kept meanwhile, so a poison event is never run again for a
 //! failed write, and moved at most once.
@@ -8,8 +8,10 @@ use std::time::{Duration, SystemTime};
 use super::config::Settings;
 use super::group::{DeadLetterMove, Group};
 use super::identity::Digest;
+use super::part::Part;
 use super::status::{Counters, Operation};
 use crate::connection::Connection;
+use crate::typescript;
 use crate::{Backoff, StreamEntry};
 
 /// Prefix of the fields a dead-letter entry adds to the original entry's fields.
@@ -23,6 +25,9 @@ pub struct DeadLetter {
     pub stream: String,
     /// Its id there.
     pub entry_id: String,
+    /// The event's place in the entry, from 0, when the entry held a batch packed by the
+    /// TypeScript batched publisher: each of its events is dead-lettered on its own.
+    pub part: Option<usize>,
     /// Its event type, when the entry had one.
     pub event_type: Option<String>,
     /// The dead-letter stream it was moved to.
@@ -35,11 +40,16 @@ pub struct DeadLetter {
     pub attempts: u32,
 }
 
-/// An entry to move to the dead-letter stream, and why.
+/// An event to move to the dead-letter stream, and why.
 #[derive(Debug)]
 pub(crate) struct Doomed<'a> {
     pub(crate) stream: &'a str,
     pub(crate) entry: &'a StreamEntry,
+    /// Which event of a packed entry it is; `None` for the entry's only event.
+    pub(crate) part: Option<&'a Part>,
+    /// Whether to acknowledge the entry with the move: false while other events of it are
+    /// unsettled.
+    pub(crate) acknowledge: bool,
     pub(crate) event_type: Option<String>,
     pub(crate) reason: String,
     pub(crate) attempts: u32,
@@ -60,7 +70,7 @@ pub(crate) async fn move_to_dead_letters(
         doomed.stream,
         &settings.group,
         &settings.consumer,
-        doomed.entry,
+        (doomed.entry, doomed.part),
         &doomed.reason,
         doomed.attempts,
     );
@@ -68,6 +78,7 @@ pub(crate) async fn move_to_dead_letters(
         stream: doomed.stream,
         dead_letter_stream: &dead_letter_stream,
         entry_id: &doomed.entry.id,
+        acknowledge: doomed.acknowledge,
         hold: doomed.hold,
         marks: settings.marks(),
         max_len: settings.dead_letter_max_len,
@@ -95,6 +106,7 @@ pub(crate) async fn move_to_dead_letters(
     Some(DeadLetter {
         stream: doomed.stream.to_owned(),
         entry_id: doomed.entry.id.clone(),
+        part: doomed.part.map(|part| part.index),
         event_type: doomed.event_type,
         dead_letter_stream,
         dead_letter_id,
@@ -104,12 +116,14 @@ pub(crate) async fn move_to_dead_letters(
 }
 
 /// The dead-letter entry's fields: `dlq.reason`, `dlq.attempts`, `dlq.stream`, `dlq.entry_id`,
-/// `dlq.group`, `dlq.consumer` and `dlq.ts`, then every field of the original entry as it was.
+/// `dlq.group`, `dlq.consumer` and `dlq.ts`, then every field of the original entry as it was; for
+/// an event of a packed entry, `dlq.part` (its place in the batch) and the event alone as a single
+/// TypeScript entry, which a replay writes back as such.
 pub(crate) fn dead_letter_fields(
     stream: &str,
     group: &str,
     consumer: &str,
-    entry: &StreamEntry,
+    (entry, part): (&StreamEntry, Option<&Part>),
     reason: &str,
     attempts: u32,
 ) -> Vec<(Vec<u8>, Vec<u8>)> {
@@ -123,8 +137,10 @@ pub(crate) fn dead_letter_fields(
         ("consumer", consumer.to_owned()),
         ("ts", now),
     ];
+    let part_index = part.map(|part| ("part", part.index.to_string()));
     let mut fields: Vec<(Vec<u8>, Vec<u8>)> = metadata
         .into_iter()
+        .chain(part_index)
         .map(|(name, value)| {
             (
                 format!("{DEAD_LETTER_PREFIX}{name}").into_bytes(),
@@ -132,6 +148,12 @@ pub(crate) fn dead_letter_fields(
             )
         })
         .collect();
-    fields.extend(entry.fields.iter().cloned());
+    match part {
+        Some(part) => fields.push((
+            typescript::DATA_FIELD.as_bytes().to_vec(),
+            part.data.clone().into_bytes(),
+        )),
+        None => fields.extend(entry.fields.iter().cloned()),
+    }
     fields
 }

@@ -1,6 +1,8 @@
 //! One entry from delivery to its end: handled and acknowledged, skipped, acknowledged as a
 //! repeat, dead-lettered, or left pending for another consumer (at shutdown, or when another
-//! consumer took it over). Every wait happens here (for its key's turn, a handler slot, a busy
+//! consumer took it over). An entry holding a batch packed by the TypeScript batched publisher is
+//! one delivery per event, run side by side, each to its own end; the entry is acknowledged once
+//! all of them are settled. Every wait happens here (for its key's turn, a handler slot, a busy
 //! idempotency hold, a retry's backoff), so it never holds up other entries, and the entry stays
 //! kept throughout, so no reclaim takes it meanwhile.
 
@@ -19,10 +21,12 @@ use super::group::Hold;
 use super::handler::Registration;
 use super::idempotency::is_replay;
 use super::identity::Digest;
-use super::settle::{Ack, Unsettled};
+use super::part::{Attempts, Part, holder};
+use super::settle::Unsettled;
 use super::status::{Counters, InFlight, Operation};
 use super::{Context, Failure, Session, Unhandled};
 use crate::instruments::HandlerMetrics;
+use crate::typescript::Decoded;
 use crate::{Backoff, Envelope, StreamEntry, TraceContext};
 
 /// One delivery of one entry, owned by its task.
@@ -32,19 +36,21 @@ pub(crate) struct Delivery {
     /// The stream's position among the consumer's streams.
     pub(crate) stream_index: usize,
     pub(crate) entry: StreamEntry,
-    pub(crate) unsettled: Unsettled,
+    pub(crate) unsettled: Arc<Unsettled>,
     /// Ends when the previous delivery of the same partition key is settled.
     pub(crate) after: Option<oneshot::Receiver<()>>,
 }
 
-/// How a delivery ends.
+/// How the delivery of an event ends.
 enum End {
-    /// Acknowledge the entry, marking its event done if it holds its hold.
+    /// Settle the event, marking it done if it holds its hold.
     Ack { done: Option<Digest> },
-    /// Move the entry to the dead-letter stream.
+    /// Move the event to the dead-letter stream.
     DeadLetter {
         event_type: Option<String>,
         failure: Failure,
+        /// How many attempts it had.
+        attempts: u32,
         hold: Option<Digest>,
     },
     /// Leave it pending: the consumer is stopping, or another consumer has it.
@@ -52,7 +58,7 @@ enum End {
 }
 
 impl Delivery {
-    /// Handles the entry until it is settled or left pending.
+    /// Handles the entry's events until each is settled or left pending.
     pub(crate) async fn run(mut self) {
         let session = Arc::clone(&self.session);
         let _in_flight = InFlight::new(&session.inner.counters.in_flight);
@@ -62,42 +68,76 @@ impl Delivery {
                 _ = after => {}
             }
         }
-        match self.handle().await {
-            End::Ack { done } => session.acks.send(
-                self.stream_index,
-                Ack {
-                    unsettled: self.unsettled,
-                    done,
-                },
-            ),
+        // Typed handlers check the body while deserializing it; everything else checks it later.
+        match Envelope::decode_entry(&self.entry.fields) {
+            Ok(Decoded::One(envelope)) => {
+                let end = self.handle(envelope, None).await;
+                self.settle(end, None).await;
+            }
+            Ok(Decoded::Packed(events)) => {
+                self.unsettled.holds_events(events.len());
+                let this = &self;
+                let events = events
+                    .into_iter()
+                    .enumerate()
+                    .map(|(index, event)| async move {
+                        let part = Part {
+                            index,
+                            data: event.data,
+                        };
+                        let end = match event.envelope {
+                            Ok(envelope) => this.handle(envelope, Some(&part)).await,
+                            Err(error) => this.failed_at_once(None, Failure::Decode(error)),
+                        };
+                        this.settle(end, Some(&part)).await;
+                    });
+                futures::future::join_all(events).await;
+            }
+            Err(error) => {
+                let end = self.failed_at_once(None, Failure::Decode(error));
+                self.settle(end, None).await;
+            }
+        }
+    }
+
+    /// Settles one event of the entry as `end` says.
+    async fn settle(&self, end: End, part: Option<&Part>) {
+        match end {
+            End::Ack { done } => {
+                self.session
+                    .acks
+                    .handled(self.stream_index, &self.unsettled, done, None);
+            }
             End::DeadLetter {
                 event_type,
                 failure,
+                attempts,
                 hold,
-            } => self.dead_letter(event_type, &failure, hold).await,
+            } => {
+                self.dead_letter(event_type, &failure, attempts, hold, part)
+                    .await;
+            }
             End::Abandon => {}
         }
     }
 
-    /// Decodes the entry and runs its handler until an attempt succeeds, the entry is to be
-    /// dead-lettered, or it is left pending.
-    async fn handle(&mut self) -> End {
+    /// Runs the handler of an event of the entry (`part` of it when it is packed) until an attempt
+    /// succeeds, the event is to be dead-lettered, or it is left pending.
+    async fn handle(&self, envelope: Envelope, part: Option<&Part>) -> End {
         let session = Arc::clone(&self.session);
         let inner = &session.inner;
-        // Typed handlers check the body while deserializing it; everything else checks it here.
-        let envelope = match Envelope::decode_leaving_body(&self.entry.fields) {
-            Ok(envelope) => envelope,
-            Err(error) => return self.failed_at_once(None, Failure::Decode(error)),
-        };
+        let envelope = inner.settings.type_names.apply(envelope);
         let Some(registration) = inner.registry.find(&envelope.event_type) else {
             return self.unhandled(envelope);
         };
         let envelope = Arc::new(envelope);
         let idempotent = registration.idempotent.unwrap_or(inner.settings.idempotent);
         let identity = registration.identity.unwrap_or(inner.settings.identity);
+        let kept = &self.unsettled.kept;
+        let mut attempts = Attempts::default();
         let mut busy_looks = 0;
         loop {
-            let attempt = self.unsettled.kept.deliveries();
+            let attempt = attempts.current(kept);
             let context = Context {
                 envelope: Arc::clone(&envelope),
                 stream: Arc::clone(&self.stream),
@@ -116,12 +156,12 @@ impl Delivery {
                 () = session.shutdown.cancelled() => return End::Abandon,
                 slot = inner.concurrency.acquire() => slot,
             };
-            if self.unsettled.kept.is_lost() {
+            if kept.is_lost() {
                 return End::Abandon;
             }
             let hold = if idempotent {
                 let digest = Digest::of(&envelope, prepared.key.as_deref(), identity);
-                match self.take_hold(digest).await {
+                match self.take_hold(digest, part).await {
                     None => return End::Abandon,
                     Some(Hold::Taken) => Some(digest),
                     Some(Hold::Done | Hold::Dead) => {
@@ -146,6 +186,7 @@ impl Delivery {
                 return End::DeadLetter {
                     event_type: Some(envelope.event_type.clone()),
                     failure: Failure::Exhausted(attempt - 1),
+                    attempts: attempt - 1,
                     hold,
                 };
             }
@@ -167,7 +208,7 @@ impl Delivery {
             if !self.sleep(inner.settings.backoff.delay(attempt)).await {
                 return End::Abandon;
             }
-            self.unsettled.kept.count_delivery(&inner.commands).await;
+            attempts.count_retry(kept, &inner.commands, part).await;
         }
     }
 
@@ -237,17 +278,18 @@ impl Delivery {
         outcome
     }
 
-    /// Takes the hold on the entry's event, trying again while Redis fails; `None` when the
+    /// Takes the hold on an event of the entry, trying again while Redis fails; `None` when the
     /// consumer stops meanwhile.
-    async fn take_hold(&self, digest: Digest) -> Option<Hold> {
+    async fn take_hold(&self, digest: Digest, part: Option<&Part>) -> Option<Hold> {
         let session = &self.session;
         let retry = Backoff::exponential(Duration::from_millis(20), Duration::from_secs(2));
         let replay = is_replay(&self.entry);
+        let holder = holder(&self.entry.id, part);
         let mut failures = 0;
         loop {
             match session
                 .holds
-                .take(&self.stream, digest, &self.entry.id, replay)
+                .take(&self.stream, digest, &holder, replay)
                 .await
             {
                 Ok(hold) => {
@@ -271,8 +313,8 @@ impl Delivery {
         }
     }
 
-    /// An entry without a handler for its type: skipped (if its body is JSON) or dead-lettered.
-    fn unhandled(&mut self, envelope: Envelope) -> End {
+    /// An event without a handler for its type: skipped (if its body is JSON) or dead-lettered.
+    fn unhandled(&self, envelope: Envelope) -> End {
         let inner = &self.session.inner;
         match inner.settings.unhandled {
             Unhandled::Skip => match envelope.check_body() {
@@ -291,22 +333,24 @@ impl Delivery {
         }
     }
 
-    /// An entry that no attempt can handle, before any handler saw it.
+    /// An event that no attempt can handle, before any handler saw it.
     fn failed_at_once(&self, event_type: Option<String>, failure: Failure) -> End {
         Counters::add(&self.session.inner.counters.failed, 1);
         End::DeadLetter {
             event_type,
             failure,
+            attempts: self.unsettled.kept.deliveries(),
             hold: None,
         }
     }
 
-    /// An attempt that failed for the last time: the entry goes to the dead-letter stream.
+    /// An attempt that failed for the last time: the event goes to the dead-letter stream.
     fn failed(&self, context: &Context, failure: Failure, hold: Option<Digest>) -> End {
         self.report_failure(context, &failure);
         End::DeadLetter {
             event_type: Some(context.envelope.event_type.clone()),
             failure,
+            attempts: context.attempt,
             hold,
         }
     }
@@ -323,23 +367,25 @@ impl Delivery {
         tracing::debug!(stream = %self.stream, entry_id = %self.entry.id, attempt = context.attempt, %failure, "attempt failed");
     }
 
-    /// Moves the entry to the dead-letter stream, acknowledging it and marking its hold dead;
-    /// tells the metrics and the `on_dead_letter` hook once it is there.
+    /// Moves an event of the entry (`part` of it when it is packed) to the dead-letter stream,
+    /// marking its hold dead, and acknowledges the entry with it when it is the entry's last event
+    /// unsettled; tells the metrics and the `on_dead_letter` hook once it is there.
     async fn dead_letter(
-        self,
+        &self,
         event_type: Option<String>,
         failure: &Failure,
+        attempts: u32,
         hold: Option<Digest>,
+        part: Option<&Part>,
     ) {
         let session = &self.session;
         let inner = &session.inner;
-        let attempts = match failure {
-            Failure::Exhausted(attempts) => *attempts,
-            _ => self.unsettled.kept.deliveries(),
-        };
+        let acknowledge = self.unsettled.is_last();
         let doomed = Doomed {
             stream: &self.stream,
             entry: &self.entry,
+            part,
+            acknowledge,
             event_type: event_type.clone(),
             reason: failure.to_string(),
             attempts,
@@ -348,6 +394,11 @@ impl Delivery {
         let moved =
             move_to_dead_letters(&inner.commands, &inner.settings, &inner.counters, doomed).await;
         if let Some(dead_letter) = moved {
+            if !acknowledge {
+                session
+                    .acks
+                    .settled_elsewhere(self.stream_index, &self.unsettled);
+            }
             self.metrics(event_type.as_deref()).dead_lettered();
             run_hook(|| {
                 if let Some(hook) = &inner.hooks.on_dead_letter {

@@ -114,6 +114,9 @@ pub(crate) struct DeadLetterMove<'a> {
     pub(crate) stream: &'a str,
     pub(crate) dead_letter_stream: &'a str,
     pub(crate) entry_id: &'a str,
+    /// Whether to acknowledge the entry too: false while other events of a packed entry are
+    /// unsettled.
+    pub(crate) acknowledge: bool,
     /// The identity of the entry's event, when it holds its hold: marked dead with the move.
     pub(crate) hold: Option<Digest>,
     pub(crate) marks: MarkSettings,
@@ -342,7 +345,8 @@ impl<C: ConnectionLike + Clone + Send + Sync> Group<C> {
         invocation.invoke_async(&mut self.connection.clone()).await
     }
 
-    /// Acknowledges `ids` of `stream` and marks the events `done` handled, atomically.
+    /// Acknowledges `ids` of `stream` and marks the events `done` handled, atomically (either may
+    /// be empty: events of a packed entry are marked before the entry is acknowledged).
     pub(crate) async fn settle(
         &self,
         stream: &str,
@@ -351,6 +355,9 @@ impl<C: ConnectionLike + Clone + Send + Sync> Group<C> {
         marks: MarkSettings,
     ) -> redis::RedisResult<()> {
         if done.is_empty() {
+            if ids.is_empty() {
+                return Ok(());
+            }
             // Nothing to mark: a plain XACK costs Redis less than a script.
             let _: i64 = redis::cmd("XACK")
                 .arg(stream)
@@ -413,8 +420,8 @@ impl<C: ConnectionLike + Clone + Send + Sync> Group<C> {
             .collect())
     }
 
-    /// Adds the dead-letter entry, acknowledges the entry and marks its event dead, in one
-    /// transaction; returns the dead-letter entry's id, or `None` (and nothing written) when the
+    /// Adds the dead-letter entry, acknowledges the entry (when asked to) and marks its event dead,
+    /// in one transaction; returns the dead-letter entry's id, or `None` (and nothing written) when the
     /// entry is no longer pending on this consumer.
     pub(crate) async fn dead_letter(
         &self,
@@ -428,6 +435,7 @@ impl<C: ConnectionLike + Clone + Send + Sync> Group<C> {
             keys::marks_prefix(moving.stream, &self.group).into_bytes(),
             millis(moving.marks.window).to_string().into_bytes(),
             moving.marks.load.to_string().into_bytes(),
+            if moving.acknowledge { b"1" } else { b"0" }.to_vec(),
         ];
         args.extend(moving.hold.map(|digest| digest.bytes().to_vec()));
         let finish = Finish {

@@ -12,6 +12,7 @@ mod handler;
 mod idempotency;
 mod identity;
 mod keeper;
+mod part;
 mod partitions;
 mod pull;
 mod reading;
@@ -20,6 +21,7 @@ mod settle;
 mod stale;
 mod status;
 mod turns;
+mod type_names;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -1,5 +1,6 @@
-//! Pull mode: the caller reserves entries, handles them its own way, then acknowledges or fails
-//! them. Entries go through the same steps as in push mode: kept on this consumer from the
+//! Pull mode: the caller reserves events, handles them its own way, then acknowledges or fails
+//! them. An entry holding a batch packed by the TypeScript batched publisher is reserved as one
+//! event each, and acknowledged once all of them are settled. Entries go through the same steps as in push mode: kept on this consumer from the
 //! moment they are read until they are settled, the idempotency hold taken before they are
 //! handed out, dead-lettered the same way, acknowledgements and dead-letter moves retried until
 //! they land.
@@ -19,11 +20,13 @@ use super::dead_letter::{Doomed, move_to_dead_letters};
 use super::group::{Group, Hold, HoldRequest, is_no_group};
 use super::idempotency::is_replay;
 use super::identity::Digest;
-use super::keeper::{Keeper, Kept};
+use super::keeper::Keeper;
+use super::part::{Attempts, Part, holder};
 use super::reclaim::Reclaimer;
-use super::settle::{Ack, Acks, Unsettled};
+use super::settle::{Acks, Unsettled};
 use super::status::{Counters, Operation, Status};
 use crate::connection::Connection;
+use crate::typescript::Decoded;
 use crate::{Envelope, Error, Result, StreamEntry};
 
 /// An entry reserved by [`PullConsumer::reserve`]: decoded, and pending on this consumer until it
@@ -34,22 +37,31 @@ pub struct Reserved {
     pub stream: String,
     /// Its id there.
     pub entry_id: String,
+    /// The event's place in the entry, from 0, when the entry holds a batch packed by the
+    /// TypeScript batched publisher; `None` for an entry of one event.
+    pub part: Option<usize>,
     /// Which delivery this is, 1 for the first.
     pub attempt: u32,
     /// The event.
     pub envelope: Envelope,
 }
 
-/// An entry read and not yet settled, as this consumer holds it.
+/// An event read and not yet settled, as this consumer holds it.
 #[derive(Debug)]
 struct Holding {
     stream_index: usize,
-    entry: StreamEntry,
+    entry: Arc<StreamEntry>,
+    /// Which event of a packed entry it is.
+    part: Option<Part>,
     envelope: Envelope,
     /// Its event's identity, when idempotency is on.
     hold: Option<Digest>,
-    kept: Kept,
+    unsettled: Arc<Unsettled>,
+    attempts: Attempts,
 }
+
+/// Where reserved events are found: stream, entry id, and place in a packed entry.
+type Key = (String, String, Option<usize>);
 
 /// A consumer whose caller drives each entry's lifecycle: [`reserve`](Self::reserve),
 /// then [`ack`](Self::ack) or [`fail`](Self::fail). Failed entries come back from `reserve` after
@@ -66,8 +78,8 @@ pub struct PullConsumer {
     keeper: Keeper,
     reclaimer: Reclaimer,
     acks: Acks,
-    /// Reserved entries by stream and entry id.
-    reserved: HashMap<(String, String), Holding>,
+    /// Reserved events.
+    reserved: HashMap<Key, Holding>,
     /// Failed entries waiting for their backoff.
     retries: Vec<(Instant, Holding)>,
     /// Entries whose event another entry is handling, to look at again.
@@ -83,12 +95,13 @@ pub struct PullConsumer {
     stop: CancellationToken,
 }
 
-/// An entry on its way to the dead-letter stream, and why.
+/// An event on its way to the dead-letter stream, and why.
 #[derive(Debug)]
 struct Condemned {
     stream_index: usize,
-    entry: StreamEntry,
-    kept: Kept,
+    entry: Arc<StreamEntry>,
+    part: Option<Part>,
+    unsettled: Arc<Unsettled>,
     hold: Option<Digest>,
     event_type: Option<String>,
     reason: String,
@@ -152,7 +165,12 @@ impl PullConsumer {
                 self.retries.push((at, holding));
                 continue;
             }
-            holding.kept.count_delivery(&self.commands).await;
+            let mut holding = holding;
+            let kept = &holding.unsettled.kept;
+            holding
+                .attempts
+                .count_retry(kept, &self.commands, holding.part.as_ref())
+                .await;
             candidates.push(holding);
         }
         let room = n.saturating_sub(candidates.len());
@@ -185,7 +203,7 @@ impl PullConsumer {
                         Counters::add(&self.counters.cleaned, claimed.cleaned as u64);
                         Counters::add(&self.counters.reclaimed, claimed.entries.len() as u64);
                         for (entry, deliveries) in claimed.entries {
-                            candidates.extend(self.admit(index, entry, deliveries));
+                            self.admit(index, entry, deliveries, &mut candidates);
                         }
                     }
                     Err(error) => self.counters.stalled(Operation::Claim, &stream, &error),
@@ -219,14 +237,14 @@ impl PullConsumer {
                         .insert(Arc::clone(&self.streams[index]), last.id.clone());
                 }
                 for entry in entries {
-                    candidates.extend(self.admit(index, entry, 1));
+                    self.admit(index, entry, 1, &mut candidates);
                 }
             }
         }
         self.hold_and_reserve(candidates).await
     }
 
-    /// Acknowledges handled entries and marks them done for idempotency; returns once that has
+    /// Acknowledges handled events and marks them done for idempotency; returns once that has
     /// landed in Redis, trying again while it fails (dropping the future leaves it to land later).
     pub async fn ack(&mut self, entries: &[Reserved]) -> Result<()> {
         let mut landed = Vec::new();
@@ -234,14 +252,13 @@ impl PullConsumer {
             let Some(holding) = self.take(reserved) else {
                 continue;
             };
-            let (turn, settled) = oneshot::channel();
+            let (sender, settled) = oneshot::channel();
             landed.push(settled);
-            self.acks.send(
+            self.acks.handled(
                 holding.stream_index,
-                Ack {
-                    unsettled: Unsettled::new(holding.kept, None, Some(turn)),
-                    done: holding.hold,
-                },
+                &holding.unsettled,
+                holding.hold,
+                Some(sender),
             );
         }
         for settled in landed {
@@ -258,7 +275,7 @@ impl PullConsumer {
                 continue;
             };
             Counters::add(&self.counters.failed, 1);
-            let attempt = holding.kept.deliveries();
+            let attempt = holding.attempts.current(&holding.unsettled.kept);
             if attempt >= self.settings.max_attempts {
                 let reason = format!("failed after {attempt} attempts: {reason}");
                 self.dead_letter(holding.condemned(reason, attempt));
@@ -303,42 +320,71 @@ impl PullConsumer {
         Ok(())
     }
 
-    /// Stops holding a reserved entry; `None` if it is not held (acknowledged or failed already).
+    /// Stops holding a reserved event; `None` if it is not held (acknowledged or failed already).
     fn take(&mut self, reserved: &Reserved) -> Option<Holding> {
-        self.reserved
-            .remove(&(reserved.stream.clone(), reserved.entry_id.clone()))
+        self.reserved.remove(&(
+            reserved.stream.clone(),
+            reserved.entry_id.clone(),
+            reserved.part,
+        ))
     }
 
-    /// Keeps a read entry and decodes it; one that cannot be decoded goes to the dead-letter
-    /// stream instead.
+    /// Keeps a read entry and decodes its events into `candidates`; one that cannot be decoded
+    /// goes to the dead-letter stream instead.
     fn admit(
         &mut self,
         stream_index: usize,
         entry: StreamEntry,
         deliveries: u32,
-    ) -> Option<Holding> {
+        candidates: &mut Vec<Holding>,
+    ) {
         let stream = Arc::clone(&self.streams[stream_index]);
         let kept = self.keeper.keep(&stream, &entry.id, deliveries);
-        match entry.decode() {
-            Ok(envelope) => Some(Holding {
-                stream_index,
-                entry,
-                envelope,
-                hold: None,
-                kept,
-            }),
-            Err(error) => {
-                Counters::add(&self.counters.failed, 1);
-                self.dead_letter(Condemned {
+        let unsettled = Unsettled::new(kept, None, None);
+        let decoded = Envelope::decode_entry(&entry.fields);
+        let entry = Arc::new(entry);
+        let events = match decoded {
+            Ok(Decoded::One(envelope)) => vec![(envelope.check_body().map(|()| envelope), None)],
+            Ok(Decoded::Packed(events)) => {
+                unsettled.holds_events(events.len());
+                events
+                    .into_iter()
+                    .enumerate()
+                    .map(|(index, event)| {
+                        let part = Part {
+                            index,
+                            data: event.data,
+                        };
+                        (event.envelope, Some(part))
+                    })
+                    .collect()
+            }
+            Err(error) => vec![(Err(error), None)],
+        };
+        for (envelope, part) in events {
+            match envelope {
+                Ok(envelope) => candidates.push(Holding {
                     stream_index,
-                    entry,
-                    kept,
+                    entry: Arc::clone(&entry),
+                    part,
+                    envelope: self.settings.type_names.apply(envelope),
                     hold: None,
-                    event_type: None,
-                    reason: Failure::Decode(error).to_string(),
-                    attempts: deliveries,
-                });
-                None
+                    unsettled: Arc::clone(&unsettled),
+                    attempts: Attempts::default(),
+                }),
+                Err(error) => {
+                    Counters::add(&self.counters.failed, 1);
+                    self.dead_letter(Condemned {
+                        stream_index,
+                        entry: Arc::clone(&entry),
+                        part,
+                        unsettled: Arc::clone(&unsettled),
+                        hold: None,
+                        event_type: None,
+                        reason: Failure::Decode(error).to_string(),
+                        attempts: deliveries,
+                    });
+                }
             }
         }
     }
@@ -359,13 +405,8 @@ impl PullConsumer {
                     }
                     Some((Hold::Done | Hold::Dead, _)) => {
                         Counters::add(&self.counters.duplicates, 1);
-                        self.acks.send(
-                            holding.stream_index,
-                            Ack {
-                                unsettled: Unsettled::new(holding.kept, None, None),
-                                done: None,
-                            },
-                        );
+                        self.acks
+                            .handled(holding.stream_index, &holding.unsettled, None, None);
                     }
                     // Busy, or Redis failed: look again at the next reserve.
                     Some((Hold::Busy, _)) | None => self.busy.push(holding),
@@ -375,21 +416,23 @@ impl PullConsumer {
         }
         let mut reserved = Vec::with_capacity(candidates.len());
         for holding in candidates {
-            let attempt = holding.kept.deliveries();
+            let attempt = holding.attempts.current(&holding.unsettled.kept);
             if attempt > self.settings.max_attempts {
                 let reason = Failure::Exhausted(attempt - 1).to_string();
                 self.dead_letter(holding.condemned(reason, attempt - 1));
                 continue;
             }
             let stream = self.streams[holding.stream_index].to_string();
+            let part = holding.part.as_ref().map(|part| part.index);
             reserved.push(Reserved {
                 stream: stream.clone(),
                 entry_id: holding.entry.id.clone(),
+                part,
                 attempt,
                 envelope: holding.envelope.clone(),
             });
             self.reserved
-                .insert((stream, holding.entry.id.clone()), holding);
+                .insert((stream, holding.entry.id.clone(), part), holding);
         }
         Ok(reserved)
     }
@@ -405,13 +448,18 @@ impl PullConsumer {
             if of_stream.is_empty() {
                 continue;
             }
+            let holders: Vec<_> = of_stream
+                .iter()
+                .map(|at| holder(&candidates[*at].entry.id, candidates[*at].part.as_ref()))
+                .collect();
             let requests: Vec<HoldRequest<'_>> = of_stream
                 .iter()
-                .map(|at| {
+                .zip(&holders)
+                .map(|(at, holder)| {
                     let holding = &candidates[*at];
                     HoldRequest {
                         digest: Digest::of(&holding.envelope, None, self.settings.identity),
-                        entry_id: &holding.entry.id,
+                        entry_id: holder,
                         replay: is_replay(&holding.entry),
                     }
                 })
@@ -433,36 +481,45 @@ impl PullConsumer {
         holds
     }
 
-    /// Moves `condemned` to the dead-letter stream in the background, retried until it lands.
+    /// Moves `condemned` to the dead-letter stream in the background, retried until it lands;
+    /// acknowledges its entry with it when it is the entry's last event unsettled.
     fn dead_letter(&mut self, condemned: Condemned) {
         let commands = self.commands.clone();
         let settings = self.settings.clone();
         let counters = Arc::clone(&self.counters);
+        let acks = self.acks.clone();
         let stream = Arc::clone(&self.streams[condemned.stream_index]);
         self.moves.spawn(async move {
+            let acknowledge = condemned.unsettled.is_last();
             let doomed = Doomed {
                 stream: &stream,
                 entry: &condemned.entry,
+                part: condemned.part.as_ref(),
+                acknowledge,
                 event_type: condemned.event_type,
                 reason: condemned.reason,
                 attempts: condemned.attempts,
                 hold: condemned.hold,
             };
-            move_to_dead_letters(&commands, &settings, &counters, doomed).await;
+            let moved = move_to_dead_letters(&commands, &settings, &counters, doomed).await;
+            if moved.is_some() && !acknowledge {
+                acks.settled_elsewhere(condemned.stream_index, &condemned.unsettled);
+            }
             // Kept until the move has landed.
-            drop(condemned.kept);
+            drop(condemned.unsettled);
         });
     }
 }
 
 impl Holding {
-    /// This entry, on its way to the dead-letter stream for `reason` after `attempts`.
+    /// This event, on its way to the dead-letter stream for `reason` after `attempts`.
     fn condemned(self, reason: String, attempts: u32) -> Condemned {
         Condemned {
             stream_index: self.stream_index,
             event_type: Some(self.envelope.event_type),
             entry: self.entry,
-            kept: self.kept,
+            part: self.part,
+            unsettled: self.unsettled,
             hold: self.hold,
             reason,
             attempts,

@@ -1,10 +1,13 @@
 //! Acknowledgements, batched per stream: whatever deliveries finish while one round trip is under
-//! way goes in the next, one call that acknowledges the entries and marks their holds done. A
+//! way goes in the next, one call that acknowledges the entries and marks their holds done. An
+//! entry holding a packed batch of events is acknowledged once every one of them is settled, each
+//! marked done as it is. A
 //! failed call is tried again, with what came meanwhile, until it works or the consumer stops;
 //! until then each entry stays kept, with its backpressure permit and its key's turn, so no
 //! handler runs twice for a lost acknowledgement. One stream's trouble never holds up another's.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
@@ -21,35 +24,60 @@ use crate::connection::Connection;
 const MAX_BATCH: usize = 1_000;
 
 /// What an entry holds on to until it is settled in Redis: its keeping, its backpressure permit
-/// and its partition key's turn. Dropping it lets go of all three.
+/// and its partition key's turn, shared by its events (one, or each event of a packed batch) until
+/// the last lets go. Dropping it lets go of all three.
 #[derive(Debug)]
 pub(crate) struct Unsettled {
     pub(crate) kept: Kept,
+    /// Its events not settled yet; the entry is acknowledged once none is left.
+    events: AtomicUsize,
     _permit: Option<OwnedSemaphorePermit>,
     /// Dropped when the entry is settled, letting the next event of its key start.
     _turn: Option<oneshot::Sender<()>>,
 }
 
 impl Unsettled {
-    /// What `kept` holds on to until it is settled.
+    /// What `kept`, an entry of one event, holds on to until it is settled.
     pub(crate) fn new(
         kept: Kept,
         permit: Option<OwnedSemaphorePermit>,
         turn: Option<oneshot::Sender<()>>,
-    ) -> Self {
-        Self {
+    ) -> Arc<Self> {
+        Arc::new(Self {
             kept,
+            events: AtomicUsize::new(1),
             _permit: permit,
             _turn: turn,
-        }
+        })
+    }
+
+    /// Says the entry holds `events` events, before any of them is settled.
+    pub(crate) fn holds_events(&self, events: usize) {
+        self.events.store(events, Ordering::Relaxed);
+    }
+
+    /// Whether every other event of the entry is settled: settling this one settles the entry.
+    pub(crate) fn is_last(&self) -> bool {
+        self.events.load(Ordering::Acquire) == 1
+    }
+
+    /// Counts one event settled (not the last, see [`is_last`](Self::is_last)); true when that
+    /// leaves none, so the entry is to be acknowledged.
+    fn settled_one(&self) -> bool {
+        self.events.fetch_sub(1, Ordering::AcqRel) == 1
     }
 }
 
-/// A handled (or skipped) entry to acknowledge, with the event to mark done.
+/// A handled (or skipped) event to settle: its mark, and its entry's acknowledgement once every
+/// event of the entry is settled.
 #[derive(Debug)]
 pub(crate) struct Ack {
-    pub(crate) unsettled: Unsettled,
+    pub(crate) entry: Arc<Unsettled>,
+    /// Whether to acknowledge the entry: false while other events of it are unsettled.
+    acknowledge: bool,
     pub(crate) done: Option<Digest>,
+    /// Dropped once the acknowledgement (or mark) has landed.
+    _landed: Option<oneshot::Sender<()>>,
 }
 
 /// Where deliveries hand their acknowledgements over: one queue per stream, by the stream's
@@ -84,11 +112,54 @@ impl Acks {
         (Self { queues }, tasks)
     }
 
+    /// Settles a handled (or skipped) event of `entry`, of the stream at `stream_index`: marks it
+    /// `done` (when it holds its hold), and acknowledges the entry with it when it is the entry's
+    /// last event unsettled, or right behind it when the others settled meanwhile. `landed` is
+    /// dropped once the event's part has landed.
+    pub(crate) fn handled(
+        &self,
+        stream_index: usize,
+        entry: &Arc<Unsettled>,
+        done: Option<Digest>,
+        landed: Option<oneshot::Sender<()>>,
+    ) {
+        let acknowledge = entry.is_last();
+        self.send(
+            stream_index,
+            Ack {
+                entry: Arc::clone(entry),
+                acknowledge,
+                done,
+                _landed: landed,
+            },
+        );
+        if !acknowledge {
+            // Queued behind the mark: they land in order.
+            self.settled_elsewhere(stream_index, entry);
+        }
+    }
+
+    /// Counts an event of `entry` settled by other means (moved to the dead letters, its move
+    /// landed); acknowledges the entry when that leaves none of its events.
+    pub(crate) fn settled_elsewhere(&self, stream_index: usize, entry: &Arc<Unsettled>) {
+        if entry.settled_one() {
+            self.send(
+                stream_index,
+                Ack {
+                    entry: Arc::clone(entry),
+                    acknowledge: true,
+                    done: None,
+                    _landed: None,
+                },
+            );
+        }
+    }
+
     /// Queues `ack` for the stream at `stream_index`. If the consumer has stopped, the entry stays
     /// pending for another consumer.
-    pub(crate) fn send(&self, stream_index: usize, ack: Ack) {
+    fn send(&self, stream_index: usize, ack: Ack) {
         if let Err(unsent) = self.queues[stream_index].send(ack) {
-            let kept = &unsent.0.unsettled.kept;
+            let kept = &unsent.0.entry.kept;
             tracing::warn!(stream = %kept.stream(), entry_id = %kept.id(), "the consumer stopped before the entry was acknowledged; it stays pending");
         }
     }
@@ -116,20 +187,22 @@ async fn acknowledge(
             }
         }
         let batch = &waiting[..waiting.len().min(MAX_BATCH)];
+        let settled = batch.len();
         let ids: Vec<String> = batch
             .iter()
-            .map(|ack| ack.unsettled.kept.id().to_owned())
+            .filter(|ack| ack.acknowledge)
+            .map(|ack| ack.entry.kept.id().to_owned())
             .collect();
         let done: Vec<Digest> = batch.iter().filter_map(|ack| ack.done).collect();
         match group.settle(&stream, &ids, &done, marks).await {
             Ok(()) => {
                 failures = 0;
                 counters.recovered(Operation::Acknowledge, &stream);
-                waiting.drain(..ids.len());
+                waiting.drain(..settled);
             }
             Err(error) if is_no_group(&error) || error.code() == Some("WRONGTYPE") => {
                 tracing::warn!(%stream, entries = ids.len(), %error, "the group or its stream is gone, and its pending entries with it: nothing left to acknowledge");
-                waiting.drain(..ids.len());
+                waiting.drain(..settled);
             }
             Err(error) => {
                 failures += 1;

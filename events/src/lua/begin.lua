@@ -9,7 +9,7 @@
 -- ARGV[3]      the idempotency window, in milliseconds
 -- ARGV[4]      marks per shard before a split
 -- ARGV[3i+2]   entry i's identity digest (16 bytes)
--- ARGV[3i+3]   entry i's id
+-- ARGV[3i+3]   entry i's id, followed by `#<index>` for an event of a packed entry
 -- ARGV[3i+4]   '1' when entry i is a replay of a dead letter, '0' otherwise
 -- Returns, per entry, 0 when it holds its event, 1 when the event was handled already, 2 when
 -- another pending entry of the same event holds it, 3 when the event was dead-lettered.
@@ -26,8 +26,12 @@ local function verdict(mark, id, replay)
     return 3
   elseif mark == id then
     return 0
-  elseif mark and #redis.call('XPENDING', KEYS[1], ARGV[1], mark, mark, 1) > 0 then
-    return 2
+  elseif mark then
+    -- The holding entry's id, without the `#<index>` of an event of a packed entry.
+    local holder = string.match(mark, '^[^#]*')
+    if #redis.call('XPENDING', KEYS[1], ARGV[1], holder, holder, 1) > 0 then
+      return 2
+    end
   end
   return false
 end

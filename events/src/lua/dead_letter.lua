@@ -1,7 +1,8 @@
 
 -- Ends a dead-letter move: runs in one transaction right after the XADD of the dead-letter entry
 -- (so that an entry of any size can be moved: its fields never pass through Lua). If the entry is
--- still pending on this consumer, acknowledges it and marks its event dead; otherwise another
+-- still pending on this consumer, acknowledges it (unless other events of a packed entry are still
+-- unsettled) and marks its event dead; otherwise another
 -- consumer has it, and the dead-letter entry just added is deleted again. So an entry is
 -- dead-lettered at most once, and never one that another consumer handled. (When the XADD failed,
 -- the dead-letter key is not a stream: nothing is acknowledged then.)
@@ -13,7 +14,8 @@
 -- ARGV[4]  the prefix of the group's marks on the stream
 -- ARGV[5]  the idempotency window, in milliseconds
 -- ARGV[6]  marks per shard before a split
--- ARGV[7]  the event's identity digest, when the entry holds its event
+-- ARGV[7]  '1' to acknowledge the entry, '0' to leave it pending for its other events
+-- ARGV[8]  the event's identity digest, when the entry holds its event
 -- Returns 1 when the entry was moved, 0 when it was not this consumer's any more.
 if redis.call('TYPE', KEYS[2]).ok ~= 'stream' then
   return redis.error_reply('the dead-letter key ' .. KEYS[2] .. ' is not a stream')
@@ -24,10 +26,12 @@ if pending[1] == nil or pending[1][2] ~= ARGV[2] then
   redis.call('XDEL', KEYS[2], added[1][1])
   return 0
 end
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
-if ARGV[7] then
+if ARGV[7] == '1' then
+  redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+end
+if ARGV[8] then
   marks_setup(ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]))
-  marks_write('HSET', ARGV[7], marks_number(ARGV[7]), 'x')
+  marks_write('HSET', ARGV[8], marks_number(ARGV[8]), 'x')
   marks_flush()
 end
 return 1

@@ -39,12 +39,18 @@ impl RedisServer {
             });
         }
         Self::spawn().map_err(|error| match error.kind() {
+            io::ErrorKind::NotFound if std::env::var_os("EVENTS_TEST_SERVER").is_some() => {
+                format!(
+                    "EVENTS_TEST_SERVER names `{}`, which does not exist",
+                    server_binary()
+                )
+            }
             io::ErrorKind::NotFound => {
                 "redis-server is not on PATH: install it (Debian/Ubuntu: `sudo apt-get install \
                  redis-server`, macOS: `brew install redis`) or set REDIS_URL to a running Redis"
                     .to_owned()
             }
-            _ => format!("could not start redis-server: {error}"),
+            _ => format!("could not start {}: {error}", server_binary()),
         })
     }
 
