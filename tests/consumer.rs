@@ -674,7 +674,9 @@ async fn events_without_a_handler_are_skipped_or_dead_lettered_and_patterns_matc
 }
 
 #[tokio::test]
-#[should_panic(expected = "a handler for event type `task.created` is already registered")]
+#[should_panic(
+    expected = "a handler for event type `task.created` version 1 is already registered"
+)]
 async fn registering_two_handlers_for_one_type_panics_at_the_caller() {
     let seen = seen();
     let _ = Consumer::builder("redis://127.0.0.1:1")

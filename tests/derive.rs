@@ -647,3 +647,102 @@ fn user_functions_are_not_shadowed_and_raw_names_are_unescaped() {
         "2 invalid fields: value: report says no; type: path says no"
     );
 }
+
+/// Three versions of one event: v1 had a full name, v2 split it, v3 added a locale.
+mod evolution {
+    use events::{DecodeError, Envelope, Event};
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Debug, Serialize, Deserialize, Event)]
+    #[event(name = "member.joined")]
+    struct JoinedV1 {
+        name: String,
+    }
+
+    #[derive(Debug, Serialize, Deserialize, Event)]
+    #[event(name = "member.joined", version = 2, previous = JoinedV1)]
+    struct JoinedV2 {
+        first: String,
+        last: String,
+    }
+
+    impl From<JoinedV1> for JoinedV2 {
+        fn from(v1: JoinedV1) -> Self {
+            let (first, last) = v1.name.split_once(' ').unwrap_or((&v1.name, ""));
+            Self {
+                first: first.into(),
+                last: last.into(),
+            }
+        }
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize, Event)]
+    #[event(name = "member.joined", version = 3, previous = JoinedV2)]
+    struct Joined {
+        first: String,
+        last: String,
+        #[event(length(min = 2, max = 5))]
+        locale: String,
+    }
+
+    impl From<JoinedV2> for Joined {
+        fn from(v2: JoinedV2) -> Self {
+            Self {
+                first: v2.first,
+                last: v2.last,
+                locale: "en".into(),
+            }
+        }
+    }
+
+    fn envelope(version: u32, body: &str) -> Envelope {
+        Envelope::new("member.joined", version, "members", body.into())
+    }
+
+    #[test]
+    fn older_versions_are_upcast_step_by_step() {
+        let ada = |locale: &str| Joined {
+            first: "Ada".into(),
+            last: "Lovelace".into(),
+            locale: locale.into(),
+        };
+        assert_eq!(
+            envelope(1, r#"{"name":"Ada Lovelace"}"#).decode_body::<Joined>(),
+            Ok(ada("en"))
+        );
+        assert_eq!(
+            envelope(2, r#"{"first":"Ada","last":"Lovelace"}"#).decode_body::<Joined>(),
+            Ok(ada("en"))
+        );
+        assert_eq!(
+            envelope(3, r#"{"first":"Ada","last":"Lovelace","locale":"fr"}"#)
+                .decode_body::<Joined>(),
+            Ok(ada("fr"))
+        );
+    }
+
+    #[test]
+    fn an_old_body_that_is_not_its_version_says_so_and_newer_versions_are_unknown() {
+        let error = envelope(1, r#"{"first":"Ada"}"#)
+            .decode_body::<Joined>()
+            .unwrap_err();
+        assert!(
+            matches!(&error, DecodeError::Body { reason, .. } if reason.contains("missing field `name`")),
+            "{error}"
+        );
+        assert_eq!(
+            envelope(4, "{}").decode_body::<Joined>(),
+            Err(DecodeError::UnknownVersion {
+                event_type: "member.joined".into(),
+                found: 4,
+                known: 3
+            })
+        );
+        // The upcast event is validated as the current version.
+        let invalid = envelope(3, r#"{"first":"A","last":"B","locale":"x"}"#);
+        assert!(matches!(
+            invalid.decode_body::<Joined>(),
+            Err(DecodeError::Invalid { .. })
+        ));
+    }
+}

@@ -8,6 +8,7 @@ mod acceptance;
 mod batch;
 mod cluster;
 mod consumer;
+mod evolution;
 mod guarantees;
 mod health;
 mod idempotency;

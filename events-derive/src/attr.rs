@@ -34,6 +34,7 @@ pub(crate) fn parse(input: &DeriveInput, derive: Derive, errors: &mut Vec<Error>
         generics: input.generics.clone(),
         name: None,
         version: None,
+        previous: None,
         fields: Vec::new(),
     };
     let mut keys = Keys::default();
@@ -84,7 +85,7 @@ fn event_attrs(attrs: &[Attribute]) -> impl Iterator<Item = &Attribute> {
     attrs.iter().filter(|attr| attr.path().is_ident("event"))
 }
 
-/// Reads one key of a struct attribute: `name = ".."` or `version = N`.
+/// Reads one key of a struct attribute: `name = ".."`, `version = N` or `previous = Struct`.
 fn container_key(
     container: &mut Container,
     keys: &mut Keys,
@@ -92,16 +93,20 @@ fn container_key(
     errors: &mut Vec<Error>,
 ) -> syn::Result<()> {
     let key = path_name(&meta.path);
-    if key != "name" && key != "version" {
+    if key != "name" && key != "version" && key != "previous" {
         errors.push(Error::new_spanned(
             &meta.path,
-            format!("unknown event attribute `{key}`; expected `name` or `version`"),
+            format!("unknown event attribute `{key}`; expected `name`, `version` or `previous`"),
         ));
         return skip_value(meta);
     }
     if let Err(error) = keys.first(&meta.path) {
         errors.push(error);
         return skip_value(meta);
+    }
+    if key == "previous" {
+        container.previous = Some(meta.value()?.parse()?);
+        return Ok(());
     }
     let value: Expr = meta.value()?.parse()?;
     match (key.as_str(), literal(&value)) {

@@ -6,6 +6,7 @@
 use proc_macro2::{Ident, Span, TokenStream};
 use quote::{quote, quote_spanned};
 use syn::ext::IdentExt;
+use syn::spanned::Spanned;
 use syn::{Lit, LitFloat};
 
 use crate::model::{Container, Derive, Field, Number, Rule, RuleKind};
@@ -52,12 +53,17 @@ fn generate(container: &Container, keys: TokenStream, body: TokenStream) -> Toke
             .version
             .as_ref()
             .map_or(1, |version| version.value);
+        let upcast = container
+            .previous
+            .as_ref()
+            .map(|previous| upcast(previous, &name));
         quote! {
             #[automatically_derived]
             impl #impl_generics ::events::Event for #ident #type_generics #where_clause {
                 const NAME: &'static str = #name;
                 const VERSION: u32 = #version;
                 #keys
+                #upcast
             }
         }
     });
@@ -72,6 +78,38 @@ fn generate(container: &Container, keys: TokenStream, body: TokenStream) -> Toke
         impl #impl_generics ::events::Validate for #ident #type_generics #where_clause {
             fn validate_into(&self, #path: &str, #report: &mut ::events::ValidationReport) {
                 #body
+            }
+        }
+    }
+}
+
+/// `fn from_version` reading older versions as `previous` and converting them with `From`, and
+/// compile-time checks that `previous` is an older version of the same event type.
+fn upcast(previous: &syn::Path, name: &str) -> TokenStream {
+    let version = local("version");
+    let body = local("body");
+    let not_older = format!("`previous` must name an older version of `{name}`");
+    let other_name = format!("`previous` must name a struct of the event type `{name}`");
+    quote_spanned! {previous.span()=>
+        fn from_version(
+            #version: u32,
+            #body: &str,
+        ) -> ::core::result::Result<Self, ::events::__private::serde_json::Error> {
+            const {
+                ::core::assert!(
+                    <#previous as ::events::Event>::VERSION < <Self as ::events::Event>::VERSION,
+                    #not_older
+                );
+                ::core::assert!(
+                    ::events::__private::same_name(<#previous as ::events::Event>::NAME, #name),
+                    #other_name
+                );
+            }
+            if #version < <Self as ::events::Event>::VERSION {
+                <#previous as ::events::Event>::from_version(#version, #body)
+                    .map(<Self as ::core::convert::From<#previous>>::from)
+            } else {
+                ::events::__private::serde_json::from_str(#body)
             }
         }
     }

@@ -17,7 +17,10 @@ mod model;
 /// Derives `events::Event` and `events::Validate` for a struct with named fields.
 ///
 /// On the struct, `#[event(name = "user.created", version = 2)]`: `name` is required and follows
-/// `events::check_event_type`; `version` is 1 or more and defaults to 1.
+/// `events::check_event_type`; `version` is 1 or more and defaults to 1. `previous = UserCreatedV1`
+/// names the struct of an older version of the same event type: bodies of older versions are read
+/// as it (and so on down its own `previous`) and converted with `From<UserCreatedV1>`, which the
+/// struct implements; both are checked at compile time.
 ///
 /// On fields, in one `#[event(..)]` or spread over several, checked in the order written:
 ///

@@ -34,6 +34,8 @@ pub(crate) struct Container {
     pub(crate) name: Option<LitStr>,
     /// `version = N`.
     pub(crate) version: Option<Version>,
+    /// `previous = Struct`: the struct of the version before, which older bodies are read as.
+    pub(crate) previous: Option<syn::Path>,
     /// The named fields, in declaration order; empty when the input is not such a struct.
     pub(crate) fields: Vec<Field>,
 }

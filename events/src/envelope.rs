@@ -292,7 +292,8 @@ impl Envelope {
             .map_err(body_not_json)
     }
 
-    /// The body as the event struct `E`: checks the type and version, deserializes, and validates.
+    /// The body as the event struct `E`: checks the type and version, deserializes (an older
+    /// version as [`Event::from_version`] says), and validates.
     pub fn decode_body<E: Event>(&self) -> Result<E, DecodeError> {
         if self.event_type != E::NAME {
             return Err(DecodeError::TypeMismatch {
@@ -307,8 +308,8 @@ impl Envelope {
                 known: E::VERSION,
             });
         }
-        let event: E =
-            serde_json::from_str(&self.body).map_err(|error| match error.classify() {
+        let event =
+            E::from_version(self.version, &self.body).map_err(|error| match error.classify() {
                 serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
                     body_not_json(error)
                 }

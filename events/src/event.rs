@@ -28,6 +28,16 @@ pub trait Event: Validate + Serialize + DeserializeOwned + Send + Sync + 'static
     fn partition_key(&self) -> Option<String> {
         None
     }
+
+    /// Reads a body written as `version` (at most [`VERSION`](Self::VERSION)) into this struct.
+    /// By default every version is read as this one (fields added since need serde defaults).
+    /// `#[event(previous = OlderStruct)]` reads older versions as the struct of the version before
+    /// (itself reading its own older ones the same way) and converts them with
+    /// `From<OlderStruct> for Self`: upcasting, chained from version to version.
+    fn from_version(version: u32, body: &str) -> Result<Self, serde_json::Error> {
+        let _ = version;
+        serde_json::from_str(body)
+    }
 }
 
 /// Checks that `name` is a valid event type: dot-separated segments of `[a-z0-9_-]`, none empty.

@@ -37,8 +37,8 @@ pub use batch::{
 pub use connection::Connection;
 pub use consumer::{
     Backoff, Consumer, ConsumerBuilder, Context, DEAD_LETTER_PREFIX, DeadLetter, Failure,
-    HandlerError, HandlerOptions, Identity, Operation, PullConsumer, Reserved, Stall, StartFrom,
-    Status, Unhandled, remove_stale_consumers_of,
+    HandlerError, HandlerOptions, Identity, NewerVersions, Operation, PullConsumer, Reserved,
+    Stall, StartFrom, Status, Unhandled, remove_stale_consumers_of,
 };
 pub use dead_letters::{DeadLetterEntry, DeadLetters, REPLAYED_FIELD};
 pub use endpoint::{CLUSTER_SCHEME, Endpoint, SENTINEL_SCHEME, TLS_CLUSTER_SCHEME};

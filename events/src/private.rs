@@ -207,6 +207,23 @@ pub fn push_key_part<T: serde::Serialize + ?Sized>(key: &mut String, part: &T) {
     key.push('\u{1f}');
 }
 
+/// Whether two names are equal, at compile time: the derive checks that `previous` names the
+/// same event type.
+pub const fn same_name(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut at = 0;
+    while at < a.len() {
+        if a[at] != b[at] {
+            return false;
+        }
+        at += 1;
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

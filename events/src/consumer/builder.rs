@@ -13,7 +13,7 @@ use super::handler::Registry;
 use super::partitions::Partitioned;
 use super::{
     Backoff, Consumer, Context, DeadLetter, Failure, HandlerError, HandlerOptions, Identity, Inner,
-    PullConsumer, StartFrom, Unhandled,
+    NewerVersions, PullConsumer, StartFrom, Unhandled,
 };
 use crate::connection::Connection;
 use crate::connection::{check_server_version, connect};
@@ -173,6 +173,12 @@ impl ConsumerBuilder {
         self.settings(|settings| settings.unhandled = unhandled)
     }
 
+    /// What to do with events of a version newer than every handler of their type knows (default:
+    /// retry them, so that a newer deployment can take them over; see [`NewerVersions`]).
+    pub fn newer_versions(self, newer: NewerVersions) -> Self {
+        self.settings(|settings| settings.newer_versions = newer)
+    }
+
     /// Reads events whose type starts with `namespace` and a dot without them, so that
     /// `user-service.user.created`, as a TypeScript service named `user-service` publishes it, goes
     /// to the handler of `user.created`. Call it once per namespace.
@@ -209,10 +215,13 @@ impl ConsumerBuilder {
         self.settings(|settings| settings.shutdown_timeout = timeout)
     }
 
-    /// Handles events of type `E`, deserialized and validated.
+    /// Handles events of type `E`, deserialized and validated. Handlers of several versions of one
+    /// event type may be registered (structs with the same name and other versions): an event
+    /// goes to the handler of the oldest version at least as new as its own, older bodies read as
+    /// [`Event::from_version`] says.
     ///
     /// # Panics
-    /// When a handler for `E` is already registered, at the caller's line.
+    /// When a handler for `E` (its type and version) is already registered, at the caller's line.
     #[track_caller]
     pub fn handle<E, F, Fut>(self, handler: F) -> Self
     where
@@ -226,7 +235,7 @@ impl ConsumerBuilder {
     /// [`handle`](Self::handle) with its own timeout or idempotency.
     ///
     /// # Panics
-    /// When a handler for `E` is already registered, at the caller's line.
+    /// When a handler for `E` (its type and version) is already registered, at the caller's line.
     #[track_caller]
     pub fn handle_with<E, F, Fut>(mut self, options: HandlerOptions, handler: F) -> Self
     where

@@ -18,6 +18,20 @@ pub enum Unhandled {
     DeadLetter,
 }
 
+/// What to do with an event whose version is newer than every handler of its type knows, as when
+/// a producer deploys a new version before its consumers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum NewerVersions {
+    /// Retry it with the backoff, up to the consumer's `max_attempts`, then dead-letter it: a
+    /// consumer stopped meanwhile (replaced by a deployment that knows the version) leaves it
+    /// pending, and the new one takes it over and handles it.
+    #[default]
+    Retry,
+    /// Dead-letter it at once, as undecodable.
+    DeadLetter,
+}
+
 /// Settings of one handler that differ from the consumer's.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[must_use]
@@ -104,6 +118,7 @@ pub(crate) struct Settings {
     /// the consumer connects.
     pub(crate) listpack_entries: u64,
     pub(crate) unhandled: Unhandled,
+    pub(crate) newer_versions: NewerVersions,
     /// The names events are read under.
     pub(crate) type_names: TypeNames,
     pub(crate) dead_letter_stream: Option<String>,
@@ -134,6 +149,7 @@ impl Settings {
             idempotency_ttl: Duration::from_secs(24 * 3600),
             listpack_entries: 128,
             unhandled: Unhandled::Skip,
+            newer_versions: NewerVersions::Retry,
             type_names: TypeNames::default(),
             dead_letter_stream: None,
             dead_letter_max_len: 0,

@@ -24,7 +24,7 @@ use super::identity::Digest;
 use super::part::{Attempts, Part, holder};
 use super::settle::Unsettled;
 use super::status::{Counters, InFlight, Operation};
-use super::{Context, Failure, Session, Unhandled};
+use super::{Context, Failure, NewerVersions, Session, Unhandled};
 use crate::instruments::HandlerMetrics;
 use crate::typescript::Decoded;
 use crate::{Backoff, Envelope, StreamEntry, TraceContext};
@@ -127,7 +127,7 @@ impl Delivery {
         let session = Arc::clone(&self.session);
         let inner = &session.inner;
         let envelope = inner.settings.type_names.apply(envelope);
-        let Some(registration) = inner.registry.find(&envelope.event_type) else {
+        let Some(registration) = inner.registry.find(&envelope.event_type, envelope.version) else {
             return self.unhandled(envelope);
         };
         let envelope = Arc::new(envelope);
@@ -150,6 +150,20 @@ impl Delivery {
                     .unwrap_or_else(|panic| Err(Failure::Panic(panic_message(panic.as_ref()))));
             let prepared = match prepared {
                 Ok(prepared) => prepared,
+                Err(failure @ Failure::NewerVersion(_))
+                    if inner.settings.newer_versions == NewerVersions::Retry
+                        && attempt < inner.settings.max_attempts =>
+                {
+                    // Left for a while to a consumer that knows the version, such as the next
+                    // deployment of this one: stopping leaves it pending for that one.
+                    if !self
+                        .retry(registration, &context, &failure, &mut attempts, part)
+                        .await
+                    {
+                        return End::Abandon;
+                    }
+                    continue;
+                }
                 Err(failure) => return self.failed(&context, failure, None),
             };
             let slot = tokio::select! {
@@ -202,14 +216,39 @@ impl Delivery {
             if !failure.is_retryable() || attempt >= inner.settings.max_attempts {
                 return self.failed(&context, failure, hold);
             }
-            self.report_failure(&context, &failure);
-            Counters::add(&inner.counters.retried, 1);
-            registration.metrics[self.stream_index].retried();
-            if !self.sleep(inner.settings.backoff.delay(attempt)).await {
+            if !self
+                .retry(registration, &context, &failure, &mut attempts, part)
+                .await
+            {
                 return End::Abandon;
             }
-            attempts.count_retry(kept, &inner.commands, part).await;
         }
+    }
+
+    /// Counts a failed attempt that is to be retried, waits its backoff and counts the retry;
+    /// false if the consumer stops meanwhile, leaving the event pending.
+    async fn retry(
+        &self,
+        registration: &Registration,
+        context: &Context,
+        failure: &Failure,
+        attempts: &mut Attempts,
+        part: Option<&Part>,
+    ) -> bool {
+        let inner = &self.session.inner;
+        self.report_failure(context, failure);
+        Counters::add(&inner.counters.retried, 1);
+        registration.metrics[self.stream_index].retried();
+        if !self
+            .sleep(inner.settings.backoff.delay(context.attempt))
+            .await
+        {
+            return false;
+        }
+        attempts
+            .count_retry(&self.unsettled.kept, &inner.commands, part)
+            .await;
+        true
     }
 
     /// Runs the handler in its span, within its timeout, catching a panic; records its metrics and
@@ -419,7 +458,7 @@ impl Delivery {
     /// The metric handles for entries of `event_type` on this stream.
     fn metrics(&self, event_type: Option<&str>) -> &HandlerMetrics {
         let inner = &*self.session.inner;
-        match event_type.and_then(|event_type| inner.registry.find(event_type)) {
+        match event_type.and_then(|event_type| inner.registry.find(event_type, 0)) {
             Some(registration) => &registration.metrics[self.stream_index],
             None => &inner.unhandled_metrics[self.stream_index],
         }

@@ -144,6 +144,10 @@ pub enum Failure {
     /// The entry was delivered more often than the consumer's maximum number of attempts, for
     /// example because consumers holding it crashed.
     Exhausted(u32),
+    /// The event's version is newer than every handler of its type knows: retried, so that a
+    /// consumer that knows it (a newer deployment) can take it over, unless the consumer's
+    /// [`NewerVersions`](crate::NewerVersions) says to dead-letter it.
+    NewerVersion(DecodeError),
 }
 
 impl Failure {
@@ -152,7 +156,7 @@ impl Failure {
         match self {
             Failure::Decode(_) | Failure::Unhandled(_) | Failure::Exhausted(_) => false,
             Failure::Handler(error) => !error.is_permanent(),
-            Failure::Panic(_) | Failure::Timeout(_) => true,
+            Failure::Panic(_) | Failure::Timeout(_) | Failure::NewerVersion(_) => true,
         }
     }
 }
@@ -166,6 +170,7 @@ impl fmt::Display for Failure {
             Failure::Timeout(limit) => write!(f, "handler timed out after {limit:?}"),
             Failure::Unhandled(reason) => f.write_str(reason),
             Failure::Exhausted(attempts) => write!(f, "gave up after {attempts} deliveries"),
+            Failure::NewerVersion(error) => write!(f, "left for a consumer that knows it: {error}"),
         }
     }
 }
@@ -208,15 +213,25 @@ impl fmt::Debug for Registration {
     }
 }
 
-/// Handlers by exact event type, then by glob pattern in registration order.
+/// A typed handler of one version of its event type, and where it was registered.
+#[derive(Debug, Clone)]
+struct Versioned {
+    version: u32,
+    registration: Registration,
+    at: &'static Location<'static>,
+}
+
+/// Handlers by exact event type (one per version, in version order), then by glob pattern in
+/// registration order.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Registry {
-    typed: HashMap<String, (Registration, &'static Location<'static>)>,
+    typed: HashMap<String, Vec<Versioned>>,
     patterns: Vec<(String, GlobMatcher, Registration)>,
 }
 
 impl Registry {
-    /// Registers a typed handler for `E`; a second one for the same type fails naming both callers.
+    /// Registers a typed handler for `E`; a second one for the same type and version fails naming
+    /// both callers.
     #[track_caller]
     pub(crate) fn add_typed<E, F, Fut>(&mut self, handler: F, options: HandlerOptions) -> Result<()>
     where
@@ -225,10 +240,13 @@ impl Registry {
         Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
     {
         let caller = Location::caller();
-        if let Some((_, first)) = self.typed.get(E::NAME) {
+        let versions = self.typed.entry(E::NAME.to_owned()).or_default();
+        if let Some(first) = versions.iter().find(|known| known.version == E::VERSION) {
             return Err(Error::Config(format!(
-                "a handler for event type `{}` is already registered (at {first}); the second is at {caller}",
-                E::NAME
+                "a handler for event type `{}` version {} is already registered (at {}); the second is at {caller}",
+                E::NAME,
+                E::VERSION,
+                first.at
             )));
         }
         let handler = Arc::new(handler);
@@ -236,7 +254,10 @@ impl Registry {
             let event = context
                 .envelope
                 .decode_body::<E>()
-                .map_err(Failure::Decode)?;
+                .map_err(|error| match error {
+                    DecodeError::UnknownVersion { .. } => Failure::NewerVersion(error),
+                    error => Failure::Decode(error),
+                })?;
             let key = event.idempotency_key();
             let (handler, context) = (Arc::clone(&handler), context.clone());
             let run =
@@ -250,8 +271,12 @@ impl Registry {
             identity: options.identity,
             metrics: Vec::new(),
         };
-        self.typed
-            .insert(E::NAME.to_owned(), (registration, caller));
+        versions.push(Versioned {
+            version: E::VERSION,
+            registration,
+            at: caller,
+        });
+        versions.sort_by_key(|known| known.version);
         Ok(())
     }
 
@@ -295,10 +320,16 @@ impl Registry {
         Ok(())
     }
 
-    /// The handler for `event_type`: the typed one, else the first matching pattern.
-    pub(crate) fn find(&self, event_type: &str) -> Option<&Registration> {
-        if let Some((registration, _)) = self.typed.get(event_type) {
-            return Some(registration);
+    /// The handler for version `version` of `event_type`: of its typed ones, the one of the oldest
+    /// version at least as new (older bodies are read as its version), or the newest when the
+    /// event is newer than all; else the first matching pattern.
+    pub(crate) fn find(&self, event_type: &str, version: u32) -> Option<&Registration> {
+        if let Some(versions) = self.typed.get(event_type) {
+            return versions
+                .iter()
+                .find(|known| known.version >= version)
+                .or(versions.last())
+                .map(|known| &known.registration);
         }
         let path = glob_path(event_type);
         self.patterns
@@ -315,17 +346,23 @@ impl Registry {
         names
     }
 
-    /// Registers every handler's metric handles for each of `streams`, in their order.
-    pub(crate) fn instrument(&mut self, streams: &[String], group: &str) {
-        let typed = self
-            .typed
-            .iter_mut()
-            .map(|(name, (registration, _))| (name.as_str(), registration));
+    /// Every registration with the name it is known by.
+    fn registrations_mut(&mut self) -> impl Iterator<Item = (&str, &mut Registration)> {
+        let typed = self.typed.iter_mut().flat_map(|(name, versions)| {
+            versions
+                .iter_mut()
+                .map(move |known| (name.as_str(), &mut known.registration))
+        });
         let patterns = self
             .patterns
             .iter_mut()
             .map(|(pattern, _, registration)| (pattern.as_str(), registration));
-        for (name, registration) in typed.chain(patterns) {
+        typed.chain(patterns)
+    }
+
+    /// Registers every handler's metric handles for each of `streams`, in their order.
+    pub(crate) fn instrument(&mut self, streams: &[String], group: &str) {
+        for (name, registration) in self.registrations_mut() {
             registration.metrics = streams
                 .iter()
                 .map(|stream| HandlerMetrics::new(stream, group, name))
@@ -335,7 +372,11 @@ impl Registry {
 
     /// The longest timeout a handler sets for itself.
     pub(crate) fn longest_timeout(&self) -> Option<Duration> {
-        let typed = self.typed.values().map(|(registration, _)| registration);
+        let typed = self
+            .typed
+            .values()
+            .flatten()
+            .map(|known| &known.registration);
         let patterns = self
             .patterns
             .iter()

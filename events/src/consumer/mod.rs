@@ -34,7 +34,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 pub use backoff::Backoff;
 pub use builder::ConsumerBuilder;
-pub use config::{HandlerOptions, Unhandled};
+pub use config::{HandlerOptions, NewerVersions, Unhandled};
 pub use dead_letter::{DEAD_LETTER_PREFIX, DeadLetter};
 pub use group::StartFrom;
 pub use handler::{Context, Failure, HandlerError};
