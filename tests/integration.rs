@@ -12,6 +12,7 @@ mod evolution;
 mod guarantees;
 mod health;
 mod idempotency;
+mod local;
 mod permissions;
 mod publish;
 mod sentinel;

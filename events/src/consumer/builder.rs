@@ -315,6 +315,25 @@ impl ConsumerBuilder {
         PullConsumer::start(settings.group_on(reader), commands, settings).await
     }
 
+    /// The handlers, hooks and policies, run in-process on events given to them, without Redis:
+    /// for testing handlers (see [`LocalConsumer`](crate::testing::LocalConsumer)). Streams and
+    /// group may be left out.
+    #[cfg(feature = "testing")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+    pub fn build_local(self) -> Result<super::LocalConsumer> {
+        if let Some(error) = self.error {
+            return Err(error);
+        }
+        if self.registry.is_empty() {
+            return Err(Error::Config("the consumer has no handlers".into()));
+        }
+        Ok(super::LocalConsumer::new(
+            self.settings,
+            self.registry,
+            self.hooks,
+        ))
+    }
+
     /// Checks the configuration and connects.
     pub async fn build(self) -> Result<Consumer> {
         if let Some(error) = self.error {

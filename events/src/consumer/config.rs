@@ -157,6 +157,16 @@ impl Settings {
         }
     }
 
+    /// After an attempt failed with `failure`, how long to wait before the next; `None` when the
+    /// event is to be dead-lettered (the failure is final, or that was the last attempt).
+    pub(crate) fn retry_delay(&self, failure: &Failure, attempt: u32) -> Option<Duration> {
+        let retried = match failure {
+            Failure::NewerVersion(_) => self.newer_versions == NewerVersions::Retry,
+            failure => failure.is_retryable(),
+        };
+        (retried && attempt < self.max_attempts).then(|| self.backoff.delay(attempt))
+    }
+
     /// Where and for how long the consumer's idempotency marks live.
     pub(crate) fn marks(&self) -> MarkSettings {
         MarkSettings::new(self.idempotency_ttl, self.listpack_entries)

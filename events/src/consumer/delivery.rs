@@ -6,16 +6,12 @@
 //! idempotency hold, a retry's backoff), so it never holds up other entries, and the entry stays
 //! kept throughout, so no reclaim takes it meanwhile.
 
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use futures::FutureExt;
-use futures::future::Either;
 use tokio::sync::oneshot;
-use tracing::Instrument;
 
+use super::attempt;
 use super::dead_letter::{Doomed, move_to_dead_letters};
 use super::group::Hold;
 use super::handler::Registration;
@@ -24,10 +20,10 @@ use super::identity::Digest;
 use super::part::{Attempts, Part, holder};
 use super::settle::Unsettled;
 use super::status::{Counters, InFlight, Operation};
-use super::{Context, Failure, NewerVersions, Session, Unhandled};
+use super::{Context, Failure, Session};
 use crate::instruments::HandlerMetrics;
 use crate::typescript::Decoded;
-use crate::{Backoff, Envelope, StreamEntry, TraceContext};
+use crate::{Backoff, Envelope, StreamEntry};
 
 /// One delivery of one entry, owned by its task.
 pub(crate) struct Delivery {
@@ -145,26 +141,22 @@ impl Delivery {
                 entry_id: Arc::from(self.entry.id.as_str()),
                 attempt,
             };
-            let prepared =
-                std::panic::catch_unwind(AssertUnwindSafe(|| (registration.prepare)(&context)))
-                    .unwrap_or_else(|panic| Err(Failure::Panic(panic_message(panic.as_ref()))));
-            let prepared = match prepared {
+            let prepared = match attempt::prepare(registration, &context) {
                 Ok(prepared) => prepared,
-                Err(failure @ Failure::NewerVersion(_))
-                    if inner.settings.newer_versions == NewerVersions::Retry
-                        && attempt < inner.settings.max_attempts =>
-                {
-                    // Left for a while to a consumer that knows the version, such as the next
-                    // deployment of this one: stopping leaves it pending for that one.
-                    if !self
-                        .retry(registration, &context, &failure, &mut attempts, part)
-                        .await
-                    {
-                        return End::Abandon;
+                // A version newer than the handler knows is left for a while to a consumer that
+                // knows it, such as the next deployment of this one: stopping leaves it pending.
+                Err(failure) => match inner.settings.retry_delay(&failure, attempt) {
+                    Some(delay) => {
+                        if !self
+                            .retry(registration, &context, &failure, delay, &mut attempts, part)
+                            .await
+                        {
+                            return End::Abandon;
+                        }
+                        continue;
                     }
-                    continue;
-                }
-                Err(failure) => return self.failed(&context, failure, None),
+                    None => return self.failed(&context, failure, None),
+                },
             };
             let slot = tokio::select! {
                 () = session.shutdown.cancelled() => return End::Abandon,
@@ -204,7 +196,15 @@ impl Delivery {
                     hold,
                 };
             }
-            let outcome = self.run_handler(registration, &context, prepared.run).await;
+            let outcome = attempt::run(
+                registration,
+                &inner.hooks,
+                inner.settings.handler_timeout,
+                &context,
+                prepared.run,
+                &registration.metrics[self.stream_index],
+            )
+            .await;
             drop(slot);
             let failure = match outcome {
                 Ok(()) => {
@@ -213,11 +213,11 @@ impl Delivery {
                 }
                 Err(failure) => failure,
             };
-            if !failure.is_retryable() || attempt >= inner.settings.max_attempts {
+            let Some(delay) = inner.settings.retry_delay(&failure, attempt) else {
                 return self.failed(&context, failure, hold);
-            }
+            };
             if !self
-                .retry(registration, &context, &failure, &mut attempts, part)
+                .retry(registration, &context, &failure, delay, &mut attempts, part)
                 .await
             {
                 return End::Abandon;
@@ -225,13 +225,14 @@ impl Delivery {
         }
     }
 
-    /// Counts a failed attempt that is to be retried, waits its backoff and counts the retry;
-    /// false if the consumer stops meanwhile, leaving the event pending.
+    /// Counts a failed attempt that is to be retried, waits `delay` and counts the retry; false
+    /// if the consumer stops meanwhile, leaving the event pending.
     async fn retry(
         &self,
         registration: &Registration,
         context: &Context,
         failure: &Failure,
+        delay: Duration,
         attempts: &mut Attempts,
         part: Option<&Part>,
     ) -> bool {
@@ -239,82 +240,13 @@ impl Delivery {
         self.report_failure(context, failure);
         Counters::add(&inner.counters.retried, 1);
         registration.metrics[self.stream_index].retried();
-        if !self
-            .sleep(inner.settings.backoff.delay(context.attempt))
-            .await
-        {
+        if !self.sleep(delay).await {
             return false;
         }
         attempts
             .count_retry(&self.unsettled.kept, &inner.commands, part)
             .await;
         true
-    }
-
-    /// Runs the handler in its span, within its timeout, catching a panic; records its metrics and
-    /// runs the hooks around it.
-    async fn run_handler(
-        &self,
-        registration: &Registration,
-        context: &Context,
-        run: super::handler::BoxFuture,
-    ) -> Result<(), Failure> {
-        let inner = &self.session.inner;
-        run_hook(|| {
-            if let Some(before) = &inner.hooks.before {
-                before(context);
-            }
-        });
-        // The handler runs in a span of its own, continuing the trace the event carries.
-        let trace = context
-            .envelope
-            .traceparent
-            .as_deref()
-            .and_then(TraceContext::parse)
-            .map(|parent| parent.child());
-        let span = tracing::info_span!(
-            "events.handle",
-            event_type = %context.envelope.event_type,
-            event_id = %context.envelope.id,
-            stream = %self.stream,
-            entry_id = %self.entry.id,
-            attempt = context.attempt,
-            trace_id = trace.map(|trace| trace.trace_id()),
-            outcome = tracing::field::Empty,
-        );
-        let run = run.instrument(span.clone());
-        let run = match trace {
-            Some(trace) => Either::Left(trace.scope(run)),
-            None => Either::Right(run),
-        };
-        let started = Instant::now();
-        let timeout = registration
-            .timeout
-            .unwrap_or(inner.settings.handler_timeout);
-        let mut run = std::pin::pin!(AssertUnwindSafe(run).catch_unwind());
-        // A handler that finishes at once needs no timer: most do.
-        let finished = match futures::poll!(run.as_mut()) {
-            Poll::Ready(finished) => Ok(finished),
-            Poll::Pending => tokio::time::timeout(timeout, run).await,
-        };
-        let outcome = match finished {
-            Ok(Ok(result)) => result,
-            Ok(Err(panic)) => Err(Failure::Panic(panic_message(panic.as_ref()))),
-            Err(_) => Err(Failure::Timeout(timeout)),
-        };
-        registration.metrics[self.stream_index].ran(started.elapsed(), outcome.is_ok());
-        if !span.is_disabled() {
-            let described = outcome
-                .as_ref()
-                .map_or_else(ToString::to_string, |()| "handled".to_owned());
-            span.record("outcome", described);
-        }
-        run_hook(|| {
-            if let Some(after) = &inner.hooks.after {
-                after(context);
-            }
-        });
-        outcome
     }
 
     /// Takes the hold on an event of the entry, trying again while Redis fails; `None` when the
@@ -355,20 +287,12 @@ impl Delivery {
     /// An event without a handler for its type: skipped (if its body is JSON) or dead-lettered.
     fn unhandled(&self, envelope: Envelope) -> End {
         let inner = &self.session.inner;
-        match inner.settings.unhandled {
-            Unhandled::Skip => match envelope.check_body() {
-                Ok(()) => {
-                    Counters::add(&inner.counters.skipped, 1);
-                    End::Ack { done: None }
-                }
-                Err(error) => {
-                    self.failed_at_once(Some(envelope.event_type), Failure::Decode(error))
-                }
-            },
-            Unhandled::DeadLetter => {
-                let reason = format!("no handler for event type `{}`", envelope.event_type);
-                self.failed_at_once(Some(envelope.event_type), Failure::Unhandled(reason))
+        match attempt::unhandled(&inner.settings, &envelope) {
+            None => {
+                Counters::add(&inner.counters.skipped, 1);
+                End::Ack { done: None }
             }
+            Some(failure) => self.failed_at_once(Some(envelope.event_type), failure),
         }
     }
 
@@ -398,7 +322,7 @@ impl Delivery {
     fn report_failure(&self, context: &Context, failure: &Failure) {
         let inner = &self.session.inner;
         Counters::add(&inner.counters.failed, 1);
-        run_hook(|| {
+        attempt::run_hook(|| {
             if let Some(on_error) = &inner.hooks.on_error {
                 on_error(context, failure);
             }
@@ -439,7 +363,7 @@ impl Delivery {
                     .settled_elsewhere(self.stream_index, &self.unsettled);
             }
             self.metrics(event_type.as_deref()).dead_lettered();
-            run_hook(|| {
+            attempt::run_hook(|| {
                 if let Some(hook) = &inner.hooks.on_dead_letter {
                     hook(&dead_letter);
                 }
@@ -463,22 +387,4 @@ impl Delivery {
             None => &inner.unhandled_metrics[self.stream_index],
         }
     }
-}
-
-/// Runs a user's hook; a panic in it is logged, and harms no delivery.
-fn run_hook(hook: impl FnOnce()) {
-    if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(hook)) {
-        tracing::error!(
-            panic = panic_message(panic.as_ref()),
-            "a consumer hook panicked"
-        );
-    }
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|message| (*message).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic without a message".into())
 }

@@ -29,6 +29,25 @@ pub struct Context {
 }
 
 impl Context {
+    /// The context of the first attempt at `envelope`, read from stream `test` by group `test`
+    /// as entry `0-0`: for calling handlers in tests.
+    pub fn new(envelope: Envelope) -> Self {
+        Self {
+            envelope: Arc::new(envelope),
+            stream: Arc::from("test"),
+            group: Arc::from("test"),
+            entry_id: Arc::from("0-0"),
+            attempt: 1,
+        }
+    }
+
+    /// This context at attempt `attempt` instead.
+    #[must_use]
+    pub fn with_attempt(mut self, attempt: u32) -> Self {
+        self.attempt = attempt;
+        self
+    }
+
     /// The event's id.
     pub fn event_id(&self) -> &str {
         &self.envelope.id

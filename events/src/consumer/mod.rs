@@ -2,6 +2,7 @@
 //! bounded concurrency, retries, idempotency, dead letters and reclaim of crashed consumers' work.
 
 mod access;
+mod attempt;
 mod backoff;
 mod builder;
 mod config;
@@ -12,6 +13,8 @@ mod handler;
 mod idempotency;
 mod identity;
 mod keeper;
+#[cfg(feature = "testing")]
+mod local;
 mod part;
 mod partitions;
 mod pull;
@@ -39,6 +42,8 @@ pub use dead_letter::{DEAD_LETTER_PREFIX, DeadLetter};
 pub use group::StartFrom;
 pub use handler::{Context, Failure, HandlerError};
 pub use identity::Identity;
+#[cfg(feature = "testing")]
+pub use local::{LocalConsumer, Outcome};
 pub use pull::{PullConsumer, Reserved};
 pub use stale::remove_stale_consumers_of;
 pub use status::{Operation, Stall, Status};

@@ -1,6 +1,8 @@
 //! A kit for tests, examples and benchmarks of code built on this crate (the `testing` feature):
-//! a throwaway `redis-server` or 3-node Redis Cluster started from `PATH` on free ports and stopped
-//! when dropped, and the resident memory of a process for memory checks.
+//! a consumer's handlers run in-process without Redis ([`LocalConsumer`], from
+//! [`ConsumerBuilder::build_local`](crate::ConsumerBuilder::build_local)), a throwaway
+//! `redis-server` or 3-node Redis Cluster started from `PATH` on free ports and stopped when
+//! dropped, and the resident memory of a process for memory checks.
 //!
 //! ```no_run
 //! let server = events::testing::RedisServer::start();
@@ -10,6 +12,7 @@
 mod redis_cluster;
 mod redis_server;
 
+pub use crate::consumer::{LocalConsumer, Outcome};
 pub use redis_cluster::RedisCluster;
 pub use redis_server::{RedisServer, free_port, redis_command, server_binary};
 
