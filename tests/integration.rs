@@ -15,6 +15,7 @@ mod idempotency;
 mod local;
 mod permissions;
 mod publish;
+mod schema;
 mod sentinel;
 mod stats;
 mod tls;

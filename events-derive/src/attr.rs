@@ -10,6 +10,7 @@ use syn::spanned::Spanned;
 use syn::{Attribute, Data, DeriveInput, Error, Expr, ExprLit, Fields, Lit, Path, Token, UnOp};
 
 use crate::model::{Container, Derive, Field, Number, Rule, RuleKind, Shape, Version};
+use crate::serde_attr;
 
 /// The keys a field attribute accepts.
 const FIELD_KEYS: [&str; 11] = [
@@ -35,6 +36,7 @@ pub(crate) fn parse(input: &DeriveInput, derive: Derive, errors: &mut Vec<Error>
         name: None,
         version: None,
         previous: None,
+        serde: serde_attr::container(&input.attrs),
         fields: Vec::new(),
     };
     let mut keys = Keys::default();
@@ -140,6 +142,8 @@ fn parse_field(ident: syn::Ident, field: &syn::Field, errors: &mut Vec<Error>) -
     let mut parsed = Field {
         ident,
         shape: Shape::of(&field.ty),
+        ty: field.ty.clone(),
+        serde: serde_attr::field(&field.attrs),
         rules: Vec::new(),
         idempotency_key: None,
         partition_key: None,

@@ -13,6 +13,7 @@ use crate::model::{Container, Derive, Field, Number, Rule, RuleKind};
 
 /// The impls for a container without mistakes.
 pub(crate) fn impls(container: &Container) -> TokenStream {
+    let schema = crate::schema::body(container);
     let body = container.fields.iter().map(field_checks).collect();
     let marked = |flag: fn(&Field) -> bool| -> Vec<&Ident> {
         container
@@ -30,18 +31,25 @@ pub(crate) fn impls(container: &Container) -> TokenStream {
         &marked(|field| field.partition_key.is_some()),
         "partition_key",
     ));
-    generate(container, keys, body)
+    generate(container, keys, body, schema)
 }
 
 /// Impls that compile whatever the mistakes, emitted next to the errors so that they do not cascade
 /// into "trait not implemented" errors where the type is used.
 pub(crate) fn stubs(container: &Container) -> TokenStream {
-    generate(container, TokenStream::new(), TokenStream::new())
+    let any = quote!(::events::__private::serde_json::json!({}));
+    generate(container, TokenStream::new(), TokenStream::new(), any)
 }
 
-/// The `Validate` impl whose `validate_into` runs `body`, and for `#[derive(Event)]` the `Event`
-/// impl with `keys` (the key methods) as extra items.
-fn generate(container: &Container, keys: TokenStream, body: TokenStream) -> TokenStream {
+/// The `Validate` impl whose `validate_into` runs `body`, the `JsonSchema` impl whose
+/// `json_schema` runs `schema`, and for `#[derive(Event)]` the `Event` impl with `keys` (the key
+/// methods) as extra items.
+fn generate(
+    container: &Container,
+    keys: TokenStream,
+    body: TokenStream,
+    schema: TokenStream,
+) -> TokenStream {
     let ident = &container.ident;
     let (impl_generics, type_generics, where_clause) = container.generics.split_for_impl();
     let event = (container.derive == Derive::Event).then(|| {
@@ -74,6 +82,12 @@ fn generate(container: &Container, keys: TokenStream, body: TokenStream) -> Toke
     };
     quote! {
         #event
+        #[automatically_derived]
+        impl #impl_generics ::events::JsonSchema for #ident #type_generics #where_clause {
+            fn json_schema() -> ::events::__private::serde_json::Value {
+                #schema
+            }
+        }
         #[automatically_derived]
         impl #impl_generics ::events::Validate for #ident #type_generics #where_clause {
             fn validate_into(&self, #path: &str, #report: &mut ::events::ValidationReport) {
@@ -238,7 +252,7 @@ fn option(bound: Option<TokenStream>) -> TokenStream {
 }
 
 /// A bound of `range`; an unsuffixed integer becomes a float when the field is a float.
-fn number(number: &Number, float: bool) -> TokenStream {
+pub(crate) fn number(number: &Number, float: bool) -> TokenStream {
     let lit = match &number.lit {
         Lit::Int(int) if float && int.suffix().is_empty() => Lit::Float(LitFloat::new(
             &format!("{}.0", int.base10_digits()),
@@ -254,6 +268,6 @@ fn number(number: &Number, float: bool) -> TokenStream {
 }
 
 /// A variable of the generated code, invisible to the user's tokens.
-fn local(name: &str) -> Ident {
+pub(crate) fn local(name: &str) -> Ident {
     Ident::new(name, Span::mixed_site())
 }

@@ -13,6 +13,8 @@ mod attr;
 mod check;
 mod emit;
 mod model;
+mod schema;
+mod serde_attr;
 
 /// Derives `events::Event` and `events::Validate` for a struct with named fields.
 ///

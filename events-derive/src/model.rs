@@ -36,6 +36,8 @@ pub(crate) struct Container {
     pub(crate) version: Option<Version>,
     /// `previous = Struct`: the struct of the version before, which older bodies are read as.
     pub(crate) previous: Option<syn::Path>,
+    /// What `#[serde(..)]` on the struct does to its JSON form.
+    pub(crate) serde: SerdeContainer,
     /// The named fields, in declaration order; empty when the input is not such a struct.
     pub(crate) fields: Vec<Field>,
 }
@@ -54,12 +56,40 @@ pub(crate) struct Field {
     pub(crate) ident: Ident,
     /// The shape of its type, as far as the syntax tells.
     pub(crate) shape: Shape,
+    /// Its type, and the type inside when it is an `Option`.
+    pub(crate) ty: Type,
+    /// What `#[serde(..)]` on the field does to its JSON form.
+    pub(crate) serde: SerdeField,
     /// The validators, in the order written.
     pub(crate) rules: Vec<Rule>,
     /// Where `idempotency_key` was written, if it was.
     pub(crate) idempotency_key: Option<Span>,
     /// Where `partition_key` was written, if it was.
     pub(crate) partition_key: Option<Span>,
+}
+
+/// The struct attributes of serde that shape its JSON form.
+#[derive(Default)]
+pub(crate) struct SerdeContainer {
+    /// `rename_all = ".."`.
+    pub(crate) rename_all: Option<String>,
+    /// `deny_unknown_fields`.
+    pub(crate) deny_unknown_fields: bool,
+    /// `default`: every field may be missing.
+    pub(crate) default: bool,
+}
+
+/// The field attributes of serde that shape its JSON form.
+#[derive(Default)]
+pub(crate) struct SerdeField {
+    /// `rename = ".."` (or its `deserialize` name).
+    pub(crate) rename: Option<String>,
+    /// `default`, or `skip_serializing_if`: the field may be missing.
+    pub(crate) optional: bool,
+    /// `skip` or `skip_deserializing`: never read.
+    pub(crate) skip: bool,
+    /// `flatten`: its fields are the struct's.
+    pub(crate) flatten: bool,
 }
 
 /// What the syntax of a field's type tells about it.
@@ -100,7 +130,7 @@ fn last_segment(ty: &Type) -> Option<&syn::PathSegment> {
 }
 
 /// `T` when `ty` is `Wrapper<T>` (by the last path segment) with a single type argument.
-fn generic_argument<'a>(ty: &'a Type, wrapper: &str) -> Option<&'a Type> {
+pub(crate) fn generic_argument<'a>(ty: &'a Type, wrapper: &str) -> Option<&'a Type> {
     let segment = last_segment(ty).filter(|segment| segment.ident == wrapper)?;
     match &segment.arguments {
         syn::PathArguments::AngleBracketed(args) if args.args.len() == 1 => match &args.args[0] {

@@ -17,6 +17,7 @@ mod publisher;
 mod replicas;
 mod resp;
 mod routing;
+mod schema;
 mod sentinel;
 mod stats;
 #[cfg(feature = "testing")]
@@ -53,6 +54,7 @@ pub use publisher::{PublishOptions, Published, Publisher, PublisherConfig, RawVa
 pub use routing::{
     Destination, Format, Route, Router, RouterBuilder, Trim, partition_stream, partition_streams,
 };
+pub use schema::{JsonSchema, event_schema};
 pub use stats::{
     ConsumerStats, EntryStamp, GroupStats, ServerStats, StreamStats, server_stats, stream_stats,
 };

@@ -224,6 +224,135 @@ pub const fn same_name(a: &str, b: &str) -> bool {
     true
 }
 
+/// The type whose schema a derived [`JsonSchema`](crate::JsonSchema) asks for: its own when it
+/// implements the trait ([`KnownSchema`]), else any JSON ([`UnknownSchema`]), picked by method
+/// resolution on `(&SchemaOf::<T>(PhantomData)).schema()`.
+#[derive(Debug)]
+pub struct SchemaOf<T: ?Sized>(pub std::marker::PhantomData<T>);
+
+/// A type with a schema of its own.
+pub trait KnownSchema {
+    /// Its schema.
+    fn schema(&self) -> serde_json::Value;
+}
+
+impl<T: crate::JsonSchema + ?Sized> KnownSchema for SchemaOf<T> {
+    fn schema(&self) -> serde_json::Value {
+        T::json_schema()
+    }
+}
+
+/// A type without one: any JSON.
+pub trait UnknownSchema {
+    /// Any JSON.
+    fn schema(&self) -> serde_json::Value;
+}
+
+impl<T: ?Sized> UnknownSchema for &SchemaOf<T> {
+    fn schema(&self) -> serde_json::Value {
+        serde_json::json!({})
+    }
+}
+
+/// A struct's schema as the derive builds it: properties in order, the required ones, flattened
+/// structs merged in.
+#[derive(Debug)]
+pub struct ObjectSchema {
+    properties: serde_json::Map<String, serde_json::Value>,
+    required: Vec<String>,
+    closed: bool,
+}
+
+impl ObjectSchema {
+    /// An empty object; `closed` when it denies unknown fields.
+    pub fn new(closed: bool) -> Self {
+        Self {
+            properties: serde_json::Map::new(),
+            required: Vec::new(),
+            closed,
+        }
+    }
+
+    /// Adds property `name` with `schema`, null allowed when `optional`.
+    pub fn property(
+        &mut self,
+        name: &str,
+        schema: serde_json::Value,
+        optional: bool,
+        required: bool,
+    ) {
+        let schema = if optional {
+            serde_json::json!({"anyOf": [schema, {"type": "null"}]})
+        } else {
+            schema
+        };
+        self.properties.insert(name.to_owned(), schema);
+        if required {
+            self.required.push(name.to_owned());
+        }
+    }
+
+    /// Merges the properties of a flattened struct's `schema`.
+    pub fn flatten(&mut self, schema: serde_json::Value) {
+        if let serde_json::Value::Object(mut object) = schema {
+            if let Some(serde_json::Value::Object(properties)) = object.remove("properties") {
+                self.properties.extend(properties);
+            }
+            if let Some(serde_json::Value::Array(required)) = object.remove("required") {
+                self.required.extend(
+                    required
+                        .into_iter()
+                        .filter_map(|name| name.as_str().map(str::to_owned)),
+                );
+            }
+        }
+    }
+
+    /// The schema.
+    pub fn build(self) -> serde_json::Value {
+        let mut schema = serde_json::json!({"type": "object", "properties": self.properties});
+        if !self.required.is_empty() {
+            schema["required"] = self.required.into();
+        }
+        if self.closed {
+            schema["additionalProperties"] = false.into();
+        }
+        schema
+    }
+}
+
+/// `length(min, max)` on `schema`: items of an array, properties of an object, else characters.
+pub fn schema_length(schema: &mut serde_json::Value, min: Option<usize>, max: Option<usize>) {
+    let (low, high) = match schema.get("type").and_then(serde_json::Value::as_str) {
+        Some("array") => ("minItems", "maxItems"),
+        Some("object") => ("minProperties", "maxProperties"),
+        _ => ("minLength", "maxLength"),
+    };
+    if let Some(min) = min {
+        schema[low] = min.into();
+    }
+    if let Some(max) = max {
+        schema[high] = max.into();
+    }
+}
+
+/// `non_empty` on `schema`: an element, a property, or a character that is not white space.
+pub fn schema_non_empty(schema: &mut serde_json::Value) {
+    match schema.get("type").and_then(serde_json::Value::as_str) {
+        Some("array") => schema["minItems"] = 1.into(),
+        Some("object") => schema["minProperties"] = 1.into(),
+        _ => {
+            schema["minLength"] = 1.into();
+            schema["pattern"] = "\\S".into();
+        }
+    }
+}
+
+/// Sets `key` of `schema` to `value`, such as `format` or `minimum`.
+pub fn schema_set(schema: &mut serde_json::Value, key: &str, value: serde_json::Value) {
+    schema[key] = value;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
