@@ -5,6 +5,7 @@
 mod support;
 
 mod acceptance;
+mod asyncapi;
 mod batch;
 mod cluster;
 mod consumer;

@@ -2,6 +2,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod access;
+mod asyncapi;
 mod batch;
 mod connection;
 mod consumer;
@@ -32,6 +33,7 @@ mod validation;
 #[path = "private.rs"]
 pub mod __private;
 
+pub use asyncapi::AsyncApi;
 pub use batch::{
     BatchConfig, BatchedPublisher, BatchingStrategy, FailedMessage, MemoryStats, Overflow,
 };
