@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::support::{
-    RedisServer, connection, pending, publish_retrying, publisher_to, quick_consumer, unique,
-    wait_until,
+    RedisServer, connection, dead_letter_entries, pending, publish_retrying, publisher_to,
+    quick_consumer, unique, wait_until,
 };
 use events::{
     Backoff, Consumer, ConsumerBuilder, Context, Event, HandlerError, PublishOptions, Publisher,
@@ -97,16 +97,8 @@ async fn stop(running: Running) {
 }
 
 async fn dead_letters(server: &RedisServer, stream: &str) -> Vec<BTreeMap<String, String>> {
-    let entries = read_range(
-        &mut connection(server).await,
-        &events::dead_letter_stream(stream),
-        "-",
-        "+",
-        10_000,
-    )
-    .await
-    .unwrap();
-    entries
+    dead_letter_entries(server, stream)
+        .await
         .into_iter()
         .map(|entry| {
             entry

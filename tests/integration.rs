@@ -19,5 +19,6 @@ mod publish;
 mod schema;
 mod sentinel;
 mod stats;
+mod subscription;
 mod tls;
 mod typescript;

@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::support::{
-    RedisServer, Running, connection, pending, quick_consumer, unique, wait_until,
+    RedisServer, Running, connection, dead_letter_entries, pending, quick_consumer, unique,
+    wait_until,
 };
 use events::{
     Backoff, Context, DeadLetters, Envelope, Event, HandlerError, PublishOptions, Publisher,
@@ -452,15 +453,7 @@ async fn pull_mode_reserves_each_event_of_a_packed_entry() {
     // The dead-letter move runs in the background; the entry goes once all three are settled.
     nothing_pending(&server, &stream).await;
     consumer.close().await.unwrap();
-    let letters = read_range(
-        &mut connection(&server).await,
-        &events::dead_letter_stream(&stream),
-        "-",
-        "+",
-        10,
-    )
-    .await
-    .unwrap();
+    let letters = dead_letter_entries(&server, &stream).await;
     assert_eq!(letters.len(), 1);
     assert_eq!(
         Envelope::decode(&letters[0].fields).unwrap().id,

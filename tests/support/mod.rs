@@ -38,6 +38,22 @@ pub(crate) async fn connection(server: &RedisServer) -> redis::aio::MultiplexedC
         .expect("connect to the test server")
 }
 
+/// The entries of `stream`'s dead-letter stream on `server`, oldest first.
+pub(crate) async fn dead_letter_entries(
+    server: &RedisServer,
+    stream: &str,
+) -> Vec<events::StreamEntry> {
+    events::read_range(
+        &mut connection(server).await,
+        &events::dead_letter_stream(stream),
+        "-",
+        "+",
+        10_000,
+    )
+    .await
+    .expect("read the dead letters")
+}
+
 /// Polls `done` every 20 ms until it holds, failing the test with `what` after 30 seconds.
 pub(crate) async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);

@@ -23,6 +23,7 @@ mod reclaim;
 mod settle;
 mod stale;
 mod status;
+mod subscription;
 mod turns;
 mod type_names;
 
@@ -47,6 +48,7 @@ pub use local::{LocalConsumer, Outcome};
 pub use pull::{PullConsumer, Reserved};
 pub use stale::remove_stale_consumers_of;
 pub use status::{Operation, Stall, Status};
+pub use subscription::{Delivery, Subscription};
 
 use crate::connection::Connection;
 use crate::instruments::HandlerMetrics;

@@ -60,6 +60,22 @@ struct Holding {
     attempts: Attempts,
 }
 
+/// An event reserved and handed out whole, with what this consumer holds of it: settled by
+/// [`Held::ack`] or given back to [`PullConsumer::fail_held`]; dropping it leaves the event to be
+/// delivered again after `claim_idle`.
+#[derive(Debug)]
+pub(super) struct Held {
+    pub(super) reserved: Reserved,
+    holding: Holding,
+}
+
+impl Held {
+    /// Acknowledges the event (marking it done); the receiver completes once that has landed.
+    pub(super) fn ack(self, acks: &Acks) -> oneshot::Receiver<()> {
+        self.holding.ack(acks)
+    }
+}
+
 /// Where reserved events are found: stream, entry id, and place in a packed entry.
 type Key = (String, String, Option<usize>);
 
@@ -153,6 +169,24 @@ impl PullConsumer {
     /// Entries that cannot be handled (undecodable, out of attempts) go to the dead-letter stream
     /// on the way, and repeats of events already handled are acknowledged: neither is returned.
     pub async fn reserve(&mut self, n: usize) -> Result<Vec<Reserved>> {
+        let held = self.reserve_held(n).await?;
+        Ok(held
+            .into_iter()
+            .map(|Held { reserved, holding }| {
+                let key = (
+                    reserved.stream.clone(),
+                    reserved.entry_id.clone(),
+                    reserved.part,
+                );
+                self.reserved.insert(key, holding);
+                reserved
+            })
+            .collect())
+    }
+
+    /// Up to `n` events as [`reserve`](Self::reserve) takes them, each handed out with what this
+    /// consumer holds of it, for the caller to settle.
+    pub(super) async fn reserve_held(&mut self, n: usize) -> Result<Vec<Held>> {
         while self.moves.try_join_next().is_some() {}
         let mut candidates: Vec<Holding> = Vec::new();
         let now = Instant::now();
@@ -252,14 +286,7 @@ impl PullConsumer {
             let Some(holding) = self.take(reserved) else {
                 continue;
             };
-            let (sender, settled) = oneshot::channel();
-            landed.push(settled);
-            self.acks.handled(
-                holding.stream_index,
-                &holding.unsettled,
-                holding.hold,
-                Some(sender),
-            );
+            landed.push(holding.ack(&self.acks));
         }
         for settled in landed {
             let _ = settled.await;
@@ -271,21 +298,57 @@ impl PullConsumer {
     /// dead-letter stream with `reason` once its last attempt has failed.
     pub async fn fail(&mut self, entries: &[Reserved], reason: &str) -> Result<()> {
         for reserved in entries {
-            let Some(holding) = self.take(reserved) else {
-                continue;
-            };
-            Counters::add(&self.counters.failed, 1);
-            let attempt = holding.attempts.current(&holding.unsettled.kept);
-            if attempt >= self.settings.max_attempts {
-                let reason = format!("failed after {attempt} attempts: {reason}");
-                self.dead_letter(holding.condemned(reason, attempt));
-            } else {
-                Counters::add(&self.counters.retried, 1);
-                let due = Instant::now() + self.settings.backoff.delay(attempt);
-                self.retries.push((due, holding));
+            if let Some(holding) = self.take(reserved) {
+                self.fail_holding(holding, reason);
             }
         }
         Ok(())
+    }
+
+    /// Fails an event handed out by [`reserve_held`](Self::reserve_held), as
+    /// [`fail`](Self::fail) does.
+    pub(super) fn fail_held(&mut self, held: Held, reason: &str) {
+        self.fail_holding(held.holding, reason);
+    }
+
+    /// Dead-letters an event handed out by [`reserve_held`](Self::reserve_held) at once, for
+    /// `reason`.
+    pub(super) fn dead_letter_held(&mut self, held: Held, reason: String) {
+        Counters::add(&self.counters.failed, 1);
+        let attempts = held.reserved.attempt;
+        self.dead_letter(held.holding.condemned(reason, attempts));
+    }
+
+    /// Acknowledges an event handed out by [`reserve_held`](Self::reserve_held) that its caller
+    /// does not handle, counting it as skipped.
+    pub(super) fn skip_held(&mut self, held: Held) {
+        Counters::add(&self.counters.skipped, 1);
+        drop(held.holding.ack(&self.acks));
+    }
+
+    /// Where acknowledgements go, for events handed out whole.
+    pub(super) fn acks(&self) -> Acks {
+        self.acks.clone()
+    }
+
+    /// The consumer's settings.
+    pub(super) fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// A failed event comes back after its backoff, or goes to the dead letters after its last
+    /// attempt.
+    fn fail_holding(&mut self, holding: Holding, reason: &str) {
+        Counters::add(&self.counters.failed, 1);
+        let attempt = holding.attempts.current(&holding.unsettled.kept);
+        if attempt >= self.settings.max_attempts {
+            let reason = format!("failed after {attempt} attempts: {reason}");
+            self.dead_letter(holding.condemned(reason, attempt));
+        } else {
+            Counters::add(&self.counters.retried, 1);
+            let due = Instant::now() + self.settings.backoff.delay(attempt);
+            self.retries.push((due, holding));
+        }
     }
 
     /// Stops taking entries and waits, up to the shutdown timeout, until acknowledgements and
@@ -392,7 +455,7 @@ impl PullConsumer {
     /// Takes the idempotency holds of `candidates` and reserves those that hold theirs;
     /// acknowledges repeats, dead-letters entries out of attempts, and puts aside those whose
     /// event another entry is handling.
-    async fn hold_and_reserve(&mut self, candidates: Vec<Holding>) -> Result<Vec<Reserved>> {
+    async fn hold_and_reserve(&mut self, candidates: Vec<Holding>) -> Result<Vec<Held>> {
         let mut candidates = candidates;
         if self.settings.idempotent {
             let holds = self.take_holds(&candidates).await;
@@ -422,17 +485,16 @@ impl PullConsumer {
                 self.dead_letter(holding.condemned(reason, attempt - 1));
                 continue;
             }
-            let stream = self.streams[holding.stream_index].to_string();
-            let part = holding.part.as_ref().map(|part| part.index);
-            reserved.push(Reserved {
-                stream: stream.clone(),
-                entry_id: holding.entry.id.clone(),
-                part,
-                attempt,
-                envelope: holding.envelope.clone(),
+            reserved.push(Held {
+                reserved: Reserved {
+                    stream: self.streams[holding.stream_index].to_string(),
+                    entry_id: holding.entry.id.clone(),
+                    part: holding.part.as_ref().map(|part| part.index),
+                    attempt,
+                    envelope: holding.envelope.clone(),
+                },
+                holding,
             });
-            self.reserved
-                .insert((stream, holding.entry.id.clone(), part), holding);
         }
         Ok(reserved)
     }
@@ -512,6 +574,13 @@ impl PullConsumer {
 }
 
 impl Holding {
+    /// Acknowledges the event (marking it done); the receiver completes once that has landed.
+    fn ack(self, acks: &Acks) -> oneshot::Receiver<()> {
+        let (sender, landed) = oneshot::channel();
+        acks.handled(self.stream_index, &self.unsettled, self.hold, Some(sender));
+        landed
+    }
+
     /// This event, on its way to the dead-letter stream for `reason` after `attempts`.
     fn condemned(self, reason: String, attempts: u32) -> Condemned {
         Condemned {

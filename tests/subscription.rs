@@ -1,0 +1,156 @@
+//! Typed streams of events against a real redis-server: deliveries acknowledged and failed one by
+//! one, undecodable and foreign entries handled by the consumer's rules, reading no further ahead
+//! than the stream is consumed.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+
+use crate::support::{
+    RedisServer, dead_letter_entries, pending, publisher_to, quick_consumer, unique,
+};
+use events::{Event, Subscription};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
+#[event(name = "parcel.scanned")]
+struct Scanned {
+    #[event(length(min = 1))]
+    parcel: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Event)]
+#[event(name = "parcel.lost")]
+struct Lost {
+    parcel: String,
+}
+
+async fn subscribe(server: &RedisServer, stream: &str, batch: usize) -> Subscription<Scanned> {
+    quick_consumer(server, stream, "g")
+        .batch_size(batch)
+        .max_attempts(2)
+        .build_pull()
+        .await
+        .unwrap()
+        .subscribe::<Scanned>()
+}
+
+/// The next delivery, failing the test after 10 seconds.
+async fn next(subscription: &mut Subscription<Scanned>) -> events::Delivery<Scanned> {
+    tokio::time::timeout(Duration::from_secs(10), subscription.next())
+        .await
+        .expect("a delivery within 10 s")
+        .expect("the stream goes on")
+        .expect("no read error")
+}
+
+fn scanned(parcel: &str) -> Scanned {
+    Scanned {
+        parcel: parcel.into(),
+    }
+}
+
+#[tokio::test]
+async fn typed_deliveries_in_order_with_foreign_and_broken_entries_settled_by_the_rules() {
+    let server = RedisServer::start();
+    let stream = unique("typed");
+    let publisher = publisher_to(server.url(), &stream).await;
+    for n in 0..20 {
+        publisher.publish(&scanned(&format!("p{n}"))).await.unwrap();
+        if n == 5 {
+            publisher
+                .publish(&Lost { parcel: "x".into() })
+                .await
+                .unwrap();
+            // Written by a producer that does not validate.
+            publisher
+                .publish_raw("parcel.scanned", serde_json::json!({"parcel": ""}))
+                .await
+                .unwrap();
+        }
+    }
+    let mut subscription = subscribe(&server, &stream, 4).await;
+    let mut parcels = Vec::new();
+    for _ in 0..20 {
+        let delivery = next(&mut subscription).await;
+        assert_eq!(delivery.attempt(), 1);
+        assert_eq!(delivery.envelope().event_type, "parcel.scanned");
+        parcels.push(delivery.event().parcel.clone());
+        delivery.ack().await.unwrap();
+    }
+    subscription.close().await.unwrap();
+    let expected: Vec<String> = (0..20).map(|n| format!("p{n}")).collect();
+    assert_eq!(parcels, expected);
+    assert_eq!(pending(&server, &stream, "g").await, 0);
+    // The invalid one went to the dead letters; the other type was skipped.
+    let letters = dead_letter_entries(&server, &stream).await;
+    assert_eq!(letters.len(), 1);
+    let reason = String::from_utf8_lossy(&letters[0].fields[0].1).into_owned();
+    assert!(
+        reason.contains("parcel: length must be at least 1"),
+        "{reason}"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_delivery_comes_back_then_goes_to_the_dead_letters() {
+    let server = RedisServer::start();
+    let stream = unique("typed-fail");
+    let publisher = publisher_to(server.url(), &stream).await;
+    publisher.publish(&scanned("p1")).await.unwrap();
+    let mut subscription = subscribe(&server, &stream, 4).await;
+    let first = next(&mut subscription).await;
+    assert_eq!(first.attempt(), 1);
+    first.fail("scanner offline");
+    let second = next(&mut subscription).await;
+    assert_eq!((second.event(), second.attempt()), (&scanned("p1"), 2));
+    second.fail("scanner offline");
+    // Out of attempts: dead-lettered, nothing pending.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while pending(&server, &stream, "g").await > 0 {
+        assert!(std::time::Instant::now() < deadline, "still pending");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    subscription.close().await.unwrap();
+    let letters = dead_letter_entries(&server, &stream).await;
+    let reason = String::from_utf8_lossy(&letters[0].fields[0].1).into_owned();
+    assert_eq!(reason, "failed after 2 attempts: scanner offline");
+}
+
+#[tokio::test]
+async fn it_reads_no_further_ahead_than_it_is_consumed() {
+    let server = RedisServer::start();
+    let stream = unique("typed-backpressure");
+    let publisher = publisher_to(server.url(), &stream).await;
+    let parcels: Vec<Scanned> = (0..200).map(|n| scanned(&format!("p{n}"))).collect();
+    publisher.publish_many(&parcels).await.unwrap();
+    let mut subscription = subscribe(&server, &stream, 5).await;
+    let first = next(&mut subscription).await;
+    // Nobody consumes: reading stops once the buffer is full.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let read = pending(&server, &stream, "g").await;
+    assert!((2..=12).contains(&read), "{read} entries read ahead");
+    first.ack().await.unwrap();
+    let mut handled = 1;
+    while handled < 200 {
+        next(&mut subscription).await.ack().await.unwrap();
+        handled += 1;
+    }
+    subscription.close().await.unwrap();
+    assert_eq!(pending(&server, &stream, "g").await, 0);
+}
+
+#[tokio::test]
+async fn a_dropped_delivery_is_delivered_again_after_claim_idle() {
+    let server = RedisServer::start();
+    let stream = unique("typed-drop");
+    let publisher = publisher_to(server.url(), &stream).await;
+    publisher.publish(&scanned("p1")).await.unwrap();
+    let mut subscription = subscribe(&server, &stream, 4).await;
+    drop(next(&mut subscription).await);
+    let again = next(&mut subscription).await;
+    assert_eq!((again.event(), again.attempt()), (&scanned("p1"), 2));
+    again.ack().await.unwrap();
+    subscription.close().await.unwrap();
+    assert_eq!(pending(&server, &stream, "g").await, 0);
+}
