@@ -9,6 +9,7 @@ mod asyncapi;
 mod batch;
 mod cluster;
 mod consumer;
+mod delayed;
 mod evolution;
 mod guarantees;
 mod health;

@@ -31,8 +31,8 @@ fn envelope(version: u32, body: &str) -> Envelope {
     Envelope::new("invoice.issued", version, "billing", body.into())
 }
 
-/// A consumer whose handler fails for invoices of 0 cents, permanently for 1, panics for 2 and
-/// hangs for 3; counts the runs.
+/// A consumer whose handler fails for invoices of 0 cents, permanently for 1, panics for 2,
+/// hangs for 3 and asks for a later retry for 4; counts the runs.
 fn consumer(runs: &Arc<AtomicU32>) -> ConsumerBuilder {
     let runs = Arc::clone(runs);
     Consumer::builder("redis://unused")
@@ -53,6 +53,10 @@ fn consumer(runs: &Arc<AtomicU32>) -> ConsumerBuilder {
                         tokio::time::sleep(Duration::from_secs(5)).await;
                         Ok(())
                     }
+                    4 => Err(HandlerError::retry_after(
+                        "rate limited downstream",
+                        Duration::from_secs(30),
+                    )),
                     _ => Ok(()),
                 }
             }
@@ -123,6 +127,16 @@ async fn failures_are_retried_with_their_backoff_then_dead_lettered() {
             "{outcomes:?}"
         );
     }
+    // A handler may ask for its own delay.
+    assert_eq!(
+        local
+            .deliver(&envelope(2, r#"{"number":"B-4","cents":4}"#), 1)
+            .await,
+        Outcome::Retry {
+            delay: Duration::from_secs(30),
+            reason: "handler failed: rate limited downstream".into()
+        }
+    );
     // A dead-lettered event's repeat is not run again either.
     let dead = envelope(2, r#"{"number":"B-9","cents":1}"#);
     local.deliver(&dead, 1).await;

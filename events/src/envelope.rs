@@ -45,6 +45,10 @@ pub struct Envelope {
     pub partition_key: Option<String>,
     /// User headers, written as `h.<name>` fields.
     pub headers: BTreeMap<String, String>,
+    /// When set in the future, the event reaches its stream at that time, not before: a
+    /// publisher keeps it meanwhile in a sorted set beside the stream, and consumers of the stream
+    /// move it in when it is due. Not written in the entry.
+    pub deliver_at: Option<SystemTime>,
 }
 
 /// What is wrong with a stream entry that is not a valid event.
@@ -165,6 +169,7 @@ impl Envelope {
             traceparent: None,
             partition_key: None,
             headers: BTreeMap::new(),
+            deliver_at: None,
         }
     }
 
@@ -430,6 +435,7 @@ impl<'a> FlatFields<'a> {
                 .into_iter()
                 .map(|(name, value)| (name.to_owned(), value.to_owned()))
                 .collect(),
+            deliver_at: None,
         })
     }
 }

@@ -1,4 +1,5 @@
-//! Names of the keys that belong to a stream: its dead-letter stream and idempotency marks.
+//! Names of the keys that belong to a stream: its dead-letter stream, delayed events and
+//! idempotency marks.
 //!
 //! They share the stream's hash slot, so one Lua script may touch them together on Redis Cluster: a
 //! stream named `orders` hashes on all of `orders`, and so do `{orders}:dlq` and
@@ -52,6 +53,17 @@ pub fn dead_letter_stream(stream: &str) -> String {
     format!("{}:dlq", slot_prefix(stream))
 }
 
+/// The sorted set holding `stream`'s delayed events until their time.
+pub fn delayed_events(stream: &str) -> String {
+    format!("{}:delayed", slot_prefix(stream))
+}
+
+/// The sorted set holding `stream`'s delayed events that could not be added to it when due (not
+/// written by this crate, or too large), kept for an operator.
+pub fn unmovable_events(stream: &str) -> String {
+    format!("{}:delayed:unmovable", slot_prefix(stream))
+}
+
 /// The prefix of the keys holding `group`'s idempotency marks on `stream`: `<prefix>:<bucket>` and
 /// `<prefix>:<bucket>:<shard>`.
 pub(crate) fn marks_prefix(stream: &str, group: &str) -> String {
@@ -67,6 +79,20 @@ mod tests {
         assert_eq!(dead_letter_stream("orders"), "{orders}:dlq");
         assert_eq!(dead_letter_stream("{shop}:orders"), "{shop}:orders:dlq");
         assert_eq!(marks_prefix("orders", "billing"), "{orders}:marks:billing");
+    }
+
+    #[test]
+    fn a_streams_keys_share_its_slot() {
+        for stream in ["orders", "{shop}:orders", "orders:p3"] {
+            for key in [
+                dead_letter_stream(stream),
+                delayed_events(stream),
+                unmovable_events(stream),
+                marks_prefix(stream, "g"),
+            ] {
+                assert_eq!(slot(&key), slot(stream), "{key}");
+            }
+        }
     }
 
     #[test]

@@ -51,7 +51,7 @@ pub use error::{Error, Result};
 pub use event::{Event, check_event_type};
 #[cfg(feature = "metrics")]
 pub use instruments::record_stream_stats;
-pub use keys::{dead_letter_stream, slot_prefix};
+pub use keys::{dead_letter_stream, delayed_events, slot_prefix, unmovable_events};
 pub use publisher::{PublishOptions, Published, Publisher, PublisherConfig, RawValidator};
 pub use routing::{
     Destination, Format, Route, Router, RouterBuilder, Trim, partition_stream, partition_streams,

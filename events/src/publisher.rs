@@ -4,7 +4,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::aio::ConnectionLike;
 use serde_json::Value;
@@ -89,7 +89,22 @@ pub struct PublishOptions {
     partition_key: Option<String>,
     version: Option<u32>,
     headers: BTreeMap<String, String>,
+    deliver: Option<Deliver>,
 }
+
+/// When a delayed event is to reach its stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Deliver {
+    At(SystemTime),
+    After(Duration),
+}
+
+/// The most fields of a delayed event: its move into the stream (a script) passes them as
+/// arguments, which Lua limits.
+const MOST_DELAYED_FIELDS: usize = 3_000;
+
+/// The longest delay: anything further is more likely a unit mistake than a plan.
+const LONGEST_DELAY: Duration = Duration::from_secs(366 * 24 * 3600);
 
 impl PublishOptions {
     /// No metadata.
@@ -134,6 +149,19 @@ impl PublishOptions {
         self
     }
 
+    /// Delivers the event at `time`, not before (at once when it has passed): see
+    /// [`Envelope::deliver_at`]. At most a year ahead.
+    pub fn deliver_at(mut self, time: SystemTime) -> Self {
+        self.deliver = Some(Deliver::At(time));
+        self
+    }
+
+    /// Delivers the event `delay` from now, not before: more than zero, at most a year.
+    pub fn deliver_after(mut self, delay: Duration) -> Self {
+        self.deliver = Some(Deliver::After(delay));
+        self
+    }
+
     fn apply(self, mut envelope: Envelope) -> Result<Envelope> {
         if self.headers.contains_key("") {
             return Err(Error::Config(format!(
@@ -151,7 +179,33 @@ impl PublishOptions {
         if self.partition_key.is_some() {
             envelope.partition_key = self.partition_key;
         }
+        envelope.deliver_at = self
+            .deliver
+            .map(|deliver| deliver.time(&envelope.event_type))
+            .transpose()?;
         Ok(envelope)
+    }
+}
+
+impl Deliver {
+    /// The time it stands for; a zero or absurd delay is an error naming the event type.
+    fn time(self, event_type: &str) -> Result<SystemTime> {
+        let now = SystemTime::now();
+        let delay = match self {
+            Deliver::At(time) => time.duration_since(now).unwrap_or_default(),
+            Deliver::After(Duration::ZERO) => {
+                return Err(Error::Config(format!(
+                    "event `{event_type}`: a delay of zero; publish it without one"
+                )));
+            }
+            Deliver::After(delay) => delay,
+        };
+        if delay > LONGEST_DELAY {
+            return Err(Error::Config(format!(
+                "event `{event_type}`: a delay of {delay:?} is over the longest, a year"
+            )));
+        }
+        Ok(now + delay)
     }
 }
 
@@ -162,7 +216,8 @@ pub struct Published {
     pub event_id: String,
     /// The stream it was routed to.
     pub stream: String,
-    /// Its entry id in that stream, such as `1700000000000-0`.
+    /// Its entry id in that stream, such as `1700000000000-0`; empty for a delayed event, whose
+    /// entry is added when it is due.
     pub entry_id: String,
 }
 
@@ -355,11 +410,14 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Publisher<C> {
             .iter()
             .map(|envelope| self.config.router.destination(envelope))
             .collect::<Result<Vec<_>>>()?;
-        let mut commands = destinations
+        let (commands, delayed): (Vec<redis::Cmd>, Vec<bool>) = destinations
             .iter()
             .zip(envelopes)
-            .map(|(destination, envelope)| xadd(destination, envelope, now).map(Some))
-            .collect::<Result<Vec<_>>>()?;
+            .map(|(destination, envelope)| write_command(destination, envelope, now))
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .unzip();
+        let mut commands: Vec<Option<redis::Cmd>> = commands.into_iter().map(Some).collect();
         let write_error = |envelope: &Envelope, stream: &str, source| Error::Write {
             event_type: envelope.event_type.clone(),
             stream: stream.to_owned(),
@@ -434,8 +492,11 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Publisher<C> {
             .map(|reply| reply.expect("every write has its reply"));
         Ok(replies
             .zip(envelopes.iter().zip(&streams))
-            .map(|(reply, (envelope, stream))| match reply {
+            .zip(delayed)
+            .map(|((reply, (envelope, stream)), delayed)| match reply {
                 Ok(entry_id) => {
+                    // A delayed event has no entry yet.
+                    let entry_id = if delayed { String::new() } else { entry_id };
                     self.metrics.published(stream, &envelope.event_type, 1);
                     Ok(written(envelope, stream, entry_id))
                 }
@@ -446,7 +507,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Publisher<C> {
 
     async fn write_one(&self, envelope: Envelope) -> Result<Published> {
         let destination = self.config.router.destination(&envelope)?;
-        let command = xadd(&destination, &envelope, SystemTime::now())?;
+        let (command, delayed) = write_command(&destination, &envelope, SystemTime::now())?;
         let stream = destination.stream.into_owned();
         let span = tracing::info_span!(
             "events.publish",
@@ -465,7 +526,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Publisher<C> {
                 Ok(Published {
                     event_id: envelope.id,
                     stream,
-                    entry_id,
+                    entry_id: if delayed { String::new() } else { entry_id },
                 })
             }
             Err(source) => Err(Error::Write {
@@ -477,32 +538,69 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Publisher<C> {
     }
 }
 
-/// `XADD <stream> [trim] * <fields>` for one envelope, in its destination's format.
-fn xadd(
+/// The write of one envelope: `XADD <stream> [trim] * <fields>` in its destination's format, or,
+/// for an event delayed past `now`, `ZADD` into the stream's delayed set (see
+/// `lua/move_due.lua`). True for a delayed one.
+fn write_command(
     destination: &crate::Destination<'_>,
     envelope: &Envelope,
     now: SystemTime,
-) -> Result<redis::Cmd> {
+) -> Result<(redis::Cmd, bool)> {
+    let fields = entry_fields(destination, envelope)?;
+    if let Some(at) = envelope.deliver_at.filter(|at| *at > now) {
+        if fields.len() > 2 * MOST_DELAYED_FIELDS {
+            return Err(Error::Config(format!(
+                "event `{}`: a delayed event takes at most {MOST_DELAYED_FIELDS} fields (headers \
+                 included), and this one has {}",
+                envelope.event_type,
+                fields.len() / 2
+            )));
+        }
+        let trim = destination
+            .trim
+            .map_or_else(Default::default, |trim| trim.delayed_arguments());
+        let member: Vec<Cow<'_, str>> = trim.into_iter().map(Cow::Owned).chain(fields).collect();
+        let member = serde_json::to_string(&member).expect("strings serialize");
+        let due = at
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
+        let mut command = redis::cmd("ZADD");
+        command
+            .arg(keys::delayed_events(&destination.stream))
+            .arg(u64::try_from(due).unwrap_or(u64::MAX))
+            .arg(member);
+        return Ok((command, true));
+    }
     let mut command = redis::cmd("XADD");
     command.arg(destination.stream.as_ref());
     if let Some(trim) = &destination.trim {
         command.arg(&trim.arguments(now));
     }
-    command.arg("*");
-    match &destination.format {
-        Format::Native => {
-            for (name, value) in envelope.fields() {
-                command.arg(name.as_ref()).arg(value.as_ref());
-            }
-        }
+    command
+        .arg("*")
+        .arg(fields.iter().map(AsRef::as_ref).collect::<Vec<&str>>());
+    Ok((command, false))
+}
+
+/// The entry's fields and values, one after the other, in the destination's format.
+fn entry_fields<'a>(
+    destination: &crate::Destination<'_>,
+    envelope: &'a Envelope,
+) -> Result<Vec<Cow<'a, str>>> {
+    Ok(match &destination.format {
+        Format::Native => envelope
+            .fields()
+            .into_iter()
+            .flat_map(|(name, value)| [name, value])
+            .collect(),
         Format::TypeScript { namespace } => {
             let data =
                 typescript::encode(envelope, namespace).map_err(|source| Error::Serialize {
                     event_type: envelope.event_type.clone(),
                     source,
                 })?;
-            command.arg(typescript::DATA_FIELD).arg(data);
+            vec![typescript::DATA_FIELD.into(), data.into()]
         }
-    }
-    Ok(command)
+    })
 }

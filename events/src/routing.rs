@@ -68,6 +68,18 @@ impl Trim {
         self
     }
 
+    /// The trimming of a delayed event's `XADD`, kept until it is due: the limit, its operator,
+    /// and the length or the age in milliseconds (see `lua/move_due.lua`).
+    pub(crate) fn delayed_arguments(&self) -> [String; 3] {
+        let operator = if self.exact { "=" } else { "~" };
+        match self.limit {
+            TrimLimit::MaxLen(len) => ["MAXLEN".into(), operator.into(), len.to_string()],
+            TrimLimit::MaxAge(age) => {
+                ["MINID".into(), operator.into(), age.as_millis().to_string()]
+            }
+        }
+    }
+
     /// The `XADD` trimming arguments, with `now` for age limits.
     pub(crate) fn arguments(&self, now: SystemTime) -> [String; 3] {
         let operator = if self.exact { "=" } else { "~" };

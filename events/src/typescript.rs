@@ -133,6 +133,7 @@ fn decode_event(data: Data<'_>) -> Result<Envelope, DecodeError> {
         traceparent: header.traceparent,
         partition_key: header.partition_key,
         headers: header.headers.unwrap_or_default(),
+        deliver_at: None,
     })
 }
 

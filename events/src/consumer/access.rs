@@ -1,12 +1,12 @@
 //! What a consumer must be allowed to run in Redis: its own commands and those inside its scripts,
-//! on the keys of its streams, dead-letter streams, marks and partition leases.
+//! on the keys of its streams, dead-letter streams, delayed events, marks and partition leases.
 
 use super::config::Settings;
 use super::group::Group;
 use crate::Result;
 use crate::access::{Needed, check, needed};
 use crate::connection::Connection;
-use crate::keys::{marks_prefix, slot_prefix};
+use crate::keys::{delayed_events, marks_prefix, slot_prefix, unmovable_events};
 
 /// Every command the consumer of `settings` runs, with the keys it runs them on.
 fn commands(settings: &Settings) -> Vec<Needed> {
@@ -82,7 +82,36 @@ fn commands(settings: &Settings) -> Vec<Needed> {
             ("for idempotency marks", &["HDEL", &marks, "f"]),
             ("for idempotency marks", &["PEXPIREAT", &marks, "0"]),
         ];
-        for (purpose, words) in reading.into_iter().chain(dead_lettering).chain(marking) {
+        let delayed = delayed_events(stream);
+        let unmovable = unmovable_events(stream);
+        let moving: [(&str, &[&str]); 5] = [
+            (
+                "to move delayed events into the stream",
+                &["ZRANGEBYSCORE", &delayed, "0", "0"],
+            ),
+            (
+                "to move delayed events into the stream",
+                &["ZRANGE", &delayed, "0", "0"],
+            ),
+            (
+                "to move delayed events into the stream",
+                &["ZREM", &delayed, "m"],
+            ),
+            (
+                "to move delayed events into the stream",
+                &["XADD", stream, "*", "f", "v"],
+            ),
+            (
+                "to move delayed events into the stream",
+                &["ZADD", &unmovable, "0", "m"],
+            ),
+        ];
+        for (purpose, words) in reading
+            .into_iter()
+            .chain(dead_lettering)
+            .chain(marking)
+            .chain(moving)
+        {
             all.push(needed(purpose, words));
         }
     }

@@ -164,7 +164,12 @@ impl Settings {
             Failure::NewerVersion(_) => self.newer_versions == NewerVersions::Retry,
             failure => failure.is_retryable(),
         };
-        (retried && attempt < self.max_attempts).then(|| self.backoff.delay(attempt))
+        let asked = match failure {
+            Failure::Handler(error) => error.retry_delay(),
+            _ => None,
+        };
+        (retried && attempt < self.max_attempts)
+            .then(|| asked.unwrap_or_else(|| self.backoff.delay(attempt)))
     }
 
     /// Where and for how long the consumer's idempotency marks live.

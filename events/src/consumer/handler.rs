@@ -105,6 +105,7 @@ impl Context {
 pub struct HandlerError {
     source: Box<dyn StdError + Send + Sync>,
     permanent: bool,
+    retry_after: Option<Duration>,
 }
 
 impl HandlerError {
@@ -113,7 +114,23 @@ impl HandlerError {
         Self {
             source: error.into(),
             permanent: true,
+            retry_after: None,
         }
+    }
+
+    /// A failure to retry after `delay` rather than the consumer's backoff, such as a downstream's
+    /// `Retry-After`; the attempt counts like any other.
+    pub fn retry_after(error: impl Into<Box<dyn StdError + Send + Sync>>, delay: Duration) -> Self {
+        Self {
+            source: error.into(),
+            permanent: false,
+            retry_after: Some(delay),
+        }
+    }
+
+    /// The delay asked for with [`retry_after`](Self::retry_after).
+    pub fn retry_delay(&self) -> Option<Duration> {
+        self.retry_after
     }
 
     /// Whether the event goes to the dead-letter stream without further attempts.
@@ -127,6 +144,7 @@ impl<E: Into<Box<dyn StdError + Send + Sync>>> From<E> for HandlerError {
         Self {
             source: error.into(),
             permanent: false,
+            retry_after: None,
         }
     }
 }
@@ -142,6 +160,7 @@ impl fmt::Debug for HandlerError {
         f.debug_struct("HandlerError")
             .field("source", &self.source)
             .field("permanent", &self.permanent)
+            .field("retry_after", &self.retry_after)
             .finish()
     }
 }

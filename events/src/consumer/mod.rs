@@ -7,6 +7,7 @@ mod backoff;
 mod builder;
 mod config;
 mod dead_letter;
+mod delayed;
 mod delivery;
 mod group;
 mod handler;
@@ -175,6 +176,7 @@ impl Consumer {
         let (holds, holding) = Holds::serve(commands.clone(), settings.marks());
         let stop_tasks = CancellationToken::new();
         let keeping = keeper.start(commands, settings.claim_idle, &inner.counters, &stop_tasks);
+        let moving = delayed::start(commands, &streams, &stop_tasks);
         // Partition leases are kept by a task of their own, so that a busy read loop never lets
         // them lapse; it gives them up when reading stops.
         let leases = Leases::default();
@@ -225,7 +227,7 @@ impl Consumer {
             );
         }
         stop_tasks.cancel();
-        for task in [keeping, holding, leasing] {
+        for task in [keeping, holding, leasing, moving] {
             if let Err(error) = task.await {
                 tracing::error!(%error, "a consumer task failed");
             }

@@ -108,6 +108,8 @@ pub struct PullConsumer {
     last_claim: Option<Instant>,
     acknowledging: Vec<AbortOnDropHandle<()>>,
     keeping: AbortOnDropHandle<()>,
+    /// Moves due delayed events into the streams.
+    moving: AbortOnDropHandle<()>,
     stop: CancellationToken,
 }
 
@@ -138,6 +140,7 @@ impl PullConsumer {
         let stop = CancellationToken::new();
         let (acks, acknowledging) = Acks::serve(&commands, &streams, settings.marks(), &counters);
         let keeping = keeper.start(&commands, settings.claim_idle, &counters, &stop);
+        let moving = super::delayed::start(&commands, &streams, &stop);
         Ok(Self {
             reader,
             commands,
@@ -155,6 +158,7 @@ impl PullConsumer {
             last_claim: None,
             acknowledging,
             keeping,
+            moving,
             stop,
         })
     }
@@ -361,6 +365,7 @@ impl PullConsumer {
             acks,
             acknowledging,
             keeping,
+            moving,
             stop,
             ..
         } = self;
@@ -380,6 +385,7 @@ impl PullConsumer {
         }
         stop.cancel();
         let _ = keeping.await;
+        let _ = moving.await;
         Ok(())
     }
 

@@ -1,0 +1,90 @@
+//! Delayed events reach their stream at their time: publishers keep them in a sorted set beside
+//! the stream (`{stream}:delayed`, scored by due time), and every consumer of the stream moves
+//! those due into it with one script call (`lua/move_due.lua`), each event added once however
+//! many consumers call it. A consumer looks every 50 ms, or sooner when the next is due sooner;
+//! events survive restarts with the rest of Redis's data until they are moved.
+
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redis::Script;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
+
+use super::group::Group;
+use crate::connection::Connection;
+use crate::{Backoff, keys};
+
+static MOVE_DUE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../lua/move_due.lua")));
+
+/// How often a consumer looks for due events at most.
+const LOOK_EVERY: Duration = Duration::from_millis(50);
+
+/// Most events moved in one call.
+const MOST_MOVED: usize = 1_000;
+
+/// Starts the task that moves due events into `streams` through `group`'s connection until
+/// `stop`.
+pub(crate) fn start(
+    group: &Group<Connection>,
+    streams: &[Arc<str>],
+    stop: &CancellationToken,
+) -> AbortOnDropHandle<()> {
+    AbortOnDropHandle::new(tokio::spawn(move_due(
+        group.connection.clone(),
+        streams.to_vec(),
+        stop.clone(),
+    )))
+}
+
+async fn move_due(connection: Connection, streams: Vec<Arc<str>>, stop: CancellationToken) {
+    let retry = Backoff::exponential(Duration::from_millis(50), Duration::from_secs(2));
+    let mut failures = 0;
+    loop {
+        let mut wait = LOOK_EVERY;
+        let mut failed = false;
+        for stream in &streams {
+            let delayed = keys::delayed_events(stream);
+            match MOVE_DUE
+                .key(&delayed)
+                .key(stream.as_ref())
+                .key(keys::unmovable_events(stream))
+                .arg(MOST_MOVED)
+                .invoke_async::<(usize, Option<u64>, usize)>(&mut connection.clone())
+                .await
+            {
+                Ok((moved, next, aside)) => {
+                    if aside > 0 {
+                        tracing::error!(%stream, aside, set = %keys::unmovable_events(stream), "delayed events that cannot be added to the stream were set aside");
+                    }
+                    if moved == MOST_MOVED {
+                        wait = Duration::ZERO;
+                    } else if let Some(next) = next {
+                        wait = wait.min(until(next));
+                    }
+                }
+                Err(error) => {
+                    failed = true;
+                    tracing::debug!(%stream, %error, "could not move due delayed events yet");
+                }
+            }
+        }
+        failures = if failed { failures + 1 } else { 0 };
+        if failed {
+            wait = retry.delay(failures);
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// How long until `millis` since the epoch.
+fn until(millis: u64) -> Duration {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    Duration::from_millis(millis).saturating_sub(now)
+}
