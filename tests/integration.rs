@@ -15,6 +15,7 @@ mod guarantees;
 mod health;
 mod idempotency;
 mod local;
+mod middleware;
 mod permissions;
 mod publish;
 mod schema;

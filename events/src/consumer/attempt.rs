@@ -13,6 +13,7 @@ use tracing::Instrument;
 
 use super::config::{Hooks, Settings};
 use super::handler::{BoxFuture, Prepared, Registration};
+use super::middleware;
 use super::{Context, Failure, Unhandled};
 use crate::instruments::HandlerMetrics;
 use crate::{Envelope, TraceContext};
@@ -55,6 +56,10 @@ pub(crate) async fn run(
         trace_id = trace.map(|trace| trace.trace_id()),
         outcome = tracing::field::Empty,
     );
+    let run = match &registration.stack {
+        Some(stack) => middleware::through(stack, context, run),
+        None => run,
+    };
     let run = run.instrument(span.clone());
     let run = match trace {
         Some(trace) => Either::Left(trace.scope(run)),

@@ -4,12 +4,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
-
 use super::access::check_access;
 use super::config::{Hooks, Settings};
 use super::group::Group;
 use super::handler::Registry;
+use super::middleware::{HandlerLayer, Wrap, wrap};
 use super::partitions::Partitioned;
 use super::{
     Backoff, Consumer, Context, DeadLetter, Failure, HandlerError, HandlerOptions, Identity, Inner,
@@ -19,6 +18,7 @@ use crate::connection::Connection;
 use crate::connection::{check_server_version, connect};
 use crate::instruments::HandlerMetrics;
 use crate::{Endpoint, Error, Event, Result, keys};
+use tokio::sync::Semaphore;
 
 /// Connections for blocking reads: two, so that a read is under way while the reply to the one
 /// before is parsed.
@@ -31,6 +31,8 @@ pub struct ConsumerBuilder {
     settings: Settings,
     registry: Registry,
     hooks: Hooks,
+    /// Middleware around every handler, the first outermost.
+    layers: Vec<Wrap>,
     error: Option<Error>,
 }
 
@@ -50,6 +52,7 @@ impl ConsumerBuilder {
             settings: Settings::new(),
             registry: Registry::default(),
             hooks: Hooks::default(),
+            layers: Vec::new(),
             error: None,
         }
     }
@@ -276,6 +279,15 @@ impl ConsumerBuilder {
         self
     }
 
+    /// Wraps every handler in a tower `layer`: middleware that sees each attempt's
+    /// [`Call`](crate::Call) and outcome, such as [`CircuitBreaker`](crate::CircuitBreaker), a
+    /// tower timeout or concurrency limit, or one of the caller's own. The first added is the
+    /// outermost; a handler's own layers ([`HandlerOptions::layer`]) are inside these.
+    pub fn layer(mut self, layer: impl HandlerLayer) -> Self {
+        self.layers.push(wrap(layer));
+        self
+    }
+
     /// Runs before each handler call.
     pub fn before(mut self, hook: impl Fn(&Context) + Send + Sync + 'static) -> Self {
         self.hooks.before = Some(Arc::new(hook));
@@ -327,9 +339,11 @@ impl ConsumerBuilder {
         if self.registry.is_empty() {
             return Err(Error::Config("the consumer has no handlers".into()));
         }
+        let mut registry = self.registry;
+        registry.wrap_in(&self.layers);
         Ok(super::LocalConsumer::new(
             self.settings,
-            self.registry,
+            registry,
             self.hooks,
         ))
     }
@@ -363,6 +377,7 @@ impl ConsumerBuilder {
             .connected(connect(&self.endpoint, Duration::from_secs(10)).await?)
             .await?;
         let mut registry = self.registry;
+        registry.wrap_in(&self.layers);
         registry.instrument(&settings.streams, &settings.group);
         let unhandled_metrics = settings
             .streams

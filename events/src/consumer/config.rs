@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::identity::MarkSettings;
+use super::middleware::{HandlerLayer, Wrap, wrap};
 use super::partitions::Partitioned;
 use super::type_names::TypeNames;
 use super::{Backoff, Context, DeadLetter, Failure, Identity, StartFrom};
@@ -33,12 +34,24 @@ pub enum NewerVersions {
 }
 
 /// Settings of one handler that differ from the consumer's.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default)]
 #[must_use]
 pub struct HandlerOptions {
     pub(crate) timeout: Option<Duration>,
     pub(crate) idempotent: Option<bool>,
     pub(crate) identity: Option<Identity>,
+    pub(crate) layers: Vec<Wrap>,
+}
+
+impl std::fmt::Debug for HandlerOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandlerOptions")
+            .field("timeout", &self.timeout)
+            .field("idempotent", &self.idempotent)
+            .field("identity", &self.identity)
+            .field("layers", &self.layers.len())
+            .finish()
+    }
 }
 
 impl HandlerOptions {
@@ -63,6 +76,13 @@ impl HandlerOptions {
     /// idempotency key (by default the consumer's choice, itself by default the event id).
     pub fn identity(mut self, identity: Identity) -> Self {
         self.identity = Some(identity);
+        self
+    }
+
+    /// Wraps this handler in a tower `layer` (see [`Call`](crate::Call)), inside the consumer's
+    /// layers; the first added is the outermost.
+    pub fn layer(mut self, layer: impl HandlerLayer) -> Self {
+        self.layers.push(wrap(layer));
         self
     }
 }
@@ -160,13 +180,16 @@ impl Settings {
     /// After an attempt failed with `failure`, how long to wait before the next; `None` when the
     /// event is to be dead-lettered (the failure is final, or that was the last attempt).
     pub(crate) fn retry_delay(&self, failure: &Failure, attempt: u32) -> Option<Duration> {
-        let retried = match failure {
-            Failure::NewerVersion(_) => self.newer_versions == NewerVersions::Retry,
-            failure => failure.is_retryable(),
-        };
         let asked = match failure {
             Failure::Handler(error) => error.retry_delay(),
             _ => None,
+        };
+        if failure.is_deferral() {
+            return asked;
+        }
+        let retried = match failure {
+            Failure::NewerVersion(_) => self.newer_versions == NewerVersions::Retry,
+            failure => failure.is_retryable(),
         };
         (retried && attempt < self.max_attempts)
             .then(|| asked.unwrap_or_else(|| self.backoff.delay(attempt)))

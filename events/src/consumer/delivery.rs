@@ -237,6 +237,11 @@ impl Delivery {
         part: Option<&Part>,
     ) -> bool {
         let inner = &self.session.inner;
+        if failure.is_deferral() {
+            // Not an attempt: the same one runs again after the delay.
+            Counters::add(&inner.counters.deferred, 1);
+            return self.sleep(delay).await;
+        }
         self.report_failure(context, failure);
         Counters::add(&inner.counters.retried, 1);
         registration.metrics[self.stream_index].retried();

@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use globset::GlobMatcher;
 
+use super::middleware::{Stack, Wrap};
 use super::{HandlerOptions, Identity};
 use crate::instruments::HandlerMetrics;
 use crate::routing::{event_glob, glob_path};
@@ -106,6 +107,8 @@ pub struct HandlerError {
     source: Box<dyn StdError + Send + Sync>,
     permanent: bool,
     retry_after: Option<Duration>,
+    /// Run again later without counting an attempt.
+    deferred: bool,
 }
 
 impl HandlerError {
@@ -115,6 +118,7 @@ impl HandlerError {
             source: error.into(),
             permanent: true,
             retry_after: None,
+            deferred: false,
         }
     }
 
@@ -125,7 +129,24 @@ impl HandlerError {
             source: error.into(),
             permanent: false,
             retry_after: Some(delay),
+            deferred: false,
         }
+    }
+
+    /// Not an attempt at all: run the event again after `delay`, without counting an attempt or a
+    /// failure, however often, such as while a circuit breaker is open. Counted as deferred.
+    pub fn defer(reason: impl Into<Box<dyn StdError + Send + Sync>>, delay: Duration) -> Self {
+        Self {
+            source: reason.into(),
+            permanent: false,
+            retry_after: Some(delay),
+            deferred: true,
+        }
+    }
+
+    /// Whether it was made by [`defer`](Self::defer).
+    pub fn is_deferral(&self) -> bool {
+        self.deferred
     }
 
     /// The delay asked for with [`retry_after`](Self::retry_after).
@@ -145,6 +166,7 @@ impl<E: Into<Box<dyn StdError + Send + Sync>>> From<E> for HandlerError {
             source: error.into(),
             permanent: false,
             retry_after: None,
+            deferred: false,
         }
     }
 }
@@ -161,6 +183,7 @@ impl fmt::Debug for HandlerError {
             .field("source", &self.source)
             .field("permanent", &self.permanent)
             .field("retry_after", &self.retry_after)
+            .field("deferred", &self.deferred)
             .finish()
     }
 }
@@ -188,7 +211,14 @@ pub enum Failure {
     NewerVersion(DecodeError),
 }
 
+impl std::error::Error for Failure {}
+
 impl Failure {
+    /// Whether it only defers the event (see [`HandlerError::defer`]): not an attempt.
+    pub fn is_deferral(&self) -> bool {
+        matches!(self, Failure::Handler(error) if error.is_deferral())
+    }
+
     /// Whether another attempt may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
@@ -240,6 +270,24 @@ pub(crate) struct Registration {
     pub(crate) identity: Option<Identity>,
     /// Metric handles, one per stream of the consumer, in its order.
     pub(crate) metrics: Vec<HandlerMetrics>,
+    /// The handler's own middleware, innermost.
+    layers: Vec<Wrap>,
+    /// Its middleware and the consumer's around it; `None` without any.
+    pub(crate) stack: Option<Stack>,
+}
+
+impl Registration {
+    fn new(prepare: Prepare, options: HandlerOptions) -> Self {
+        Self {
+            prepare,
+            timeout: options.timeout,
+            idempotent: options.idempotent,
+            identity: options.identity,
+            metrics: Vec::new(),
+            layers: options.layers,
+            stack: None,
+        }
+    }
 }
 
 impl fmt::Debug for Registration {
@@ -302,13 +350,7 @@ impl Registry {
                 Box::pin(async move { handler(event, context).await.map_err(Failure::Handler) });
             Ok(Prepared { key, run })
         });
-        let registration = Registration {
-            prepare,
-            timeout: options.timeout,
-            idempotent: options.idempotent,
-            identity: options.identity,
-            metrics: Vec::new(),
-        };
+        let registration = Registration::new(prepare, options);
         versions.push(Versioned {
             version: E::VERSION,
             registration,
@@ -346,13 +388,7 @@ impl Registry {
             let run = Box::pin(async move { handler(context).await.map_err(Failure::Handler) });
             Ok(Prepared { key: None, run })
         });
-        let registration = Registration {
-            prepare,
-            timeout: options.timeout,
-            idempotent: options.idempotent,
-            identity: options.identity,
-            metrics: Vec::new(),
-        };
+        let registration = Registration::new(prepare, options);
         self.patterns
             .push((pattern.to_owned(), matcher, registration));
         Ok(())
@@ -396,6 +432,15 @@ impl Registry {
             .iter_mut()
             .map(|(pattern, _, registration)| (pattern.as_str(), registration));
         typed.chain(patterns)
+    }
+
+    /// Puts every handler inside its own middleware and then the consumer's `layers` (the first
+    /// outermost).
+    pub(crate) fn wrap_in(&mut self, layers: &[Wrap]) {
+        for (_, registration) in self.registrations_mut() {
+            registration.stack =
+                super::middleware::stack(layers.iter().chain(&registration.layers));
+        }
     }
 
     /// Registers every handler's metric handles for each of `streams`, in their order.

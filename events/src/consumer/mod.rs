@@ -5,6 +5,7 @@ mod access;
 mod attempt;
 mod backoff;
 mod builder;
+mod circuit_breaker;
 mod config;
 mod dead_letter;
 mod delayed;
@@ -16,6 +17,7 @@ mod identity;
 mod keeper;
 #[cfg(feature = "testing")]
 mod local;
+mod middleware;
 mod part;
 mod partitions;
 mod pull;
@@ -39,6 +41,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 pub use backoff::Backoff;
 pub use builder::ConsumerBuilder;
+pub use circuit_breaker::{Breaker, CircuitBreaker};
 pub use config::{HandlerOptions, NewerVersions, Unhandled};
 pub use dead_letter::{DEAD_LETTER_PREFIX, DeadLetter};
 pub use group::StartFrom;
@@ -46,6 +49,7 @@ pub use handler::{Context, Failure, HandlerError};
 pub use identity::Identity;
 #[cfg(feature = "testing")]
 pub use local::{LocalConsumer, Outcome};
+pub use middleware::{BoxError, Call, HandlerLayer, RunHandler, Stack};
 pub use pull::{PullConsumer, Reserved};
 pub use stale::remove_stale_consumers_of;
 pub use status::{Operation, Stall, Status};

@@ -22,6 +22,8 @@ pub struct Status {
     pub processed: u64,
     /// Failed attempts scheduled for another try.
     pub retried: u64,
+    /// Events run again later without counting an attempt, by [`HandlerError::defer`](crate::HandlerError::defer).
+    pub deferred: u64,
     /// Events acknowledged without a handler, having none for their type.
     pub skipped: u64,
     /// Repeats of events already handled (or dead-lettered), acknowledged without running the
@@ -97,6 +99,7 @@ pub(crate) struct Counters {
     pub(crate) in_flight: AtomicU64,
     pub(crate) processed: AtomicU64,
     pub(crate) retried: AtomicU64,
+    pub(crate) deferred: AtomicU64,
     pub(crate) skipped: AtomicU64,
     pub(crate) duplicates: AtomicU64,
     pub(crate) dead_lettered: AtomicU64,
@@ -119,6 +122,7 @@ impl Counters {
             in_flight: read(&self.in_flight),
             processed: read(&self.processed),
             retried: read(&self.retried),
+            deferred: read(&self.deferred),
             skipped: read(&self.skipped),
             duplicates: read(&self.duplicates),
             dead_lettered: read(&self.dead_lettered),
