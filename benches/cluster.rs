@@ -9,7 +9,7 @@ mod timing;
 use std::time::{Duration, Instant};
 
 use events::testing::{RedisCluster, RedisServer};
-use events::{Consumer, Publisher, PublisherConfig, Route, Router, StartFrom};
+use events::{Consumer, HandlerOptions, Publisher, PublisherConfig, Route, Router, StartFrom};
 use order_placed::OrderPlaced;
 
 /// Publishes `events` orders in batches of 1,000 to `stream` (partitioned `partitions` ways when
@@ -56,8 +56,15 @@ async fn consume(url: &str, stream: &str, partitions: u32, events: u64) -> f64 {
     } else {
         vec![stream.to_owned()]
     };
-    let elapsed =
-        timing::time_until_acknowledged(vec![builder], events, url, &streams, "bench").await;
+    let elapsed = timing::time_until_acknowledged(
+        vec![builder],
+        &HandlerOptions::new(),
+        events,
+        url,
+        &streams,
+        "bench",
+    )
+    .await;
     events as f64 / elapsed.as_secs_f64()
 }
 

@@ -1,7 +1,8 @@
 //! Events per second through consumers (read, decode, typed handler, acknowledged in Redis: the
 //! time until nothing is pending), next to a raw redis-rs `XREADGROUP` + `XACK` loop over the
 //! same entries, all in this run against the same throwaway `redis-server` (or `REDIS_URL`): one
-//! consumer with and without idempotency, and consumers of a stream partitioned 8 ways. Rounds of
+//! consumer with and without idempotency, and consumers of a stream partitioned 8 ways; the cost
+//! of a middleware layer (tower's identity) and of a rate limit that never waits. Rounds of
 //! each alternate, every run reading its stream anew in a group of its own; each row gives the
 //! median, least and most of the rounds, and the Redis CPU each event cost (`INFO cpu`).
 //!
@@ -16,7 +17,9 @@ mod timing;
 
 use std::time::{Duration, Instant};
 
-use events::{Consumer, ConsumerBuilder, Router, StartFrom, partition_streams};
+use events::{
+    Consumer, ConsumerBuilder, HandlerOptions, RateLimit, Router, StartFrom, partition_streams,
+};
 use redis::Value;
 
 const STREAM: &str = "bench:consume";
@@ -174,6 +177,8 @@ async fn main() {
         "Consumer, idempotency on",
         "Consumer of 8 partitions, idempotency off",
         "3 consumers sharing 8 partitions",
+        "Consumer, one middleware layer (identity)",
+        "Consumer, a rate limit that never waits",
     ];
     let mut measured: Vec<Measured> = names.iter().map(|_| Measured::default()).collect();
     for round in 0..rounds {
@@ -182,11 +187,27 @@ async fn main() {
             let busy = redis_busy(&mut redis).await;
             let elapsed = match index {
                 0 => raw_loop(&url, &group, events, batch).await,
-                1 | 2 => {
-                    let builder = consumer(&url, &group, batch, index == 2).stream(STREAM);
+                1 | 2 | 5 | 6 => {
+                    let mut builder = consumer(&url, &group, batch, index == 2).stream(STREAM);
+                    let mut options = HandlerOptions::new();
+                    if index == 5 {
+                        builder = builder.layer(tower::layer::util::Identity::new());
+                    }
+                    if index == 6 {
+                        // A million a second, all at once: the cost of asking, never a wait.
+                        let limit = RateLimit::new(1_000_000, Duration::from_secs(1));
+                        options = options.rate_limit(limit.burst(1_000_000));
+                    }
                     let streams = [STREAM.to_owned()];
-                    timing::time_until_acknowledged(vec![builder], events, &url, &streams, &group)
-                        .await
+                    timing::time_until_acknowledged(
+                        vec![builder],
+                        &options,
+                        events,
+                        &url,
+                        &streams,
+                        &group,
+                    )
+                    .await
                 }
                 _ => {
                     let count = if index == 3 { 1 } else { 3 };
@@ -198,8 +219,15 @@ async fn main() {
                                 .consumer_name(format!("c{n}"))
                         })
                         .collect();
-                    timing::time_until_acknowledged(builders, events, &url, &partitions, &group)
-                        .await
+                    timing::time_until_acknowledged(
+                        builders,
+                        &HandlerOptions::new(),
+                        events,
+                        &url,
+                        &partitions,
+                        &group,
+                    )
+                    .await
                 }
             };
             measure.add(events, elapsed, redis_busy(&mut redis).await - busy);

@@ -13,7 +13,7 @@ mod timing;
 
 use std::time::Duration;
 
-use events::{Consumer, Router, StartFrom};
+use events::{Consumer, HandlerOptions, Router, StartFrom};
 use redis::aio::MultiplexedConnection;
 
 const STREAM: &str = "bench:marks";
@@ -108,8 +108,15 @@ async fn main() {
         .block(Duration::from_millis(100))
         .idempotency_ttl(window);
     let streams = [STREAM.to_owned()];
-    let elapsed =
-        timing::time_until_acknowledged(vec![builder], events, &url, &streams, "new").await;
+    let elapsed = timing::time_until_acknowledged(
+        vec![builder],
+        &HandlerOptions::new(),
+        events,
+        &url,
+        &streams,
+        "new",
+    )
+    .await;
     let ours = used_memory(&mut redis).await.saturating_sub(before);
     let (ours_keys_bytes, ours_keys) =
         keys_memory(&mut redis, &format!("{{{STREAM}}}:marks:new:*")).await;

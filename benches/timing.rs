@@ -4,16 +4,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use events::{Consumer, ConsumerBuilder, Context, HandlerError};
+use events::{Consumer, ConsumerBuilder, Context, HandlerError, HandlerOptions};
 use redis::Value;
 
 use crate::order_placed::OrderPlaced;
 
-/// Runs the consumers `builders` make (of one group, handling orders) until they have handled
-/// `events` and nothing is pending on `streams` in `group` any more: the time until the last
-/// acknowledgement landed in Redis.
+/// Runs the consumers `builders` make (of one group, handling orders, the handler with `options`)
+/// until they have handled `events` and nothing is pending on `streams` in `group` any more: the
+/// time until the last acknowledgement landed in Redis.
 pub(crate) async fn time_until_acknowledged(
     builders: Vec<ConsumerBuilder>,
+    options: &HandlerOptions,
     events: u64,
     url: &str,
     streams: &[String],
@@ -22,7 +23,7 @@ pub(crate) async fn time_until_acknowledged(
     let handled = Arc::new(AtomicU64::new(0));
     let mut consumers = Vec::new();
     for builder in builders {
-        consumers.push(counting(builder, &handled).await);
+        consumers.push(counting(builder, options.clone(), &handled).await);
     }
     let mut redis = redis::Client::open(url)
         .unwrap()
@@ -65,11 +66,16 @@ pub(crate) async fn time_until_acknowledged(
     elapsed
 }
 
-/// Builds the consumer of `builder` with a handler that counts the orders it handles.
-async fn counting(builder: ConsumerBuilder, handled: &Arc<AtomicU64>) -> Consumer {
+/// Builds the consumer of `builder` with a handler (with `options`) that counts the orders it
+/// handles.
+async fn counting(
+    builder: ConsumerBuilder,
+    options: HandlerOptions,
+    handled: &Arc<AtomicU64>,
+) -> Consumer {
     let counter = Arc::clone(handled);
     builder
-        .handle(move |order: OrderPlaced, _: Context| {
+        .handle_with(options, move |order: OrderPlaced, _: Context| {
             std::hint::black_box(order);
             counter.fetch_add(1, Ordering::Relaxed);
             std::future::ready(Ok::<(), HandlerError>(()))

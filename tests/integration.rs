@@ -18,6 +18,7 @@ mod local;
 mod middleware;
 mod permissions;
 mod publish;
+mod rate_limit;
 mod schema;
 mod sentinel;
 mod stats;

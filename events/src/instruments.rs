@@ -82,6 +82,7 @@ pub(crate) struct HandlerMetrics {
     handled: Counter,
     failed: Counter,
     retried: Counter,
+    limited: Counter,
     dead_lettered: Counter,
     duration: Histogram,
 }
@@ -98,6 +99,7 @@ impl HandlerMetrics {
             handled: counter!("events_handled_total", &labels),
             failed: counter!("events_failed_total", &labels),
             retried: counter!("events_retried_total", &labels),
+            limited: counter!("events_limited_total", &labels),
             dead_lettered: counter!("events_dead_lettered_total", &labels),
             duration: histogram!("events_handler_duration_seconds", &labels),
         }
@@ -117,6 +119,11 @@ impl HandlerMetrics {
     /// A failed attempt that will be tried again.
     pub(crate) fn retried(&self) {
         self.retried.increment(1);
+    }
+
+    /// An event that waited for its place under a rate limit.
+    pub(crate) fn limited(&self) {
+        self.limited.increment(1);
     }
 
     /// An entry moved to the dead-letter stream.

@@ -41,8 +41,8 @@ pub use connection::Connection;
 pub use consumer::{
     Backoff, BoxError, Breaker, Call, CircuitBreaker, Consumer, ConsumerBuilder, Context,
     DEAD_LETTER_PREFIX, DeadLetter, Delivery, Failure, HandlerError, HandlerLayer, HandlerOptions,
-    Identity, NewerVersions, Operation, PullConsumer, Reserved, RunHandler, Stack, Stall,
-    StartFrom, Status, Subscription, Unhandled, remove_stale_consumers_of,
+    Identity, NewerVersions, Operation, PullConsumer, RateLimit, Reserved, RunHandler, Stack,
+    Stall, StartFrom, Status, Subscription, Unhandled, remove_stale_consumers_of,
 };
 pub use dead_letters::{DeadLetterEntry, DeadLetters, REPLAYED_FIELD};
 pub use endpoint::{CLUSTER_SCHEME, Endpoint, SENTINEL_SCHEME, TLS_CLUSTER_SCHEME};

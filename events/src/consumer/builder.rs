@@ -246,6 +246,13 @@ impl ConsumerBuilder {
         F: Fn(E, Context) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
     {
+        // A limit that cannot work is an error of `build`; a second handler, a panic here.
+        if let Some(limit) = &options.rate_limit
+            && let Err(error) = limit.interval(E::NAME)
+        {
+            self.error.get_or_insert(error);
+            return self;
+        }
         if let Err(error) = self.registry.add_typed(handler, options) {
             panic!("{error}");
         }

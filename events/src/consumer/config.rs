@@ -7,7 +7,7 @@ use super::identity::MarkSettings;
 use super::middleware::{HandlerLayer, Wrap, wrap};
 use super::partitions::Partitioned;
 use super::type_names::TypeNames;
-use super::{Backoff, Context, DeadLetter, Failure, Identity, StartFrom};
+use super::{Backoff, Context, DeadLetter, Failure, Identity, RateLimit, StartFrom};
 
 /// What to do with an event whose type has no handler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -41,6 +41,7 @@ pub struct HandlerOptions {
     pub(crate) idempotent: Option<bool>,
     pub(crate) identity: Option<Identity>,
     pub(crate) layers: Vec<Wrap>,
+    pub(crate) rate_limit: Option<RateLimit>,
 }
 
 impl std::fmt::Debug for HandlerOptions {
@@ -50,6 +51,7 @@ impl std::fmt::Debug for HandlerOptions {
             .field("idempotent", &self.idempotent)
             .field("identity", &self.identity)
             .field("layers", &self.layers.len())
+            .field("rate_limit", &self.rate_limit)
             .finish()
     }
 }
@@ -76,6 +78,13 @@ impl HandlerOptions {
     /// idempotency key (by default the consumer's choice, itself by default the event id).
     pub fn identity(mut self, identity: Identity) -> Self {
         self.identity = Some(identity);
+        self
+    }
+
+    /// Runs this handler at most as often as `limit` says, across every consumer of the group
+    /// (see [`RateLimit`]).
+    pub fn rate_limit(mut self, limit: RateLimit) -> Self {
+        self.rate_limit = Some(limit);
         self
     }
 

@@ -18,6 +18,7 @@ use super::handler::Registration;
 use super::idempotency::is_replay;
 use super::identity::Digest;
 use super::part::{Attempts, Part, holder};
+use super::rate_limit::Limiter;
 use super::settle::Unsettled;
 use super::status::{Counters, InFlight, Operation};
 use super::{Context, Failure, Session};
@@ -158,6 +159,11 @@ impl Delivery {
                     None => return self.failed(&context, failure, None),
                 },
             };
+            if let Some(limiter) = &registration.limiter
+                && !self.wait_for_place(registration, limiter, &context).await
+            {
+                return End::Abandon;
+            }
             let slot = tokio::select! {
                 () = session.shutdown.cancelled() => return End::Abandon,
                 slot = inner.concurrency.acquire() => slot,
@@ -252,6 +258,40 @@ impl Delivery {
             .count_retry(&self.unsettled.kept, &inner.commands, part)
             .await;
         true
+    }
+
+    /// Waits for the event's place under its handler's rate limit, asking again while Redis
+    /// fails; false when the consumer stops meanwhile.
+    async fn wait_for_place(
+        &self,
+        registration: &Registration,
+        limiter: &Limiter,
+        context: &Context,
+    ) -> bool {
+        let session = &self.session;
+        let counters = &session.inner.counters;
+        let retry = Backoff::exponential(Duration::from_millis(20), Duration::from_secs(2));
+        let mut failures = 0;
+        loop {
+            match session.places.take(limiter, context).await {
+                Ok(wait) => {
+                    counters.recovered(Operation::RateLimit, &self.stream);
+                    if wait.is_zero() {
+                        return true;
+                    }
+                    Counters::add(&counters.limited, 1);
+                    registration.metrics[self.stream_index].limited();
+                    return self.sleep(wait).await;
+                }
+                Err(error) => {
+                    failures += 1;
+                    counters.stalled(Operation::RateLimit, &self.stream, &error);
+                    if !self.sleep(retry.delay(failures)).await {
+                        return false;
+                    }
+                }
+            }
+        }
     }
 
     /// Takes the hold on an event of the entry, trying again while Redis fails; `None` when the

@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 use globset::GlobMatcher;
 
 use super::middleware::{Stack, Wrap};
+use super::rate_limit::Limiter;
 use super::{HandlerOptions, Identity};
 use crate::instruments::HandlerMetrics;
 use crate::routing::{event_glob, glob_path};
@@ -274,11 +275,14 @@ pub(crate) struct Registration {
     layers: Vec<Wrap>,
     /// Its middleware and the consumer's around it; `None` without any.
     pub(crate) stack: Option<Stack>,
+    /// Its rate limit.
+    pub(crate) limiter: Option<Limiter>,
 }
 
 impl Registration {
-    fn new(prepare: Prepare, options: HandlerOptions) -> Self {
-        Self {
+    /// The handler of `name` (a type or pattern); an error for a rate limit that cannot work.
+    fn new(prepare: Prepare, options: HandlerOptions, name: &str) -> Result<Self> {
+        Ok(Self {
             prepare,
             timeout: options.timeout,
             idempotent: options.idempotent,
@@ -286,7 +290,11 @@ impl Registration {
             metrics: Vec::new(),
             layers: options.layers,
             stack: None,
-        }
+            limiter: options
+                .rate_limit
+                .map(|limit| Limiter::new(limit, name))
+                .transpose()?,
+        })
     }
 }
 
@@ -350,7 +358,7 @@ impl Registry {
                 Box::pin(async move { handler(event, context).await.map_err(Failure::Handler) });
             Ok(Prepared { key, run })
         });
-        let registration = Registration::new(prepare, options);
+        let registration = Registration::new(prepare, options, E::NAME)?;
         versions.push(Versioned {
             version: E::VERSION,
             registration,
@@ -388,7 +396,7 @@ impl Registry {
             let run = Box::pin(async move { handler(context).await.map_err(Failure::Handler) });
             Ok(Prepared { key: None, run })
         });
-        let registration = Registration::new(prepare, options);
+        let registration = Registration::new(prepare, options, pattern)?;
         self.patterns
             .push((pattern.to_owned(), matcher, registration));
         Ok(())

@@ -21,6 +21,7 @@ mod middleware;
 mod part;
 mod partitions;
 mod pull;
+mod rate_limit;
 mod reading;
 mod reclaim;
 mod settle;
@@ -51,6 +52,7 @@ pub use identity::Identity;
 pub use local::{LocalConsumer, Outcome};
 pub use middleware::{BoxError, Call, HandlerLayer, RunHandler, Stack};
 pub use pull::{PullConsumer, Reserved};
+pub use rate_limit::RateLimit;
 pub use stale::remove_stale_consumers_of;
 pub use status::{Operation, Stall, Status};
 pub use subscription::{Delivery, Subscription};
@@ -63,6 +65,7 @@ use handler::Registry;
 use idempotency::Holds;
 use keeper::Keeper;
 use partitions::Leases;
+use rate_limit::Places;
 use reading::Reading;
 use settle::Acks;
 use status::Counters;
@@ -95,6 +98,8 @@ pub(crate) struct Session {
     pub(crate) streams: Vec<Arc<str>>,
     pub(crate) acks: Acks,
     pub(crate) holds: Holds,
+    /// Where events ask for their places under rate limits.
+    pub(crate) places: Places,
     pub(crate) keeper: Keeper,
     pub(crate) shutdown: CancellationToken,
 }
@@ -178,6 +183,7 @@ impl Consumer {
         let (acks, acknowledging) =
             Acks::serve(commands, &streams, settings.marks(), &inner.counters);
         let (holds, holding) = Holds::serve(commands.clone(), settings.marks());
+        let (places, placing) = Places::serve(commands.connection.clone(), &settings.group);
         let stop_tasks = CancellationToken::new();
         let keeping = keeper.start(commands, settings.claim_idle, &inner.counters, &stop_tasks);
         let moving = delayed::start(commands, &streams, &stop_tasks);
@@ -197,6 +203,7 @@ impl Consumer {
             streams,
             acks,
             holds,
+            places,
             keeper,
             shutdown,
         });
@@ -231,7 +238,7 @@ impl Consumer {
             );
         }
         stop_tasks.cancel();
-        for task in [keeping, holding, leasing, moving] {
+        for task in [keeping, holding, placing, leasing, moving] {
             if let Err(error) = task.await {
                 tracing::error!(%error, "a consumer task failed");
             }

@@ -24,6 +24,8 @@ pub struct Status {
     pub retried: u64,
     /// Events run again later without counting an attempt, by [`HandlerError::defer`](crate::HandlerError::defer).
     pub deferred: u64,
+    /// Events that waited for their place under a handler's rate limit.
+    pub limited: u64,
     /// Events acknowledged without a handler, having none for their type.
     pub skipped: u64,
     /// Repeats of events already handled (or dead-lettered), acknowledged without running the
@@ -77,6 +79,8 @@ pub enum Operation {
     Acknowledge,
     /// Moving entries to the dead-letter stream.
     DeadLetter,
+    /// Taking places under handlers' rate limits.
+    RateLimit,
 }
 
 impl fmt::Display for Operation {
@@ -88,6 +92,7 @@ impl fmt::Display for Operation {
             Operation::Hold => "taking idempotency holds",
             Operation::Acknowledge => "acknowledging handled entries",
             Operation::DeadLetter => "moving entries to the dead-letter stream",
+            Operation::RateLimit => "taking places under rate limits",
         })
     }
 }
@@ -100,6 +105,7 @@ pub(crate) struct Counters {
     pub(crate) processed: AtomicU64,
     pub(crate) retried: AtomicU64,
     pub(crate) deferred: AtomicU64,
+    pub(crate) limited: AtomicU64,
     pub(crate) skipped: AtomicU64,
     pub(crate) duplicates: AtomicU64,
     pub(crate) dead_lettered: AtomicU64,
@@ -123,6 +129,7 @@ impl Counters {
             processed: read(&self.processed),
             retried: read(&self.retried),
             deferred: read(&self.deferred),
+            limited: read(&self.limited),
             skipped: read(&self.skipped),
             duplicates: read(&self.duplicates),
             dead_lettered: read(&self.dead_lettered),
