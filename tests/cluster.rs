@@ -577,3 +577,50 @@ async fn events_travel_over_tls_to_every_node_of_a_cluster() {
         "a wrong authority is named as a certificate problem: {refused}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_events_reach_streams_on_every_node_at_their_time() {
+    let cluster = RedisCluster::start();
+    let node = cluster.url().replace(events::CLUSTER_SCHEME, "redis://");
+    let node = node.split(',').next().unwrap().to_owned();
+    let streams = streams_on_every_node(&node);
+    let due = std::time::SystemTime::now() + Duration::from_millis(500);
+    for stream in &streams {
+        let publisher = publisher_to(&cluster.url(), stream).await;
+        publisher
+            .publish_with(
+                &TaskCreated { n: 1 },
+                events::PublishOptions::new().deliver_at(due),
+            )
+            .await
+            .unwrap();
+    }
+    let handled: Arc<Mutex<Vec<std::time::SystemTime>>> = Arc::default();
+    let consumer = {
+        let handled = Arc::clone(&handled);
+        streams
+            .iter()
+            .fold(Consumer::builder(cluster.url()), |builder, stream| {
+                builder.stream(stream)
+            })
+            .group("g")
+            .start_from(StartFrom::Beginning)
+            .block(Duration::from_millis(100))
+            .handle(move |_: TaskCreated, _: Context| {
+                handled.lock().unwrap().push(std::time::SystemTime::now());
+                async { Ok::<(), HandlerError>(()) }
+            })
+            .build()
+            .await
+            .unwrap()
+    };
+    let runs = run_all(std::slice::from_ref(&consumer));
+    wait_until("every delayed event is handled", || {
+        handled.lock().unwrap().len() == streams.len()
+    })
+    .await;
+    for run in runs {
+        run.abort();
+    }
+    assert!(handled.lock().unwrap().iter().all(|at| *at >= due));
+}
