@@ -197,3 +197,56 @@ async fn members_that_are_not_delayed_events_are_set_aside_without_blocking_the_
     let left: i64 = redis.zcard(&delayed).await.unwrap();
     assert_eq!(left, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn due_events_wait_out_a_redis_that_refuses_them_and_arrive_once() {
+    use crate::support::faults::{
+        ConnectionKiller, accept_writes, allow, deny, refuse_writes, stall,
+    };
+    let server = RedisServer::start();
+    let stream = unique("delayed-faults");
+    let publisher = publisher_to(server.url(), &stream).await;
+    for n in 0..10 {
+        publisher
+            .publish_with(
+                &Reminder { n },
+                PublishOptions::new().deliver_after(Duration::from_millis(300)),
+            )
+            .await
+            .unwrap();
+    }
+    let handled: Handled = Arc::default();
+    let (consumer, running) = Running::build(consumer(&server, &stream, &handled)).await;
+    // The events fall due while Redis refuses the XADD: first for permissions, then for memory.
+    deny(&server, "xadd").await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let stalled = consumer
+        .status()
+        .stalls
+        .iter()
+        .any(|stall| stall.operation == events::Operation::MoveDelayed);
+    assert!(stalled, "{:?}", consumer.status().stalls);
+    assert!(handled.lock().unwrap().is_empty());
+    refuse_writes(&server).await;
+    allow(&server, "xadd").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(handled.lock().unwrap().is_empty());
+    // Then it takes writes again but stalls and drops every connection for a while.
+    accept_writes(&server).await;
+    let killer = ConnectionKiller::start(&server, Duration::from_millis(150)).await;
+    let _stalled = stall(&server, Duration::from_millis(300));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(killer);
+    wait_for(&handled, 10, Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    running.close().await;
+    let mut handled: Vec<u64> = handled.lock().unwrap().iter().map(|(n, _)| *n).collect();
+    handled.sort_unstable();
+    assert_eq!(handled, (0..10).collect::<Vec<_>>(), "each once");
+    let aside: i64 = connection(&server)
+        .await
+        .zcard(events::unmovable_events(&stream))
+        .await
+        .unwrap();
+    assert_eq!(aside, 0, "nothing set aside for a refusal");
+}

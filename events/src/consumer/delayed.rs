@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::group::Group;
+use super::status::{Counters, Operation};
 use crate::connection::Connection;
 use crate::{Backoff, keys};
 
@@ -25,20 +26,27 @@ const LOOK_EVERY: Duration = Duration::from_millis(50);
 const MOST_MOVED: usize = 1_000;
 
 /// Starts the task that moves due events into `streams` through `group`'s connection until
-/// `stop`.
+/// `stop`; a stream whose events Redis will not take shows as a stall in `counters`.
 pub(crate) fn start(
     group: &Group<Connection>,
     streams: &[Arc<str>],
+    counters: &Arc<Counters>,
     stop: &CancellationToken,
 ) -> AbortOnDropHandle<()> {
     AbortOnDropHandle::new(tokio::spawn(move_due(
         group.connection.clone(),
         streams.to_vec(),
+        Arc::clone(counters),
         stop.clone(),
     )))
 }
 
-async fn move_due(connection: Connection, streams: Vec<Arc<str>>, stop: CancellationToken) {
+async fn move_due(
+    connection: Connection,
+    streams: Vec<Arc<str>>,
+    counters: Arc<Counters>,
+    stop: CancellationToken,
+) {
     let retry = Backoff::exponential(Duration::from_millis(50), Duration::from_secs(2));
     let mut failures = 0;
     loop {
@@ -55,6 +63,7 @@ async fn move_due(connection: Connection, streams: Vec<Arc<str>>, stop: Cancella
                 .await
             {
                 Ok((moved, next, aside)) => {
+                    counters.recovered(Operation::MoveDelayed, stream);
                     if aside > 0 {
                         tracing::error!(%stream, aside, set = %keys::unmovable_events(stream), "delayed events that cannot be added to the stream were set aside");
                     }
@@ -66,7 +75,7 @@ async fn move_due(connection: Connection, streams: Vec<Arc<str>>, stop: Cancella
                 }
                 Err(error) => {
                     failed = true;
-                    tracing::debug!(%stream, %error, "could not move due delayed events yet");
+                    counters.stalled(Operation::MoveDelayed, stream, &error);
                 }
             }
         }

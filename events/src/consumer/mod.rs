@@ -186,7 +186,7 @@ impl Consumer {
         let (places, placing) = Places::serve(commands.connection.clone(), &settings.group);
         let stop_tasks = CancellationToken::new();
         let keeping = keeper.start(commands, settings.claim_idle, &inner.counters, &stop_tasks);
-        let moving = delayed::start(commands, &streams, &stop_tasks);
+        let moving = delayed::start(commands, &streams, &inner.counters, &stop_tasks);
         // Partition leases are kept by a task of their own, so that a busy read loop never lets
         // them lapse; it gives them up when reading stops.
         let leases = Leases::default();

@@ -140,7 +140,7 @@ impl PullConsumer {
         let stop = CancellationToken::new();
         let (acks, acknowledging) = Acks::serve(&commands, &streams, settings.marks(), &counters);
         let keeping = keeper.start(&commands, settings.claim_idle, &counters, &stop);
-        let moving = super::delayed::start(&commands, &streams, &stop);
+        let moving = super::delayed::start(&commands, &streams, &counters, &stop);
         Ok(Self {
             reader,
             commands,

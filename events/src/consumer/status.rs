@@ -81,6 +81,8 @@ pub enum Operation {
     DeadLetter,
     /// Taking places under handlers' rate limits.
     RateLimit,
+    /// Moving due delayed events into their streams.
+    MoveDelayed,
 }
 
 impl fmt::Display for Operation {
@@ -93,6 +95,7 @@ impl fmt::Display for Operation {
             Operation::Acknowledge => "acknowledging handled entries",
             Operation::DeadLetter => "moving entries to the dead-letter stream",
             Operation::RateLimit => "taking places under rate limits",
+            Operation::MoveDelayed => "moving due delayed events into the stream",
         })
     }
 }

@@ -2,9 +2,10 @@
 -- ARGV[1] of them, each XADD and ZREM together: an event is added once, however many consumers
 -- call this at once, and stays in the set (surviving restarts with the rest of Redis's data)
 -- until then. A member is a JSON array: the trimming (`''`, `MAXLEN` or `MINID`, its operator,
--- the length or the age in milliseconds), then the entry's fields and values. A member that
--- cannot be added (not such an array, written by something else) moves to the set KEYS[3] with
--- its due time, so it never blocks the others and is not lost.
+-- the length or the age in milliseconds), then the entry's fields and values. A member that is not
+-- such an array (written by something else) moves to the set KEYS[3] with its due time, so it
+-- never blocks the others and is not lost. An XADD that Redis refuses (memory, permissions) fails
+-- the call, leaving that event and those after it for the next.
 -- KEYS[1]  the stream's delayed set (scores: due times in milliseconds since the epoch)
 -- KEYS[2]  the stream
 -- KEYS[3]  the set of delayed events that could not be added
@@ -44,7 +45,8 @@ local moved, aside = 0, 0
 for i = 1, #due, 2 do
   local member, score = due[i], due[i + 1]
   local args = xadd_args(member)
-  if args and redis.pcall('XADD', unpack(args)).err == nil then
+  if args then
+    redis.call('XADD', unpack(args))
     moved = moved + 1
   else
     redis.call('ZADD', KEYS[3], score, member)
