@@ -60,15 +60,18 @@ fn rate(starts: &[Instant]) -> f64 {
 async fn three_consumers_together_hold_the_limit() {
     let server = RedisServer::start();
     let stream = unique("limited");
-    publish(&server, &stream, "acme", 300).await;
     let started: Started = Arc::default();
     let limit = || RateLimit::new(100, Duration::from_secs(1));
     let mut consumers = Vec::new();
     for _ in 0..3 {
-        let builder = limited_consumer(&server, &stream, limit(), &started);
+        // Each holds at most 20 events: all three share the 300.
+        let builder = limited_consumer(&server, &stream, limit(), &started)
+            .batch_size(10)
+            .max_unacked(20);
         consumers.push(builder.build().await.unwrap());
     }
     let running = Running::start(&consumers);
+    publish(&server, &stream, "acme", 300).await;
     wait_until("every event is handled", || {
         started.lock().unwrap().len() == 300
     })
