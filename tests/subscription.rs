@@ -154,3 +154,46 @@ async fn a_dropped_delivery_is_delivered_again_after_claim_idle() {
     subscription.close().await.unwrap();
     assert_eq!(pending(&server, &stream, "g").await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_rides_out_killed_connections_and_a_stall_losing_nothing() {
+    use crate::support::faults::{ConnectionKiller, stall};
+    let server = RedisServer::start();
+    let stream = unique("typed-faults");
+    let publisher = publisher_to(server.url(), &stream).await;
+    let parcels: Vec<Scanned> = (0..300).map(|n| scanned(&format!("p{n}"))).collect();
+    publisher.publish_many(&parcels).await.unwrap();
+    let mut subscription = subscribe(&server, &stream, 10).await;
+    let killer = ConnectionKiller::start(&server, Duration::from_millis(200)).await;
+    let _stalled = stall(&server, Duration::from_millis(500));
+    let mut seen = std::collections::BTreeSet::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while seen.len() < 300 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of 300",
+            seen.len()
+        );
+        let Ok(Some(delivery)) =
+            tokio::time::timeout(Duration::from_secs(10), subscription.next()).await
+        else {
+            panic!("the stream ended");
+        };
+        // A read failed while connections were killed: the stream goes on.
+        let Ok(delivery) = delivery else { continue };
+        // Slow enough that reads, keeps and acknowledgements meet the faults.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let parcel = delivery.event().parcel.clone();
+        if delivery.ack().await.is_ok() {
+            seen.insert(parcel);
+        }
+    }
+    drop(killer);
+    subscription.close().await.unwrap();
+    assert_eq!(seen.len(), 300);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while pending(&server, &stream, "g").await > 0 {
+        assert!(std::time::Instant::now() < deadline, "still pending");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
