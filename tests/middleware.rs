@@ -255,3 +255,54 @@ async fn deferrals_of_an_open_breaker_cost_no_attempt() {
         "three failures, then three successes"
     );
 }
+
+#[tokio::test]
+async fn layers_run_around_the_handlers_of_a_redis_consumer() {
+    let server = RedisServer::start();
+    let stream = unique("layers");
+    let publisher = publisher_to(server.url(), &stream).await;
+    let trace: Trace = Arc::default();
+    let handler_trace = Arc::clone(&trace);
+    // The first attempt at the slow mail runs past tower's timeout; its retry is quick.
+    let builder = quick_consumer(&server, &stream, "g")
+        .layer(recording("outer", &trace))
+        .layer(tower::timeout::TimeoutLayer::new(Duration::from_millis(
+            100,
+        )))
+        .layer(tower::limit::ConcurrencyLimitLayer::new(1))
+        .handle(move |mail: Sent, context: Context| {
+            handler_trace.lock().unwrap().push(format!(
+                "handler {} {}",
+                mail.to,
+                context.attempt()
+            ));
+            async move {
+                if mail.to == "slow" && context.attempt() == 1 {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                Ok::<(), HandlerError>(())
+            }
+        });
+    let (consumer, running) = Running::build(builder).await;
+    publisher
+        .publish(&Sent { to: "slow".into() })
+        .await
+        .unwrap();
+    wait_until("the slow mail is handled on its retry", || {
+        consumer.status().processed == 1
+    })
+    .await;
+    running.close().await;
+    assert_eq!(consumer.status().retried, 1);
+    assert_eq!(
+        *trace.lock().unwrap(),
+        [
+            "outer in mail.sent",
+            "handler slow 1",
+            "outer out false",
+            "outer in mail.sent",
+            "handler slow 2",
+            "outer out true"
+        ]
+    );
+}
