@@ -7,7 +7,8 @@ use std::time::Duration;
 use futures::StreamExt;
 
 use crate::support::{
-    RedisServer, dead_letter_entries, pending, publisher_to, quick_consumer, unique,
+    RedisServer, dead_letter_entries, nothing_pending, pending, publisher_to, quick_consumer,
+    unique,
 };
 use events::{Event, Subscription};
 use serde::{Deserialize, Serialize};
@@ -106,11 +107,7 @@ async fn a_failed_delivery_comes_back_then_goes_to_the_dead_letters() {
     assert_eq!((second.event(), second.attempt()), (&scanned("p1"), 2));
     second.fail("scanner offline");
     // Out of attempts: dead-lettered, nothing pending.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while pending(&server, &stream, "g").await > 0 {
-        assert!(std::time::Instant::now() < deadline, "still pending");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    nothing_pending(&server, &stream, "g", Duration::from_secs(10)).await;
     subscription.close().await.unwrap();
     let letters = dead_letter_entries(&server, &stream).await;
     let reason = String::from_utf8_lossy(&letters[0].fields[0].1).into_owned();
@@ -191,9 +188,5 @@ async fn a_subscription_rides_out_killed_connections_and_a_stall_losing_nothing(
     drop(killer);
     subscription.close().await.unwrap();
     assert_eq!(seen.len(), 300);
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while pending(&server, &stream, "g").await > 0 {
-        assert!(std::time::Instant::now() < deadline, "still pending");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    nothing_pending(&server, &stream, "g", Duration::from_secs(20)).await;
 }

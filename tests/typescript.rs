@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::support::{
-    RedisServer, Running, connection, dead_letter_entries, pending, quick_consumer, unique,
-    wait_until,
+    RedisServer, Running, connection, dead_letter_entries, nothing_pending, pending,
+    quick_consumer, unique, wait_until,
 };
 use events::{
     Backoff, Context, DeadLetters, Envelope, Event, HandlerError, PublishOptions, Publisher,
@@ -114,18 +114,6 @@ fn packed(ids_and_numbers: &[(&str, u64)], extra: &[serde_json::Value]) -> Strin
         }
     })
     .to_string()
-}
-
-/// Waits until group `g` has nothing pending on `stream`, failing the test after 30 seconds.
-async fn nothing_pending(server: &RedisServer, stream: &str) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while pending(server, stream, "g").await > 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "entries of {stream} still pending"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// The `n` of a `{"n": ..}` body.
@@ -306,7 +294,7 @@ async fn each_event_of_a_packed_entry_is_retried_and_dead_lettered_on_its_own() 
         consumer.status().processed == 2
     })
     .await;
-    nothing_pending(&server, &stream).await;
+    nothing_pending(&server, &stream, "g", Duration::from_secs(30)).await;
     let mut ran = runs.lock().unwrap().clone();
     ran.sort_unstable();
     assert_eq!(ran, [(1, 1), (2, 1), (2, 2), (2, 3), (3, 1), (3, 2)]);
@@ -398,7 +386,7 @@ async fn a_consumer_taking_over_a_crashed_ones_packed_entry_runs_only_the_unfini
         second.status().processed + second.status().duplicates >= 10
     })
     .await;
-    nothing_pending(&server, &stream).await;
+    nothing_pending(&server, &stream, "g", Duration::from_secs(30)).await;
     running.close().await;
     let runs = runs.lock().unwrap().clone();
     for n in 0..5 {
@@ -451,7 +439,7 @@ async fn pull_mode_reserves_each_event_of_a_packed_entry() {
     assert_eq!(pending(&server, &stream, "g").await, 1);
     consumer.ack(&reserved[2..]).await.unwrap();
     // The dead-letter move runs in the background; the entry goes once all three are settled.
-    nothing_pending(&server, &stream).await;
+    nothing_pending(&server, &stream, "g", Duration::from_secs(30)).await;
     consumer.close().await.unwrap();
     let letters = dead_letter_entries(&server, &stream).await;
     assert_eq!(letters.len(), 1);
@@ -540,7 +528,7 @@ async fn a_packed_entry_of_thousands_of_events_with_repeats_runs_each_event_once
         status.processed + status.duplicates >= 3_000
     })
     .await;
-    nothing_pending(&server, &stream).await;
+    nothing_pending(&server, &stream, "g", Duration::from_secs(30)).await;
     running.close().await;
     let mut runs = runs.lock().unwrap().clone();
     runs.sort_unstable();

@@ -577,9 +577,10 @@ fn write_command(
     if let Some(trim) = &destination.trim {
         command.arg(&trim.arguments(now));
     }
-    command
-        .arg("*")
-        .arg(fields.iter().map(AsRef::as_ref).collect::<Vec<&str>>());
+    command.arg("*");
+    for field in &fields {
+        command.arg(field.as_ref());
+    }
     Ok((command, false))
 }
 

@@ -54,6 +54,23 @@ pub(crate) async fn dead_letter_entries(
     .expect("read the dead letters")
 }
 
+/// Waits until `group` has nothing pending on `stream`, failing the test after `within`.
+pub(crate) async fn nothing_pending(
+    server: &RedisServer,
+    stream: &str,
+    group: &str,
+    within: std::time::Duration,
+) {
+    let deadline = std::time::Instant::now() + within;
+    while pending(server, stream, group).await > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "entries of {stream} still pending"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Polls `done` every 20 ms until it holds, failing the test with `what` after 30 seconds.
 pub(crate) async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);

@@ -268,59 +268,55 @@ impl Delivery {
         limiter: &Limiter,
         context: &Context,
     ) -> bool {
-        let session = &self.session;
-        let counters = &session.inner.counters;
-        let retry = Backoff::exponential(Duration::from_millis(20), Duration::from_secs(2));
-        let mut failures = 0;
-        loop {
-            match session.places.take(limiter, context).await {
-                Ok(wait) => {
-                    counters.recovered(Operation::RateLimit, &self.stream);
-                    if wait.is_zero() {
-                        return true;
-                    }
-                    Counters::add(&counters.limited, 1);
-                    registration.metrics[self.stream_index].limited();
-                    return self.sleep(wait).await;
-                }
-                Err(error) => {
-                    failures += 1;
-                    counters.stalled(Operation::RateLimit, &self.stream, &error);
-                    if !self.sleep(retry.delay(failures)).await {
-                        return false;
-                    }
-                }
-            }
+        let places = &self.session.places;
+        let Some(wait) = self
+            .until_answered(Operation::RateLimit, || places.take(limiter, context))
+            .await
+        else {
+            return false;
+        };
+        if wait.is_zero() {
+            return true;
         }
+        Counters::add(&self.session.inner.counters.limited, 1);
+        registration.metrics[self.stream_index].limited();
+        self.sleep(wait).await
     }
 
     /// Takes the hold on an event of the entry, trying again while Redis fails; `None` when the
     /// consumer stops meanwhile.
     async fn take_hold(&self, digest: Digest, part: Option<&Part>) -> Option<Hold> {
-        let session = &self.session;
-        let retry = Backoff::exponential(Duration::from_millis(20), Duration::from_secs(2));
         let replay = is_replay(&self.entry);
         let holder = holder(&self.entry.id, part);
+        let holds = &self.session.holds;
+        self.until_answered(Operation::Hold, || {
+            holds.take(&self.stream, digest, &holder, replay)
+        })
+        .await
+    }
+
+    /// Asks Redis with `ask` until it answers, backing off and reporting a stall of `operation`
+    /// meanwhile; `None` when the consumer stops first.
+    async fn until_answered<T, F>(
+        &self,
+        operation: Operation,
+        mut ask: impl FnMut() -> F,
+    ) -> Option<T>
+    where
+        F: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let counters = &self.session.inner.counters;
+        let retry = Backoff::exponential(Duration::from_millis(20), Duration::from_secs(2));
         let mut failures = 0;
         loop {
-            match session
-                .holds
-                .take(&self.stream, digest, &holder, replay)
-                .await
-            {
-                Ok(hold) => {
-                    session
-                        .inner
-                        .counters
-                        .recovered(Operation::Hold, &self.stream);
-                    return Some(hold);
+            match ask().await {
+                Ok(answer) => {
+                    counters.recovered(operation, &self.stream);
+                    return Some(answer);
                 }
                 Err(error) => {
                     failures += 1;
-                    session
-                        .inner
-                        .counters
-                        .stalled(Operation::Hold, &self.stream, &error);
+                    counters.stalled(operation, &self.stream, &error);
                     if !self.sleep(retry.delay(failures)).await {
                         return None;
                     }
