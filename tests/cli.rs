@@ -1,5 +1,9 @@
 //! The `events` command-line tool, run as a process against a real redis-server.
 
+#[path = "admin/mod.rs"]
+mod admin;
+#[path = "support/browser.rs"]
+mod browser;
 mod support;
 
 use std::process::{Command, Output, Stdio};

@@ -6,7 +6,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use events::Connection;
 use events::{DeadLetterEntry, DeadLetters, dead_letter_stream};
 
-use crate::{DlqCommand, Failure, Selection};
+use crate::{DlqCommand, Failure};
 
 /// Runs one `dlq` command.
 pub(crate) async fn run(connection: Connection, command: DlqCommand) -> Result<(), Failure> {
@@ -43,7 +43,7 @@ pub(crate) async fn run(connection: Connection, command: DlqCommand) -> Result<(
         }
         DlqCommand::Replay { stream, selection } => {
             let mut letters = letters(&stream);
-            let chosen = select(&mut letters, &selection).await?;
+            let chosen = selection.select(&mut letters).await?;
             let total = chosen.len();
             let mut replayed = 0;
             for (done, letter) in chosen.iter().enumerate() {
@@ -62,7 +62,7 @@ pub(crate) async fn run(connection: Connection, command: DlqCommand) -> Result<(
             yes,
         } => {
             let mut letters = letters(&stream);
-            let chosen = select(&mut letters, &selection).await?;
+            let chosen = selection.select(&mut letters).await?;
             if chosen.is_empty() {
                 say!("no dead letters match");
                 return Ok(());
@@ -81,35 +81,6 @@ pub(crate) async fn run(connection: Connection, command: DlqCommand) -> Result<(
         }
     }
     Ok(())
-}
-
-/// The dead letters `selection` names; an `--id` that is not there is an error.
-async fn select(
-    letters: &mut DeadLetters<Connection>,
-    selection: &Selection,
-) -> Result<Vec<DeadLetterEntry>, Failure> {
-    if let Some(id) = &selection.id {
-        let letter = letters
-            .get(id)
-            .await?
-            .ok_or_else(|| format!("no dead letter {id}"))?;
-        return Ok(vec![letter]);
-    }
-    let all = letters.all().await?;
-    Ok(all
-        .into_iter()
-        .filter(|letter| {
-            selection.all
-                || selection
-                    .event_type
-                    .as_deref()
-                    .is_some_and(|wanted| letter.event_type().as_deref() == Some(wanted))
-                || selection
-                    .reason
-                    .as_deref()
-                    .is_some_and(|text| letter.reason.contains(text))
-        })
-        .collect())
 }
 
 /// Asks `question` on the terminal; without one, refuses rather than guess.

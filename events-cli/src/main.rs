@@ -3,9 +3,11 @@
 //! `events stats <stream>`, `events tail <stream>`, `events dlq list|show|replay|purge <stream>`,
 //! `events groups <stream>`; the connection comes from `--url` or `REDIS_URL`.
 
+mod admin;
 mod dlq;
 mod groups;
 mod printable;
+mod selection;
 mod stats;
 mod tail;
 
@@ -21,8 +23,9 @@ pub(crate) use say;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 use events::Connection;
+use selection::Selection;
 
 /// Inspect and repair events over Redis Streams.
 #[derive(Debug, Parser)]
@@ -74,6 +77,9 @@ enum Command {
         #[arg(long, value_name = "SECONDS")]
         remove_stale: Option<u64>,
     },
+    /// A web admin (streams, groups, entries, dead letters, /metrics, /health) and HTTP
+    /// ingestion of events.
+    Serve(admin::Serve),
 }
 
 #[derive(Debug, Subcommand)]
@@ -113,24 +119,6 @@ enum DlqCommand {
         #[arg(long)]
         yes: bool,
     },
-}
-
-/// Which dead letters a command applies to.
-#[derive(Debug, Args)]
-#[group(required = true, multiple = false)]
-struct Selection {
-    /// The dead letter with this id.
-    #[arg(long)]
-    id: Option<String>,
-    /// Dead letters of this event type.
-    #[arg(long = "type", value_name = "TYPE")]
-    event_type: Option<String>,
-    /// Dead letters whose reason contains this text.
-    #[arg(long)]
-    reason: Option<String>,
-    /// Every dead letter.
-    #[arg(long)]
-    all: bool,
 }
 
 /// What went wrong, as one line for the operator.
@@ -173,6 +161,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             stream,
             remove_stale,
         } => groups::run(connection, &stream, remove_stale.map(Duration::from_secs)).await,
+        Command::Serve(serve) => admin::run(&cli.url, connection, serve).await,
     }
 }
 
