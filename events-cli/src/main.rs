@@ -1,7 +1,8 @@
 //! `events`: inspect and repair events over Redis Streams from the command line.
 //!
 //! `events stats <stream>`, `events tail <stream>`, `events dlq list|show|replay|purge <stream>`,
-//! `events groups <stream>`; the connection comes from `--url` or `REDIS_URL`.
+//! `events groups <stream>`, `events serve` (a web admin and HTTP ingestion); the connection comes
+//! from `--url` or `REDIS_URL`.
 
 mod admin;
 mod dlq;
