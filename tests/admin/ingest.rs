@@ -306,3 +306,62 @@ async fn a_full_publisher_answers_503_and_writes_what_it_accepted_once_redis_rec
         after.body
     );
 }
+
+/// An event a service describes in its AsyncAPI document.
+#[derive(Debug, serde::Serialize, serde::Deserialize, events::Event)]
+#[event(name = "parcel.shipped")]
+struct ParcelShipped {
+    #[event(length(min = 1))]
+    parcel_id: String,
+    #[event(email)]
+    recipient: String,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_services_asyncapi_document_gives_the_routes_and_schemas() {
+    let server = RedisServer::start();
+    let stream = unique("parcels");
+    let router = events::Router::builder()
+        .route(events::Route::to("parcel.*", &stream))
+        .build()
+        .unwrap();
+    let document = events::AsyncApi::new("shipping", "1.0.0", router)
+        .publishes::<ParcelShipped>()
+        .unwrap()
+        .document();
+    let file = std::env::temp_dir().join(format!("{}.json", unique("asyncapi")));
+    std::fs::write(&file, document.to_string()).unwrap();
+    let admin = Admin::start(server.url(), true, &["--asyncapi", file.to_str().unwrap()]);
+
+    let good = json!({"parcel_id": "p1", "recipient": "ada@example.com"});
+    let accepted = admin
+        .post_json("/events/parcel.shipped", &good, Some(TOKEN))
+        .await;
+    assert_eq!(accepted.status, StatusCode::ACCEPTED, "{}", accepted.body);
+    let bad = json!({"parcel_id": "", "recipient": "nobody"});
+    let refused = admin
+        .post_json("/events/parcel.shipped", &bad, Some(TOKEN))
+        .await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{}", refused.body);
+    let refused: Value = serde_json::from_str(&refused.body).unwrap();
+    let mut fields: Vec<&str> = refused["invalid"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|invalid| invalid["field"].as_str().unwrap())
+        .collect();
+    fields.sort_unstable();
+    assert_eq!(fields, ["/parcel_id", "/recipient"], "{refused}");
+    let other = admin
+        .post_json("/events/parcel.lost", &good, Some(TOKEN))
+        .await;
+    assert_eq!(
+        other.status,
+        StatusCode::NOT_FOUND,
+        "only the types the service publishes are routed"
+    );
+
+    let events = wait_for_events(&server, &stream, 1).await;
+    assert_eq!(events, [("parcel.shipped".to_owned(), good)]);
+    std::fs::remove_file(file).unwrap();
+}

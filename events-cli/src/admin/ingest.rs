@@ -35,6 +35,11 @@ pub(crate) struct Options {
     /// The JSON Schema an event type's bodies must pass: `TYPE=FILE`.
     #[arg(long = "schema", value_name = "TYPE=FILE")]
     schemas: Vec<String>,
+    /// An AsyncAPI document of a service (as `events::AsyncApi` writes it): each of its
+    /// messages' payload schemas, and a route for each event type the service publishes, after
+    /// those of `--route`.
+    #[arg(long, value_name = "FILE")]
+    asyncapi: Option<std::path::PathBuf>,
     /// The largest request body accepted, in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     max_body: usize,
@@ -67,31 +72,91 @@ fn split<'a>(pair: &'a str, option: &str, shape: &str) -> Result<(&'a str, &'a s
         .ok_or_else(|| format!("{option} `{pair}` should be {shape}").into())
 }
 
+/// `file` read as JSON, or an error naming `option` and the file.
+fn read_json(option: &str, file: &std::path::Path) -> Result<Value, Failure> {
+    let shown = file.display();
+    let text = std::fs::read_to_string(file)
+        .map_err(|error| format!("{option}: cannot read {shown}: {error}"))?;
+    serde_json::from_str(&text)
+        .map_err(|error| format!("{option}: {shown} is not JSON: {error}").into())
+}
+
+/// What an AsyncAPI document says: each message's event type and payload schema, and the
+/// stream of each event type the service sends.
+type Described = (Vec<(String, Value)>, Vec<(String, String)>);
+
+fn describe(document: &Value) -> Described {
+    let messages = &document["components"]["messages"];
+    let schemas = messages
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(_, message)| {
+            Some((
+                message["name"].as_str()?.to_owned(),
+                message["payload"].clone(),
+            ))
+        })
+        .collect();
+    let operations = document["operations"].as_object().into_iter().flatten();
+    let routes = operations
+        .filter(|(_, operation)| operation["action"] == "send")
+        .flat_map(|(_, operation)| {
+            let channel = operation["channel"]["$ref"]
+                .as_str()
+                .and_then(|path| document.pointer(path.strip_prefix('#')?));
+            let stream = channel.and_then(|channel| channel["address"].as_str());
+            let sent = operation["messages"].as_array().into_iter().flatten();
+            sent.filter_map(move |message| {
+                let id = message["$ref"].as_str()?.rsplit('/').next()?;
+                Some((
+                    messages[id]["name"].as_str()?.to_owned(),
+                    stream?.to_owned(),
+                ))
+            })
+        })
+        .collect();
+    (schemas, routes)
+}
+
 impl Ingest {
-    /// Ingestion through a publisher to `url` when `options` has routes; schemas read now.
+    /// Ingestion through a publisher to `url` when `options` has routes (its own or its
+    /// AsyncAPI document's); schemas read now.
     pub(crate) async fn new(url: &str, options: Options) -> Result<Self, Failure> {
-        let mut schemas = HashMap::new();
+        let (mut described, mut routes) = (Vec::new(), Vec::new());
         for pair in &options.schemas {
             let (event_type, file) = split(pair, "--schema", "TYPE=FILE")?;
-            check_event_type(event_type)
-                .map_err(|why| format!("--schema: event type `{event_type}` {why}"))?;
-            let text = std::fs::read_to_string(file)
-                .map_err(|error| format!("--schema: cannot read {file}: {error}"))?;
-            let schema: Value = serde_json::from_str(&text)
-                .map_err(|error| format!("--schema: {file} is not JSON: {error}"))?;
+            described.push((event_type.to_owned(), read_json("--schema", file.as_ref())?));
+        }
+        for pair in &options.routes {
+            let (pattern, stream) = split(pair, "--route", "PATTERN=STREAM")?;
+            routes.push((pattern.to_owned(), stream.to_owned()));
+        }
+        if let Some(file) = &options.asyncapi {
+            let (schemas, sent) = describe(&read_json("--asyncapi", file)?);
+            described.extend(schemas);
+            routes.extend(sent);
+        }
+        let mut schemas = HashMap::new();
+        for (event_type, schema) in described {
+            check_event_type(&event_type)
+                .map_err(|why| format!("a schema's event type `{event_type}` {why}"))?;
             let validator = jsonschema::options()
                 .should_validate_formats(true)
                 .build(&schema)
-                .map_err(|error| format!("--schema: {file} is not a valid JSON Schema: {error}"))?;
-            schemas.insert(event_type.to_owned(), validator);
+                .map_err(|error| {
+                    format!("the schema of `{event_type}` is not a valid JSON Schema: {error}")
+                })?;
+            // A --schema comes before the document's schema of the same type.
+            schemas.entry(event_type).or_insert(validator);
         }
-        let mut routes = events::Router::builder();
-        for pair in &options.routes {
-            let (pattern, stream) = split(pair, "--route", "PATTERN=STREAM")?;
-            routes = routes.route(Route::to(pattern, stream));
-        }
-        let router = routes.build()?;
-        let publisher = if options.routes.is_empty() {
+        let router = routes
+            .iter()
+            .fold(events::Router::builder(), |router, (pattern, stream)| {
+                router.route(Route::to(pattern, stream))
+            })
+            .build()?;
+        let publisher = if routes.is_empty() {
             None
         } else {
             let config = PublisherConfig::new(options.origin).router(router.clone());
