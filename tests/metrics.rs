@@ -108,6 +108,10 @@ async fn publishing_handling_and_batching_are_counted_with_their_labels() {
         Some(DebugValue::Histogram(durations)) => assert_eq!(durations.len(), 8),
         other => panic!("handler durations: {other:?}"),
     }
+    match value(&snapshot, "events_batch_queued_messages", &[]) {
+        Some(DebugValue::Gauge(queued)) => assert_eq!(queued.0, 0.0, "all written"),
+        other => panic!("queued: {other:?}"),
+    }
     match value(&snapshot, "events_batch_size", &[]) {
         Some(DebugValue::Histogram(sizes)) => {
             assert_eq!(sizes.iter().map(|size| size.0).sum::<f64>(), 5.0)

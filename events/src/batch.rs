@@ -563,8 +563,9 @@ impl<C> Shared<C> {
 
     /// A batch of a queue's events, no longer counted as queued.
     fn batch_of(&self, queue: String, waiting: Queue) -> Batch {
-        self.queued_messages
-            .fetch_sub(waiting.envelopes.len(), Ordering::Relaxed);
+        let taken = waiting.envelopes.len();
+        let queued = self.queued_messages.fetch_sub(taken, Ordering::Relaxed) - taken;
+        self.metrics.queued.set(queued as f64);
         self.queued_bytes
             .fetch_sub(waiting.bytes, Ordering::Relaxed);
         Batch {
