@@ -107,3 +107,66 @@ async fn health_fails_past_each_threshold_and_metrics_show_every_stream() {
     let failed = failing(&down.body);
     assert_eq!(failed[0]["check"], "redis", "{failed:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_answer_shows_the_redis_password_even_when_redis_refuses_it() {
+    let server = RedisServer::start();
+    let (stream, ..) = crate::stream_with_dead_letters(&server).await;
+    let password = "pw-9f8e7d6c5b4a";
+    crate::support::faults::config_set(&server, "requirepass", password).await;
+    let url = server
+        .url()
+        .replacen("redis://", &format!("redis://:{password}@"), 1);
+    let admin = Admin::start(&url, false, &[]);
+    let paths = [
+        "/".to_owned(),
+        format!("/stream?name={stream}"),
+        format!("/dead-letters?stream={stream}"),
+        "/health".to_owned(),
+        "/metrics".to_owned(),
+    ];
+    for path in &paths {
+        let answer = admin.get(path, None).await;
+        assert_eq!(answer.status, StatusCode::OK, "{path}: {}", answer.body);
+        assert!(!answer.body.contains(password), "{path} shows the password");
+    }
+
+    // Redis now wants another password: the admin's reconnections fail, and say so without it.
+    let mut redis = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("another-password")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let _: redis::Value = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .arg("SKIPME")
+        .arg("yes")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let mut refused = None;
+    for _ in 0..50 {
+        let answer = admin.get("/health", None).await;
+        if answer.status == StatusCode::SERVICE_UNAVAILABLE {
+            refused = Some(answer);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let refused = refused.expect("health fails once Redis refuses the password");
+    assert!(!refused.body.contains(password), "{}", refused.body);
+    for path in &paths[..3] {
+        let answer = admin.get(path, None).await;
+        assert_ne!(answer.status, StatusCode::OK, "{path}");
+        assert!(!answer.body.contains(password), "{path}: {}", answer.body);
+    }
+}
