@@ -144,15 +144,7 @@ async fn no_answer_shows_the_redis_password_even_when_redis_refuses_it() {
         .query_async(&mut redis)
         .await
         .unwrap();
-    let _: redis::Value = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("normal")
-        .arg("SKIPME")
-        .arg("yes")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    crate::support::faults::kill_clients(&mut redis).await;
     let mut refused = None;
     for _ in 0..50 {
         let answer = admin.get("/health", None).await;

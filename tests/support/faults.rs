@@ -61,6 +61,20 @@ pub(crate) struct ConnectionKiller {
     _task: AbortOnDropHandle<()>,
 }
 
+/// Kills every client connection but `redis`'s own (`CLIENT KILL TYPE normal SKIPME yes`);
+/// how many it killed (none when the command failed).
+pub(crate) async fn kill_clients(redis: &mut redis::aio::MultiplexedConnection) -> u64 {
+    redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .arg("SKIPME")
+        .arg("yes")
+        .query_async(redis)
+        .await
+        .unwrap_or(0)
+}
+
 impl ConnectionKiller {
     pub(crate) async fn start(server: &RedisServer, period: Duration) -> Self {
         let killed = Arc::new(AtomicU64::new(0));
@@ -69,16 +83,7 @@ impl ConnectionKiller {
         let task = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(period).await;
-                let n: u64 = redis::cmd("CLIENT")
-                    .arg("KILL")
-                    .arg("TYPE")
-                    .arg("normal")
-                    .arg("SKIPME")
-                    .arg("yes")
-                    .query_async(&mut redis)
-                    .await
-                    .unwrap_or(0);
-                counted.fetch_add(n, Ordering::Relaxed);
+                counted.fetch_add(kill_clients(&mut redis).await, Ordering::Relaxed);
             }
         });
         Self {
