@@ -4,7 +4,8 @@
 //! consumer with and without idempotency, and consumers of a stream partitioned 8 ways; the cost
 //! of a middleware layer (tower's identity) and of a rate limit that never waits. Rounds of
 //! each alternate, every run reading its stream anew in a group of its own; each row gives the
-//! median, least and most of the rounds, and the Redis CPU each event cost (`INFO cpu`).
+//! median, least and most of the rounds, the Redis CPU each event cost (`INFO cpu`) and this
+//! process's own CPU per event (the consumers', or the raw loop's).
 //!
 //! `cargo bench --bench consume` (`EVENTS_BENCH_EVENTS` sets the events, 200,000 by default,
 //! `EVENTS_BENCH_ROUNDS` the rounds, 5, and `EVENTS_BENCH_BATCH` the batch size, 500).
@@ -42,6 +43,25 @@ async fn redis_busy(redis: &mut redis::aio::MultiplexedConnection) -> u64 {
         .filter_map(|line| line.split(':').nth(1)?.trim().parse::<f64>().ok())
         .sum();
     (seconds * 1e6) as u64
+}
+
+/// The CPU time this process (the consumers, or the raw loop) has used so far, in microseconds
+/// (`/proc/self/stat`: user and system, in clock ticks of 10 ms).
+fn own_busy() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name (which may hold spaces) and its closing parenthesis.
+    let fields: Vec<u64> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .filter_map(|field| field.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    // utime and stime are the 14th and 15th fields; 11th and 12th of those after the state.
+    fields
+        .get(10..12)
+        .map_or(0, |times| (times[0] + times[1]) * 10_000)
 }
 
 /// Reads every entry through a new group with XREADGROUP and acknowledges each batch with XACK.
@@ -109,12 +129,14 @@ fn consumer(url: &str, group: &str, batch: usize, idempotency: bool) -> Consumer
 struct Measured {
     rates: Vec<f64>,
     redis_micros: Vec<f64>,
+    own_micros: Vec<f64>,
 }
 
 impl Measured {
-    fn add(&mut self, events: u64, elapsed: Duration, redis_micros: u64) {
+    fn add(&mut self, events: u64, elapsed: Duration, redis_micros: u64, own_micros: u64) {
         self.rates.push(events as f64 / elapsed.as_secs_f64());
         self.redis_micros.push(redis_micros as f64 / events as f64);
+        self.own_micros.push(own_micros as f64 / events as f64);
     }
 
     /// The median, least and most of `values`.
@@ -133,8 +155,9 @@ impl Measured {
         let (base, ..) = Self::spread(&baseline.rates);
         let (micros, ..) = Self::spread(&self.redis_micros);
         let (base_micros, ..) = Self::spread(&baseline.redis_micros);
+        let (own, ..) = Self::spread(&self.own_micros);
         println!(
-            "{name:<46} {rate:>8.0} ({least:>6.0}-{most:>6.0})  {:>5.2}x  {micros:>6.2} µs {:>5.2}x",
+            "{name:<46} {rate:>8.0} ({least:>6.0}-{most:>6.0})  {:>5.2}x  {micros:>6.2} µs {:>5.2}x  {own:>6.2} µs",
             rate / base,
             micros / base_micros
         );
@@ -167,8 +190,12 @@ async fn main() {
         "{events} events of 160-byte JSON bodies, batches of {batch}, {rounds} rounds, Redis at {url}"
     );
     println!(
-        "{:<46} {:>24}  {:>6}  {:>17}",
-        "events/s, acknowledged in Redis", "median (least-most)", "ratio", "Redis CPU/event"
+        "{:<46} {:>24}  {:>6}  {:>17}  {:>9}",
+        "events/s, acknowledged in Redis",
+        "median (least-most)",
+        "ratio",
+        "Redis CPU/event",
+        "own CPU"
     );
 
     let names = [
@@ -184,7 +211,7 @@ async fn main() {
     for round in 0..rounds {
         for (index, measure) in measured.iter_mut().enumerate() {
             let group = format!("g{index}-{round}");
-            let busy = redis_busy(&mut redis).await;
+            let (busy, own) = (redis_busy(&mut redis).await, own_busy());
             let elapsed = match index {
                 0 => raw_loop(&url, &group, events, batch).await,
                 1 | 2 | 5 | 6 => {
@@ -230,7 +257,8 @@ async fn main() {
                     .await
                 }
             };
-            measure.add(events, elapsed, redis_busy(&mut redis).await - busy);
+            let redis_micros = redis_busy(&mut redis).await - busy;
+            measure.add(events, elapsed, redis_micros, own_busy() - own);
         }
     }
     for (name, measure) in names.iter().zip(&measured) {
