@@ -8,19 +8,13 @@
 //! `lua/marks.lua`), kept for the idempotency window: 16 bytes of digest and about as many of
 //! overhead per event.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot};
-use tokio_util::task::AbortOnDropHandle;
-
+use super::batcher::{Answering, Batcher};
 use super::group::{Group, Hold, HoldRequest};
 use super::identity::{Digest, MarkSettings};
 use crate::connection::Connection;
 use crate::{REPLAYED_FIELD, StreamEntry};
-
-/// Most holds taken in one script call.
-const MAX_BATCH: usize = 1_000;
 
 /// Whether `entry` is a dead letter replayed into its stream: a dead mark does not stop it.
 pub(crate) fn is_replay(entry: &StreamEntry) -> bool {
@@ -32,31 +26,52 @@ pub(crate) fn is_replay(entry: &StreamEntry) -> bool {
 
 /// One delivery's request for its hold.
 #[derive(Debug)]
-struct Request {
+pub(crate) struct Asked {
     stream: Arc<str>,
     digest: Digest,
     entry_id: String,
     replay: bool,
-    reply: oneshot::Sender<redis::RedisResult<Hold>>,
 }
 
-/// Where deliveries ask for idempotency holds. The serving task ends when every clone is dropped.
-#[derive(Debug, Clone)]
-pub(crate) struct Holds {
-    requests: mpsc::UnboundedSender<Request>,
+/// Takes holds through a group's connection, one script call per stream.
+#[derive(Debug)]
+pub(crate) struct Taking {
+    group: Group<Connection>,
+    marks: MarkSettings,
 }
+
+impl Answering for Taking {
+    type Request = Asked;
+    type Group = Arc<str>;
+    type Answer = Hold;
+
+    fn group(request: &Asked) -> Arc<str> {
+        Arc::clone(&request.stream)
+    }
+
+    async fn answer(&self, stream: &Arc<str>, requests: &[Asked]) -> redis::RedisResult<Vec<Hold>> {
+        let asked: Vec<HoldRequest<'_>> = requests
+            .iter()
+            .map(|request| HoldRequest {
+                digest: request.digest,
+                entry_id: &request.entry_id,
+                replay: request.replay,
+            })
+            .collect();
+        self.group.begin(stream, &asked, self.marks).await
+    }
+}
+
+/// Where deliveries ask for idempotency holds.
+pub(crate) type Holds = Batcher<Taking>;
 
 impl Holds {
     /// Starts the task that takes holds through `group`, finding marks as `marks` says.
-    pub(crate) fn serve(
+    pub(crate) fn start(
         group: Group<Connection>,
         marks: MarkSettings,
-    ) -> (Self, AbortOnDropHandle<()>) {
-        let (requests, receiver) = mpsc::unbounded_channel();
-        (
-            Self { requests },
-            AbortOnDropHandle::new(tokio::spawn(take_batches(group, receiver, marks))),
-        )
+    ) -> (Self, tokio_util::task::AbortOnDropHandle<()>) {
+        Self::serve(Taking { group, marks })
     }
 
     /// Takes the hold on the event `digest` of `stream` for entry `entry_id` (a replayed dead
@@ -68,55 +83,12 @@ impl Holds {
         entry_id: &str,
         replay: bool,
     ) -> redis::RedisResult<Hold> {
-        let stopped =
-            || redis::RedisError::from((redis::ErrorKind::Client, "the consumer is stopping"));
-        let (reply, answer) = oneshot::channel();
-        let request = Request {
+        self.ask(Asked {
             stream: Arc::clone(stream),
             digest,
             entry_id: entry_id.to_owned(),
             replay,
-            reply,
-        };
-        if self.requests.send(request).is_err() {
-            return Err(stopped());
-        }
-        // The serving task answers every request it takes; it ends only after every sender.
-        answer.await.unwrap_or_else(|_| Err(stopped()))
-    }
-}
-
-async fn take_batches(
-    group: Group<Connection>,
-    mut receiver: mpsc::UnboundedReceiver<Request>,
-    marks: MarkSettings,
-) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let mut by_stream: HashMap<Arc<str>, Vec<Request>> = HashMap::new();
-        for request in batch.drain(..) {
-            by_stream
-                .entry(Arc::clone(&request.stream))
-                .or_default()
-                .push(request);
-        }
-        for (stream, requests) in by_stream {
-            let asked: Vec<HoldRequest<'_>> = requests
-                .iter()
-                .map(|request| HoldRequest {
-                    digest: request.digest,
-                    entry_id: &request.entry_id,
-                    replay: request.replay,
-                })
-                .collect();
-            let results: Vec<redis::RedisResult<Hold>> =
-                match group.begin(&stream, &asked, marks).await {
-                    Ok(holds) => holds.into_iter().map(Ok).collect(),
-                    Err(error) => vec![Err(error); requests.len()],
-                };
-            for (request, result) in requests.into_iter().zip(results) {
-                let _ = request.reply.send(result);
-            }
-        }
+        })
+        .await
     }
 }

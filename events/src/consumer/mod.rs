@@ -4,6 +4,7 @@
 mod access;
 mod attempt;
 mod backoff;
+mod batcher;
 mod builder;
 mod circuit_breaker;
 mod config;
@@ -182,7 +183,7 @@ impl Consumer {
         let keeper = Keeper::default();
         let (acks, acknowledging) =
             Acks::serve(commands, &streams, settings.marks(), &inner.counters);
-        let (holds, holding) = Holds::serve(commands.clone(), settings.marks());
+        let (holds, holding) = Holds::start(commands.clone(), settings.marks());
         let (places, placing) = Places::serve(commands.connection.clone(), &settings.group);
         let stop_tasks = CancellationToken::new();
         let keeping = keeper.start(commands, settings.claim_idle, &inner.counters, &stop_tasks);

@@ -4,23 +4,19 @@
 //! counted as `limited`, never as a failure or an attempt. One task per consumer asks Redis for the
 //! places of every event waiting meanwhile, one script call per limit.
 
-use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use redis::Script;
-use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::AbortOnDropHandle;
 
 use super::Context;
+use super::batcher::{Answering, Batcher};
 use crate::connection::Connection;
 use crate::{Error, Result};
 
 static RATE_LIMIT: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../lua/rate_limit.lua")));
-
-/// Most places asked for in one script call.
-const MAX_BATCH: usize = 1_000;
 
 /// The fastest limit: a million events a second.
 const FASTEST: Duration = Duration::from_micros(1);
@@ -142,39 +138,63 @@ impl Limiter {
     }
 }
 
-/// One event's request for its place.
-struct Request {
+/// One event's request for its place: its limit's key, and the limit.
+#[derive(Debug)]
+pub(crate) struct Asked {
     key: String,
     interval: Duration,
     burst: u32,
-    reply: oneshot::Sender<redis::RedisResult<Duration>>,
 }
 
-/// Where events ask for their places; the serving task ends when every clone is dropped.
+/// Asks Redis for places, one script call per limit (its hash tag).
+#[derive(Debug)]
+pub(crate) struct Asking {
+    connection: Connection,
+}
+
+impl Answering for Asking {
+    type Request = Asked;
+    type Group = (String, Duration, u32);
+    type Answer = Duration;
+
+    fn group(request: &Asked) -> Self::Group {
+        let tag = request.key[..=request.key.find('}').unwrap_or(0)].to_owned();
+        (tag, request.interval, request.burst)
+    }
+
+    async fn answer(
+        &self,
+        (_, interval, burst): &Self::Group,
+        requests: &[Asked],
+    ) -> redis::RedisResult<Vec<Duration>> {
+        let mut invocation = RATE_LIMIT.prepare_invoke();
+        for request in requests {
+            invocation.key(&request.key);
+        }
+        invocation.arg(interval.as_micros().max(1)).arg(burst);
+        let waits: Vec<u64> = invocation
+            .invoke_async(&mut self.connection.clone())
+            .await?;
+        Ok(waits.into_iter().map(Duration::from_micros).collect())
+    }
+}
+
+/// Where events ask for their places.
 #[derive(Debug, Clone)]
 pub(crate) struct Places {
-    requests: mpsc::UnboundedSender<Request>,
+    asking: Batcher<Asking>,
     group: Arc<str>,
-}
-
-impl std::fmt::Debug for Request {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Request").field("key", &self.key).finish()
-    }
 }
 
 impl Places {
     /// Starts the task asking Redis over `connection`, for the consumer of `group`.
     pub(crate) fn serve(connection: Connection, group: &str) -> (Self, AbortOnDropHandle<()>) {
-        let (requests, receiver) = mpsc::unbounded_channel();
+        let (asking, task) = Batcher::serve(Asking { connection });
         let places = Self {
-            requests,
+            asking,
             group: Arc::from(group),
         };
-        (
-            places,
-            AbortOnDropHandle::new(tokio::spawn(ask(connection, receiver))),
-        )
+        (places, task)
     }
 
     /// How long the event of `context` waits for its place under `limiter`.
@@ -183,54 +203,12 @@ impl Places {
         limiter: &Limiter,
         context: &Context,
     ) -> redis::RedisResult<Duration> {
-        let stopped =
-            || redis::RedisError::from((redis::ErrorKind::Client, "the consumer is stopping"));
-        let (reply, answer) = oneshot::channel();
-        let request = Request {
-            key: limiter.limit.key(&self.group, &limiter.handler, context),
-            interval: limiter.interval,
-            burst: limiter.limit.burst,
-            reply,
-        };
-        if self.requests.send(request).is_err() {
-            return Err(stopped());
-        }
-        answer.await.unwrap_or_else(|_| Err(stopped()))
-    }
-}
-
-/// Answers the requests that come meanwhile, one script call per limit (its hash tag).
-async fn ask(connection: Connection, mut receiver: mpsc::UnboundedReceiver<Request>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let mut by_limit: HashMap<(String, Duration, u32), Vec<Request>> = HashMap::new();
-        for request in batch.drain(..) {
-            let tag = request.key[..=request.key.find('}').unwrap_or(0)].to_owned();
-            by_limit
-                .entry((tag, request.interval, request.burst))
-                .or_default()
-                .push(request);
-        }
-        for ((_, interval, burst), requests) in by_limit {
-            let mut invocation = RATE_LIMIT.prepare_invoke();
-            for request in &requests {
-                invocation.key(&request.key);
-            }
-            invocation.arg(interval.as_micros().max(1)).arg(burst);
-            let waits: redis::RedisResult<Vec<u64>> =
-                invocation.invoke_async(&mut connection.clone()).await;
-            match waits {
-                Ok(waits) => {
-                    for (request, wait) in requests.into_iter().zip(waits) {
-                        let _ = request.reply.send(Ok(Duration::from_micros(wait)));
-                    }
-                }
-                Err(error) => {
-                    for request in requests {
-                        let _ = request.reply.send(Err(error.clone()));
-                    }
-                }
-            }
-        }
+        self.asking
+            .ask(Asked {
+                key: limiter.limit.key(&self.group, &limiter.handler, context),
+                interval: limiter.interval,
+                burst: limiter.limit.burst,
+            })
+            .await
     }
 }
