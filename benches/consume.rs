@@ -49,19 +49,14 @@ async fn redis_busy(redis: &mut redis::aio::MultiplexedConnection) -> u64 {
 /// (`/proc/self/stat`: user and system, in clock ticks of 10 ms).
 fn own_busy() -> u64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // The fields after the command name (which may hold spaces) and its closing parenthesis.
-    let fields: Vec<u64> = stat
+    // The fields after the command name (which may hold spaces) and its closing parenthesis,
+    // from the state on: utime and stime are the 14th and 15th fields, the 12th and 13th here.
+    let fields: Vec<&str> = stat
         .rsplit_once(')')
-        .map(|(_, rest)| {
-            rest.split_whitespace()
-                .filter_map(|field| field.parse().ok())
-                .collect()
-        })
+        .map(|(_, rest)| rest.split_whitespace().collect())
         .unwrap_or_default();
-    // utime and stime are the 14th and 15th fields; 11th and 12th of those after the state.
-    fields
-        .get(10..12)
-        .map_or(0, |times| (times[0] + times[1]) * 10_000)
+    let ticks = |index: usize| fields.get(index).and_then(|field| field.parse::<u64>().ok());
+    ticks(11).zip(ticks(12)).map_or(0, |(user, system)| (user + system) * 10_000)
 }
 
 /// Reads every entry through a new group with XREADGROUP and acknowledges each batch with XACK.
