@@ -8,7 +8,9 @@
 //! process's own CPU per event (the consumers', or the raw loop's).
 //!
 //! `cargo bench --bench consume` (`EVENTS_BENCH_EVENTS` sets the events, 200,000 by default,
-//! `EVENTS_BENCH_ROUNDS` the rounds, 5, and `EVENTS_BENCH_BATCH` the batch size, 500).
+//! `EVENTS_BENCH_ROUNDS` the rounds, 5, `EVENTS_BENCH_BATCH` the batch size, 500, and
+//! `EVENTS_BENCH_ROWS` which rows to measure, such as `1,2` for a profile of those alone; the
+//! baseline, row 0, always runs).
 
 use events::testing as redis_server;
 
@@ -55,8 +57,14 @@ fn own_busy() -> u64 {
         .rsplit_once(')')
         .map(|(_, rest)| rest.split_whitespace().collect())
         .unwrap_or_default();
-    let ticks = |index: usize| fields.get(index).and_then(|field| field.parse::<u64>().ok());
-    ticks(11).zip(ticks(12)).map_or(0, |(user, system)| (user + system) * 10_000)
+    let ticks = |index: usize| {
+        fields
+            .get(index)
+            .and_then(|field| field.parse::<u64>().ok())
+    };
+    ticks(11)
+        .zip(ticks(12))
+        .map_or(0, |(user, system)| (user + system) * 10_000)
 }
 
 /// Reads every entry through a new group with XREADGROUP and acknowledges each batch with XACK.
@@ -203,8 +211,17 @@ async fn main() {
         "Consumer, a rate limit that never waits",
     ];
     let mut measured: Vec<Measured> = names.iter().map(|_| Measured::default()).collect();
+    let rows: Vec<usize> = match std::env::var("EVENTS_BENCH_ROWS") {
+        Ok(rows) => std::iter::once(0)
+            .chain(rows.split(',').filter_map(|row| row.trim().parse().ok()))
+            .collect(),
+        Err(_) => (0..names.len()).collect(),
+    };
     for round in 0..rounds {
         for (index, measure) in measured.iter_mut().enumerate() {
+            if !rows.contains(&index) {
+                continue;
+            }
             let group = format!("g{index}-{round}");
             let (busy, own) = (redis_busy(&mut redis).await, own_busy());
             let elapsed = match index {
@@ -257,6 +274,8 @@ async fn main() {
         }
     }
     for (name, measure) in names.iter().zip(&measured) {
-        measure.row(name, &measured[0]);
+        if !measure.rates.is_empty() {
+            measure.row(name, &measured[0]);
+        }
     }
 }
