@@ -328,3 +328,53 @@ async fn streams_outside_the_pattern_and_entries_past_a_page_are_reached_as_they
     let even: Vec<u32> = (0..60).rev().filter(|n| n % 2 == 0).collect();
     assert_eq!(seen, even, "every even order once, newest first");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_with_thousands_of_fields_and_huge_bodies_are_shown_whole_or_cut_short() {
+    let server = RedisServer::start();
+    let stream = unique("huge");
+    let body = format!("{{\"blob\":\"{}\"}}", "x".repeat(2 << 20));
+    let huge = add(&server, &stream, &envelope("x.huge", "o", &body)).await;
+    let mut fields = envelope("x.wide", "o", "{}");
+    fields.extend((0..5_000).map(|n| (format!("h.f{n}"), format!("value {n}"))));
+    let wide = add(&server, &stream, &fields).await;
+    let letters = events::dead_letter_stream(&stream);
+    let mut letter = envelope("x.huge", "o", &body);
+    letter.push(("dlq.reason".into(), "r".repeat(100_000)));
+    add(&server, &letters, &letter).await;
+    let admin = Admin::start(server.url(), false, &[]);
+
+    let page = admin.page(&format!("/stream?name={stream}"), None).await;
+    assert!(
+        page.len() < 200_000,
+        "the huge body is cut short in the list: {} bytes",
+        page.len()
+    );
+    assert!(
+        page.contains("{&quot;blob&quot;:&quot;xxx") && page.contains("…"),
+        "a preview"
+    );
+    let dashboard = admin.page("/", None).await;
+    assert!(dashboard.contains(&stream));
+    let list = admin
+        .page(&format!("/dead-letters?stream={stream}"), None)
+        .await;
+    assert!(list.contains("x.huge"));
+
+    let whole = admin
+        .page(&format!("/entry?stream={stream}&id={huge}"), None)
+        .await;
+    assert!(whole.len() > 2 << 20, "one entry is shown whole");
+    let wide = admin
+        .page(&format!("/entry?stream={stream}&id={wide}"), None)
+        .await;
+    assert!(
+        wide.contains("<th>Headers</th>") && wide.contains("f4999: value 4999"),
+        "every header"
+    );
+    assert_eq!(
+        wide.matches("<tr><td><code>h.f").count(),
+        5_000,
+        "every field as written"
+    );
+}
