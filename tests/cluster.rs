@@ -624,3 +624,46 @@ async fn delayed_events_reach_streams_on_every_node_at_their_time() {
     }
     assert!(handled.lock().unwrap().iter().all(|at| *at >= due));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_names_are_found_on_every_master() {
+    let cluster = RedisCluster::start();
+    let mut redis = cluster_connection(&cluster).await;
+    let streams: Vec<String> = (0..30).map(|n| format!("names-{n:02}")).collect();
+    for stream in &streams {
+        let _: String = redis::cmd("XADD")
+            .arg(stream)
+            .arg("*")
+            .arg("f")
+            .arg("v")
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+    }
+    let _: () = redis::cmd("SET")
+        .arg("names-not-a-stream")
+        .arg("x")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    // Three masters share the 16,384 slots in thirds: some streams live on each.
+    let mut thirds = std::collections::BTreeSet::new();
+    for stream in &streams {
+        let slot: u64 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(stream)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        thirds.insert(slot * 3 / 16_384);
+    }
+    assert_eq!(thirds.len(), 3, "the streams are on every master");
+
+    let connection = events::Connection::open(cluster.url(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let found = events::stream_names(&connection, "names-*").await.unwrap();
+    assert_eq!(found, streams, "all 30, sorted, and no other key");
+    let some = events::stream_names(&connection, "names-1?").await.unwrap();
+    assert_eq!(some, streams[10..20]);
+}

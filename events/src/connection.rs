@@ -83,6 +83,76 @@ impl Connection {
         false
     }
 
+    /// Runs `command(cursor)` on every master of a cluster (on the one server otherwise), each
+    /// until the cursor its replies give is `0` again, as `SCAN` wants; every reply.
+    pub(crate) async fn scan_each_master(
+        &self,
+        command: impl Fn(u64) -> Cmd,
+    ) -> redis::RedisResult<Vec<Value>> {
+        let mut replies = Vec::new();
+        for master in self.masters().await? {
+            let mut cursor = 0;
+            loop {
+                let reply = self.on_master(command(cursor), master.as_ref()).await?;
+                let (next, _): (u64, Value) = redis::from_redis_value(reply.clone())?;
+                replies.push(reply);
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok(replies)
+    }
+
+    /// The address (host, port) of every master of a cluster; one `None` for another server.
+    async fn masters(&self) -> redis::RedisResult<Vec<Option<(String, u16)>>> {
+        #[cfg(feature = "cluster")]
+        if let Link::Cluster(connection) = &self.link {
+            let nodes: String = redis::cmd("CLUSTER")
+                .arg("NODES")
+                .query_async(&mut connection.clone())
+                .await?;
+            // `<id> <host>:<port>@<bus port>[,<hostname>] <flags> ...`, one line per node.
+            return Ok(nodes
+                .lines()
+                .filter_map(|line| {
+                    let mut fields = line.split_whitespace();
+                    let address = fields.nth(1)?.split('@').next()?;
+                    let flags = fields.next()?;
+                    let master =
+                        flags.split(',').any(|flag| flag == "master") && !flags.contains("fail");
+                    let (host, port) = address.rsplit_once(':')?;
+                    let port: u16 = port.parse().ok()?;
+                    master.then(|| Some((host.to_owned(), port)))
+                })
+                .collect());
+        }
+        Ok(vec![None])
+    }
+
+    /// Sends `cmd` to the cluster master at `master`, or as any command without one.
+    async fn on_master(
+        &self,
+        cmd: Cmd,
+        master: Option<&(String, u16)>,
+    ) -> redis::RedisResult<Value> {
+        #[cfg(feature = "cluster")]
+        if let (Link::Cluster(connection), Some((host, port))) = (&self.link, master) {
+            use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+            let route = SingleNodeRoutingInfo::ByAddress {
+                host: host.clone(),
+                port: *port,
+            };
+            return connection
+                .clone()
+                .route_command(cmd, RoutingInfo::SingleNode(route))
+                .await;
+        }
+        let _ = master;
+        cmd.query_async(&mut self.link.clone()).await
+    }
+
     /// The same connection, its commands not waiting for replicas: for checks that only read.
     pub(crate) fn unconfirmed(&self) -> Self {
         Self::of(self.link.clone())

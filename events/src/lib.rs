@@ -59,7 +59,8 @@ pub use routing::{
 };
 pub use schema::{JsonSchema, event_schema};
 pub use stats::{
-    ConsumerStats, EntryStamp, GroupStats, ServerStats, StreamStats, server_stats, stream_stats,
+    ConsumerStats, EntryStamp, GroupStats, ServerStats, StreamStats, server_stats, stream_names,
+    stream_stats,
 };
 pub use trace::TraceContext;
 pub use validation::{FieldError, Validate, ValidationReport};

@@ -8,7 +8,7 @@ use redis::Value;
 use redis::aio::ConnectionLike;
 use serde::Serialize;
 
-use crate::{Error, Result};
+use crate::{Connection, Error, Result};
 
 /// An entry's id and the time in it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -173,6 +173,36 @@ pub async fn stream_stats<C: ConnectionLike>(
         dead_letters,
         memory_bytes,
     })
+}
+
+/// The names of the streams matching `pattern` (Redis's glob: `*`, `?`, `[..]`; `*` for all),
+/// on every master of a cluster, sorted.
+pub async fn stream_names(connection: &Connection, pattern: &str) -> Result<Vec<String>> {
+    let scan = |cursor: u64| {
+        let mut command = redis::cmd("SCAN");
+        command
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1_000)
+            .arg("TYPE")
+            .arg("stream");
+        command
+    };
+    let replies = connection
+        .scan_each_master(scan)
+        .await
+        .map_err(Error::reading("(streams)"))?;
+    let mut names = Vec::new();
+    for reply in replies {
+        let (_, page): (u64, Vec<String>) = redis::from_redis_value(reply)
+            .map_err(|error| Error::reading("(streams)")(error.into()))?;
+        names.extend(page);
+    }
+    names.sort();
+    names.dedup();
+    Ok(names)
 }
 
 /// Reads the consumers of `group` on `stream`.

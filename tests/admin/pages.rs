@@ -378,3 +378,32 @@ async fn entries_with_thousands_of_fields_and_huge_bodies_are_shown_whole_or_cut
         "every field as written"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_the_dashboard_lists_the_streams_of_every_master() {
+    let cluster = crate::support::RedisCluster::start();
+    let streams: Vec<String> = (0..12).map(|n| format!("shop-{n:02}")).collect();
+    for stream in &streams {
+        let publisher = crate::support::publisher_to(&cluster.url(), stream).await;
+        publisher
+            .publish(&crate::TaskCreated { n: 7 })
+            .await
+            .unwrap();
+    }
+    let admin = Admin::start(&cluster.url(), false, &[]);
+    let dashboard = admin.page("/", None).await;
+    assert!(dashboard.contains("12 stream(s)"), "{dashboard}");
+    for stream in &streams {
+        assert!(
+            dashboard.contains(&format!(">{stream}</a>")),
+            "{stream}: {dashboard}"
+        );
+    }
+    let page = admin.page("/stream?name=shop-05", None).await;
+    assert!(
+        page.contains("1 entries") && page.contains("task.created"),
+        "{page}"
+    );
+    let health = admin.get("/health", None).await;
+    assert_eq!(health.status, StatusCode::OK, "{}", health.body);
+}

@@ -9,7 +9,8 @@ use axum::Form;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use events::{
-    Envelope, StreamEntry, StreamStats, dead_letter_stream, remove_stale_consumers_of, stream_stats,
+    Envelope, StreamEntry, StreamStats, dead_letter_stream, remove_stale_consumers_of,
+    stream_names, stream_stats,
 };
 use serde::Deserialize;
 
@@ -28,7 +29,8 @@ type Entries = Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>;
 /// The suffix of dead-letter streams, which show beside their stream rather than on their own.
 const DEAD_LETTERS: &str = ":dlq";
 
-/// The streams the admin shows whose names match `pattern` too (a glob; all when empty), sorted.
+/// The streams the admin shows whose names match `pattern` too (a glob; all when empty), sorted,
+/// on every master of a cluster.
 pub(crate) async fn list_streams(admin: &Shared, pattern: &str) -> Result<Vec<String>, Failed> {
     let wanted = if pattern.is_empty() {
         None
@@ -37,29 +39,12 @@ pub(crate) async fn list_streams(admin: &Shared, pattern: &str) -> Result<Vec<St
             .map_err(|error| Failed::bad(format!("`{pattern}` is not a glob pattern: {error}")))?;
         Some(glob.compile_matcher())
     };
-    let mut connection = admin.connection();
-    let mut cursor = 0_u64;
-    let mut streams = Vec::new();
-    loop {
-        let (next, names): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("COUNT")
-            .arg(1_000)
-            .arg("TYPE")
-            .arg("stream")
-            .query_async(&mut connection)
-            .await?;
-        streams.extend(names.into_iter().filter(|name| {
-            !name.ends_with(DEAD_LETTERS)
-                && admin.streams.is_match(name)
-                && wanted.as_ref().is_none_or(|wanted| wanted.is_match(name))
-        }));
-        if next == 0 || streams.len() >= MOST_STREAMS {
-            break;
-        }
-        cursor = next;
-    }
-    streams.sort();
+    let mut streams = stream_names(&admin.connection, "*").await?;
+    streams.retain(|name| {
+        !name.ends_with(DEAD_LETTERS)
+            && admin.streams.is_match(name)
+            && wanted.as_ref().is_none_or(|wanted| wanted.is_match(name))
+    });
     streams.truncate(MOST_STREAMS);
     Ok(streams)
 }
