@@ -372,4 +372,17 @@ async fn control_characters_in_entries_are_shown_escaped_and_no_password_is_prin
     assert!(!unreachable.status.success());
     assert!(!shown.contains("secret"), "{shown}");
     assert!(shown.contains("***@127.0.0.1:1,***@127.0.0.1:2"), "{shown}");
+
+    // Nor does `--help` show the password of a REDIS_URL, for the tool or its web admin.
+    for args in [&["--help"][..], &["serve", "--help"]] {
+        let help = Command::new(env!("CARGO_BIN_EXE_events"))
+            .args(args)
+            .env("REDIS_URL", "redis://:secret-c@127.0.0.1:6379")
+            .env("EVENTS_ADMIN_TOKEN", "secret-token-0123456789")
+            .output()
+            .unwrap();
+        let shown = stdout(&help);
+        assert!(help.status.success() && shown.contains("--url"), "{shown}");
+        assert!(!shown.contains("secret"), "{args:?}: {shown}");
+    }
 }

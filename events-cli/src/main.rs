@@ -32,10 +32,11 @@ use selection::Selection;
 #[derive(Debug, Parser)]
 #[command(name = "events", version)]
 struct Cli {
-    /// The Redis to connect to.
+    /// The Redis to connect to (its password, if any, is never shown, not even in `--help`).
     #[arg(
         long,
         env = "REDIS_URL",
+        hide_env_values = true,
         default_value = "redis://127.0.0.1:6379",
         global = true
     )]
