@@ -365,3 +365,72 @@ async fn a_services_asyncapi_document_gives_the_routes_and_schemas() {
     assert_eq!(events, [("parcel.shipped".to_owned(), good)]);
     std::fs::remove_file(file).unwrap();
 }
+
+#[test]
+fn bad_options_stop_the_admin_at_start_naming_them() {
+    let server = RedisServer::start();
+    let not_json = std::env::temp_dir().join(format!("{}.json", unique("not-json")));
+    std::fs::write(&not_json, "{").unwrap();
+    let not_schema = std::env::temp_dir().join(format!("{}.json", unique("not-schema")));
+    std::fs::write(&not_schema, r#"{"type": 7}"#).unwrap();
+    let not_json_arg = format!("order.placed={}", not_json.display());
+    let not_schema_arg = format!("order.placed={}", not_schema.display());
+    let bad_type_arg = format!("Order={}", not_schema.display());
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_arg = taken.local_addr().unwrap().to_string();
+    let taken_message = format!("could not listen on {taken_arg}");
+    let cases = [
+        (
+            vec!["--route", "orders"],
+            "--route `orders` should be PATTERN=STREAM",
+        ),
+        (
+            vec!["--route", "order.*="],
+            "--route `order.*=` should be PATTERN=STREAM",
+        ),
+        (
+            vec!["--schema", "order.placed=/no/such/file.json"],
+            "cannot read /no/such/file.json",
+        ),
+        (vec!["--schema", &not_json_arg], "is not JSON"),
+        (
+            vec!["--schema", &not_schema_arg],
+            "the schema of `order.placed` is not a valid JSON Schema",
+        ),
+        (
+            vec!["--schema", &bad_type_arg],
+            "event type `Order` may only contain",
+        ),
+        (
+            vec!["--streams", "[a"],
+            "--streams `[a` is not a glob pattern",
+        ),
+        (vec!["--bind", &taken_arg], &taken_message),
+    ];
+    for (args, message) in cases {
+        let mut admin = std::process::Command::new(env!("CARGO_BIN_EXE_events"))
+            .args(["--url", server.url(), "serve"])
+            .args(&args)
+            .env_remove("EVENTS_ADMIN_TOKEN")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // An admin that starts anyway would serve until killed: give it a few seconds.
+        let started = std::time::Instant::now();
+        while admin.try_wait().unwrap().is_none() {
+            if started.elapsed() > Duration::from_secs(10) {
+                admin.kill().unwrap();
+                panic!("{args:?} started");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let output = admin.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} succeeded");
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    }
+    std::fs::remove_file(not_json).unwrap();
+    std::fs::remove_file(not_schema).unwrap();
+}
