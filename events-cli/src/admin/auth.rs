@@ -198,7 +198,7 @@ pub(crate) async fn login_page(viewer: Viewer) -> Page {
     let body = "<form method=\"post\" action=\"/login\"><p><label>Token \
                 <input type=\"password\" name=\"token\" autocomplete=\"current-password\" autofocus>\
                 </label> <button>Log in</button></p></form>";
-    Page::new("Log in", body.into(), &viewer)
+    Page::new("Log in", body.into(), viewer.mode())
 }
 
 /// The login form's content.

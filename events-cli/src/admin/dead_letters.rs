@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use super::auth::{Viewer, allow_change};
 use super::html::{Page, query, text};
-use super::streams::{show_fields, shown};
+use super::streams::show_fields;
 use super::{Failed, Shared};
 use crate::selection::Selection;
 
@@ -95,7 +95,7 @@ pub(crate) async fn list(
     viewer: Viewer,
     Query(asked): Query<ListQuery>,
 ) -> Result<Page, Failed> {
-    let stream = shown(&admin, &asked.stream)?;
+    let stream = admin.shown(&asked.stream)?;
     let selection = filtered(&asked.event_type, &asked.reason);
     let mut letters = letters(&admin, stream);
     let mut after = if asked.after.is_empty() {
@@ -156,7 +156,7 @@ pub(crate) async fn list(
     Ok(Page::new(
         &format!("Dead letters of {stream}"),
         body,
-        &viewer,
+        viewer.mode(),
     ))
 }
 
@@ -195,7 +195,7 @@ pub(crate) async fn show(
     viewer: Viewer,
     Query(asked): Query<LetterQuery>,
 ) -> Result<Page, Failed> {
-    let stream = shown(&admin, &asked.stream)?;
+    let stream = admin.shown(&asked.stream)?;
     let letter = letters(&admin, stream)
         .get(&asked.id)
         .await?
@@ -224,7 +224,7 @@ pub(crate) async fn show(
     Ok(Page::new(
         &format!("Dead letter {}", letter.id),
         body,
-        &viewer,
+        viewer.mode(),
     ))
 }
 
@@ -287,7 +287,7 @@ pub(crate) async fn confirm(
     viewer: Viewer,
     Query(asked): Query<Asked>,
 ) -> Result<Page, Failed> {
-    let stream = shown(&admin, &asked.stream)?;
+    let stream = admin.shown(&asked.stream)?;
     let chosen = chosen(&admin, stream, &asked.selection).await?;
     let verb = asked.action.verb();
     let count = chosen.len().to_string();
@@ -329,7 +329,7 @@ pub(crate) async fn confirm(
     Ok(Page::new(
         &format!("Confirm: {verb} dead letters"),
         body,
-        &viewer,
+        viewer.mode(),
     ))
 }
 
@@ -353,7 +353,7 @@ pub(crate) async fn apply(
 ) -> Result<Page, Failed> {
     allow_change(&admin, &headers, Some(&confirmed.csrf))?;
     let asked = &confirmed.asked;
-    let stream = shown(&admin, &asked.stream)?;
+    let stream = admin.shown(&asked.stream)?;
     let chosen = chosen(&admin, stream, &asked.selection).await?;
     if chosen.len() != confirmed.expected {
         return Err(Failed::conflict(format!(
@@ -386,5 +386,5 @@ pub(crate) async fn apply(
         back = query(&[("stream", stream)]),
         stream_link = query(&[("name", stream)]),
     );
-    Ok(Page::new("Done", body, &viewer))
+    Ok(Page::new("Done", body, viewer.mode()))
 }

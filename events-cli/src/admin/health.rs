@@ -12,7 +12,6 @@ use clap::Args;
 use events::{dead_letter_stream, record_stream_stats, server_stats, stream_stats};
 use serde_json::{Value, json};
 
-use super::streams::list_streams;
 use super::{Failed, Shared};
 
 /// When `/health` answers 503.
@@ -69,7 +68,7 @@ async fn checks(admin: &Shared) -> Result<Vec<Value>, Failed> {
         ),
     ];
     let thresholds = &admin.thresholds;
-    for stream in list_streams(admin, "").await? {
+    for stream in admin.list_streams("").await? {
         let stats = stream_stats(&mut connection, &stream, &dead_letter_stream(&stream)).await?;
         for group in &stats.groups {
             let lag = group.lag.unwrap_or(0);
@@ -99,7 +98,7 @@ async fn checks(admin: &Shared) -> Result<Vec<Value>, Failed> {
 /// this process did, in Prometheus's text format.
 pub(crate) async fn metrics(State(admin): State<Arc<Shared>>) -> Result<Response, Failed> {
     let mut connection = admin.connection();
-    for stream in list_streams(&admin, "").await? {
+    for stream in admin.list_streams("").await? {
         record_stream_stats(
             &stream_stats(&mut connection, &stream, &dead_letter_stream(&stream)).await?,
         );

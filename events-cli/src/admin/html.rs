@@ -6,7 +6,6 @@ use std::fmt::{self, Display, Write};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
-use super::auth::Viewer;
 use crate::printable::printable;
 
 /// `value` escaped for HTML text and attribute values, with control characters shown escaped.
@@ -50,12 +49,13 @@ pub(crate) struct Page {
 }
 
 impl Page {
-    /// A page titled `title` (escaped here) around `body`, for `viewer`.
-    pub(crate) fn new(title: &str, body: String, viewer: &Viewer) -> Self {
+    /// A page titled `title` (escaped here) around `body`, with `mode` (HTML: what the viewer
+    /// may do, see `Viewer::mode`) in its header.
+    pub(crate) fn new(title: &str, body: String, mode: String) -> Self {
         Self {
             title: text(title).to_string(),
             body,
-            mode: viewer.mode(),
+            mode,
         }
     }
 }

@@ -22,7 +22,7 @@ use axum::middleware::map_response;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use clap::Args;
-use events::Connection;
+use events::{Connection, stream_names};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::Failure;
@@ -67,7 +67,44 @@ impl Shared {
     fn connection(&self) -> Connection {
         self.connection.clone()
     }
+
+    /// The streams shown whose names match `pattern` too (a glob; all when empty), sorted, on
+    /// every master of a cluster; at most [`MOST_STREAMS`].
+    async fn list_streams(&self, pattern: &str) -> Result<Vec<String>, Failed> {
+        let wanted = if pattern.is_empty() {
+            None
+        } else {
+            let glob = globset::Glob::new(pattern).map_err(|error| {
+                Failed::bad(format!("`{pattern}` is not a glob pattern: {error}"))
+            })?;
+            Some(glob.compile_matcher())
+        };
+        let mut streams = stream_names(&self.connection, "*").await?;
+        streams.retain(|name| {
+            !name.ends_with(DEAD_LETTERS)
+                && self.streams.is_match(name)
+                && wanted.as_ref().is_none_or(|wanted| wanted.is_match(name))
+        });
+        streams.truncate(MOST_STREAMS);
+        Ok(streams)
+    }
+
+    /// `stream` if it is shown, else 404.
+    fn shown<'a>(&self, stream: &'a str) -> Result<&'a str, Failed> {
+        if self.streams.is_match(stream) && !stream.is_empty() {
+            Ok(stream)
+        } else {
+            Err(Failed::missing(format!(
+                "stream `{stream}` is not shown here"
+            )))
+        }
+    }
 }
+
+/// The most streams a page lists.
+const MOST_STREAMS: usize = 200;
+/// The suffix of dead-letter streams, which show beside their stream rather than on their own.
+const DEAD_LETTERS: &str = ":dlq";
 
 /// The shortest token accepted: a short one could be guessed.
 const SHORTEST_TOKEN: usize = 16;

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use redis::Value;
 
 use super::Shared;
-use super::streams::list_streams;
 
 /// How often streams are sampled.
 pub(crate) const EVERY: Duration = Duration::from_secs(5);
@@ -95,7 +94,7 @@ pub(crate) fn sample(admin: Arc<Shared>) -> tokio::task::JoinHandle<()> {
         let mut ticks = tokio::time::interval(EVERY);
         loop {
             ticks.tick().await;
-            let Ok(streams) = list_streams(&admin, "").await else {
+            let Ok(streams) = admin.list_streams("").await else {
                 continue;
             };
             let mut connection = admin.connection();

@@ -9,8 +9,7 @@ use axum::Form;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use events::{
-    Envelope, StreamEntry, StreamStats, dead_letter_stream, remove_stale_consumers_of,
-    stream_names, stream_stats,
+    Envelope, StreamEntry, StreamStats, dead_letter_stream, remove_stale_consumers_of, stream_stats,
 };
 use serde::Deserialize;
 
@@ -18,48 +17,12 @@ use super::auth::{Viewer, allow_change};
 use super::html::{Page, query, text};
 use super::{Failed, Shared};
 
-/// The most streams a page lists.
-const MOST_STREAMS: usize = 200;
 /// Entries shown per page.
 const PAGE: usize = 25;
 /// The most entries read looking for a page of those of one type.
 const MOST_SCANNED: usize = 2_000;
 /// Entries as `XREVRANGE` answers: ids and field-value pairs.
 type Entries = Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>;
-/// The suffix of dead-letter streams, which show beside their stream rather than on their own.
-const DEAD_LETTERS: &str = ":dlq";
-
-/// The streams the admin shows whose names match `pattern` too (a glob; all when empty), sorted,
-/// on every master of a cluster.
-pub(crate) async fn list_streams(admin: &Shared, pattern: &str) -> Result<Vec<String>, Failed> {
-    let wanted = if pattern.is_empty() {
-        None
-    } else {
-        let glob = globset::Glob::new(pattern)
-            .map_err(|error| Failed::bad(format!("`{pattern}` is not a glob pattern: {error}")))?;
-        Some(glob.compile_matcher())
-    };
-    let mut streams = stream_names(&admin.connection, "*").await?;
-    streams.retain(|name| {
-        !name.ends_with(DEAD_LETTERS)
-            && admin.streams.is_match(name)
-            && wanted.as_ref().is_none_or(|wanted| wanted.is_match(name))
-    });
-    streams.truncate(MOST_STREAMS);
-    Ok(streams)
-}
-
-/// `stream` if the admin shows it, else 404.
-pub(crate) fn shown<'a>(admin: &Shared, stream: &'a str) -> Result<&'a str, Failed> {
-    if admin.streams.is_match(stream) && !stream.is_empty() {
-        Ok(stream)
-    } else {
-        Err(Failed::missing(format!(
-            "stream `{stream}` is not shown here"
-        )))
-    }
-}
-
 /// The stats of `stream`, or 404 when it does not exist.
 async fn stats(admin: &Shared, stream: &str) -> Result<StreamStats, Failed> {
     let mut connection = admin.connection();
@@ -109,7 +72,7 @@ pub(crate) async fn dashboard(
     viewer: Viewer,
     Query(filter): Query<Filter>,
 ) -> Result<Page, Failed> {
-    let names = list_streams(&admin, &filter.pattern).await?;
+    let names = admin.list_streams(&filter.pattern).await?;
     let mut rows = String::new();
     for name in &names {
         let stats = stats(&admin, name).await?;
@@ -146,14 +109,14 @@ pub(crate) async fn dashboard(
          <th>Groups</th><th>Lag</th><th>Pending</th><th>Dead letters</th><th>Events/s</th></tr>{rows}</table>",
         pattern = text(&filter.pattern),
         count = names.len(),
-        capped = if names.len() == MOST_STREAMS {
+        capped = if names.len() == super::MOST_STREAMS {
             " (the first shown; narrow the pattern)"
         } else {
             ""
         },
         every = super::rates::EVERY.as_secs(),
     );
-    Ok(Page::new("Streams", body, &viewer))
+    Ok(Page::new("Streams", body, viewer.mode()))
 }
 
 /// A stream page's request: the stream, a type filter and the page (entries before an id).
@@ -173,7 +136,7 @@ pub(crate) async fn stream(
     viewer: Viewer,
     Query(asked): Query<StreamQuery>,
 ) -> Result<Page, Failed> {
-    let name = shown(&admin, &asked.name)?;
+    let name = admin.shown(&asked.name)?;
     let stats = stats(&admin, name).await?;
     let mut body = format!(
         "<p>{length} entries, {memory}; <a href=\"/dead-letters?{link}\">{dead} dead letter(s)</a></p>{chart}",
@@ -185,7 +148,7 @@ pub(crate) async fn stream(
     );
     body.push_str(&groups(&stats, &viewer));
     body.push_str(&entries(&admin, name, &asked).await?);
-    Ok(Page::new(name, body, &viewer))
+    Ok(Page::new(name, body, viewer.mode()))
 }
 
 /// The groups of a stream with their consumers, and the removal form.
@@ -355,7 +318,7 @@ pub(crate) async fn entry(
     viewer: Viewer,
     Query(asked): Query<EntryQuery>,
 ) -> Result<Page, Failed> {
-    let stream = shown(&admin, &asked.stream)?;
+    let stream = admin.shown(&asked.stream)?;
     let entry = events::read_range(&mut admin.connection(), stream, &asked.id, &asked.id, 1)
         .await?
         .into_iter()
@@ -369,7 +332,11 @@ pub(crate) async fn entry(
         added = entry_time(&entry.id),
         shown = show_fields(&entry.fields),
     );
-    Ok(Page::new(&format!("Entry {}", entry.id), body, &viewer))
+    Ok(Page::new(
+        &format!("Entry {}", entry.id),
+        body,
+        viewer.mode(),
+    ))
 }
 
 /// An entry's events decoded (each of a packed entry), then its fields as written.
@@ -482,7 +449,7 @@ pub(crate) async fn remove_consumers(
     Form(removal): Form<Removal>,
 ) -> Result<Page, Failed> {
     allow_change(&admin, &headers, Some(&removal.csrf))?;
-    let stream = shown(&admin, &removal.stream)?;
+    let stream = admin.shown(&removal.stream)?;
     let idle = Duration::from_secs(removal.idle);
     let removed =
         remove_stale_consumers_of(admin.connection(), stream, &removal.group, idle).await?;
@@ -499,5 +466,5 @@ pub(crate) async fn remove_consumers(
         link = query(&[("name", stream)]),
         stream_name = text(stream),
     );
-    Ok(Page::new("Consumers removed", body, &viewer))
+    Ok(Page::new("Consumers removed", body, viewer.mode()))
 }
