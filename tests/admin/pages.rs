@@ -35,6 +35,29 @@ fn envelope(event_type: &str, origin: &str, body: &str) -> Vec<(String, String)>
     .to_vec()
 }
 
+/// The `n` of every order on the stream page at `path` and the pages its "Older entries" links
+/// lead to, in the order shown.
+async fn orders_paged_through(admin: &Admin, path: &str) -> Vec<u32> {
+    let marker = "{&quot;n&quot;:";
+    let mut seen = Vec::new();
+    let mut path = path.to_owned();
+    loop {
+        let page = admin.page(&path, None).await;
+        seen.extend(page.match_indices(marker).map(|(at, _)| {
+            page[at + marker.len()..]
+                .split('}')
+                .next()
+                .unwrap()
+                .parse::<u32>()
+                .unwrap()
+        }));
+        match page.split("<nav class=\"pages\"><a href=\"").nth(1) {
+            Some(rest) => path = rest.split('"').next().unwrap().replace("&amp;", "&"),
+            None => return seen,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_page_shows_the_stream_its_groups_entries_and_dead_letters() {
     let server = RedisServer::start();
@@ -298,33 +321,7 @@ async fn streams_outside_the_pattern_and_entries_past_a_page_are_reached_as_they
     assert!(missing.body.contains("does not exist"), "{}", missing.body);
 
     // Newest first, 25 a page, the next page through the link.
-    let mut seen = Vec::new();
-    let mut path = format!("/stream?name={shown}&type=order.even");
-    loop {
-        let page = admin.page(&path, None).await;
-        let marker = "{&quot;n&quot;:";
-        seen.extend(page.match_indices(marker).map(|(at, _)| {
-            page[at + marker.len()..]
-                .split('}')
-                .next()
-                .unwrap()
-                .parse::<u32>()
-                .unwrap()
-        }));
-        match page
-            .split("<a href=\"/stream?")
-            .nth(1)
-            .filter(|_| page.contains("Older entries"))
-        {
-            Some(rest) => {
-                path = format!(
-                    "/stream?{}",
-                    rest.split('"').next().unwrap().replace("&amp;", "&")
-                )
-            }
-            None => break,
-        }
-    }
+    let seen = orders_paged_through(&admin, &format!("/stream?name={shown}&type=order.even")).await;
     let even: Vec<u32> = (0..60).rev().filter(|n| n % 2 == 0).collect();
     assert_eq!(seen, even, "every even order once, newest first");
 }
@@ -406,4 +403,33 @@ async fn on_a_cluster_the_dashboard_lists_the_streams_of_every_master() {
     );
     let health = admin.get("/health", None).await;
     assert_eq!(health.status, StatusCode::OK, "{}", health.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_filled_in_the_middle_of_the_last_read_links_to_the_rest() {
+    let server = RedisServer::start();
+    let stream = unique("paged");
+    // Newest first, a read of 25 finds 15 others and 10 wanted; the last read (20 entries, the
+    // end of the stream) fills the page with 15 and leaves 5 for the next.
+    for n in 0..45 {
+        let event_type = if n < 30 {
+            "order.wanted"
+        } else {
+            "order.other"
+        };
+        add(
+            &server,
+            &stream,
+            &envelope(event_type, "shop", &format!("{{\"n\":{n}}}")),
+        )
+        .await;
+    }
+    let admin = Admin::start(server.url(), false, &[]);
+    let seen =
+        orders_paged_through(&admin, &format!("/stream?name={stream}&type=order.wanted")).await;
+    assert_eq!(
+        seen,
+        (0..30).rev().collect::<Vec<_>>(),
+        "every wanted entry once, newest first"
+    );
 }

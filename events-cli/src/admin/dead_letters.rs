@@ -12,12 +12,11 @@ use serde::Deserialize;
 
 use super::auth::{Viewer, allow_change};
 use super::html::{Page, query, text};
+use super::paging::{PAGE, filtered_page};
 use super::streams::show_fields;
 use super::{Failed, Shared};
 use crate::selection::Selection;
 
-/// Dead letters listed per page.
-const PAGE: usize = 25;
 /// The most dead letters read looking for a page of those chosen.
 const MOST_SCANNED: usize = 5_000;
 
@@ -97,25 +96,21 @@ pub(crate) async fn list(
 ) -> Result<Page, Failed> {
     let stream = admin.shown(&asked.stream)?;
     let selection = filtered(&asked.event_type, &asked.reason);
-    let mut letters = letters(&admin, stream);
-    let mut after = if asked.after.is_empty() {
-        "-".to_owned()
-    } else {
-        asked.after.clone()
+    let read = |after: Option<String>| {
+        let mut letters = letters(&admin, stream);
+        let after = after.unwrap_or_else(|| match asked.after.as_str() {
+            "" => "-".to_owned(),
+            id => id.to_owned(),
+        });
+        async move { Ok(letters.list(&after, PAGE).await?) }
     };
-    let (mut chosen, mut scanned, mut more) = (Vec::new(), 0, false);
-    while chosen.len() < PAGE && scanned < MOST_SCANNED {
-        let page = letters.list(&after, PAGE).await?;
-        let Some(last) = page.last() else { break };
-        after = last.id.clone();
-        more = page.len() == PAGE;
-        scanned += page.len();
-        chosen.extend(page.into_iter().filter(|letter| selection.matches(letter)));
-        if !more {
-            break;
-        }
-    }
-    chosen.truncate(PAGE);
+    let chosen = filtered_page(
+        read,
+        |letter: &DeadLetterEntry| &letter.id,
+        |letter| selection.matches(letter),
+        MOST_SCANNED,
+    )
+    .await?;
     let mut body = format!(
         "<p>Dead letters of <a href=\"/stream?{link}\">{name}</a>, kept in <code>{dead}</code>.</p>\
          <form method=\"get\" action=\"/dead-letters\"><input type=\"hidden\" name=\"stream\" value=\"{name}\">\
@@ -129,19 +124,19 @@ pub(crate) async fn list(
         reason = text(&asked.reason),
         actions = action_links(stream, &selection, &viewer),
     );
-    if chosen.is_empty() {
+    if chosen.items.is_empty() {
         body.push_str("<p class=\"muted\">No dead letters here.</p>");
     } else {
         body.push_str(
             "<table><tr><th>Dead letter</th><th>When</th><th>Type</th><th>Reason</th><th>Attempts</th>\
              <th>Group / consumer</th><th>Entry</th><th>Replayed</th></tr>",
         );
-        for letter in &chosen {
+        for letter in &chosen.items {
             body.push_str(&letter_row(stream, letter));
         }
         body.push_str("</table>");
     }
-    if let (Some(last), true) = (chosen.last(), more || scanned >= MOST_SCANNED) {
+    if let Some(next) = &chosen.next {
         let _ = write!(
             body,
             "<nav class=\"pages\"><a href=\"/dead-letters?{}\">Next page</a></nav>",
@@ -149,7 +144,7 @@ pub(crate) async fn list(
                 ("stream", stream),
                 ("type", &asked.event_type),
                 ("reason", &asked.reason),
-                ("after", &last.id)
+                ("after", next)
             ])
         );
     }

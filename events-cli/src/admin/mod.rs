@@ -10,6 +10,7 @@ mod dead_letters;
 mod health;
 mod html;
 mod ingest;
+mod paging;
 mod rates;
 mod streams;
 

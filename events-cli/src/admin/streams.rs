@@ -15,10 +15,9 @@ use serde::Deserialize;
 
 use super::auth::{Viewer, allow_change};
 use super::html::{Page, query, text};
+use super::paging::{PAGE, filtered_page};
 use super::{Failed, Shared};
 
-/// Entries shown per page.
-const PAGE: usize = 25;
 /// The most entries read looking for a page of those of one type.
 const MOST_SCANNED: usize = 2_000;
 /// Entries as `XREVRANGE` answers: ids and field-value pairs.
@@ -203,68 +202,75 @@ fn groups(stats: &StreamStats, viewer: &Viewer) -> String {
     html
 }
 
+/// An entry and its event, or why it holds none.
+type Decoded = (StreamEntry, Result<Envelope, String>);
+
 /// A page of the stream's entries, newest first, of one type when asked.
 async fn entries(admin: &Shared, stream: &str, asked: &StreamQuery) -> Result<String, Failed> {
-    let mut connection = admin.connection();
-    let mut end = if asked.before.is_empty() {
-        "+".to_owned()
-    } else {
-        format!("({}", asked.before)
+    let read = |before: Option<String>| {
+        let mut connection = admin.connection();
+        let end = match before
+            .as_deref()
+            .or(Some(asked.before.as_str()).filter(|id| !id.is_empty()))
+        {
+            Some(id) => format!("({id}"),
+            None => "+".to_owned(),
+        };
+        async move {
+            let page: Entries = redis::cmd("XREVRANGE")
+                .arg(stream)
+                .arg(end)
+                .arg("-")
+                .arg("COUNT")
+                .arg(PAGE)
+                .query_async(&mut connection)
+                .await?;
+            Ok(page
+                .into_iter()
+                .map(|(id, fields)| {
+                    let entry = StreamEntry { id, fields };
+                    let decoded = entry.decode().map_err(|error| error.to_string());
+                    (entry, decoded)
+                })
+                .collect())
+        }
     };
-    let mut shown: Vec<(StreamEntry, Result<Envelope, String>)> = Vec::new();
-    let mut scanned = 0;
-    let mut more = false;
-    while shown.len() < PAGE && scanned < MOST_SCANNED {
-        let page: Entries = redis::cmd("XREVRANGE")
-            .arg(stream)
-            .arg(&end)
-            .arg("-")
-            .arg("COUNT")
-            .arg(PAGE)
-            .query_async(&mut connection)
-            .await?;
-        let Some((last, _)) = page.last() else { break };
-        end = format!("({last}");
-        more = page.len() == PAGE;
-        scanned += page.len();
-        for (id, fields) in page {
-            let entry = StreamEntry { id, fields };
-            let decoded = entry.decode().map_err(|error| error.to_string());
-            let wanted = asked.event_type.is_empty()
-                || decoded
-                    .as_ref()
-                    .is_ok_and(|envelope| envelope.event_type == asked.event_type);
-            if wanted && shown.len() < PAGE {
-                shown.push((entry, decoded));
-            }
-        }
-        if !more {
-            break;
-        }
-    }
+    let of_type = |(_, decoded): &Decoded| {
+        asked.event_type.is_empty()
+            || decoded
+                .as_ref()
+                .is_ok_and(|envelope| envelope.event_type == asked.event_type)
+    };
+    let shown = filtered_page(
+        read,
+        |(entry, _): &Decoded| &entry.id,
+        of_type,
+        MOST_SCANNED,
+    )
+    .await?;
     let mut html = format!(
         "<h2>Entries</h2><form method=\"get\" action=\"/stream\"><input type=\"hidden\" name=\"name\" value=\"{name}\">\
          <input name=\"type\" placeholder=\"event type\" value=\"{event_type}\"> <button>Filter</button></form>",
         name = text(stream),
         event_type = text(&asked.event_type),
     );
-    if shown.is_empty() {
+    if shown.items.is_empty() {
         html.push_str("<p class=\"muted\">No entries here.</p>");
     } else {
         html.push_str("<table><tr><th>Entry</th><th>Added</th><th>Type</th><th>Version</th><th>Origin</th><th>Body</th></tr>");
-        for (entry, decoded) in &shown {
+        for (entry, decoded) in &shown.items {
             html.push_str(&entry_row(stream, entry, decoded));
         }
         html.push_str("</table>");
     }
-    if let (Some((last, _)), true) = (shown.last(), more || scanned >= MOST_SCANNED) {
+    if let Some(next) = &shown.next {
         let _ = write!(
             html,
             "<nav class=\"pages\"><a href=\"/stream?{}\">Older entries</a></nav>",
             query(&[
                 ("name", stream),
                 ("type", &asked.event_type),
-                ("before", &last.id)
+                ("before", next)
             ])
         );
     }
