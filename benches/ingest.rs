@@ -104,9 +104,14 @@ async fn post_all(base: &str, per_request: usize) -> Vec<Duration> {
             })
         })
         .collect();
+    durations_of(clients).await
+}
+
+/// Every duration the tasks `timed` measured.
+async fn durations_of(timed: Vec<tokio::task::JoinHandle<Vec<Duration>>>) -> Vec<Duration> {
     let mut took = Vec::new();
-    for client in clients {
-        took.extend(client.await.unwrap());
+    for task in timed {
+        took.extend(task.await.unwrap());
     }
     took
 }
@@ -138,10 +143,7 @@ async fn publish_all(url: &str, stream: &str, redis: &mut Redis) -> (Duration, V
             })
         })
         .collect();
-    let mut took = Vec::new();
-    for task in tasks {
-        took.extend(task.await.unwrap());
-    }
+    let took = durations_of(tasks).await;
     written(redis, stream, EVENTS).await;
     (start.elapsed(), took)
 }

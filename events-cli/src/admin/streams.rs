@@ -74,7 +74,8 @@ pub(crate) async fn dashboard(
     let names = admin.list_streams(&filter.pattern).await?;
     let mut rows = String::new();
     for name in &names {
-        let stats = stats(&admin, name).await?;
+        // Listed just now: no need to ask whether it exists.
+        let stats = stream_stats(&mut admin.connection(), name, &dead_letter_stream(name)).await?;
         let lag: u64 = stats.groups.iter().filter_map(|group| group.lag).sum();
         let pending: u64 = stats.groups.iter().map(|group| group.pending).sum();
         let stamp = |entry: &Option<events::EntryStamp>| {
