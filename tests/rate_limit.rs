@@ -127,6 +127,42 @@ async fn each_key_has_a_budget_of_its_own() {
     assert!((45.0..=60.0).contains(&measured), "{measured}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeats_of_handled_events_take_no_place_under_the_limit() {
+    let server = RedisServer::start();
+    let stream = unique("limited-repeats");
+    let started: Started = Arc::default();
+    // Two events every 10 s: an event written three times (a publisher retrying) and another.
+    let limit = RateLimit::new(2, Duration::from_secs(10)).burst(2);
+    let builder = limited_consumer(&server, &stream, limit, &started);
+    let (consumer, running) = Running::build(builder).await;
+    let publisher = publisher_to(server.url(), &stream).await;
+    let first = publisher
+        .envelope(&Sms { n: 1 }, PublishOptions::new())
+        .unwrap();
+    let second = publisher
+        .envelope(&Sms { n: 2 }, PublishOptions::new())
+        .unwrap();
+    publisher
+        .publish_envelopes(vec![first.clone(), first.clone(), first, second])
+        .await
+        .unwrap();
+    let begun = Instant::now();
+    wait_until(
+        "both events are handled and both repeats acknowledged",
+        || {
+            let status = consumer.status();
+            status.processed == 2 && status.duplicates == 2
+        },
+    )
+    .await;
+    running.close().await;
+    // A repeat waiting for a place would have held one of the four back for 10 s.
+    let took = begun.elapsed();
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert_eq!(started.lock().unwrap().len(), 2);
+}
+
 #[tokio::test]
 async fn limits_that_cannot_work_are_build_errors_naming_the_handler() {
     let server = RedisServer::start();

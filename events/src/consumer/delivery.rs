@@ -159,6 +159,28 @@ impl Delivery {
                     None => return self.failed(&context, failure, None),
                 },
             };
+            let hold = if idempotent {
+                let digest = Digest::of(&envelope, prepared.key.as_deref(), identity);
+                match self.take_hold(digest, part).await {
+                    None => return End::Abandon,
+                    Some(Hold::Taken) => Some(digest),
+                    Some(Hold::Done | Hold::Dead) => {
+                        Counters::add(&inner.counters.duplicates, 1);
+                        return End::Ack { done: None };
+                    }
+                    Some(Hold::Busy) => {
+                        // Another entry of the same event is being handled: look again later.
+                        drop(prepared);
+                        busy_looks += 1;
+                        if !self.sleep(inner.settings.backoff.delay(busy_looks)).await {
+                            return End::Abandon;
+                        }
+                        continue;
+                    }
+                }
+            } else {
+                None
+            };
             if let Some(limiter) = &registration.limiter
                 && !self.wait_for_place(registration, limiter, &context).await
             {
@@ -171,29 +193,6 @@ impl Delivery {
             if kept.is_lost() {
                 return End::Abandon;
             }
-            let hold = if idempotent {
-                let digest = Digest::of(&envelope, prepared.key.as_deref(), identity);
-                match self.take_hold(digest, part).await {
-                    None => return End::Abandon,
-                    Some(Hold::Taken) => Some(digest),
-                    Some(Hold::Done | Hold::Dead) => {
-                        Counters::add(&inner.counters.duplicates, 1);
-                        return End::Ack { done: None };
-                    }
-                    Some(Hold::Busy) => {
-                        // Another entry of the same event is being handled: look again later,
-                        // without taking a slot meanwhile.
-                        drop((slot, prepared));
-                        busy_looks += 1;
-                        if !self.sleep(inner.settings.backoff.delay(busy_looks)).await {
-                            return End::Abandon;
-                        }
-                        continue;
-                    }
-                }
-            } else {
-                None
-            };
             if attempt > inner.settings.max_attempts {
                 return End::DeadLetter {
                     event_type: Some(envelope.event_type.clone()),

@@ -370,10 +370,7 @@ impl<C: ConnectionLike + Clone + Send + Sync> Group<C> {
         let mut invocation = SETTLE.prepare_invoke();
         invocation.key(stream);
         self.marks_args(&mut invocation, stream, marks);
-        invocation.arg(ids.len()).arg(ids);
-        for digest in done {
-            invocation.arg(digest.bytes());
-        }
+        invocation.arg(ids.len()).arg(ids).arg(Digest::joined(done));
         let _: i64 = invocation
             .invoke_async(&mut self.connection.clone())
             .await?;
@@ -400,12 +397,16 @@ impl<C: ConnectionLike + Clone + Send + Sync> Group<C> {
         let mut invocation = BEGIN.prepare_invoke();
         invocation.key(stream);
         self.marks_args(&mut invocation, stream, marks);
-        for request in requests {
-            invocation
-                .arg(request.digest.bytes())
-                .arg(request.entry_id)
-                .arg(if request.replay { "1" } else { "0" });
-        }
+        let digests: Vec<Digest> = requests.iter().map(|request| request.digest).collect();
+        let ids: Vec<&str> = requests.iter().map(|request| request.entry_id).collect();
+        let replays: String = requests
+            .iter()
+            .map(|request| if request.replay { '1' } else { '0' })
+            .collect();
+        invocation
+            .arg(Digest::joined(&digests))
+            .arg(ids.join(" "))
+            .arg(replays);
         let statuses: Vec<i64> = invocation
             .invoke_async(&mut self.connection.clone())
             .await?;

@@ -58,6 +58,11 @@ impl Digest {
     pub(crate) fn bytes(&self) -> &[u8] {
         &self.0
     }
+
+    /// `digests`' bytes one after another: how scripts take many of them, in one argument.
+    pub(crate) fn joined(digests: &[Digest]) -> Vec<u8> {
+        digests.iter().flat_map(|digest| digest.0).collect()
+    }
 }
 
 /// Where and for how long one group's marks live: the window, and how many marks a shard holds

@@ -7,7 +7,8 @@
 -- spreads its marks over hashes by linear hashing on the digest: a shard splits in two whenever
 -- the bucket holds more than `load` marks per shard, so every hash stays small enough for Redis's
 -- compact listpack encoding, about 20 bytes a mark, whatever the rate. A bucket's meta hash holds
--- its `level`, the `next` shard to split and its `count` of marks.
+-- its `level`, the `next` shard to split and its `count` of marks (and, in a call, the `size`
+-- 2^level).
 --
 -- Prepended to the scripts that use it; call `marks_setup` first and `marks_flush` last.
 local marks = {}
@@ -56,7 +57,8 @@ local function marks_meta(bucket)
   if meta == nil then
     local values = redis.call('HMGET', marks_meta_key(bucket), 'level', 'next', 'count')
     if values[1] then
-      meta = {tonumber(values[1]), tonumber(values[2]), tonumber(values[3])}
+      local level = tonumber(values[1])
+      meta = {level, tonumber(values[2]), tonumber(values[3]), 2 ^ level}
     else
       meta = false
     end
@@ -72,7 +74,7 @@ local function marks_number(digest)
 end
 
 local function marks_shard(number, meta)
-  local size = 2 ^ meta[1]
+  local size = meta[4]
   local shard = number % size
   if shard < meta[2] then
     shard = number % (2 * size)
@@ -100,7 +102,7 @@ end
 -- shard that no mark moved to), so that its key, and its expiry, stay.
 local function marks_split(meta)
   local bucket = marks.bucket
-  local size = 2 ^ meta[1]
+  local size = meta[4]
   local from = marks_key(bucket, meta[2])
   local to = marks_key(bucket, meta[2] + size)
   local fields = redis.call('HGETALL', from)
@@ -130,6 +132,7 @@ local function marks_split(meta)
   meta[2] = meta[2] + 1
   if meta[2] == size then
     meta[1] = meta[1] + 1
+    meta[4] = 2 * size
     meta[2] = 0
   end
 end
@@ -143,7 +146,7 @@ local function marks_write(command, digest, number, mark)
   local meta = marks_meta(bucket)
   local fresh = not meta
   if fresh then
-    meta = {0, 0, 0}
+    meta = {0, 0, 0, 1}
     marks.meta[bucket] = meta
   end
   local key = marks_key(bucket, marks_shard(number, meta))
@@ -154,7 +157,7 @@ local function marks_write(command, digest, number, mark)
     redis.call('PEXPIREAT', key, marks_expiry(bucket))
   end
   meta[3] = meta[3] + 1
-  while meta[3] > marks.load * (2 ^ meta[1] + meta[2]) do
+  while meta[3] > marks.load * (meta[4] + meta[2]) do
     marks_split(meta)
   end
   marks.changed[bucket] = true

@@ -11,12 +11,14 @@
 -- ARGV[4]      marks per shard before a split
 -- ARGV[5]      n, the number of entries to acknowledge
 -- ARGV[6..5+n] their ids
--- ARGV[6+n..]  the identity digests of the events to mark done
+-- ARGV[6+n]    the identity digests of the events to mark done, 16 bytes each, one after another
 -- Returns the number of entries acknowledged.
 marks_setup(ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]))
 local count = tonumber(ARGV[5])
-for i = 6 + count, #ARGV do
-  marks_write('HSET', ARGV[i], marks_number(ARGV[i]), 'd')
+local digests = ARGV[6 + count]
+for at = 1, #digests, 16 do
+  local digest = string.sub(digests, at, at + 15)
+  marks_write('HSET', digest, marks_number(digest), 'd')
 end
 marks_flush()
 if count == 0 then
