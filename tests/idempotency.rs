@@ -248,6 +248,51 @@ async fn a_repeat_inside_the_window_is_skipped_and_one_outside_it_runs() {
 }
 
 #[tokio::test]
+async fn repeats_of_thousands_of_events_are_found_across_marks_split_meanwhile() {
+    let server = RedisServer::own();
+    // A small listpack limit: hashes of marks split again and again.
+    config_set(&server, "hash-max-listpack-entries", "32").await;
+    let stream = unique("split-repeats");
+    let runs = Runs::default();
+    let (consumer, running) =
+        Running::build(quick_consumer(&server, &stream, "g").handle(logins(&runs))).await;
+    let publisher = publisher_to(server.url(), &stream).await;
+    let envelopes: Vec<_> = (0..3_000)
+        .map(|n| {
+            let login = Login {
+                user: format!("u{n}"),
+            };
+            publisher.envelope(&login, PublishOptions::new()).unwrap()
+        })
+        .collect();
+    for chunk in envelopes.chunks(500) {
+        publisher.publish_envelopes(chunk.to_vec()).await.unwrap();
+    }
+    settled(&consumer, 3_000).await;
+    // Every event written again, the latest first and interleaved with new ones, so that the
+    // repeats land in batches that also split hashes.
+    let mut again: Vec<_> = envelopes.into_iter().rev().collect();
+    for (n, at) in (0..again.len()).step_by(3).enumerate() {
+        let login = Login {
+            user: format!("new{n}"),
+        };
+        again.insert(
+            at,
+            publisher.envelope(&login, PublishOptions::new()).unwrap(),
+        );
+    }
+    for chunk in again.chunks(500) {
+        publisher.publish_envelopes(chunk.to_vec()).await.unwrap();
+    }
+    settled(&consumer, 7_000).await;
+    running.close().await;
+    assert_eq!(consumer.status().duplicates, 3_000);
+    assert_eq!(runs.total(), 4_000);
+    assert!(runs.0.lock().unwrap().values().all(|runs| *runs == 1));
+    assert_eq!(pending(&server, &stream, "g").await, 0);
+}
+
+#[tokio::test]
 async fn marks_stay_in_small_compact_hashes_however_many_events() {
     let server = RedisServer::own();
     // A small listpack limit, so that this test needs many splits.
