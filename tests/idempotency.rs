@@ -247,16 +247,41 @@ async fn a_repeat_inside_the_window_is_skipped_and_one_outside_it_runs() {
     assert_eq!(consumer.status().duplicates, 2);
 }
 
+/// Logins handled by a consumer of group `g`, on a stream of their own, on a server whose hashes
+/// stay compact up to 32 fields only, so that hashes of marks split again and again.
+struct Splitting {
+    server: RedisServer,
+    stream: String,
+    runs: Runs,
+    consumer: Consumer,
+    running: Running,
+    publisher: Publisher,
+}
+
+impl Splitting {
+    async fn start(name: &str) -> Self {
+        let server = RedisServer::own();
+        config_set(&server, "hash-max-listpack-entries", "32").await;
+        let stream = unique(name);
+        let runs = Runs::default();
+        let (consumer, running) =
+            Running::build(quick_consumer(&server, &stream, "g").handle(logins(&runs))).await;
+        let publisher = publisher_to(server.url(), &stream).await;
+        Self {
+            server,
+            stream,
+            runs,
+            consumer,
+            running,
+            publisher,
+        }
+    }
+}
+
 #[tokio::test]
 async fn repeats_of_thousands_of_events_are_found_across_marks_split_meanwhile() {
-    let server = RedisServer::own();
-    // A small listpack limit: hashes of marks split again and again.
-    config_set(&server, "hash-max-listpack-entries", "32").await;
-    let stream = unique("split-repeats");
-    let runs = Runs::default();
-    let (consumer, running) =
-        Running::build(quick_consumer(&server, &stream, "g").handle(logins(&runs))).await;
-    let publisher = publisher_to(server.url(), &stream).await;
+    let split = Splitting::start("split-repeats").await;
+    let publisher = &split.publisher;
     let envelopes: Vec<_> = (0..3_000)
         .map(|n| {
             let login = Login {
@@ -268,7 +293,7 @@ async fn repeats_of_thousands_of_events_are_found_across_marks_split_meanwhile()
     for chunk in envelopes.chunks(500) {
         publisher.publish_envelopes(chunk.to_vec()).await.unwrap();
     }
-    settled(&consumer, 3_000).await;
+    settled(&split.consumer, 3_000).await;
     // Every event written again, the latest first and interleaved with new ones, so that the
     // repeats land in batches that also split hashes.
     let mut again: Vec<_> = envelopes.into_iter().rev().collect();
@@ -284,24 +309,26 @@ async fn repeats_of_thousands_of_events_are_found_across_marks_split_meanwhile()
     for chunk in again.chunks(500) {
         publisher.publish_envelopes(chunk.to_vec()).await.unwrap();
     }
-    settled(&consumer, 7_000).await;
-    running.close().await;
-    assert_eq!(consumer.status().duplicates, 3_000);
-    assert_eq!(runs.total(), 4_000);
-    assert!(runs.0.lock().unwrap().values().all(|runs| *runs == 1));
-    assert_eq!(pending(&server, &stream, "g").await, 0);
+    settled(&split.consumer, 7_000).await;
+    split.running.close().await;
+    assert_eq!(split.consumer.status().duplicates, 3_000);
+    assert_eq!(split.runs.total(), 4_000);
+    assert!(
+        split
+            .runs
+            .0
+            .lock()
+            .unwrap()
+            .values()
+            .all(|count| *count == 1)
+    );
+    assert_eq!(pending(&split.server, &split.stream, "g").await, 0);
 }
 
 #[tokio::test]
 async fn marks_stay_in_small_compact_hashes_however_many_events() {
-    let server = RedisServer::own();
-    // A small listpack limit, so that this test needs many splits.
-    config_set(&server, "hash-max-listpack-entries", "32").await;
-    let stream = unique("compact");
-    let runs = Runs::default();
-    let (consumer, running) =
-        Running::build(quick_consumer(&server, &stream, "g").handle(logins(&runs))).await;
-    let publisher = publisher_to(server.url(), &stream).await;
+    let split = Splitting::start("compact").await;
+    let publisher = &split.publisher;
     let logins: Vec<Login> = (0..5_000)
         .map(|n| Login {
             user: format!("u{n}"),
@@ -310,12 +337,12 @@ async fn marks_stay_in_small_compact_hashes_however_many_events() {
     for chunk in logins.chunks(500) {
         publisher.publish_many(chunk).await.unwrap();
     }
-    settled(&consumer, 5_000).await;
-    running.close().await;
-    assert_eq!(runs.total(), 5_000);
+    settled(&split.consumer, 5_000).await;
+    split.running.close().await;
+    assert_eq!(split.runs.total(), 5_000);
 
-    let mut redis = connection(&server).await;
-    let prefix = format!("{}:marks:g", events::slot_prefix(&stream));
+    let mut redis = connection(&split.server).await;
+    let prefix = format!("{}:marks:g", events::slot_prefix(&split.stream));
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{prefix}:*"))
         .query_async(&mut redis)
