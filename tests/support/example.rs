@@ -94,6 +94,26 @@ impl Drop for ExampleProcess {
 /// building the one example would resolve features apart and compile the library again.
 fn example_binary(name: &str) -> PathBuf {
     let mut command = Command::new(env!("CARGO"));
+    // Cargo gives this test process its package's name, directory and the like; ring's build
+    // script records some of them, so a cargo that inherited them would build ring (and all above
+    // it) again, here and in the next cargo command after the tests.
+    for (name, _) in std::env::vars_os() {
+        let set_for_tests = name.to_str().is_some_and(|name| {
+            ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_BIN_"]
+                .iter()
+                .any(|prefix| name.starts_with(prefix))
+                || [
+                    "CARGO_CRATE_NAME",
+                    "CARGO_PRIMARY_PACKAGE",
+                    "CARGO_TARGET_TMPDIR",
+                    "CARGO_RUSTC_CURRENT_DIR",
+                ]
+                .contains(&name)
+        });
+        if set_for_tests {
+            command.env_remove(name);
+        }
+    }
     command.args([
         "test",
         "--workspace",
