@@ -51,7 +51,7 @@ local function marks_expiry(bucket)
   return string.format('%d', (bucket + 3) * marks.span)
 end
 
--- The bucket's {level, next, count}, or false when it has no marks; read once per call.
+-- The bucket's {level, next, count, size}, or false when it has no marks; read once per call.
 local function marks_meta(bucket)
   local meta = marks.meta[bucket]
   if meta == nil then
