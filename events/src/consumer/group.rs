@@ -397,14 +397,15 @@ impl<C: ConnectionLike + Clone + Send + Sync> Group<C> {
         let mut invocation = BEGIN.prepare_invoke();
         invocation.key(stream);
         self.marks_args(&mut invocation, stream, marks);
-        let digests: Vec<Digest> = requests.iter().map(|request| request.digest).collect();
         let ids: Vec<&str> = requests.iter().map(|request| request.entry_id).collect();
         let replays: String = requests
             .iter()
             .map(|request| if request.replay { '1' } else { '0' })
             .collect();
         invocation
-            .arg(Digest::joined(&digests))
+            .arg(Digest::joined(
+                requests.iter().map(|request| &request.digest),
+            ))
             .arg(ids.join(" "))
             .arg(replays);
         let statuses: Vec<i64> = invocation

@@ -60,8 +60,8 @@ impl Digest {
     }
 
     /// `digests`' bytes one after another: how scripts take many of them, in one argument.
-    pub(crate) fn joined(digests: &[Digest]) -> Vec<u8> {
-        digests.iter().flat_map(|digest| digest.0).collect()
+    pub(crate) fn joined<'a>(digests: impl IntoIterator<Item = &'a Digest>) -> Vec<u8> {
+        digests.into_iter().flat_map(|digest| digest.0).collect()
     }
 }
 
