@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::support::faults::config_set;
 use crate::support::{
@@ -97,6 +97,52 @@ async fn a_retried_publish_runs_once_and_equal_bodies_under_new_ids_both_run() {
     assert_eq!(runs.of("ada"), 3, "three logins, one of them written twice");
     assert_eq!(consumer.status().duplicates, 1);
     assert_eq!(pending(&server, &stream, "g").await, 0);
+}
+
+#[tokio::test]
+async fn copies_read_together_while_another_copy_runs_all_wait_for_it() {
+    for identity in [Identity::EventId, Identity::Content] {
+        copies_read_together_wait_for_the_one_running(identity).await;
+    }
+}
+
+/// One copy of an event runs slowly while five more are read in one batch: none of them runs.
+async fn copies_read_together_wait_for_the_one_running(identity: Identity) {
+    let server = RedisServer::start();
+    let stream = unique("copies");
+    let runs = Runs::default();
+    let (consumer, running) = Running::build(
+        quick_consumer(&server, &stream, "g")
+            .identity(identity)
+            .handle({
+                let runs = runs.clone();
+                move |login: Login, _: Context| {
+                    runs.record(login.user);
+                    async {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        Ok::<(), HandlerError>(())
+                    }
+                }
+            }),
+    )
+    .await;
+    let publisher = publisher_to(server.url(), &stream).await;
+    let envelope = publisher
+        .envelope(&Login { user: "ada".into() }, PublishOptions::new())
+        .unwrap();
+    publisher
+        .publish_envelopes(vec![envelope.clone()])
+        .await
+        .unwrap();
+    wait_until("the first copy runs", || runs.of("ada") == 1).await;
+    publisher
+        .publish_envelopes(vec![envelope; 5])
+        .await
+        .unwrap();
+    settled(&consumer, 6).await;
+    running.close().await;
+    assert_eq!(runs.of("ada"), 1, "{identity:?}");
+    assert_eq!(consumer.status().duplicates, 5);
 }
 
 #[tokio::test]
@@ -206,6 +252,16 @@ async fn declared_keys_of_two_types_do_not_collide_and_identify_repeats_with_oth
 
 #[tokio::test]
 async fn a_repeat_inside_the_window_is_skipped_and_one_outside_it_runs() {
+    repeats_in_and_after_the_window(Duration::ZERO).await;
+}
+
+#[tokio::test]
+async fn marks_of_events_long_past_are_kept_a_window_from_their_handling() {
+    repeats_in_and_after_the_window(Duration::from_secs(3_600)).await;
+}
+
+/// An event of `age` ago handled, then written again twice within the window and once after it.
+async fn repeats_in_and_after_the_window(age: Duration) {
     let server = RedisServer::start();
     let stream = unique("window");
     let runs = Runs::default();
@@ -217,10 +273,11 @@ async fn a_repeat_inside_the_window_is_skipped_and_one_outside_it_runs() {
     )
     .await;
     let publisher = publisher_to(server.url(), &stream).await;
-    let envelope = publisher
-        .envelope(&Login { user: "ada".into() }, PublishOptions::new())
+    let happened = (SystemTime::now() - age)
+        .duration_since(UNIX_EPOCH)
         .unwrap();
-    let write_again = || publisher.publish_envelopes(vec![envelope.clone()]);
+    let envelopes = logins_at(&publisher, &[happened.as_millis() as u64]);
+    let write_again = || publisher.publish_envelopes(envelopes.clone());
     write_again().await.unwrap();
     settled(&consumer, 1).await;
     let handled_at = Instant::now();
@@ -230,7 +287,7 @@ async fn a_repeat_inside_the_window_is_skipped_and_one_outside_it_runs() {
         write_again().await.unwrap();
         settled(&consumer, 2 + u64::from(after > Duration::from_secs(1))).await;
     }
-    assert_eq!(runs.of("ada"), 1);
+    assert_eq!(runs.of("u0"), 1);
     assert!(
         handled_at.elapsed() < window,
         "both repeats came within the window"
@@ -243,7 +300,7 @@ async fn a_repeat_inside_the_window_is_skipped_and_one_outside_it_runs() {
     write_again().await.unwrap();
     settled(&consumer, 4).await;
     running.close().await;
-    assert_eq!(runs.of("ada"), 2, "a repeat after the window runs again");
+    assert_eq!(runs.of("u0"), 2, "a repeat after the window runs again");
     assert_eq!(consumer.status().duplicates, 2);
 }
 
@@ -259,13 +316,19 @@ struct Splitting {
 }
 
 impl Splitting {
-    async fn start(name: &str) -> Self {
+    /// Events told apart by `identity`: by event id their marks are kept by time, by content by
+    /// when they were written, in hashes that split.
+    async fn start(name: &str, identity: Identity) -> Self {
         let server = RedisServer::own();
         config_set(&server, "hash-max-listpack-entries", "32").await;
         let stream = unique(name);
         let runs = Runs::default();
-        let (consumer, running) =
-            Running::build(quick_consumer(&server, &stream, "g").handle(logins(&runs))).await;
+        let (consumer, running) = Running::build(
+            quick_consumer(&server, &stream, "g")
+                .identity(identity)
+                .handle(logins(&runs)),
+        )
+        .await;
         let publisher = publisher_to(server.url(), &stream).await;
         Self {
             server,
@@ -280,7 +343,16 @@ impl Splitting {
 
 #[tokio::test]
 async fn repeats_of_thousands_of_events_are_found_across_marks_split_meanwhile() {
-    let split = Splitting::start("split-repeats").await;
+    repeats_of_thousands_of_events_are_found(Identity::Content).await;
+}
+
+#[tokio::test]
+async fn repeats_of_thousands_of_events_are_found_in_marks_kept_by_time() {
+    repeats_of_thousands_of_events_are_found(Identity::EventId).await;
+}
+
+async fn repeats_of_thousands_of_events_are_found(identity: Identity) {
+    let split = Splitting::start("split-repeats", identity).await;
     let publisher = &split.publisher;
     let envelopes: Vec<_> = (0..3_000)
         .map(|n| {
@@ -327,7 +399,16 @@ async fn repeats_of_thousands_of_events_are_found_across_marks_split_meanwhile()
 
 #[tokio::test]
 async fn marks_stay_in_small_compact_hashes_however_many_events() {
-    let split = Splitting::start("compact").await;
+    marks_stay_in_small_compact_hashes(Identity::Content).await;
+}
+
+#[tokio::test]
+async fn marks_kept_by_time_stay_in_small_compact_hashes_however_many_events() {
+    marks_stay_in_small_compact_hashes(Identity::EventId).await;
+}
+
+async fn marks_stay_in_small_compact_hashes(identity: Identity) {
+    let split = Splitting::start("compact", identity).await;
     let publisher = &split.publisher;
     let logins: Vec<Login> = (0..5_000)
         .map(|n| Login {
@@ -341,8 +422,107 @@ async fn marks_stay_in_small_compact_hashes_however_many_events() {
     split.running.close().await;
     assert_eq!(split.runs.total(), 5_000);
 
-    let mut redis = connection(&split.server).await;
-    let prefix = format!("{}:marks:g", events::slot_prefix(&split.stream));
+    let (marks, counted, shards) = compact_marks(&split.server, &split.stream, identity).await;
+    assert_eq!(marks, 5_000, "one mark per event");
+    assert_eq!(counted, 5_000);
+    assert!(shards >= 5_000 / 32, "{shards} shards");
+}
+
+/// An event id (a UUIDv7) of the time `millis`, in milliseconds since the epoch, told apart by `n`.
+fn id_at(millis: u64, n: u64) -> String {
+    format!(
+        "{:08x}-{:04x}-7{:03x}-8{:03x}-{:012x}",
+        millis >> 16,
+        millis & 0xffff,
+        n & 0xfff,
+        (n >> 12) & 0xfff,
+        n
+    )
+}
+
+/// Logins of users `u<n>`, one per time of `times`, with ids of those times.
+fn logins_at(publisher: &Publisher, times: &[u64]) -> Vec<events::Envelope> {
+    times
+        .iter()
+        .zip(0..)
+        .map(|(&millis, n)| {
+            let login = Login {
+                user: format!("u{n}"),
+            };
+            let mut envelope = publisher.envelope(&login, PublishOptions::new()).unwrap();
+            envelope.id = id_at(millis, n);
+            envelope
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn marks_kept_by_time_follow_each_minute_s_rate_and_catch_every_repeat() {
+    let split = Splitting::start("minutes", Identity::EventId).await;
+    let publisher = &split.publisher;
+    let minute = 60_000;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    let start = (now.as_millis() as u64 / minute - 4) * minute;
+    // A steady minute, an almost empty one, then a burst of 3 a millisecond in the next: each
+    // minute's pages are cut for a rate the previous minute's does not tell.
+    let times: Vec<u64> = (0..3_000)
+        .map(|n| start + n * 20)
+        .chain((0..20).map(|n| start + minute + n * 3_000))
+        .chain((0..3_000).map(|n| start + 2 * minute + n / 3))
+        .collect();
+    let envelopes = logins_at(publisher, &times);
+    for chunk in envelopes.chunks(500) {
+        publisher.publish_envelopes(chunk.to_vec()).await.unwrap();
+    }
+    settled(&split.consumer, 6_020).await;
+    let again: Vec<_> = envelopes.into_iter().rev().collect();
+    for chunk in again.chunks(500) {
+        publisher.publish_envelopes(chunk.to_vec()).await.unwrap();
+    }
+    settled(&split.consumer, 12_040).await;
+    split.running.close().await;
+    assert_eq!(split.consumer.status().duplicates, 6_020);
+    assert_eq!(split.runs.total(), 6_020);
+    let (marks, counted, _) = compact_marks(&split.server, &split.stream, Identity::EventId).await;
+    assert_eq!((marks, counted), (6_020, 6_020));
+}
+
+#[tokio::test]
+async fn a_burst_far_past_the_rate_its_pages_were_cut_for_overflows_and_every_repeat_is_found() {
+    let split = Splitting::start("burst", Identity::EventId).await;
+    let publisher = &split.publisher;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    let millis = now.as_millis() as u64 - 60_000;
+    // One event alone cuts the minute's pages for a quiet rate; then 2,000 come in its millisecond.
+    let envelopes = logins_at(publisher, &[millis; 2_001]);
+    publisher
+        .publish_envelopes(envelopes[..1].to_vec())
+        .await
+        .unwrap();
+    settled(&split.consumer, 1).await;
+    for chunk in envelopes[1..].chunks(500) {
+        publisher.publish_envelopes(chunk.to_vec()).await.unwrap();
+    }
+    settled(&split.consumer, 2_001).await;
+    for chunk in envelopes.chunks(500) {
+        publisher.publish_envelopes(chunk.to_vec()).await.unwrap();
+    }
+    settled(&split.consumer, 4_002).await;
+    split.running.close().await;
+    assert_eq!(split.consumer.status().duplicates, 2_001);
+    assert_eq!(split.runs.total(), 2_001);
+    let (marks, counted, pages) =
+        compact_marks(&split.server, &split.stream, Identity::EventId).await;
+    assert_eq!((marks, counted), (2_001, 2_001));
+    assert!(pages > 2_001 / 32, "{pages} pages");
+}
+
+/// Checks that every key of the marks of group `g` on `stream` is a listpack hash that expires,
+/// laid out as `identity` says, holding settled marks; returns the marks, the marks its meta hashes
+/// count and the hashes of marks.
+async fn compact_marks(server: &RedisServer, stream: &str, identity: Identity) -> (u64, u64, u64) {
+    let mut redis = connection(server).await;
+    let prefix = format!("{}:marks:g", events::slot_prefix(stream));
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{prefix}:*"))
         .query_async(&mut redis)
@@ -368,8 +548,11 @@ async fn marks_stay_in_small_compact_hashes_however_many_events() {
             .await
             .unwrap();
         assert!(ttl > 0, "{key} expires");
+        // Pages (`p<book>`) of events kept by time, buckets of the others.
+        let by_time = key[prefix.len() + 1..].starts_with('p');
+        assert_eq!(by_time, identity == Identity::EventId, "{key}");
         if key.matches(':').count() == prefix.matches(':').count() + 1 {
-            // A bucket's meta hash.
+            // A bucket's or a book's meta hash.
             let count: u64 = redis::cmd("HGET")
                 .arg(key)
                 .arg("count")
@@ -396,9 +579,7 @@ async fn marks_stay_in_small_compact_hashes_however_many_events() {
             }
         }
     }
-    assert_eq!(marks, 5_000, "one mark per event");
-    assert_eq!(counted, 5_000);
-    assert!(shards >= 5_000 / 32, "{shards} shards");
+    (marks, counted, shards)
 }
 
 #[tokio::test]

@@ -20,6 +20,7 @@ macro_rules! with_marks {
         concat!(
             "#!lua flags=allow-oom\n",
             include_str!("../lua/marks.lua"),
+            include_str!("../lua/pages.lua"),
             include_str!($script)
         )
     };
@@ -370,7 +371,12 @@ impl<C: ConnectionLike + Clone + Send + Sync> Group<C> {
         let mut invocation = SETTLE.prepare_invoke();
         invocation.key(stream);
         self.marks_args(&mut invocation, stream, marks);
-        invocation.arg(ids.len()).arg(ids).arg(Digest::joined(done));
+        let joined = Digest::joined(done);
+        invocation
+            .arg(ids.len())
+            .arg(ids)
+            .arg(joined.written)
+            .arg(joined.timed);
         let _: i64 = invocation
             .invoke_async(&mut self.connection.clone())
             .await?;
@@ -394,32 +400,36 @@ impl<C: ConnectionLike + Clone + Send + Sync> Group<C> {
         requests: &[HoldRequest<'_>],
         marks: MarkSettings,
     ) -> redis::RedisResult<Vec<Hold>> {
+        // The scripts take the digests sorted (see `Digest::joined`), and answer in that order.
+        let mut order: Vec<usize> = (0..requests.len()).collect();
+        order.sort_unstable_by_key(|&at| requests[at].digest);
+        let sorted = || order.iter().map(|&at| &requests[at]);
         let mut invocation = BEGIN.prepare_invoke();
         invocation.key(stream);
         self.marks_args(&mut invocation, stream, marks);
-        let ids: Vec<&str> = requests.iter().map(|request| request.entry_id).collect();
-        let replays: String = requests
-            .iter()
+        let joined = Digest::joined(sorted().map(|request| &request.digest));
+        let ids: Vec<&str> = sorted().map(|request| request.entry_id).collect();
+        let replays: String = sorted()
             .map(|request| if request.replay { '1' } else { '0' })
             .collect();
         invocation
-            .arg(Digest::joined(
-                requests.iter().map(|request| &request.digest),
-            ))
+            .arg(joined.written)
+            .arg(joined.timed)
             .arg(ids.join(" "))
             .arg(replays);
         let statuses: Vec<i64> = invocation
             .invoke_async(&mut self.connection.clone())
             .await?;
-        Ok(statuses
-            .into_iter()
-            .map(|status| match status {
+        let mut holds = vec![Hold::Busy; requests.len()];
+        for (&at, status) in order.iter().zip(statuses) {
+            holds[at] = match status {
                 0 => Hold::Taken,
                 1 => Hold::Done,
                 3 => Hold::Dead,
                 _ => Hold::Busy,
-            })
-            .collect())
+            };
+        }
+        Ok(holds)
     }
 
     /// Adds the dead-letter entry, acknowledges the entry (when asked to) and marks its event dead,
@@ -439,7 +449,10 @@ impl<C: ConnectionLike + Clone + Send + Sync> Group<C> {
             moving.marks.load.to_string().into_bytes(),
             if moving.acknowledge { b"1" } else { b"0" }.to_vec(),
         ];
-        args.extend(moving.hold.map(|digest| digest.bytes().to_vec()));
+        if let Some(digest) = moving.hold {
+            args.push(digest.bytes().to_vec());
+            args.push(if digest.is_timed() { b"1" } else { b"0" }.to_vec());
+        }
         let finish = Finish {
             script: with_marks!("../lua/dead_letter.lua"),
             keys,

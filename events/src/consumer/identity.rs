@@ -22,15 +22,30 @@ pub enum Identity {
     Content,
 }
 
-/// A 16-byte digest of an event's identity: what idempotency marks and holds are keyed by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct Digest([u8; 16]);
+/// A 16-byte digest of an event's identity: what idempotency marks and holds are keyed by. The
+/// digest of an event id that is a UUIDv7 starts with the event's time, in milliseconds: its marks
+/// are kept by time (see `lua/pages.lua`); the others' by when they were written (`lua/marks.lua`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct Digest {
+    /// Whether the first six bytes are the event's time.
+    timed: bool,
+    bytes: [u8; 16],
+}
+
+/// Digests' bytes one after another, as scripts take them: those kept by when they were written,
+/// then those kept by time, sorted by time so that each page's are side by side.
+#[derive(Debug, Default)]
+pub(crate) struct Joined {
+    pub(crate) written: Vec<u8>,
+    pub(crate) timed: Vec<u8>,
+}
 
 impl Digest {
     /// The identity of the event in `envelope`: its declared key (scoped by its type) when it has
     /// one, else as `identity` says.
     pub(crate) fn of(envelope: &Envelope, declared: Option<&str>, identity: Identity) -> Self {
         let mut hasher = Sha256::new();
+        let mut time = None;
         match (declared, identity) {
             (Some(key), _) => {
                 hasher.update(b"key\0");
@@ -41,6 +56,10 @@ impl Digest {
             (None, Identity::EventId) => {
                 hasher.update(b"id\0");
                 hasher.update(envelope.id.as_bytes());
+                time = uuid::Uuid::try_parse(&envelope.id)
+                    .ok()
+                    .filter(|id| id.get_version_num() == 7)
+                    .map(|id| id.into_bytes());
             }
             (None, Identity::Content) => {
                 hasher.update(b"content\0");
@@ -49,19 +68,45 @@ impl Digest {
                 hasher.update(envelope.body.as_bytes());
             }
         }
-        let mut digest = [0; 16];
-        digest.copy_from_slice(&hasher.finalize()[..16]);
-        Self(digest)
+        let hash = hasher.finalize();
+        let mut bytes = [0; 16];
+        match time {
+            Some(id) => {
+                bytes[..6].copy_from_slice(&id[..6]);
+                bytes[6..].copy_from_slice(&hash[..10]);
+            }
+            None => bytes.copy_from_slice(&hash[..16]),
+        }
+        Self {
+            timed: time.is_some(),
+            bytes,
+        }
     }
 
     /// The digest's bytes.
     pub(crate) fn bytes(&self) -> &[u8] {
-        &self.0
+        &self.bytes
     }
 
-    /// `digests`' bytes one after another: how scripts take many of them, in one argument.
-    pub(crate) fn joined<'a>(digests: impl IntoIterator<Item = &'a Digest>) -> Vec<u8> {
-        digests.into_iter().flat_map(|digest| digest.0).collect()
+    /// Whether its marks are kept by the event's time.
+    pub(crate) fn is_timed(&self) -> bool {
+        self.timed
+    }
+
+    /// `digests` joined as scripts take them.
+    pub(crate) fn joined<'a>(digests: impl IntoIterator<Item = &'a Digest>) -> Joined {
+        let mut sorted: Vec<&Digest> = digests.into_iter().collect();
+        sorted.sort_unstable();
+        let mut joined = Joined::default();
+        for digest in sorted {
+            let part = if digest.timed {
+                &mut joined.timed
+            } else {
+                &mut joined.written
+            };
+            part.extend_from_slice(&digest.bytes);
+        }
+        joined
     }
 }
 

@@ -8,11 +8,13 @@
 -- ARGV[2]      the prefix of the group's marks on the stream
 -- ARGV[3]      the idempotency window, in milliseconds
 -- ARGV[4]      marks per shard before a split
--- ARGV[5]      the entries' identity digests, 16 bytes each, one after another
--- ARGV[6]      the entries' ids, each followed by `#<index>` for an event of a packed entry,
---              separated by spaces
--- ARGV[7]      a character per entry: '1' when it is a replay of a dead letter, '0' otherwise
--- (Three arguments for all the entries cost Redis less than three for each.)
+-- ARGV[5]      the identity digests, 16 bytes each, one after another, of the entries whose
+--              marks are kept by when they were written (see marks.lua)
+-- ARGV[6]      those of the entries whose marks are kept by time (see pages.lua), sorted
+-- ARGV[7]      the entries' ids, in the order of their digests, each followed by `#<index>` for
+--              an event of a packed entry, separated by spaces
+-- ARGV[8]      a character per entry: '1' when it is a replay of a dead letter, '0' otherwise
+-- (A few arguments for all the entries cost Redis less than three for each.)
 -- Returns, per entry, 0 when it holds its event, 1 when the event was handled already, 2 when
 -- another pending entry of the same event holds it, 3 when the event was dead-lettered.
 
@@ -39,15 +41,16 @@ local function verdict(mark, id, replay)
 end
 
 marks_setup(ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]))
-local digests, ids, replays = ARGV[5], ARGV[6], ARGV[7]
+pages_setup()
+local written, timed, replays = ARGV[5], ARGV[6], ARGV[8]
+local ids = {}
+for id in string.gmatch(ARGV[7], '[^ ]+') do
+  ids[#ids + 1] = id
+end
 local results = {}
-local from = 1
-for i = 1, #replays do
-  local digest = string.sub(digests, 16 * i - 15, 16 * i)
-  local space = string.find(ids, ' ', from, true) or #ids + 1
-  local id = string.sub(ids, from, space - 1)
-  local replay = string.sub(replays, i, i)
-  from = space + 1
+for i = 1, #written / 16 do
+  local digest = string.sub(written, 16 * i - 15, 16 * i)
+  local id, replay = ids[i], string.sub(replays, i, i)
   local number = marks_number(digest)
   -- A mark in an earlier bucket decides, unless it leaves the event free; then the current
   -- bucket is claimed (HSETNX), or its mark decides.
@@ -65,5 +68,51 @@ for i = 1, #replays do
   end
   results[i] = result
 end
+-- Takes the holds of `digests` (sorted, at `positions` among the entries kept by time) in the
+-- page `key`, reading its marks at once and writing the holds at once; in its overflow page for a
+-- mark it does not have when it is full. An event twice in the batch (its digests side by side) is
+-- held by its first entry.
+local before = #written / 16
+local function hold(key, digests, positions)
+  local found = redis.call('HMGET', key, unpack(digests))
+  local room = pages.full - redis.call('HLEN', key)
+  local writes, rest, rest_positions = {}, {}, {}
+  local previous, previous_mark, previous_rest
+  for j, digest in ipairs(digests) do
+    local mark = found[j]
+    if digest == previous then
+      mark = previous_mark
+    end
+    if not mark and (room <= 0 or (digest == previous and previous_rest)) then
+      rest[#rest + 1] = digest
+      rest_positions[#rest_positions + 1] = positions[j]
+      previous_rest = true
+    else
+      local i = before + positions[j]
+      local id = ids[i]
+      local result = mark and verdict(mark, id, string.sub(replays, i, i))
+      if not result then
+        writes[#writes + 1] = digest
+        writes[#writes + 1] = id
+        if not mark then
+          room = room - 1
+        end
+        mark = id
+        result = 0
+      end
+      results[i] = result
+      previous_rest = false
+    end
+    previous, previous_mark = digest, mark
+  end
+  if #writes > 0 then
+    pages_set(key, writes)
+  end
+  if #rest > 0 then
+    hold(key .. '+', rest, rest_positions)
+  end
+end
+pages_each(timed, hold)
 marks_flush()
+pages_flush()
 return results

@@ -16,6 +16,7 @@
 -- ARGV[6]  marks per shard before a split
 -- ARGV[7]  '1' to acknowledge the entry, '0' to leave it pending for its other events
 -- ARGV[8]  the event's identity digest, when the entry holds its event
+-- ARGV[9]  then '1' when its marks are kept by time, '0' when by when they were written
 -- Returns 1 when the entry was moved, 0 when it was not this consumer's any more.
 if redis.call('TYPE', KEYS[2]).ok ~= 'stream' then
   return redis.error_reply('the dead-letter key ' .. KEYS[2] .. ' is not a stream')
@@ -31,7 +32,13 @@ if ARGV[7] == '1' then
 end
 if ARGV[8] then
   marks_setup(ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]))
-  marks_write('HSET', ARGV[8], marks_number(ARGV[8]), 'x')
-  marks_flush()
+  if ARGV[9] == '1' then
+    pages_setup()
+    pages_write(ARGV[8], 'x')
+    pages_flush()
+  else
+    marks_write('HSET', ARGV[8], marks_number(ARGV[8]), 'x')
+    marks_flush()
+  end
 end
 return 1

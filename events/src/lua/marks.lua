@@ -17,7 +17,9 @@ local marks = {}
 local function marks_setup(prefix, window, load)
   local now = redis.call('TIME')
   local millis = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  marks.millis = millis
   marks.prefix = prefix
+  marks.window = window
   marks.load = load
   marks.span = math.max(1, math.floor(window / 2))
   marks.bucket = math.floor(millis / marks.span)

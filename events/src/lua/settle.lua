@@ -11,16 +11,21 @@
 -- ARGV[4]      marks per shard before a split
 -- ARGV[5]      n, the number of entries to acknowledge
 -- ARGV[6..5+n] their ids
--- ARGV[6+n]    the identity digests of the events to mark done, 16 bytes each, one after another
+-- ARGV[6+n]    the identity digests of the events to mark done whose marks are kept by when they
+--              were written, 16 bytes each, one after another
+-- ARGV[7+n]    those whose marks are kept by time, sorted
 -- Returns the number of entries acknowledged.
 marks_setup(ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]))
+pages_setup()
 local count = tonumber(ARGV[5])
-local digests = ARGV[6 + count]
-for at = 1, #digests, 16 do
-  local digest = string.sub(digests, at, at + 15)
+local written = ARGV[6 + count]
+for at = 1, #written, 16 do
+  local digest = string.sub(written, at, at + 15)
   marks_write('HSET', digest, marks_number(digest), 'd')
 end
+pages_write(ARGV[7 + count], 'd')
 marks_flush()
+pages_flush()
 if count == 0 then
   return 0
 end

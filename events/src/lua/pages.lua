@@ -1,0 +1,196 @@
+-- Idempotency marks of events whose identity carries their time (event ids that are UUIDv7s): the
+-- digest's first six bytes are the event's time in milliseconds. Such marks are kept by event time
+-- in pages, so the events of a batch, which are close in time, share a few pages, each read with
+-- one HMGET and written with one HSET, where marks spread by digest cost a call each.
+--
+-- Time is cut in books of a minute. A book's meta hash holds its `span` (milliseconds per page),
+-- its `bits` (how many top bits of the digest's seventh byte split a page of one millisecond
+-- further) and a `count` of its marks. They are fixed when the book is made, for the highest rate
+-- of the previous book, of the book's events at hand and of the stream's entries around them, so
+-- that a page holds about `per_page` marks: every consumer then finds a mark in the same page. A
+-- burst beyond that rate fills a page up to twice `per_page` (within the listpack limit) and goes
+-- on in overflow pages (`<page>+`, `<page>++`, ...). A page expires a window after its last
+-- millisecond, or after its last write if that is later: a mark is found for at least the window
+-- and, for an event handled as it comes, at most half as long again.
+--
+-- Prepended to the scripts that use it, after marks.lua; call `marks_setup` and `pages_setup`
+-- first and `pages_flush` last.
+local pages = {}
+local PAGES_BOOK = 60000
+
+-- This call's settings, from `marks_setup`'s (of the stream KEYS[1]): pages hold about twice the
+-- marks of a shard.
+local function pages_setup()
+  pages.prefix = marks.prefix .. ':p'
+  pages.window = marks.window
+  pages.per_page = 2 * marks.load
+  pages.full = 4 * marks.load
+  pages.books = {}
+  pages.added = {}
+end
+
+-- The time in the digest at `at` of `digests`, in milliseconds since the epoch (exact in a Lua
+-- number), and its seventh byte.
+local function pages_millis(digests, at)
+  local a, b, c, d, e, f, g = string.byte(digests, at, at + 6)
+  return ((((a * 256 + b) * 256 + c) * 256 + d) * 256 + e) * 256 + f, g
+end
+
+-- The rate of the marks of `book` among `digests` (16 bytes each, sorted) from the one at `at`
+-- on, in marks per millisecond; as if a page's worth came a second when there is one.
+local function pages_rate(book, digests, at)
+  local first = pages_millis(digests, at)
+  local last, count = first, 0
+  for next = at, #digests - 15, 16 do
+    local millis = pages_millis(digests, next)
+    if math.floor(millis / PAGES_BOOK) ~= book then
+      break
+    end
+    last, count = millis, count + 1
+  end
+  if count < 2 then
+    return pages.per_page / 1000
+  end
+  return count / math.max(last - first, 1)
+end
+
+-- The rate the stream took entries at from `millis` on (an entry's id starts with when it was
+-- added), in entries per millisecond, from at most 1,000 of them over 100 milliseconds: the rate
+-- of the events of that time, when they were published as they happened.
+local function pages_stream_rate(millis)
+  local from = string.format('%d', millis)
+  local entries = redis.call('XRANGE', KEYS[1], from, string.format('%d', millis + 99), 'COUNT', 1000)
+  if #entries < 1000 then
+    return #entries / 100
+  end
+  local last = tonumber(string.match(entries[#entries][1], '^%d+'))
+  return #entries / (last - millis + 1)
+end
+
+-- The {span, bits} of `book`, made now if it has none, for the highest of the rates of the
+-- previous book, of the book's digests at hand from `at` of `digests`, and of the stream around
+-- the first of them.
+local function pages_book(book, digests, at)
+  local params = pages.books[book]
+  if params then
+    return params
+  end
+  local meta = pages.prefix .. string.format('%d', book)
+  local values = redis.call('HMGET', meta, 'span', 'bits')
+  if values[1] then
+    params = {tonumber(values[1]), tonumber(values[2])}
+  else
+    local rate = pages_rate(book, digests, at)
+    rate = math.max(rate, pages_stream_rate(pages_millis(digests, at)))
+    local before = redis.call('HGET', pages.prefix .. string.format('%d', book - 1), 'count')
+    if before then
+      rate = math.max(rate, tonumber(before) / PAGES_BOOK)
+    end
+    local span, bits = math.floor(pages.per_page / rate), 0
+    span = math.max(1, math.min(span, math.floor(pages.window / 2), PAGES_BOOK))
+    while rate / 2 ^ bits > pages.per_page and bits < 8 do
+      bits = bits + 1
+    end
+    params = {span, bits}
+    redis.call('HSET', meta, 'span', span, 'bits', bits, 'count', 0)
+  end
+  pages.books[book] = params
+  return params
+end
+
+-- The page of the digest at `at` of `digests`: its book and number, the last millisecond it
+-- covers, and the least and most seventh byte of its digests.
+local function pages_page(digests, at)
+  local millis, byte = pages_millis(digests, at)
+  local book = math.floor(millis / PAGES_BOOK)
+  local params = pages_book(book, digests, at)
+  local slot = math.floor((millis - book * PAGES_BOOK) / params[1])
+  local first = book * PAGES_BOOK + slot * params[1]
+  -- The top bits of the seventh byte: a page's digests are side by side when sorted.
+  local width = 2 ^ (8 - params[2])
+  local part = math.floor(byte / width)
+  local page = slot * 2 ^ params[2] + part
+  -- A book's last page ends with the book.
+  local last = math.min(first + params[1], (book + 1) * PAGES_BOOK) - 1
+  return book, page, last, part * width, (part + 1) * width - 1
+end
+
+-- Writes `values` (digest, mark, ...) to the page `key` of the current run, which then expires a
+-- window after the page's last millisecond or after now, whichever is later; counts the marks
+-- added to the book.
+local function pages_set(key, values)
+  local added = redis.call('HSET', key, unpack(values))
+  pages.added[pages.book] = (pages.added[pages.book] or 0) + added
+  local expiry = math.max(pages.last, marks.millis) + pages.window
+  redis.call('PEXPIREAT', key, string.format('%d', expiry))
+end
+
+-- Calls `run(key, digests, positions)` for each page of `digests` (16 bytes each, sorted), with
+-- the page's digests and their positions in `digests`.
+local function pages_each(digests, run)
+  local book, page, least, most, fields, positions
+  local function flush()
+    if book then
+      pages.book = book
+      run(pages.prefix .. string.format('%d:%d', book, page), fields, positions)
+    end
+  end
+  for i = 1, #digests / 16 do
+    local at = 16 * i - 15
+    local millis, byte = pages_millis(digests, at)
+    -- Sorted digests: a later one is on the same page until it is past the page's bounds.
+    if not book or millis > pages.last or byte < least or byte > most then
+      flush()
+      book, page, pages.last, least, most = pages_page(digests, at)
+      fields, positions = {}, {}
+    end
+    fields[#fields + 1] = string.sub(digests, at, at + 15)
+    positions[#positions + 1] = i
+  end
+  flush()
+end
+
+-- Whether the page `key` is full: then new marks go to its overflow page, `key` .. '+' (and so on),
+-- and a mark not in it may be there. A page is only ever filled, never emptied.
+local function pages_full(key)
+  return redis.call('HLEN', key) >= pages.full
+end
+
+-- Writes `mark` ('d' or 'x') for each of `digests` in the page `key` or the overflow page that
+-- holds it (or the last, when none does).
+local function pages_mark(key, digests, mark)
+  local values, rest = {}, {}
+  local found = pages_full(key) and redis.call('HMGET', key, unpack(digests))
+  for i, digest in ipairs(digests) do
+    if found and not found[i] then
+      rest[#rest + 1] = digest
+    else
+      values[#values + 1] = digest
+      values[#values + 1] = mark
+    end
+  end
+  if #values > 0 then
+    pages_set(key, values)
+  end
+  if #rest > 0 then
+    pages_mark(key .. '+', rest, mark)
+  end
+end
+
+-- Writes `mark` ('d' or 'x') for every digest of `digests` (16 bytes each, sorted).
+local function pages_write(digests, mark)
+  pages_each(digests, function(key, fields)
+    pages_mark(key, fields, mark)
+  end)
+end
+
+-- Adds the marks counted to the counts of the books written to, and keeps those books as long as
+-- their pages.
+local function pages_flush()
+  for book, added in pairs(pages.added) do
+    local meta = pages.prefix .. string.format('%d', book)
+    redis.call('HINCRBY', meta, 'count', added)
+    local last = (book + 1) * PAGES_BOOK - 1
+    redis.call('PEXPIREAT', meta, string.format('%d', math.max(last, marks.millis) + pages.window))
+  end
+end
