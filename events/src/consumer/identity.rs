@@ -178,6 +178,33 @@ mod tests {
     }
 
     #[test]
+    fn uuidv7_event_ids_give_digests_that_start_with_the_event_time() {
+        let v7 = envelope("01a239c3-261f-72ec-abe6-7543b0d09100", "audit.login", "{}");
+        let digest = Digest::of(&v7, None, Identity::EventId);
+        assert!(digest.is_timed());
+        assert_eq!(digest.bytes()[..6], [0x01, 0xa2, 0x39, 0xc3, 0x26, 0x1f]);
+        let v4 = envelope("9b2f6a4e-8c1d-4f3a-9e7b-2d5c8a1f0e3b", "audit.login", "{}");
+        assert!(!Digest::of(&v4, None, Identity::EventId).is_timed());
+        assert!(!Digest::of(&v7, None, Identity::Content).is_timed());
+        assert!(!Digest::of(&v7, Some("k"), Identity::EventId).is_timed());
+    }
+
+    #[test]
+    fn digests_are_joined_untimed_first_then_timed_in_time_order() {
+        let later = envelope("01a239c3-2620-72ec-abe6-7543b0d09100", "audit.login", "{}");
+        let earlier = envelope("01a239c3-261f-7fff-bfff-ffffffffffff", "audit.login", "{}");
+        let untimed = envelope("1", "audit.login", "{}");
+        let digests = [&later, &untimed, &earlier]
+            .map(|envelope| Digest::of(envelope, None, Identity::EventId));
+        let joined = Digest::joined(&digests);
+        assert_eq!(joined.written, digests[1].bytes());
+        assert_eq!(
+            joined.timed,
+            [digests[2].bytes(), digests[0].bytes()].concat()
+        );
+    }
+
+    #[test]
     fn shards_stay_under_the_listpack_limit() {
         let load = |limit| MarkSettings::new(Duration::from_secs(1), limit).load;
         assert_eq!(load(128), 32);
