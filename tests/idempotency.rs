@@ -263,20 +263,9 @@ async fn marks_of_events_long_past_are_kept_a_window_from_their_handling() {
 /// An event of `age` ago handled, then written again twice within the window and once after it.
 async fn repeats_in_and_after_the_window(age: Duration) {
     let server = RedisServer::start();
-    let stream = unique("window");
-    let runs = Runs::default();
     let window = Duration::from_secs(2);
-    let (consumer, running) = Running::build(
-        quick_consumer(&server, &stream, "g")
-            .idempotency_ttl(window)
-            .handle(logins(&runs)),
-    )
-    .await;
-    let publisher = publisher_to(server.url(), &stream).await;
-    let happened = (SystemTime::now() - age)
-        .duration_since(UNIX_EPOCH)
-        .unwrap();
-    let envelopes = logins_at(&publisher, &[happened.as_millis() as u64]);
+    let (consumer, running, runs, publisher) = windowed(&server, "window", window).await;
+    let envelopes = logins_at(&publisher, &[millis_ago(age)]);
     let write_again = || publisher.publish_envelopes(envelopes.clone());
     write_again().await.unwrap();
     settled(&consumer, 1).await;
@@ -428,6 +417,31 @@ async fn marks_stay_in_small_compact_hashes(identity: Identity) {
     assert!(shards >= 5_000 / 32, "{shards} shards");
 }
 
+/// A consumer of logins that remembers events for `window`, on a stream of its own on `server`,
+/// with its runs and a publisher to its stream.
+async fn windowed(
+    server: &RedisServer,
+    name: &str,
+    window: Duration,
+) -> (Consumer, Running, Runs, Publisher) {
+    let stream = unique(name);
+    let runs = Runs::default();
+    let (consumer, running) = Running::build(
+        quick_consumer(server, &stream, "g")
+            .idempotency_ttl(window)
+            .handle(logins(&runs)),
+    )
+    .await;
+    let publisher = publisher_to(server.url(), &stream).await;
+    (consumer, running, runs, publisher)
+}
+
+/// The time `age` ago, in milliseconds since the epoch.
+fn millis_ago(age: Duration) -> u64 {
+    let then = SystemTime::now() - age;
+    then.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
 /// An event id (a UUIDv7) of the time `millis`, in milliseconds since the epoch, told apart by `n`.
 fn id_at(millis: u64, n: u64) -> String {
     format!(
@@ -461,8 +475,7 @@ async fn marks_kept_by_time_follow_each_minute_s_rate_and_catch_every_repeat() {
     let split = Splitting::start("minutes", Identity::EventId).await;
     let publisher = &split.publisher;
     let minute = 60_000;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-    let start = (now.as_millis() as u64 / minute - 4) * minute;
+    let start = (millis_ago(Duration::ZERO) / minute - 4) * minute;
     // A steady minute, an almost empty one, then a burst of 3 a millisecond in the next: each
     // minute's pages are cut for a rate the previous minute's does not tell.
     let times: Vec<u64> = (0..3_000)
@@ -491,10 +504,8 @@ async fn marks_kept_by_time_follow_each_minute_s_rate_and_catch_every_repeat() {
 async fn a_burst_far_past_the_rate_its_pages_were_cut_for_overflows_and_every_repeat_is_found() {
     let split = Splitting::start("burst", Identity::EventId).await;
     let publisher = &split.publisher;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-    let millis = now.as_millis() as u64 - 60_000;
     // One event alone cuts the minute's pages for a quiet rate; then 2,000 come in its millisecond.
-    let envelopes = logins_at(publisher, &[millis; 2_001]);
+    let envelopes = logins_at(publisher, &[millis_ago(Duration::from_secs(60)); 2_001]);
     publisher
         .publish_envelopes(envelopes[..1].to_vec())
         .await
@@ -515,6 +526,36 @@ async fn a_burst_far_past_the_rate_its_pages_were_cut_for_overflows_and_every_re
         compact_marks(&split.server, &split.stream, Identity::EventId).await;
     assert_eq!((marks, counted), (2_001, 2_001));
     assert!(pages > 2_001 / 32, "{pages} pages");
+}
+
+#[tokio::test]
+async fn marks_in_overflow_pages_are_found_for_the_window_of_their_own_writing() {
+    let server = RedisServer::own();
+    config_set(&server, "hash-max-listpack-entries", "32").await;
+    let window = Duration::from_secs(4);
+    let (consumer, running, runs, publisher) = windowed(&server, "overflow-window", window).await;
+    // Events of one millisecond an hour ago: one alone cuts its pages for a quiet rate, 23 more
+    // fill its page, and 5 written a while later go to the overflow page.
+    let envelopes = logins_at(&publisher, &[millis_ago(Duration::from_secs(3_600)); 29]);
+    for (events, handled) in [(0..1, 1), (1..24, 24)] {
+        publisher
+            .publish_envelopes(envelopes[events].to_vec())
+            .await
+            .unwrap();
+        settled(&consumer, handled).await;
+    }
+    let filled_at = Instant::now();
+    tokio::time::sleep(window * 3 / 5).await;
+    let late = envelopes[24..].to_vec();
+    publisher.publish_envelopes(late.clone()).await.unwrap();
+    settled(&consumer, 29).await;
+    // Past the window of the full page's own writes, within that of the overflow's.
+    tokio::time::sleep((window + window / 4).saturating_sub(filled_at.elapsed())).await;
+    publisher.publish_envelopes(late).await.unwrap();
+    settled(&consumer, 34).await;
+    running.close().await;
+    assert_eq!(consumer.status().duplicates, 5);
+    assert_eq!(runs.total(), 29);
 }
 
 /// Checks that every key of the marks of group `g` on `stream` is a listpack hash that expires,

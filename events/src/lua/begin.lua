@@ -109,6 +109,7 @@ local function hold(key, digests, positions)
     pages_set(key, writes)
   end
   if #rest > 0 then
+    pages_expire(key)
     hold(key .. '+', rest, rest_positions)
   end
 end

@@ -115,14 +115,19 @@ local function pages_page(digests, at)
   return book, page, last, part * width, (part + 1) * width - 1
 end
 
--- Writes `values` (digest, mark, ...) to the page `key` of the current run, which then expires a
--- window after the page's last millisecond or after now, whichever is later; counts the marks
--- added to the book.
+-- Makes the page `key` of the current run expire a window after the page's last millisecond or
+-- after now, whichever is later.
+local function pages_expire(key)
+  local expiry = math.max(pages.last, marks.millis) + pages.window
+  redis.call('PEXPIREAT', key, string.format('%d', expiry))
+end
+
+-- Writes `values` (digest, mark, ...) to the page `key` of the current run, with its expiry;
+-- counts the marks added to the book.
 local function pages_set(key, values)
   local added = redis.call('HSET', key, unpack(values))
   pages.added[pages.book] = (pages.added[pages.book] or 0) + added
-  local expiry = math.max(pages.last, marks.millis) + pages.window
-  redis.call('PEXPIREAT', key, string.format('%d', expiry))
+  pages_expire(key)
 end
 
 -- Calls `run(key, digests, positions)` for each page of `digests` (16 bytes each, sorted), with
@@ -151,7 +156,8 @@ local function pages_each(digests, run)
 end
 
 -- Whether the page `key` is full: then new marks go to its overflow page, `key` .. '+' (and so on),
--- and a mark not in it may be there. A page is only ever filled, never emptied.
+-- and a mark not in it may be there. A page is only ever filled, never emptied, and lives as long
+-- as its overflow pages: it is kept whenever they are written.
 local function pages_full(key)
   return redis.call('HLEN', key) >= pages.full
 end
@@ -173,6 +179,7 @@ local function pages_mark(key, digests, mark)
     pages_set(key, values)
   end
   if #rest > 0 then
+    pages_expire(key)
     pages_mark(key .. '+', rest, mark)
   end
 end
