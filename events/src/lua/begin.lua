@@ -105,13 +105,9 @@ local function hold(key, digests, positions)
     end
     previous, previous_mark = digest, mark
   end
-  if #writes > 0 then
-    pages_set(key, writes)
-  end
-  if #rest > 0 then
-    pages_expire(key)
-    hold(key .. '+', rest, rest_positions)
-  end
+  pages_end(key, writes, #rest > 0, function(overflow)
+    hold(overflow, rest, rest_positions)
+  end)
 end
 pages_each(timed, hold)
 marks_flush()

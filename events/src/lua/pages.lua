@@ -155,6 +155,19 @@ local function pages_each(digests, run)
   flush()
 end
 
+-- Ends a page run: writes `values` (digest, mark, ...) to the page `key`, and when the run goes
+-- on in the overflow page (`overflowing`), keeps `key` as long and calls `overflow` with that
+-- page's key.
+local function pages_end(key, values, overflowing, overflow)
+  if #values > 0 then
+    pages_set(key, values)
+  end
+  if overflowing then
+    pages_expire(key)
+    overflow(key .. '+')
+  end
+end
+
 -- Whether the page `key` is full: then new marks go to its overflow page, `key` .. '+' (and so on),
 -- and a mark not in it may be there. A page is only ever filled, never emptied, and lives as long
 -- as its overflow pages: it is kept whenever they are written.
@@ -175,13 +188,9 @@ local function pages_mark(key, digests, mark)
       values[#values + 1] = mark
     end
   end
-  if #values > 0 then
-    pages_set(key, values)
-  end
-  if #rest > 0 then
-    pages_expire(key)
-    pages_mark(key .. '+', rest, mark)
-  end
+  pages_end(key, values, #rest > 0, function(overflow)
+    pages_mark(overflow, rest, mark)
+  end)
 end
 
 -- Writes `mark` ('d' or 'x') for every digest of `digests` (16 bytes each, sorted).
