@@ -56,6 +56,17 @@ fn recording(
     }
 }
 
+/// A handler that counts its starts in `started`, then never finishes.
+fn stuck(
+    started: &Arc<AtomicU32>,
+) -> impl Fn(TaskCreated, Context) -> futures::future::Pending<Result<(), HandlerError>> + use<> {
+    let started = Arc::clone(started);
+    move |_: TaskCreated, _: Context| {
+        started.fetch_add(1, Ordering::SeqCst);
+        futures::future::pending()
+    }
+}
+
 /// Runs a consumer in `group` whose handler records every event it completes.
 async fn run_recording(
     server: &RedisServer,
@@ -379,65 +390,98 @@ async fn malformed_entries_go_to_the_dead_letter_stream_and_the_consumer_keeps_g
     assert_eq!(pending(&server, &stream, "g").await, 0);
 }
 
-#[tokio::test]
-async fn entries_of_a_consumer_dropped_mid_handler_are_finished_by_another() {
-    let server = RedisServer::start();
-    let stream = unique("crash");
+/// Runs a consumer built from `first`, whose handler never finishes, until it started 10 events
+/// of `stream`, and drops it; then one built from `then` until it finished them all, each as its
+/// second delivery, taken over from the first.
+async fn crash_then_finish(
+    server: &RedisServer,
+    stream: &str,
+    first: events::ConsumerBuilder,
+    then: events::ConsumerBuilder,
+) {
     let started = Arc::new(AtomicU32::new(0));
-    let stuck = {
-        let started = Arc::clone(&started);
-        move |_: TaskCreated, _: Context| {
-            started.fetch_add(1, Ordering::SeqCst);
-            async {
-                tokio::time::sleep(Duration::from_secs(3600)).await;
-                Ok::<(), HandlerError>(())
-            }
-        }
-    };
-    let doomed = quick_consumer(&server, &stream, "g")
-        .consumer_name("doomed")
-        .handle(stuck)
-        .build()
-        .await
-        .unwrap();
-    let crashed = tokio::spawn({
-        let doomed = doomed.clone();
-        async move { doomed.run(CancellationToken::new()).await }
-    });
-    publish_tasks(&publisher_to(server.url(), &stream).await, 0..10).await;
+    let doomed = first.handle(stuck(&started)).build().await.unwrap();
+    let crashed = spawn(&doomed);
+    publish_tasks(&publisher_to(server.url(), stream).await, 0..10).await;
     wait_until("the doomed consumer started all 10", || {
         started.load(Ordering::SeqCst) == 10
     })
     .await;
-    crashed.abort();
-    let _ = crashed.await;
+    crashed.1.abort();
+    let _ = crashed.1.await;
     drop(doomed);
     assert_eq!(
-        pending(&server, &stream, "g").await,
+        pending(server, stream, "g").await,
         10,
         "the dropped consumer left its entries pending"
     );
 
     let seen = seen();
-    let survivor = quick_consumer(&server, &stream, "g")
-        .consumer_name("survivor")
-        .handle(recording(&seen))
-        .build()
-        .await
-        .unwrap();
+    let survivor = then.handle(recording(&seen)).build().await.unwrap();
     let running = spawn(&survivor);
     wait_until("the survivor finished all 10", || count(&seen) == 10).await;
     stop(running).await;
-
     assert!(
         seen.lock()
             .unwrap()
             .values()
             .all(|attempts| attempts == &[2]),
-        "reclaimed as the second delivery"
+        "taken over as the second delivery"
     );
     assert_eq!(survivor.status().reclaimed, 10);
-    assert_eq!(pending(&server, &stream, "g").await, 0);
+    assert_eq!(pending(server, stream, "g").await, 0);
+}
+
+#[tokio::test]
+async fn entries_of_a_consumer_dropped_mid_handler_are_finished_by_another() {
+    let server = RedisServer::start();
+    let stream = unique("crash");
+    let named = |name| quick_consumer(&server, &stream, "g").consumer_name(name);
+    crash_then_finish(&server, &stream, named("doomed"), named("survivor")).await;
+}
+
+#[tokio::test]
+async fn a_consumer_restarted_under_its_name_takes_back_its_earlier_runs_entries_at_once() {
+    let server = RedisServer::start();
+    let stream = unique("restart");
+    // Claim times far longer than the test: only taking back can finish the entries.
+    let steady = || {
+        quick_consumer(&server, &stream, "g")
+            .consumer_name("steady")
+            .claim_idle(Duration::from_secs(3600))
+            .handler_timeout(Duration::from_secs(1800))
+    };
+    crash_then_finish(&server, &stream, steady(), steady()).await;
+}
+
+#[tokio::test]
+async fn a_consumer_started_under_the_name_of_a_running_one_takes_nothing_from_it() {
+    let server = RedisServer::start();
+    let stream = unique("twice");
+    let started = Arc::new(AtomicU32::new(0));
+    // Both named as every consumer of one process is by default.
+    let steady = || {
+        quick_consumer(&server, &stream, "g")
+            .claim_idle(Duration::from_secs(3600))
+            .handler_timeout(Duration::from_secs(1800))
+            .handle(stuck(&started))
+            .build()
+    };
+    let first = steady().await.unwrap();
+    let running = spawn(&first);
+    publish_tasks(&publisher_to(server.url(), &stream).await, 0..10).await;
+    wait_until("the first consumer started all 10", || {
+        started.load(Ordering::SeqCst) == 10
+    })
+    .await;
+    let second = steady().await.unwrap();
+    let also_running = spawn(&second);
+    // Many claim intervals: the second taking the first's entries would start them again.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(started.load(Ordering::SeqCst), 10, "nothing started twice");
+    assert_eq!(second.status().reclaimed, 0);
+    running.1.abort();
+    also_running.1.abort();
 }
 
 #[tokio::test]

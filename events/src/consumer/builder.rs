@@ -97,7 +97,9 @@ impl ConsumerBuilder {
         self.settings(|settings| settings.group = group)
     }
 
-    /// This consumer's name in the group; by default `<host>-<pid>`, stable for the process.
+    /// This consumer's name in the group; by default `<host>-<pid>`, stable for the process. It
+    /// must be unique among live consumers: a run takes back at once what was left pending on its
+    /// name by an earlier run, one that stopped or crashed.
     pub fn consumer_name(self, name: impl Into<String>) -> Self {
         let name = name.into();
         self.settings(|settings| settings.consumer = name)

@@ -20,7 +20,7 @@ use super::identity::Digest;
 use super::part::{Attempts, Part, holder};
 use super::rate_limit::Limiter;
 use super::settle::Unsettled;
-use super::status::{Counters, InFlight, Operation};
+use super::status::{Counted, Counters, Operation};
 use super::{Context, Failure, Session};
 use crate::instruments::HandlerMetrics;
 use crate::typescript::Decoded;
@@ -58,7 +58,7 @@ impl Delivery {
     /// Handles the entry's events until each is settled or left pending.
     pub(crate) async fn run(mut self) {
         let session = Arc::clone(&self.session);
-        let _in_flight = InFlight::new(&session.inner.counters.in_flight);
+        let _in_flight = Counted::new(&session.inner.counters.in_flight);
         if let Some(after) = self.after.take() {
             tokio::select! {
                 () = session.shutdown.cancelled() => return,

@@ -285,6 +285,27 @@ impl<C: ConnectionLike + Clone + Send + Sync> Group<C> {
             .collect())
     }
 
+    /// Takes back up to `count` entries of `stream` pending on this consumer's name, whatever
+    /// their idle time (`XPENDING .. <consumer>`, then `XCLAIM`, which counts a delivery): an
+    /// earlier run of this consumer left them.
+    pub(crate) async fn take_back(
+        &self,
+        stream: &str,
+        count: usize,
+    ) -> redis::RedisResult<Claimed> {
+        let pending: Vec<(String, String, u64, u32)> = redis::cmd("XPENDING")
+            .arg(stream)
+            .arg(&self.group)
+            .arg("-")
+            .arg("+")
+            .arg(count)
+            .arg(&self.consumer)
+            .query_async(&mut self.connection.clone())
+            .await?;
+        let ids: Vec<&str> = pending.iter().map(|(id, ..)| id.as_str()).collect();
+        self.claim(stream, &ids, Duration::ZERO).await
+    }
+
     /// Takes `ids` of `stream` over from other consumers, each only if it is still idle for at
     /// least `min_idle` (`XCLAIM`, which counts a delivery).
     pub(crate) async fn claim(

@@ -19,6 +19,7 @@ mod keeper;
 #[cfg(feature = "testing")]
 mod local;
 mod middleware;
+mod names;
 mod part;
 mod partitions;
 mod pull;
@@ -34,7 +35,6 @@ mod type_names;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
@@ -65,11 +65,12 @@ use group::Group;
 use handler::Registry;
 use idempotency::Holds;
 use keeper::Keeper;
+use names::NameInUse;
 use partitions::Leases;
 use rate_limit::Places;
 use reading::Reading;
 use settle::Acks;
-use status::Counters;
+use status::{Counted, Counters};
 
 use crate::{Result, ServerStats, server_stats};
 
@@ -177,7 +178,10 @@ impl Consumer {
         {
             tracing::warn!("{warning}");
         }
-        inner.counters.running.store(true, Ordering::Relaxed);
+        let _run = Counted::new(&inner.counters.runs);
+        // Entries still pending on this consumer's name are an earlier run's, unless another run
+        // uses the name: this run takes them back at once instead of after `claim_idle`.
+        let (_name, take_back) = NameInUse::start(&settings.group, &settings.consumer);
         // Tasks owned by this future: dropping it (a consumer killed without shutdown) stops
         // them too.
         let keeper = Keeper::default();
@@ -208,7 +212,7 @@ impl Consumer {
             keeper,
             shutdown,
         });
-        let mut reading = Reading::new(session, leases, positions);
+        let mut reading = Reading::new(session, leases, positions, take_back);
         reading.read_until_shutdown().await;
         let mut deliveries = std::mem::take(&mut reading.deliveries);
         // The acknowledging and holding tasks end once every delivery has let go of the session.
@@ -244,7 +248,6 @@ impl Consumer {
                 tracing::error!(%error, "a consumer task failed");
             }
         }
-        inner.counters.running.store(false, Ordering::Relaxed);
         Ok(())
     }
 

@@ -51,15 +51,20 @@ pub(crate) struct Reading {
     /// The names of all partition streams this consumer reads.
     partitions: HashSet<String>,
     reclaimer: Reclaimer,
+    /// Whether the next reclaim first takes back what an earlier run of this consumer left
+    /// pending on its name.
+    take_back: bool,
 }
 
 impl Reading {
     /// The read loop of `session`, reading partitions as `leases` allow; `positions` are the
-    /// group's positions in the streams when the consumer started.
+    /// group's positions in the streams when the consumer started; `take_back` when entries
+    /// pending on the consumer's name are an earlier run's, to be taken back at once.
     pub(crate) fn new(
         session: Arc<Session>,
         leases: Leases,
         positions: HashMap<Arc<str>, String>,
+        take_back: bool,
     ) -> Self {
         let settings = &session.inner.settings;
         Self {
@@ -82,6 +87,7 @@ impl Reading {
                 .flat_map(|logical| crate::partition_streams(&logical.stream, logical.partitions))
                 .collect(),
             reclaimer: Reclaimer::default(),
+            take_back,
             session,
         }
     }
@@ -327,12 +333,14 @@ impl Reading {
         }
     }
 
-    /// Takes over entries idle past `claim_idle` on consumers that do not keep them, as far as
-    /// backpressure allows, and delivers them again with their delivery counts.
+    /// Takes over entries idle past `claim_idle` on consumers that do not keep them (and, the
+    /// first time when `take_back`, those left on this consumer's name by an earlier run), as far
+    /// as backpressure allows, and delivers them again with their delivery counts.
     async fn reclaim(&mut self) {
         let session = Arc::clone(&self.session);
         let inner = &session.inner;
         let settings = &inner.settings;
+        let take_back = std::mem::take(&mut self.take_back);
         for stream in &session.streams {
             if !self.leases.may_reclaim(stream, &settings.partitioned) {
                 continue;
@@ -340,17 +348,20 @@ impl Reading {
             // As many as backpressure allows, so that a crashed consumer's backlog is taken
             // over in a few rounds; looked at in at least a batch's worth.
             let room = self.unacked.available_permits();
-            let claimed = self
-                .reclaimer
-                .round(
-                    &inner.commands,
-                    stream,
-                    settings.claim_idle,
-                    room.max(settings.batch_size),
-                    room,
-                    &session.keeper,
-                )
-                .await;
+            let claimed = if take_back {
+                inner.commands.take_back(stream, room).await
+            } else {
+                self.reclaimer
+                    .round(
+                        &inner.commands,
+                        stream,
+                        settings.claim_idle,
+                        room.max(settings.batch_size),
+                        room,
+                        &session.keeper,
+                    )
+                    .await
+            };
             match claimed {
                 Ok(claimed) => {
                     inner.counters.recovered(Operation::Claim, stream);

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 /// A snapshot of a consumer's state and counters since it was built.
@@ -103,7 +103,8 @@ impl fmt::Display for Operation {
 /// The live counters behind [`Status`].
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub(crate) running: AtomicBool,
+    /// Runs of the consumer under way.
+    pub(crate) runs: AtomicU64,
     pub(crate) in_flight: AtomicU64,
     pub(crate) processed: AtomicU64,
     pub(crate) retried: AtomicU64,
@@ -126,7 +127,7 @@ impl Counters {
     pub(crate) fn snapshot(&self, handlers: Vec<String>) -> Status {
         let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         Status {
-            running: self.running.load(Ordering::Relaxed),
+            running: self.runs.load(Ordering::Relaxed) > 0,
             handlers,
             in_flight: read(&self.in_flight),
             processed: read(&self.processed),
@@ -192,18 +193,18 @@ fn is_power_of_ten(mut n: u64) -> bool {
     n == 1
 }
 
-/// Counts one delivery in flight for as long as it lives.
+/// Counts one in its counter (a delivery in flight, a run under way) for as long as it lives.
 #[derive(Debug)]
-pub(crate) struct InFlight<'a>(&'a AtomicU64);
+pub(crate) struct Counted<'a>(&'a AtomicU64);
 
-impl<'a> InFlight<'a> {
+impl<'a> Counted<'a> {
     pub(crate) fn new(counter: &'a AtomicU64) -> Self {
         counter.fetch_add(1, Ordering::Relaxed);
         Self(counter)
     }
 }
 
-impl Drop for InFlight<'_> {
+impl Drop for Counted<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
