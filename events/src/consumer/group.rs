@@ -392,12 +392,18 @@ impl<C: ConnectionLike + Clone + Send + Sync> Group<C> {
         let mut invocation = SETTLE.prepare_invoke();
         invocation.key(stream);
         self.marks_args(&mut invocation, stream, marks);
-        let joined = Digest::joined(done);
-        invocation
-            .arg(ids.len())
-            .arg(ids)
-            .arg(joined.written)
-            .arg(joined.timed);
+        // The script takes the digests in their order (see `Digest`), those kept by time with
+        // their mark.
+        let mut done = done.to_vec();
+        done.sort_unstable();
+        let written = done.iter().take_while(|digest| !digest.is_timed()).count();
+        invocation.arg(ids.len()).arg(ids).arg(written);
+        for digest in &done[..written] {
+            invocation.arg(digest.bytes());
+        }
+        for digest in &done[written..] {
+            invocation.arg(digest.bytes()).arg("d");
+        }
         let _: i64 = invocation
             .invoke_async(&mut self.connection.clone())
             .await?;
@@ -421,30 +427,39 @@ impl<C: ConnectionLike + Clone + Send + Sync> Group<C> {
         requests: &[HoldRequest<'_>],
         marks: MarkSettings,
     ) -> redis::RedisResult<Vec<Hold>> {
-        // The scripts take the digests sorted (see `Digest::joined`), and answer in that order.
+        // The script takes the requests in the order of their digests (see `Digest`), and names
+        // those that do not take their hold by their position in that order.
         let mut order: Vec<usize> = (0..requests.len()).collect();
         order.sort_unstable_by_key(|&at| requests[at].digest);
         let sorted = || order.iter().map(|&at| &requests[at]);
-        let mut invocation = BEGIN.prepare_invoke();
-        invocation.key(stream);
-        self.marks_args(&mut invocation, stream, marks);
-        let joined = Digest::joined(sorted().map(|request| &request.digest));
-        let ids: Vec<&str> = sorted().map(|request| request.entry_id).collect();
+        let written = sorted()
+            .take_while(|request| !request.digest.is_timed())
+            .count();
         let replays: String = sorted()
             .map(|request| if request.replay { '1' } else { '0' })
             .collect();
+        let mut invocation = BEGIN.prepare_invoke();
+        invocation.key(stream);
+        self.marks_args(&mut invocation, stream, marks);
         invocation
-            .arg(joined.written)
-            .arg(joined.timed)
-            .arg(ids.join(" "))
+            .arg(written)
+            .arg(requests.len() - written)
             .arg(replays);
-        let statuses: Vec<i64> = invocation
+        for request in sorted() {
+            invocation.arg(request.digest.bytes());
+        }
+        for request in sorted() {
+            invocation.arg(request.entry_id);
+        }
+        let refused: Vec<(usize, i64)> = invocation
             .invoke_async(&mut self.connection.clone())
             .await?;
-        let mut holds = vec![Hold::Busy; requests.len()];
-        for (&at, status) in order.iter().zip(statuses) {
+        let mut holds = vec![Hold::Taken; requests.len()];
+        for (position, status) in refused {
+            let Some(&at) = position.checked_sub(1).and_then(|index| order.get(index)) else {
+                continue;
+            };
             holds[at] = match status {
-                0 => Hold::Taken,
                 1 => Hold::Done,
                 3 => Hold::Dead,
                 _ => Hold::Busy,

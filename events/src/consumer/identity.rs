@@ -25,19 +25,13 @@ pub enum Identity {
 /// A 16-byte digest of an event's identity: what idempotency marks and holds are keyed by. The
 /// digest of an event id that is a UUIDv7 starts with the event's time, in milliseconds: its marks
 /// are kept by time (see `lua/pages.lua`); the others' by when they were written (`lua/marks.lua`).
+/// Scripts take digests in their order: those kept by when they were written first, then those
+/// kept by time, in time order, so that each page's are side by side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) struct Digest {
     /// Whether the first six bytes are the event's time.
     timed: bool,
     bytes: [u8; 16],
-}
-
-/// Digests' bytes one after another, as scripts take them: those kept by when they were written,
-/// then those kept by time, sorted by time so that each page's are side by side.
-#[derive(Debug, Default)]
-pub(crate) struct Joined {
-    pub(crate) written: Vec<u8>,
-    pub(crate) timed: Vec<u8>,
 }
 
 impl Digest {
@@ -91,22 +85,6 @@ impl Digest {
     /// Whether its marks are kept by the event's time.
     pub(crate) fn is_timed(&self) -> bool {
         self.timed
-    }
-
-    /// `digests` joined as scripts take them.
-    pub(crate) fn joined<'a>(digests: impl IntoIterator<Item = &'a Digest>) -> Joined {
-        let mut sorted: Vec<&Digest> = digests.into_iter().collect();
-        sorted.sort_unstable();
-        let mut joined = Joined::default();
-        for digest in sorted {
-            let part = if digest.timed {
-                &mut joined.timed
-            } else {
-                &mut joined.written
-            };
-            part.extend_from_slice(&digest.bytes);
-        }
-        joined
     }
 }
 
@@ -190,18 +168,15 @@ mod tests {
     }
 
     #[test]
-    fn digests_are_joined_untimed_first_then_timed_in_time_order() {
+    fn digests_order_untimed_first_then_timed_in_time_order() {
         let later = envelope("01a239c3-2620-72ec-abe6-7543b0d09100", "audit.login", "{}");
         let earlier = envelope("01a239c3-261f-7fff-bfff-ffffffffffff", "audit.login", "{}");
         let untimed = envelope("1", "audit.login", "{}");
         let digests = [&later, &untimed, &earlier]
             .map(|envelope| Digest::of(envelope, None, Identity::EventId));
-        let joined = Digest::joined(&digests);
-        assert_eq!(joined.written, digests[1].bytes());
-        assert_eq!(
-            joined.timed,
-            [digests[2].bytes(), digests[0].bytes()].concat()
-        );
+        let mut sorted = digests;
+        sorted.sort_unstable();
+        assert_eq!(sorted, [digests[1], digests[2], digests[0]]);
     }
 
     #[test]

@@ -8,15 +8,15 @@
 -- ARGV[2]      the prefix of the group's marks on the stream
 -- ARGV[3]      the idempotency window, in milliseconds
 -- ARGV[4]      marks per shard before a split
--- ARGV[5]      the identity digests, 16 bytes each, one after another, of the entries whose
---              marks are kept by when they were written (see marks.lua)
--- ARGV[6]      those of the entries whose marks are kept by time (see pages.lua), sorted
--- ARGV[7]      the entries' ids, in the order of their digests, each followed by `#<index>` for
---              an event of a packed entry, separated by spaces
--- ARGV[8]      a character per entry: '1' when it is a replay of a dead letter, '0' otherwise
--- (A few arguments for all the entries cost Redis less than three for each.)
--- Returns, per entry, 0 when it holds its event, 1 when the event was handled already, 2 when
--- another pending entry of the same event holds it, 3 when the event was dead-lettered.
+-- ARGV[5]      u, how many entries' marks are kept by when they were written (see marks.lua)
+-- ARGV[6]      t, how many entries' marks are kept by time (see pages.lua)
+-- ARGV[7]      a character per entry: '1' when it is a replay of a dead letter, '0' otherwise
+-- ARGV[8..]    the entries' identity digests (16 bytes each): the u, then the t sorted
+-- then        the entries' ids in the same order, each followed by `#<index>` for an event of a
+--              packed entry
+-- Returns {position, result, ...} for the entries (by position among the arguments above, from
+-- 1) that do not hold their event: 1 when it was handled already, 2 when another pending entry
+-- of the same event holds it, 3 when it was dead-lettered. The others hold theirs.
 
 -- What a delivery of entry `id` may do given its event's `mark`: one of the results above, or
 -- false when the event is free for it (no mark, a stale hold, or a dead mark and a replay).
@@ -42,15 +42,20 @@ end
 
 marks_setup(ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]))
 pages_setup()
-local written, timed, replays = ARGV[5], ARGV[6], ARGV[8]
-local ids = {}
-for id in string.gmatch(ARGV[7], '[^ ]+') do
-  ids[#ids + 1] = id
-end
+local written, timed, replays = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
+-- Entry i's digest is ARGV[digest_at + i], its id ARGV[id_at + i].
+local digest_at, id_at = 7, 7 + written + timed
 local results = {}
-for i = 1, #written / 16 do
-  local digest = string.sub(written, 16 * i - 15, 16 * i)
-  local id, replay = ids[i], string.sub(replays, i, i)
+-- Answers that entry `i` does not hold its event, for `result`.
+local function answer(i, result)
+  if result ~= 0 then
+    results[#results + 1] = i
+    results[#results + 1] = result
+  end
+end
+for i = 1, written do
+  local digest = ARGV[digest_at + i]
+  local id, replay = ARGV[id_at + i], string.sub(replays, i, i)
   local number = marks_number(digest)
   -- A mark in an earlier bucket decides, unless it leaves the event free; then the current
   -- bucket is claimed (HSETNX), or its mark decides.
@@ -66,13 +71,12 @@ for i = 1, #written / 16 do
       end
     end
   end
-  results[i] = result
+  answer(i, result)
 end
--- Takes the holds of `digests` (sorted, at `positions` among the entries kept by time) in the
--- page `key`, reading its marks at once and writing the holds at once; in its overflow page for a
--- mark it does not have when it is full. An event twice in the batch (its digests side by side) is
--- held by its first entry.
-local before = #written / 16
+-- Takes the holds of `digests` (sorted, of the entries at `positions`) in the page `key`, reading
+-- its marks at once and writing the holds at once; in its overflow page for a mark it does not
+-- have when it is full. An event twice in the batch (its digests side by side) is held by its
+-- first entry.
 local function hold(key, digests, positions)
   local found = redis.call('HMGET', key, unpack(digests))
   local room = pages.full - redis.call('HLEN', key)
@@ -88,8 +92,8 @@ local function hold(key, digests, positions)
       rest_positions[#rest_positions + 1] = positions[j]
       previous_rest = true
     else
-      local i = before + positions[j]
-      local id = ids[i]
+      local i = positions[j]
+      local id = ARGV[id_at + i]
       local result = mark and verdict(mark, id, string.sub(replays, i, i))
       if not result then
         writes[#writes + 1] = digest
@@ -100,7 +104,7 @@ local function hold(key, digests, positions)
         mark = id
         result = 0
       end
-      results[i] = result
+      answer(i, result)
       previous_rest = false
     end
     previous, previous_mark = digest, mark
@@ -109,7 +113,37 @@ local function hold(key, digests, positions)
     hold(overflow, rest, rest_positions)
   end)
 end
-pages_each(timed, hold)
+-- The entries `from` to `to` kept by time (by position among them), of the page `key`: as a
+-- rule their events have no marks yet and the page has room for them all, so their holds are
+-- written at once; else each is looked at as `hold` does.
+local function hold_page(key, from, to)
+  local first, last = digest_at + written + from, digest_at + written + to
+  local found = redis.call('HMGET', key, unpack(ARGV, first, last))
+  local plain = redis.call('HLEN', key) + last - first + 1 <= pages.full
+  local at = first
+  while plain and at <= last do
+    plain = not found[at - first + 1] and (at == first or ARGV[at] ~= ARGV[at - 1])
+    at = at + 1
+  end
+  local digests, positions, writes = {}, {}, {}
+  for at = first, last do
+    if plain then
+      writes[#writes + 1] = ARGV[at]
+      writes[#writes + 1] = ARGV[at + written + timed]
+    else
+      digests[#digests + 1] = ARGV[at]
+      positions[#positions + 1] = at - digest_at
+    end
+  end
+  if plain then
+    pages_set(key, writes, 1, #writes)
+  else
+    hold(key, digests, positions)
+  end
+end
+pages_each(timed, function(k)
+  return ARGV[digest_at + written + k]
+end, hold_page)
 marks_flush()
 pages_flush()
 return results

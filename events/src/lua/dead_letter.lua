@@ -34,7 +34,7 @@ if ARGV[8] then
   marks_setup(ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]))
   if ARGV[9] == '1' then
     pages_setup()
-    pages_write(ARGV[8], 'x')
+    pages_write({ARGV[8], 'x'}, 1, 1)
     pages_flush()
   else
     marks_write('HSET', ARGV[8], marks_number(ARGV[8]), 'x')

@@ -13,6 +13,10 @@
 -- millisecond, or after its last write if that is later: a mark is found for at least the window
 -- and, for an event handled as it comes, at most half as long again.
 --
+-- Scripts take the digests as arguments of their own, sorted, so that a page's are side by side:
+-- each page's are read and written with `unpack`, and where a page's run ends is found by
+-- bisection, with no work in Lua per event.
+--
 -- Prepended to the scripts that use it, after marks.lua; call `marks_setup` and `pages_setup`
 -- first and `pages_flush` last.
 local pages = {}
@@ -29,29 +33,29 @@ local function pages_setup()
   pages.added = {}
 end
 
--- The time in the digest at `at` of `digests`, in milliseconds since the epoch (exact in a Lua
--- number), and its seventh byte.
-local function pages_millis(digests, at)
-  local a, b, c, d, e, f, g = string.byte(digests, at, at + 6)
+-- The time in `digest`, in milliseconds since the epoch (exact in a Lua number), and its seventh
+-- byte.
+local function pages_millis(digest)
+  local a, b, c, d, e, f, g = string.byte(digest, 1, 7)
   return ((((a * 256 + b) * 256 + c) * 256 + d) * 256 + e) * 256 + f, g
 end
 
--- The rate of the marks of `book` among `digests` (16 bytes each, sorted) from the one at `at`
--- on, in marks per millisecond; as if a page's worth came a second when there is one.
-local function pages_rate(book, digests, at)
-  local first = pages_millis(digests, at)
-  local last, count = first, 0
-  for next = at, #digests - 15, 16 do
-    local millis = pages_millis(digests, next)
+-- The rate of the marks of `book` among the `count` sorted digests that `digest(k)` gives, from
+-- the `at`th on, in marks per millisecond; as if a page's worth came a second when there is one.
+local function pages_rate(book, count, digest, at)
+  local first = pages_millis(digest(at))
+  local last, count_of_book = first, 0
+  for next = at, count do
+    local millis = pages_millis(digest(next))
     if math.floor(millis / PAGES_BOOK) ~= book then
       break
     end
-    last, count = millis, count + 1
+    last, count_of_book = millis, count_of_book + 1
   end
-  if count < 2 then
+  if count_of_book < 2 then
     return pages.per_page / 1000
   end
-  return count / math.max(last - first, 1)
+  return count_of_book / math.max(last - first, 1)
 end
 
 -- The rate the stream took entries at from `millis` on (an entry's id starts with when it was
@@ -68,9 +72,10 @@ local function pages_stream_rate(millis)
 end
 
 -- The {span, bits} of `book`, made now if it has none, for the highest of the rates of the
--- previous book, of the book's digests at hand from `at` of `digests`, and of the stream around
--- the first of them.
-local function pages_book(book, digests, at)
+-- previous book, of the book's digests at hand from the `at`th of `digest(1..count)`, and of the
+-- stream around the first of them. Pages split a millisecond (bits above 0) only when a page
+-- holds no more than one (span 1): so the digests of a page are side by side when sorted.
+local function pages_book(book, count, digest, at)
   local params = pages.books[book]
   if params then
     return params
@@ -80,8 +85,8 @@ local function pages_book(book, digests, at)
   if values[1] then
     params = {tonumber(values[1]), tonumber(values[2])}
   else
-    local rate = pages_rate(book, digests, at)
-    rate = math.max(rate, pages_stream_rate(pages_millis(digests, at)))
+    local rate = pages_rate(book, count, digest, at)
+    rate = math.max(rate, pages_stream_rate((pages_millis(digest(at)))))
     local before = redis.call('HGET', pages.prefix .. string.format('%d', book - 1), 'count')
     if before then
       rate = math.max(rate, tonumber(before) / PAGES_BOOK)
@@ -98,12 +103,12 @@ local function pages_book(book, digests, at)
   return params
 end
 
--- The page of the digest at `at` of `digests`: its book and number, the last millisecond it
--- covers, and the least and most seventh byte of its digests.
-local function pages_page(digests, at)
-  local millis, byte = pages_millis(digests, at)
+-- The page of the `at`th of the digests `digest(1..count)`: its book and number, the last
+-- millisecond it covers, and the most seventh byte of its digests.
+local function pages_page(count, digest, at)
+  local millis, byte = pages_millis(digest(at))
   local book = math.floor(millis / PAGES_BOOK)
-  local params = pages_book(book, digests, at)
+  local params = pages_book(book, count, digest, at)
   local slot = math.floor((millis - book * PAGES_BOOK) / params[1])
   local first = book * PAGES_BOOK + slot * params[1]
   -- The top bits of the seventh byte: a page's digests are side by side when sorted.
@@ -112,7 +117,7 @@ local function pages_page(digests, at)
   local page = slot * 2 ^ params[2] + part
   -- A book's last page ends with the book.
   local last = math.min(first + params[1], (book + 1) * PAGES_BOOK) - 1
-  return book, page, last, part * width, (part + 1) * width - 1
+  return book, page, last, (part + 1) * width - 1
 end
 
 -- Makes the page `key` of the current run expire a window after the page's last millisecond or
@@ -122,37 +127,35 @@ local function pages_expire(key)
   redis.call('PEXPIREAT', key, string.format('%d', expiry))
 end
 
--- Writes `values` (digest, mark, ...) to the page `key` of the current run, with its expiry;
--- counts the marks added to the book.
-local function pages_set(key, values)
-  local added = redis.call('HSET', key, unpack(values))
+-- Writes `list[from..to]` (digest, mark, ...) to the page `key` of the current run, with its
+-- expiry; counts the marks added to the book.
+local function pages_set(key, list, from, to)
+  local added = redis.call('HSET', key, unpack(list, from, to))
   pages.added[pages.book] = (pages.added[pages.book] or 0) + added
   pages_expire(key)
 end
 
--- Calls `run(key, digests, positions)` for each page of `digests` (16 bytes each, sorted), with
--- the page's digests and their positions in `digests`.
-local function pages_each(digests, run)
-  local book, page, least, most, fields, positions
-  local function flush()
-    if book then
-      pages.book = book
-      run(pages.prefix .. string.format('%d:%d', book, page), fields, positions)
+-- Calls `run(key, from, to)` for each page of the `count` sorted digests that `digest(k)` gives:
+-- the page's are the `from`th to the `to`th. A page's last is found by bisection: sorted, the
+-- digests after the first of a page are in it up to its last millisecond and seventh byte.
+local function pages_each(count, digest, run)
+  local from = 1
+  while from <= count do
+    local book, page, last, most = pages_page(count, digest, from)
+    local low, high = from, count
+    while low < high do
+      local middle = math.floor((low + high + 1) / 2)
+      local millis, byte = pages_millis(digest(middle))
+      if millis < last or (millis == last and byte <= most) then
+        low = middle
+      else
+        high = middle - 1
+      end
     end
+    pages.book, pages.last = book, last
+    run(pages.prefix .. string.format('%d:%d', book, page), from, low)
+    from = low + 1
   end
-  for i = 1, #digests / 16 do
-    local at = 16 * i - 15
-    local millis, byte = pages_millis(digests, at)
-    -- Sorted digests: a later one is on the same page until it is past the page's bounds.
-    if not book or millis > pages.last or byte < least or byte > most then
-      flush()
-      book, page, pages.last, least, most = pages_page(digests, at)
-      fields, positions = {}, {}
-    end
-    fields[#fields + 1] = string.sub(digests, at, at + 15)
-    positions[#positions + 1] = i
-  end
-  flush()
 end
 
 -- Ends a page run: writes `values` (digest, mark, ...) to the page `key`, and when the run goes
@@ -160,7 +163,7 @@ end
 -- page's key.
 local function pages_end(key, values, overflowing, overflow)
   if #values > 0 then
-    pages_set(key, values)
+    pages_set(key, values, 1, #values)
   end
   if overflowing then
     pages_expire(key)
@@ -193,10 +196,22 @@ local function pages_mark(key, digests, mark)
   end)
 end
 
--- Writes `mark` ('d' or 'x') for every digest of `digests` (16 bytes each, sorted).
-local function pages_write(digests, mark)
-  pages_each(digests, function(key, fields)
-    pages_mark(key, fields, mark)
+-- Writes the `count` marks of `list` from `first` on (digest, mark, ...: 'd' or 'x', the digests
+-- sorted), each page's at once unless the page is full.
+local function pages_write(list, first, count)
+  local function digest(k)
+    return list[first + 2 * k - 2]
+  end
+  pages_each(count, digest, function(key, from, to)
+    if pages_full(key) then
+      local digests = {}
+      for k = from, to do
+        digests[#digests + 1] = digest(k)
+      end
+      pages_mark(key, digests, list[first + 1])
+    else
+      pages_set(key, list, first + 2 * from - 2, first + 2 * to - 1)
+    end
   end)
 end
 

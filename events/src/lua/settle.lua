@@ -11,19 +11,19 @@
 -- ARGV[4]      marks per shard before a split
 -- ARGV[5]      n, the number of entries to acknowledge
 -- ARGV[6..5+n] their ids
--- ARGV[6+n]    the identity digests of the events to mark done whose marks are kept by when they
---              were written, 16 bytes each, one after another
--- ARGV[7+n]    those whose marks are kept by time, sorted
+-- ARGV[6+n]    u, how many events to mark done have marks kept by when they were written
+-- then         their identity digests (16 bytes each), one argument each
+-- then         the digests of those whose marks are kept by time, sorted, each followed by 'd'
 -- Returns the number of entries acknowledged.
 marks_setup(ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]))
 pages_setup()
 local count = tonumber(ARGV[5])
-local written = ARGV[6 + count]
-for at = 1, #written, 16 do
-  local digest = string.sub(written, at, at + 15)
-  marks_write('HSET', digest, marks_number(digest), 'd')
+local written = tonumber(ARGV[6 + count])
+for at = 7 + count, 6 + count + written do
+  marks_write('HSET', ARGV[at], marks_number(ARGV[at]), 'd')
 end
-pages_write(ARGV[7 + count], 'd')
+local timed_at = 7 + count + written
+pages_write(ARGV, timed_at, (#ARGV - timed_at + 1) / 2)
 marks_flush()
 pages_flush()
 if count == 0 then
