@@ -251,6 +251,35 @@ async fn declared_keys_of_two_types_do_not_collide_and_identify_repeats_with_oth
 }
 
 #[tokio::test]
+async fn repeats_by_declared_key_read_together_before_any_was_handled_run_once() {
+    let server = RedisServer::start();
+    let stream = unique("declared-together");
+    let publisher = publisher_to(server.url(), &stream).await;
+    // Written before the consumer starts, so that they are read together: their holds by event id
+    // come before any body told the consumer that the type declares a key.
+    let reports: Vec<OrderPlaced> = (0..5)
+        .map(|total| OrderPlaced {
+            order_id: "o1".into(),
+            total,
+        })
+        .collect();
+    publisher.publish_many(&reports).await.unwrap();
+    let runs = Runs::default();
+    let (consumer, running) = Running::build(quick_consumer(&server, &stream, "g").handle({
+        let runs = runs.clone();
+        move |order: OrderPlaced, _: Context| {
+            runs.record(order.order_id);
+            async { Ok(()) }
+        }
+    }))
+    .await;
+    settled(&consumer, 5).await;
+    running.close().await;
+    assert_eq!(runs.of("o1"), 1, "one order, reported five times");
+    assert_eq!(consumer.status().duplicates, 4);
+}
+
+#[tokio::test]
 async fn a_repeat_inside_the_window_is_skipped_and_one_outside_it_runs() {
     repeats_in_and_after_the_window(Duration::ZERO).await;
 }

@@ -7,6 +7,7 @@
 //! kept throughout, so no reclaim takes it meanwhile.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::oneshot;
@@ -36,6 +37,16 @@ pub(crate) struct Delivery {
     pub(crate) unsettled: Arc<Unsettled>,
     /// Ends when the previous delivery of the same partition key is settled.
     pub(crate) after: Option<oneshot::Receiver<()>>,
+}
+
+/// What the hold on an event says.
+enum Look {
+    /// This entry holds it.
+    Held(Digest),
+    /// Another pending entry of the event holds it: look again (after a wait).
+    Again,
+    /// The event ends so: a repeat, or the consumer stopping.
+    End(End),
 }
 
 /// How the delivery of an event ends.
@@ -142,6 +153,19 @@ impl Delivery {
                 entry_id: Arc::from(self.entry.id.as_str()),
                 attempt,
             };
+            // An event whose handler's events declare no idempotency key is identified without
+            // its body: its hold is taken before the body is deserialized, so that the handler
+            // then runs on what was just decoded.
+            let early = if idempotent && !registration.keyed.load(Ordering::Relaxed) {
+                let digest = Digest::of(&envelope, None, identity);
+                match self.look(digest, part, &mut busy_looks).await {
+                    Look::Held(digest) => Some(digest),
+                    Look::Again => continue,
+                    Look::End(end) => return end,
+                }
+            } else {
+                None
+            };
             let prepared = match attempt::prepare(registration, &context) {
                 Ok(prepared) => prepared,
                 // A version newer than the handler knows is left for a while to a consumer that
@@ -159,27 +183,23 @@ impl Delivery {
                     None => return self.failed(&context, failure, None),
                 },
             };
-            let hold = if idempotent {
-                let digest = Digest::of(&envelope, prepared.key.as_deref(), identity);
-                match self.take_hold(digest, part).await {
-                    None => return End::Abandon,
-                    Some(Hold::Taken) => Some(digest),
-                    Some(Hold::Done | Hold::Dead) => {
-                        Counters::add(&inner.counters.duplicates, 1);
-                        return End::Ack { done: None };
+            let hold = match (early, prepared.key.as_deref()) {
+                (Some(digest), None) => Some(digest),
+                // Taken now: a declared key identifies the event (learned now, if the hold was
+                // taken early by the event's id: that hold frees itself once the entry is
+                // settled).
+                (_, key) if idempotent => {
+                    if key.is_some() {
+                        registration.keyed.store(true, Ordering::Relaxed);
                     }
-                    Some(Hold::Busy) => {
-                        // Another entry of the same event is being handled: look again later.
-                        drop(prepared);
-                        busy_looks += 1;
-                        if !self.sleep(inner.settings.backoff.delay(busy_looks)).await {
-                            return End::Abandon;
-                        }
-                        continue;
+                    let digest = Digest::of(&envelope, key, identity);
+                    match self.look(digest, part, &mut busy_looks).await {
+                        Look::Held(digest) => Some(digest),
+                        Look::Again => continue,
+                        Look::End(end) => return end,
                     }
                 }
-            } else {
-                None
+                _ => None,
             };
             if let Some(limiter) = &registration.limiter
                 && !self.wait_for_place(registration, limiter, &context).await
@@ -280,6 +300,29 @@ impl Delivery {
         Counters::add(&self.session.inner.counters.limited, 1);
         registration.metrics[self.stream_index].limited();
         self.sleep(wait).await
+    }
+
+    /// Takes the hold on the event `digest`: held; or busy, another entry of the event being
+    /// handled, so look again after a wait (longer at each of `busy_looks`); or the event's end (a
+    /// repeat, or the consumer stopping).
+    async fn look(&self, digest: Digest, part: Option<&Part>, busy_looks: &mut u32) -> Look {
+        let inner = &self.session.inner;
+        match self.take_hold(digest, part).await {
+            None => Look::End(End::Abandon),
+            Some(Hold::Taken) => Look::Held(digest),
+            Some(Hold::Done | Hold::Dead) => {
+                Counters::add(&inner.counters.duplicates, 1);
+                Look::End(End::Ack { done: None })
+            }
+            Some(Hold::Busy) => {
+                *busy_looks += 1;
+                if self.sleep(inner.settings.backoff.delay(*busy_looks)).await {
+                    Look::Again
+                } else {
+                    Look::End(End::Abandon)
+                }
+            }
+        }
     }
 
     /// Takes the hold on an event of the entry, trying again while Redis fails; `None` when the

@@ -8,6 +8,7 @@ use std::future::Future;
 use std::panic::Location;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, SystemTime};
 
 use globset::GlobMatcher;
@@ -269,6 +270,9 @@ pub(crate) struct Registration {
     pub(crate) idempotent: Option<bool>,
     /// What identifies a repeat; `None` follows the consumer.
     pub(crate) identity: Option<Identity>,
+    /// Whether an event it handled declared an idempotency key: learned from the events, since a
+    /// key is known only once the body is deserialized.
+    pub(crate) keyed: Arc<AtomicBool>,
     /// Metric handles, one per stream of the consumer, in its order.
     pub(crate) metrics: Vec<HandlerMetrics>,
     /// The handler's own middleware, innermost.
@@ -287,6 +291,7 @@ impl Registration {
             timeout: options.timeout,
             idempotent: options.idempotent,
             identity: options.identity,
+            keyed: Arc::default(),
             metrics: Vec::new(),
             layers: options.layers,
             stack: None,
