@@ -279,6 +279,59 @@ async fn repeats_by_declared_key_read_together_before_any_was_handled_run_once()
     assert_eq!(consumer.status().duplicates, 4);
 }
 
+/// A report that declares a key only when it has a reference, as an `Event` implemented by hand
+/// may.
+#[derive(Debug, Clone, Serialize, Deserialize, events::Validate)]
+struct Report {
+    reference: Option<String>,
+    n: u64,
+}
+
+impl Event for Report {
+    const NAME: &'static str = "report.filed";
+    const VERSION: u32 = 1;
+
+    fn idempotency_key(&self) -> Option<String> {
+        self.reference.clone()
+    }
+}
+
+#[tokio::test]
+async fn events_without_a_key_keep_their_holds_after_others_of_their_type_declared_one() {
+    let server = RedisServer::start();
+    let stream = unique("sometimes-keyed");
+    let runs = Runs::default();
+    let (consumer, running) = Running::build(quick_consumer(&server, &stream, "g").handle({
+        let runs = runs.clone();
+        move |report: Report, _: Context| {
+            runs.record(report.n.to_string());
+            async { Ok(()) }
+        }
+    }))
+    .await;
+    let publisher = publisher_to(server.url(), &stream).await;
+    let keyed = Report {
+        reference: Some("r1".into()),
+        n: 0,
+    };
+    publisher.publish(&keyed).await.unwrap();
+    settled(&consumer, 1).await;
+    // Then one without a key, written twice as a publisher's retry does: its event id identifies it.
+    let plain = Report {
+        reference: None,
+        n: 1,
+    };
+    let envelope = publisher.envelope(&plain, PublishOptions::new()).unwrap();
+    publisher
+        .publish_envelopes(vec![envelope.clone(), envelope])
+        .await
+        .unwrap();
+    settled(&consumer, 3).await;
+    running.close().await;
+    assert_eq!(runs.of("1"), 1, "one event, written twice");
+    assert_eq!(consumer.status().duplicates, 1);
+}
+
 #[tokio::test]
 async fn a_repeat_inside_the_window_is_skipped_and_one_outside_it_runs() {
     repeats_in_and_after_the_window(Duration::ZERO).await;
