@@ -390,30 +390,44 @@ async fn malformed_entries_go_to_the_dead_letter_stream_and_the_consumer_keeps_g
     assert_eq!(pending(&server, &stream, "g").await, 0);
 }
 
+/// How the first consumer of [`leave_then_finish`] goes.
+#[derive(Clone, Copy, PartialEq)]
+enum Leaving {
+    /// Dropped mid-handler, as a crash.
+    Crash,
+    /// Stopped, its shutdown timeout passing with the handlers unfinished.
+    Stop,
+}
+
 /// Runs a consumer built from `first`, whose handler never finishes, until it started 10 events
-/// of `stream`, and drops it; then one built from `then` until it finished them all, each as its
-/// second delivery, taken over from the first.
-async fn crash_then_finish(
+/// of `stream`, and ends it as `leaving` says; then one built from `then` until it finished them
+/// all, each as its second delivery, taken over from the first.
+async fn leave_then_finish(
     server: &RedisServer,
     stream: &str,
+    leaving: Leaving,
     first: events::ConsumerBuilder,
     then: events::ConsumerBuilder,
 ) {
     let started = Arc::new(AtomicU32::new(0));
-    let doomed = first.handle(stuck(&started)).build().await.unwrap();
-    let crashed = spawn(&doomed);
+    let leaver = first.handle(stuck(&started)).build().await.unwrap();
+    let running = spawn(&leaver);
     publish_tasks(&publisher_to(server.url(), stream).await, 0..10).await;
-    wait_until("the doomed consumer started all 10", || {
+    wait_until("the first consumer started all 10", || {
         started.load(Ordering::SeqCst) == 10
     })
     .await;
-    crashed.1.abort();
-    let _ = crashed.1.await;
-    drop(doomed);
+    if leaving == Leaving::Stop {
+        stop(running).await;
+    } else {
+        running.1.abort();
+        let _ = running.1.await;
+    }
+    drop(leaver);
     assert_eq!(
         pending(server, stream, "g").await,
         10,
-        "the dropped consumer left its entries pending"
+        "the first consumer left its entries pending"
     );
 
     let seen = seen();
@@ -437,7 +451,8 @@ async fn entries_of_a_consumer_dropped_mid_handler_are_finished_by_another() {
     let server = RedisServer::start();
     let stream = unique("crash");
     let named = |name| quick_consumer(&server, &stream, "g").consumer_name(name);
-    crash_then_finish(&server, &stream, named("doomed"), named("survivor")).await;
+    let (doomed, survivor) = (named("doomed"), named("survivor"));
+    leave_then_finish(&server, &stream, Leaving::Crash, doomed, survivor).await;
 }
 
 #[tokio::test]
@@ -451,7 +466,23 @@ async fn a_consumer_restarted_under_its_name_takes_back_its_earlier_runs_entries
             .claim_idle(Duration::from_secs(3600))
             .handler_timeout(Duration::from_secs(1800))
     };
-    crash_then_finish(&server, &stream, steady(), steady()).await;
+    leave_then_finish(&server, &stream, Leaving::Crash, steady(), steady()).await;
+}
+
+#[tokio::test]
+async fn a_consumer_stopping_with_unfinished_entries_hands_them_to_the_others_at_once() {
+    let server = RedisServer::start();
+    let stream = unique("hand-over");
+    // Claim times far longer than the test: only the hand-over lets another take them soon.
+    let patient = |name| {
+        quick_consumer(&server, &stream, "g")
+            .consumer_name(name)
+            .claim_idle(Duration::from_secs(3600))
+            .handler_timeout(Duration::from_secs(1800))
+            .shutdown_timeout(Duration::from_millis(200))
+    };
+    let (leaving, staying) = (patient("leaving"), patient("staying"));
+    leave_then_finish(&server, &stream, Leaving::Stop, leaving, staying).await;
 }
 
 #[tokio::test]

@@ -293,16 +293,8 @@ impl<C: ConnectionLike + Clone + Send + Sync> Group<C> {
         stream: &str,
         count: usize,
     ) -> redis::RedisResult<Claimed> {
-        let pending: Vec<(String, String, u64, u32)> = redis::cmd("XPENDING")
-            .arg(stream)
-            .arg(&self.group)
-            .arg("-")
-            .arg("+")
-            .arg(count)
-            .arg(&self.consumer)
-            .query_async(&mut self.connection.clone())
-            .await?;
-        let ids: Vec<&str> = pending.iter().map(|(id, ..)| id.as_str()).collect();
+        let pending = self.own_pending(stream, count).await?;
+        let ids: Vec<&str> = pending.iter().map(|(id, _)| id.as_str()).collect();
         self.claim(stream, &ids, Duration::ZERO).await
     }
 
@@ -356,11 +348,61 @@ impl<C: ConnectionLike + Clone + Send + Sync> Group<C> {
         stream: &str,
         entries: &[(String, u32)],
     ) -> redis::RedisResult<Vec<String>> {
+        self.keep_idle(stream, entries, Duration::ZERO).await
+    }
+
+    /// Hands over what is still pending on this consumer's name in `stream` (up to `count`
+    /// entries), as it stops: marks it idle for `claim_idle`, so that the group's other consumers
+    /// take it at their next looks rather than `claim_idle` later.
+    pub(crate) async fn hand_over(
+        &self,
+        stream: &str,
+        count: usize,
+        claim_idle: Duration,
+    ) -> redis::RedisResult<()> {
+        let entries = self.own_pending(stream, count).await?;
+        self.keep_idle(stream, &entries, claim_idle).await?;
+        Ok(())
+    }
+
+    /// Up to `count` entries of `stream` pending on this consumer's name, with their delivery
+    /// counts (`XPENDING .. <consumer>`).
+    async fn own_pending(
+        &self,
+        stream: &str,
+        count: usize,
+    ) -> redis::RedisResult<Vec<(String, u32)>> {
+        let pending: Vec<(String, String, u64, u32)> = redis::cmd("XPENDING")
+            .arg(stream)
+            .arg(&self.group)
+            .arg("-")
+            .arg("+")
+            .arg(count)
+            .arg(&self.consumer)
+            .query_async(&mut self.connection.clone())
+            .await?;
+        Ok(pending
+            .into_iter()
+            .map(|(id, _, _, deliveries)| (id, deliveries))
+            .collect())
+    }
+
+    /// Keeps `entries` as [`keep`](Self::keep) does, with their idle time set to `idle`.
+    async fn keep_idle(
+        &self,
+        stream: &str,
+        entries: &[(String, u32)],
+        idle: Duration,
+    ) -> redis::RedisResult<Vec<String>> {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
         let mut invocation = KEEP.prepare_invoke();
-        invocation.key(stream).arg(&self.group).arg(&self.consumer);
+        invocation
+            .key(stream)
+            .arg(&self.group)
+            .arg(&self.consumer)
+            .arg(millis(idle));
         for (id, deliveries) in entries {
             invocation.arg(id).arg(deliveries);
         }

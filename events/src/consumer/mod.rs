@@ -181,7 +181,7 @@ impl Consumer {
         let _run = Counted::new(&inner.counters.runs);
         // Entries still pending on this consumer's name are an earlier run's, unless another run
         // uses the name: this run takes them back at once instead of after `claim_idle`.
-        let (_name, take_back) = NameInUse::start(&settings.group, &settings.consumer);
+        let (name, take_back) = NameInUse::start(&settings.group, &settings.consumer);
         // Tasks owned by this future: dropping it (a consumer killed without shutdown) stops
         // them too.
         let keeper = Keeper::default();
@@ -246,6 +246,16 @@ impl Consumer {
         for task in [keeping, holding, placing, leasing, moving] {
             if let Err(error) = task.await {
                 tracing::error!(%error, "a consumer task failed");
+            }
+        }
+        // What stays pending on this consumer (unfinished, or read as it stopped) goes to the
+        // others at their next looks, unless another run uses the name.
+        if name.is_alone() {
+            let most = settings.max_unacked + inner.readers.len() * settings.batch_size;
+            for stream in &settings.streams {
+                if let Err(error) = commands.hand_over(stream, most, settings.claim_idle).await {
+                    tracing::warn!(%stream, %error, "could not hand over the entries left pending; other consumers take them after claim_idle");
+                }
             }
         }
         Ok(())

@@ -26,6 +26,14 @@ impl NameInUse {
     }
 }
 
+impl NameInUse {
+    /// Whether no other run here uses the name now.
+    pub(crate) fn is_alone(&self) -> bool {
+        let in_use = IN_USE.lock().unwrap_or_else(PoisonError::into_inner);
+        in_use.get(&self.key) == Some(&1)
+    }
+}
+
 impl Drop for NameInUse {
     fn drop(&mut self) {
         let mut in_use = IN_USE.lock().unwrap_or_else(PoisonError::into_inner);
