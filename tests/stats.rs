@@ -1,7 +1,7 @@
 //! Stream and server stats against known states of a real redis-server.
 
 use crate::support::faults::config_set;
-use crate::support::{RedisServer, connection, publisher_to, unique};
+use crate::support::{RedisServer, connection, create_group, publisher_to, read_as, unique};
 use events::{dead_letter_stream, server_stats, stream_stats};
 use redis::AsyncCommands;
 
@@ -19,27 +19,9 @@ async fn stats_report_length_lag_pending_consumers_and_dead_letters() {
                 .unwrap(),
         );
     }
+    create_group(&server, &stream, "workers").await;
+    read_as(&server, &stream, "workers", "w1", 4).await;
     let mut redis = connection(&server).await;
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(&stream)
-        .arg("workers")
-        .arg("0")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    let _: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg("workers")
-        .arg("w1")
-        .arg("COUNT")
-        .arg(4)
-        .arg("STREAMS")
-        .arg(&stream)
-        .arg(">")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
     let dlq = dead_letter_stream(&stream);
     for _ in 0..2 {
         let _: String = redis

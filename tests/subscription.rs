@@ -162,6 +162,36 @@ async fn a_dropped_delivery_is_delivered_again_after_claim_idle() {
     assert_eq!(pending(&server, &stream, "g").await, 0);
 }
 
+#[tokio::test]
+async fn entries_taken_over_are_handed_out_while_reads_fail() {
+    use crate::support::faults::deny;
+    let server = RedisServer::start();
+    let stream = unique("typed-claimed");
+    let publisher = publisher_to(server.url(), &stream).await;
+    let parcels: Vec<Scanned> = (0..5).map(|n| scanned(&format!("p{n}"))).collect();
+    publisher.publish_many(&parcels).await.unwrap();
+    // A consumer that read them and crashed: they wait to be taken over.
+    crate::support::create_group(&server, &stream, "g").await;
+    crate::support::read_as(&server, &stream, "g", "crashed", 5).await;
+    let mut subscription = subscribe(&server, &stream, 10).await;
+    // Every read fails from now on; taking entries over still works.
+    deny(&server, "xreadgroup").await;
+    let mut seen = std::collections::BTreeSet::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while seen.len() < 5 && std::time::Instant::now() < deadline {
+        let Ok(Some(Ok(delivery))) =
+            tokio::time::timeout(Duration::from_secs(1), subscription.next()).await
+        else {
+            continue;
+        };
+        seen.insert(delivery.event().parcel.clone());
+        delivery.ack().await.unwrap();
+    }
+    subscription.close().await.unwrap();
+    assert_eq!(seen.len(), 5, "handed out {seen:?}");
+    assert_eq!(pending(&server, &stream, "g").await, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_rides_out_killed_connections_and_a_stall_losing_nothing() {
     use crate::support::faults::{ConnectionKiller, stall};
@@ -180,7 +210,23 @@ async fn a_subscription_rides_out_killed_connections_and_a_stall_losing_nothing(
     while seen.len() < 300 {
         if std::time::Instant::now() >= deadline {
             let dead = dead_letter_entries(&server, &stream).await.len();
-            panic!("{} of 300 handled, {dead} dead-lettered", seen.len());
+            let details: redis::Value = redis::cmd("XPENDING")
+                .arg(&stream)
+                .arg("g")
+                .arg("-")
+                .arg("+")
+                .arg(20)
+                .query_async(&mut crate::support::connection(&server).await)
+                .await
+                .unwrap();
+            let missing: Vec<String> = (0..300)
+                .map(|n| format!("p{n}"))
+                .filter(|parcel| !seen.contains(parcel))
+                .collect();
+            panic!(
+                "{} of 300 handled, {dead} dead-lettered; missing {missing:?}; pending {details:?}",
+                seen.len()
+            );
         }
         let Ok(Some(delivery)) =
             tokio::time::timeout(Duration::from_secs(10), subscription.next()).await

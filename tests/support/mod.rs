@@ -108,6 +108,41 @@ pub(crate) async fn publisher_to_partitions(
         .expect("connect a publisher to the test server")
 }
 
+/// Creates `group` on `stream`, reading from its start.
+pub(crate) async fn create_group(server: &RedisServer, stream: &str, group: &str) {
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg(group)
+        .arg("0")
+        .query_async(&mut connection(server).await)
+        .await
+        .expect("XGROUP CREATE");
+}
+
+/// Reads up to `count` new entries of `stream` as `consumer` of `group` and leaves them pending
+/// on it, as a consumer that crashed after reading them does.
+pub(crate) async fn read_as(
+    server: &RedisServer,
+    stream: &str,
+    group: &str,
+    consumer: &str,
+    count: usize,
+) {
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(group)
+        .arg(consumer)
+        .arg("COUNT")
+        .arg(count)
+        .arg("STREAMS")
+        .arg(stream)
+        .arg(">")
+        .query_async(&mut connection(server).await)
+        .await
+        .expect("XREADGROUP");
+}
+
 /// Entries of `stream` still pending in `group`.
 pub(crate) async fn pending(server: &RedisServer, stream: &str, group: &str) -> usize {
     let summary: (usize, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")

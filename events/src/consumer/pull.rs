@@ -264,6 +264,14 @@ impl PullConsumer {
                     }
                     Vec::new()
                 }
+                // Events already taken (retries due, busy ones, entries claimed) are returned
+                // rather than dropped with the error: dropped, each would wait out `claim_idle`
+                // again, and under repeated failures never come back. The read is tried again
+                // at the next call.
+                Err(error) if !candidates.is_empty() => {
+                    tracing::warn!(%error, "reading failed; the events already taken are returned");
+                    Vec::new()
+                }
                 other => other.map_err(Error::reading(&self.settings.streams.join(", ")))?,
             };
             for (stream, entries) in read {
