@@ -390,6 +390,14 @@ async fn malformed_entries_go_to_the_dead_letter_stream_and_the_consumer_keeps_g
     assert_eq!(pending(&server, &stream, "g").await, 0);
 }
 
+/// A consumer of group `g` on `stream` whose claim time, an hour, is far longer than any test:
+/// no entry of it is taken over by `claim_idle`.
+fn patient(server: &RedisServer, stream: &str) -> events::ConsumerBuilder {
+    quick_consumer(server, stream, "g")
+        .claim_idle(Duration::from_secs(3600))
+        .handler_timeout(Duration::from_secs(1800))
+}
+
 /// How the first consumer of [`leave_then_finish`] goes.
 #[derive(Clone, Copy, PartialEq)]
 enum Leaving {
@@ -460,12 +468,7 @@ async fn a_consumer_restarted_under_its_name_takes_back_its_earlier_runs_entries
     let server = RedisServer::start();
     let stream = unique("restart");
     // Claim times far longer than the test: only taking back can finish the entries.
-    let steady = || {
-        quick_consumer(&server, &stream, "g")
-            .consumer_name("steady")
-            .claim_idle(Duration::from_secs(3600))
-            .handler_timeout(Duration::from_secs(1800))
-    };
+    let steady = || patient(&server, &stream).consumer_name("steady");
     leave_then_finish(&server, &stream, Leaving::Crash, steady(), steady()).await;
 }
 
@@ -474,14 +477,12 @@ async fn a_consumer_stopping_with_unfinished_entries_hands_them_to_the_others_at
     let server = RedisServer::start();
     let stream = unique("hand-over");
     // Claim times far longer than the test: only the hand-over lets another take them soon.
-    let patient = |name| {
-        quick_consumer(&server, &stream, "g")
+    let named = |name| {
+        patient(&server, &stream)
             .consumer_name(name)
-            .claim_idle(Duration::from_secs(3600))
-            .handler_timeout(Duration::from_secs(1800))
             .shutdown_timeout(Duration::from_millis(200))
     };
-    let (leaving, staying) = (patient("leaving"), patient("staying"));
+    let (leaving, staying) = (named("leaving"), named("staying"));
     leave_then_finish(&server, &stream, Leaving::Stop, leaving, staying).await;
 }
 
@@ -491,13 +492,7 @@ async fn a_consumer_started_under_the_name_of_a_running_one_takes_nothing_from_i
     let stream = unique("twice");
     let started = Arc::new(AtomicU32::new(0));
     // Both named as every consumer of one process is by default.
-    let steady = || {
-        quick_consumer(&server, &stream, "g")
-            .claim_idle(Duration::from_secs(3600))
-            .handler_timeout(Duration::from_secs(1800))
-            .handle(stuck(&started))
-            .build()
-    };
+    let steady = || patient(&server, &stream).handle(stuck(&started)).build();
     let first = steady().await.unwrap();
     let running = spawn(&first);
     publish_tasks(&publisher_to(server.url(), &stream).await, 0..10).await;
