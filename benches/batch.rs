@@ -30,7 +30,7 @@ fn resident_bytes() -> usize {
 fn row(name: &str, events: usize, elapsed: Duration, baseline: f64) -> f64 {
     let rate = events as f64 / elapsed.as_secs_f64();
     println!(
-        "{name:<48} {rate:>10.0} events/s {:>6.2}x redis-benchmark",
+        "{name:<54} {rate:>10.0} events/s {:>6.2}x redis-benchmark",
         rate / baseline
     );
     rate
@@ -65,70 +65,18 @@ fn redis_benchmark(url: &str, stream: &str, events: usize, fields: &[(String, St
     rate.unwrap_or_else(|| panic!("unexpected redis-benchmark output: {text}"))
 }
 
-#[tokio::main]
-async fn main() {
-    let events: usize = std::env::var("EVENTS_BENCH_EVENTS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(1_000_000);
-    let server = redis_server::RedisServer::start();
-    let url = server.url().to_owned();
-    let publisher = Publisher::connect(
-        &url,
-        PublisherConfig::new("bench").router(Router::single("bench:batched")),
-    )
-    .await
-    .unwrap();
-    let sample = publisher
-        .envelope(&OrderPlaced::sample(1), PublishOptions::new())
-        .unwrap();
-    assert_eq!(sample.body.len(), 160);
-    let fields: Vec<(String, String)> = sample
-        .fields()
-        .into_iter()
-        .map(|(name, value)| (name.into_owned(), value.into_owned()))
-        .collect();
-    println!("{events} events of 160-byte JSON bodies, Redis at {url}");
+/// The memory bound of the batched publishers measured.
+const MAX_QUEUED_BYTES: usize = 32 << 20;
 
-    let baseline = redis_benchmark(&url, "bench:redis-benchmark", events, &fields);
-    println!(
-        "{:<48} {baseline:>10.0} events/s {:>6.2}x redis-benchmark",
-        "redis-benchmark -P 64 XADD (baseline)", 1.0
-    );
+/// A publisher's settings, routing every event to `stream`.
+fn publisher_config(stream: &str) -> PublisherConfig {
+    PublisherConfig::new("bench").router(Router::single(stream))
+}
 
-    let mut raw = redis::Client::open(url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let start = Instant::now();
-    for _ in 0..events.div_ceil(1000) {
-        let mut pipeline = redis::pipe();
-        for _ in 0..1000 {
-            pipeline
-                .cmd("XADD")
-                .arg("bench:raw")
-                .arg("*")
-                .arg(&fields)
-                .ignore();
-        }
-        let () = pipeline.query_async(&mut raw).await.unwrap();
-    }
-    row(
-        "raw redis-rs pipelines of 1,000 XADD",
-        events.div_ceil(1000) * 1000,
-        start.elapsed(),
-        baseline,
-    );
-
-    let max_queued_bytes = 32 << 20;
-    let config = BatchConfig::new()
-        .max_size(1000)
-        .max_wait(Duration::from_millis(10))
-        .max_concurrent_batches(4)
-        .max_queued_bytes(max_queued_bytes)
-        .max_queued_messages(usize::MAX >> 1);
-    let batched = Arc::new(BatchedPublisher::new(publisher, config));
+/// Publishes `events` orders through `batched` (in batches of 1,000) and closes it; prints its
+/// rate and its peak memory next to its bound.
+async fn publish_through(batched: BatchedPublisher, events: usize, name: &str, baseline: f64) {
+    let batched = Arc::new(batched);
     let orders: Vec<OrderPlaced> = (0..1000).map(OrderPlaced::sample).collect();
     let before = resident_bytes();
     let (done, peak_held, peak_resident) = (
@@ -161,19 +109,93 @@ async fn main() {
     sampler.await.unwrap();
     let stats = batched.memory_stats();
     assert_eq!(stats.published_total, events as u64, "every event written");
+    row(name, events, elapsed, baseline);
+    let mib = |bytes: usize| bytes as f64 / (1 << 20) as f64;
+    let growth = peak_resident.load(Ordering::Relaxed).saturating_sub(before);
+    println!(
+        "  memory: bound {:.1} MiB, peak held {:.1} MiB, peak resident growth {:.1} MiB ({:.0}% of the bound)",
+        mib(MAX_QUEUED_BYTES),
+        mib(peak_held.load(Ordering::Relaxed)),
+        mib(growth),
+        100.0 * growth as f64 / MAX_QUEUED_BYTES as f64
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    let events: usize = std::env::var("EVENTS_BENCH_EVENTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1_000_000);
+    let server = redis_server::RedisServer::start();
+    let url = server.url().to_owned();
+    let publisher = Publisher::connect(&url, publisher_config("bench:batched"))
+        .await
+        .unwrap();
+    let sample = publisher
+        .envelope(&OrderPlaced::sample(1), PublishOptions::new())
+        .unwrap();
+    assert_eq!(sample.body.len(), 160);
+    let fields: Vec<(String, String)> = sample
+        .fields()
+        .into_iter()
+        .map(|(name, value)| (name.into_owned(), value.into_owned()))
+        .collect();
+    println!("{events} events of 160-byte JSON bodies, Redis at {url}");
+
+    let baseline = redis_benchmark(&url, "bench:redis-benchmark", events, &fields);
+    println!(
+        "{:<54} {baseline:>10.0} events/s {:>6.2}x redis-benchmark",
+        "redis-benchmark -P 64 XADD (baseline)", 1.0
+    );
+
+    let mut raw = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let start = Instant::now();
+    for _ in 0..events.div_ceil(1000) {
+        let mut pipeline = redis::pipe();
+        for _ in 0..1000 {
+            pipeline
+                .cmd("XADD")
+                .arg("bench:raw")
+                .arg("*")
+                .arg(&fields)
+                .ignore();
+        }
+        let () = pipeline.query_async(&mut raw).await.unwrap();
+    }
     row(
-        "BatchedPublisher (1,000 per batch, 4 at once)",
-        events,
-        elapsed,
+        "raw redis-rs pipelines of 1,000 XADD",
+        events.div_ceil(1000) * 1000,
+        start.elapsed(),
         baseline,
     );
-    let mib = |bytes: usize| bytes as f64 / (1 << 20) as f64;
-    println!(
-        "memory: bound {:.1} MiB, peak held {:.1} MiB, peak resident growth {:.1} MiB ({:.0}% of the bound)",
-        mib(max_queued_bytes),
-        mib(peak_held.load(Ordering::Relaxed)),
-        mib(peak_resident.load(Ordering::Relaxed).saturating_sub(before)),
-        100.0 * peak_resident.load(Ordering::Relaxed).saturating_sub(before) as f64
-            / max_queued_bytes as f64
-    );
+
+    let config = BatchConfig::new()
+        .max_size(1000)
+        .max_wait(Duration::from_millis(10))
+        .max_concurrent_batches(4)
+        .max_queued_bytes(MAX_QUEUED_BYTES)
+        .max_queued_messages(usize::MAX >> 1);
+    let one = BatchedPublisher::new(publisher, config.clone());
+    publish_through(
+        one,
+        events,
+        "BatchedPublisher::new (4 at once, one connection)",
+        baseline,
+    )
+    .await;
+    let each = BatchedPublisher::connect(url.as_str(), publisher_config("bench:connected"), config)
+        .await
+        .unwrap();
+    publish_through(
+        each,
+        events,
+        "BatchedPublisher::connect (4 at once, 4 connections)",
+        baseline,
+    )
+    .await;
 }

@@ -6,10 +6,11 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::support::faults::{accept_writes, refuse_writes};
+use crate::support::faults::{ConnectionKiller, accept_writes, refuse_writes};
 use crate::support::{Captured, RedisServer, connection, publisher_to, unique, wait_until};
 use events::{
-    Backoff, BatchConfig, BatchedPublisher, BatchingStrategy, Error, Event, Overflow, read_range,
+    Backoff, BatchConfig, BatchedPublisher, BatchingStrategy, Error, Event, Overflow,
+    PublisherConfig, Router, read_range,
 };
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
@@ -36,16 +37,27 @@ async fn stream_len(server: &RedisServer, stream: &str) -> usize {
     connection(server).await.xlen(stream).await.unwrap_or(0)
 }
 
+/// The event id of each entry of `stream`, oldest first, read a page at a time.
+async fn event_ids(server: &RedisServer, stream: &str) -> Vec<String> {
+    let mut redis = connection(server).await;
+    let (mut ids, mut after) = (Vec::new(), "-".to_owned());
+    loop {
+        let page = read_range(&mut redis, stream, &after, "+", 1_000)
+            .await
+            .unwrap();
+        let Some(last) = page.last() else {
+            return ids;
+        };
+        after = format!("({}", last.id);
+        ids.extend(page.iter().map(|entry| entry.decode().unwrap().id));
+    }
+}
+
 /// The event ids in `stream`, checking that none is there twice.
 async fn distinct_ids(server: &RedisServer, stream: &str) -> BTreeSet<String> {
-    let entries = read_range(&mut connection(server).await, stream, "-", "+", 1_000_000)
-        .await
-        .unwrap();
-    let ids: BTreeSet<String> = entries
-        .iter()
-        .map(|entry| entry.decode().unwrap().id)
-        .collect();
-    assert_eq!(ids.len(), entries.len(), "an event was written twice");
+    let written = event_ids(server, stream).await;
+    let ids: BTreeSet<String> = written.iter().cloned().collect();
+    assert_eq!(ids.len(), written.len(), "an event was written twice");
     ids
 }
 
@@ -257,6 +269,75 @@ async fn no_more_batches_in_flight_than_the_cap() {
 
     assert_eq!(most, 2, "the cap was reached");
     assert_eq!(stream_len(&server, &stream).await, 20_000);
+}
+
+/// A line for each client Redis has connected now (`CLIENT LIST`).
+async fn clients(server: &RedisServer) -> Vec<String> {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut connection(server).await)
+        .await
+        .unwrap();
+    list.lines().map(str::to_owned).collect()
+}
+
+#[tokio::test]
+async fn a_connected_batched_publisher_writes_its_batches_side_by_side_and_loses_none_to_killed_connections()
+ {
+    let server = RedisServer::start();
+    let stream = unique("lanes");
+    let before = clients(&server).await.len();
+    let config = BatchConfig::new()
+        .max_size(200)
+        .max_wait(Duration::from_secs(3600))
+        .max_concurrent_batches(3)
+        .max_retries(20)
+        .retry_backoff(Backoff::exponential(
+            Duration::from_millis(10),
+            Duration::from_millis(100),
+        ));
+    let batched = BatchedPublisher::connect(
+        server.url(),
+        PublisherConfig::new("test").router(Router::single(&stream)),
+        config,
+    )
+    .await
+    .unwrap();
+    // Its own three, and the one that counts them.
+    assert_eq!(clients(&server).await.len(), before + 3);
+    let mut ids = publish_readings(&batched, 0, 2_000).await;
+    batched.flush().await.unwrap();
+    let writing = clients(&server)
+        .await
+        .iter()
+        .filter(|client| client.contains(" cmd=xadd "))
+        .count();
+    assert_eq!(writing, 3, "ten batches went out through each connection");
+
+    let killer = ConnectionKiller::start(&server, Duration::from_millis(50)).await;
+    ids.extend(publish_readings(&batched, 2_000, 18_000).await);
+    // What failed while connections kept being killed is kept, and written once they are not.
+    let flushed = batched.flush().await;
+    let killed = killer.killed();
+    drop(killer);
+    for _ in 0..50 {
+        if batched.memory_stats().failed_messages == 0 {
+            break;
+        }
+        batched.retry_failed().await.ok();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    batched.close().await.unwrap();
+
+    assert!(killed > 0, "no connection was killed");
+    let written: BTreeSet<String> = event_ids(&server, &stream).await.into_iter().collect();
+    // A batch whose reply a killed connection lost is written again: its events may be there
+    // twice, under their one event id each, for consumers to skip.
+    assert_eq!(
+        written, ids,
+        "every event written ({killed} connections killed, the flush under it: {flushed:?})"
+    );
+    assert_eq!(batched.memory_stats().published_total, 20_000);
 }
 
 /// A config whose writes keep retrying while Redis is away.

@@ -16,7 +16,10 @@ use tracing::Instrument;
 
 use crate::connection::Connection;
 use crate::instruments::BatchMetrics;
-use crate::{Backoff, Envelope, Error, Event, PublishOptions, Publisher, Result};
+use crate::publisher::RESPONSE_TIMEOUT;
+use crate::{
+    Backoff, Endpoint, Envelope, Error, Event, PublishOptions, Publisher, PublisherConfig, Result,
+};
 
 /// Which events share a queue, and so a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -223,6 +226,10 @@ struct Tally {
 /// State shared by the publisher and its background task.
 struct Shared<C> {
     publisher: Publisher<C>,
+    /// Publishers writing through connections of their own, taken in turn by batches in flight:
+    /// batches sharing one connection go out one after another, its replies parsed by one task.
+    lanes: Vec<Publisher<C>>,
+    next_lane: AtomicUsize,
     config: BatchConfig,
     queues: Mutex<HashMap<String, Queue>>,
     failed: Mutex<Vec<FailedMessage>>,
@@ -264,12 +271,55 @@ impl<C> fmt::Debug for BatchedPublisher<C> {
     }
 }
 
+/// Most connections [`BatchedPublisher::connect`] opens.
+const MOST_CONNECTIONS: usize = 8;
+
+impl BatchedPublisher<Connection> {
+    /// Connects a publisher to `endpoint` as [`Publisher::connect`] does, and batches what it
+    /// writes within the limits of `config`, with a connection for each batch in flight (at
+    /// most 8): on one, the batches in flight would go out one after another.
+    pub async fn connect(
+        endpoint: impl Into<Endpoint>,
+        publisher: PublisherConfig,
+        config: BatchConfig,
+    ) -> Result<Self> {
+        let endpoint = endpoint.into();
+        let publisher = Publisher::connect(endpoint.clone(), publisher).await?;
+        let more = config.max_concurrent_batches.min(MOST_CONNECTIONS) - 1;
+        let more = futures::future::try_join_all(
+            (0..more).map(|_| crate::connection::connect(&endpoint, RESPONSE_TIMEOUT)),
+        )
+        .await?;
+        Ok(Self::with_connections(publisher, more, config))
+    }
+}
+
 impl<C: ConnectionLike + Clone + Send + Sync + 'static> BatchedPublisher<C> {
-    /// Batches what `publisher` writes, within the limits of `config`.
+    /// Batches what `publisher` writes, within the limits of `config`, all through its
+    /// connection.
     pub fn new(publisher: Publisher<C>, config: BatchConfig) -> Self {
+        Self::with_connections(publisher, [], config)
+    }
+
+    /// Batches what `publisher` writes, within the limits of `config`, the batches in flight
+    /// taking its connection and `more` in turn. Batches on one connection go out one after
+    /// another; one connection per batch in flight writes them side by side.
+    pub fn with_connections(
+        publisher: Publisher<C>,
+        more: impl IntoIterator<Item = C>,
+        config: BatchConfig,
+    ) -> Self {
         let (batches, receiver) = mpsc::unbounded_channel();
+        let lanes = std::iter::once(publisher.clone())
+            .chain(
+                more.into_iter()
+                    .map(|connection| publisher.with_connection(connection)),
+            )
+            .collect();
         let shared = Arc::new(Shared {
             publisher,
+            lanes,
+            next_lane: AtomicUsize::new(0),
             writers: Semaphore::new(config.max_concurrent_batches),
             config,
             queues: Mutex::new(HashMap::new()),
@@ -504,6 +554,12 @@ impl<C> Drop for BatchedPublisher<C> {
 }
 
 impl<C> Shared<C> {
+    /// The publisher the next write goes through, the lanes taken in turn.
+    fn lane(&self) -> &Publisher<C> {
+        let next = self.next_lane.fetch_add(1, Ordering::Relaxed);
+        &self.lanes[next % self.lanes.len()]
+    }
+
     fn stats(&self) -> MemoryStats {
         let read = |counter: &AtomicUsize| counter.load(Ordering::Relaxed);
         MemoryStats {
@@ -724,7 +780,7 @@ where
         if attempt > 0 {
             tokio::time::sleep(shared.config.retry_backoff.delay(attempt)).await;
         }
-        match shared.publisher.write(&pending, |_, _, _| ()).await {
+        match shared.lane().write(&pending, |_, _, _| ()).await {
             Ok(results) => {
                 let mut retry = Vec::new();
                 for (envelope, result) in pending.into_iter().zip(results) {

@@ -137,7 +137,14 @@ pub fn hash_body(event_type: &str, body: &str) -> String {
     hasher.update(event_type.as_bytes());
     hasher.update([0]);
     hasher.update(body.as_bytes());
-    hex::encode(hasher.finalize())
+    lowercase_hex(&hasher.finalize())
+}
+
+/// `bytes` in lowercase hex, written in one go (`hex::encode` collects it a char at a time).
+pub(crate) fn lowercase_hex(bytes: &[u8]) -> String {
+    let mut text = vec![0; 2 * bytes.len()];
+    hex::encode_to_slice(bytes, &mut text).expect("twice as many hex digits as bytes");
+    String::from_utf8(text).expect("hex digits are ASCII")
 }
 
 impl Envelope {

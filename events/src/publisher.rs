@@ -221,6 +221,9 @@ pub struct Published {
     pub entry_id: String,
 }
 
+/// How long a publisher's connection waits for a reply before it counts the connection broken.
+pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Publishes events to Redis Streams: validates, encodes, routes and `XADD`s them.
 ///
 /// Cheap to clone; clones share the connection, which reconnects by itself after a failure.
@@ -248,8 +251,7 @@ impl Publisher<Connection> {
         endpoint: impl Into<crate::Endpoint>,
         config: PublisherConfig,
     ) -> Result<Self> {
-        let connection =
-            crate::connection::connect(&endpoint.into(), Duration::from_secs(5)).await?;
+        let connection = crate::connection::connect(&endpoint.into(), RESPONSE_TIMEOUT).await?;
         // The user must be allowed to add to every stream a route names outright.
         let adding: Vec<crate::access::Needed> = config
             .router
@@ -278,6 +280,17 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Publisher<C> {
             config: Arc::new(config),
             metrics: Arc::default(),
             per_slot: false,
+        }
+    }
+
+    /// A publisher like this one (its settings, routes and metrics) that writes through
+    /// `connection`: a batched publisher given several writes its batches side by side.
+    pub fn with_connection(&self, connection: C) -> Self {
+        Self {
+            connection,
+            config: Arc::clone(&self.config),
+            metrics: Arc::clone(&self.metrics),
+            per_slot: self.per_slot,
         }
     }
 
@@ -490,19 +503,30 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Publisher<C> {
         let replies = replies
             .into_iter()
             .map(|reply| reply.expect("every write has its reply"));
-        Ok(replies
+        let results: Vec<Result<T>> = replies
             .zip(envelopes.iter().zip(&streams))
             .zip(delayed)
             .map(|((reply, (envelope, stream)), delayed)| match reply {
                 Ok(entry_id) => {
                     // A delayed event has no entry yet.
                     let entry_id = if delayed { String::new() } else { entry_id };
-                    self.metrics.published(stream, &envelope.event_type, 1);
                     Ok(written(envelope, stream, entry_id))
                 }
                 Err(source) => Err(write_error(envelope, stream, source)),
             })
-            .collect())
+            .collect();
+        // Counted once for each run of events of one type written to one stream.
+        let counted: Vec<(&str, &str)> = results
+            .iter()
+            .zip(envelopes.iter().zip(&streams))
+            .filter(|(result, _)| result.is_ok())
+            .map(|(_, (envelope, stream))| (stream.as_ref(), envelope.event_type.as_str()))
+            .collect();
+        for run in counted.chunk_by(|one, next| one == next) {
+            let (stream, event_type) = run[0];
+            self.metrics.published(stream, event_type, run.len() as u64);
+        }
+        Ok(results)
     }
 
     async fn write_one(&self, envelope: Envelope) -> Result<Published> {
@@ -572,14 +596,19 @@ fn write_command(
             .arg(member);
         return Ok((command, true));
     }
-    let mut command = redis::cmd("XADD");
-    command.arg(destination.stream.as_ref());
-    if let Some(trim) = &destination.trim {
-        command.arg(&trim.arguments(now));
-    }
-    command.arg("*");
-    for field in &fields {
-        command.arg(field.as_ref());
+    let trim = destination.trim.as_ref().map(|trim| trim.arguments(now));
+    let head = ["XADD", destination.stream.as_ref()]
+        .into_iter()
+        .chain(trim.iter().flatten().map(String::as_str))
+        .chain(["*"]);
+    let arguments: Vec<&str> = head.chain(fields.iter().map(AsRef::as_ref)).collect();
+    // Sized at once: a command grows its buffer by doubling as arguments come.
+    let mut command = redis::Cmd::with_capacity(
+        arguments.len(),
+        arguments.iter().map(|argument| argument.len()).sum(),
+    );
+    for argument in arguments {
+        command.arg(argument);
     }
     Ok((command, false))
 }

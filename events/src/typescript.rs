@@ -153,7 +153,7 @@ pub(crate) fn encode(envelope: &Envelope, namespace: &str) -> Result<String, ser
         event_type: &event_type,
         origin: &envelope.origin,
         timestamp: format_timestamp(envelope.timestamp),
-        hash: hex::encode(Sha256::digest(body.get().as_bytes())),
+        hash: crate::envelope::lowercase_hex(&Sha256::digest(body.get().as_bytes())),
         version: format!("{}.0.0", envelope.version),
         correlation_id: envelope.correlation_id.as_deref(),
         causation_id: envelope.causation_id.as_deref(),
