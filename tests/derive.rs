@@ -1,5 +1,7 @@
 //! What `#[derive(Event)]` and `#[derive(Validate)]` generate, checked at run time.
 
+mod full_event;
+
 use events::{Event, FieldError, Validate, ValidationReport};
 use serde::{Deserialize, Serialize};
 

@@ -61,10 +61,11 @@ fn generate(
             .version
             .as_ref()
             .map_or(1, |version| version.value);
-        let upcast = container
+        let upcast = container.previous.as_ref().map(upcast);
+        let checks = container
             .previous
             .as_ref()
-            .map(|previous| upcast(previous, &name));
+            .map(|previous| previous_checks(previous, &name, version));
         quote! {
             #[automatically_derived]
             impl #impl_generics ::events::Event for #ident #type_generics #where_clause {
@@ -73,6 +74,7 @@ fn generate(
                 #keys
                 #upcast
             }
+            #checks
         }
     });
     let (path, report) = if body.is_empty() {
@@ -97,28 +99,15 @@ fn generate(
     }
 }
 
-/// `fn from_version` reading older versions as `previous` and converting them with `From`, and
-/// compile-time checks that `previous` is an older version of the same event type.
-fn upcast(previous: &syn::Path, name: &str) -> TokenStream {
+/// `fn from_version` reading older versions as `previous` and converting them with `From`.
+fn upcast(previous: &syn::Path) -> TokenStream {
     let version = local("version");
     let body = local("body");
-    let not_older = format!("`previous` must name an older version of `{name}`");
-    let other_name = format!("`previous` must name a struct of the event type `{name}`");
     quote_spanned! {previous.span()=>
         fn from_version(
             #version: u32,
             #body: &str,
         ) -> ::core::result::Result<Self, ::events::__private::serde_json::Error> {
-            const {
-                ::core::assert!(
-                    <#previous as ::events::Event>::VERSION < <Self as ::events::Event>::VERSION,
-                    #not_older
-                );
-                ::core::assert!(
-                    ::events::__private::same_name(<#previous as ::events::Event>::NAME, #name),
-                    #other_name
-                );
-            }
             if #version < <Self as ::events::Event>::VERSION {
                 <#previous as ::events::Event>::from_version(#version, #body)
                     .map(<Self as ::core::convert::From<#previous>>::from)
@@ -126,6 +115,23 @@ fn upcast(previous: &syn::Path, name: &str) -> TokenStream {
                 ::events::__private::serde_json::from_str(#body)
             }
         }
+    }
+}
+
+/// Compile-time checks that `previous` is an older version (than `version`) of the event type
+/// `name`: a constant item, which `cargo check` evaluates too (one inside a function is only
+/// evaluated when the function is compiled).
+fn previous_checks(previous: &syn::Path, name: &str, version: u32) -> TokenStream {
+    let not_older = format!("`previous` must name an older version of `{name}`");
+    let other_name = format!("`previous` must name a struct of the event type `{name}`");
+    quote_spanned! {previous.span()=>
+        const _: () = {
+            ::core::assert!(<#previous as ::events::Event>::VERSION < #version, #not_older);
+            ::core::assert!(
+                ::events::__private::same_name(<#previous as ::events::Event>::NAME, #name),
+                #other_name
+            );
+        };
     }
 }
 

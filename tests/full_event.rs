@@ -1,3 +1,6 @@
+//! An event and its parts using every attribute of `#[derive(Event)]` and `#[derive(Validate)]`
+//! together: it compiles, and keeps its name and version.
+
 use events::{Event, Validate};
 use serde::{Deserialize, Serialize};
 
@@ -51,7 +54,8 @@ struct OrderPlaced {
 #[event(name = "ping")]
 struct Ping {}
 
-fn main() {
+#[test]
+fn an_event_using_every_attribute_compiles() {
     assert_eq!(OrderPlaced::NAME, "order.placed");
     assert_eq!(OrderPlaced::VERSION, 2);
     assert_eq!(Ping::VERSION, 1);
