@@ -55,6 +55,13 @@ async fn next(subscription: &mut Subscription<Scanned>) -> events::Delivery<Scan
         .expect("no read error")
 }
 
+/// Publishes parcels `p0`, `p1`, ... up to `count` to `stream`, in one round trip.
+async fn publish_parcels(server: &RedisServer, stream: &str, count: usize) {
+    let publisher = publisher_to(server.url(), stream).await;
+    let parcels: Vec<Scanned> = (0..count).map(|n| scanned(&format!("p{n}"))).collect();
+    publisher.publish_many(&parcels).await.unwrap();
+}
+
 fn scanned(parcel: &str) -> Scanned {
     Scanned {
         parcel: parcel.into(),
@@ -128,9 +135,7 @@ async fn a_failed_delivery_comes_back_then_goes_to_the_dead_letters() {
 async fn it_reads_no_further_ahead_than_it_is_consumed() {
     let server = RedisServer::start();
     let stream = unique("typed-backpressure");
-    let publisher = publisher_to(server.url(), &stream).await;
-    let parcels: Vec<Scanned> = (0..200).map(|n| scanned(&format!("p{n}"))).collect();
-    publisher.publish_many(&parcels).await.unwrap();
+    publish_parcels(&server, &stream, 200).await;
     let mut subscription = subscribe(&server, &stream, 5).await;
     let first = next(&mut subscription).await;
     // Nobody consumes: reading stops once the buffer is full.
@@ -167,9 +172,7 @@ async fn entries_taken_over_are_handed_out_while_reads_fail() {
     use crate::support::faults::deny;
     let server = RedisServer::start();
     let stream = unique("typed-claimed");
-    let publisher = publisher_to(server.url(), &stream).await;
-    let parcels: Vec<Scanned> = (0..5).map(|n| scanned(&format!("p{n}"))).collect();
-    publisher.publish_many(&parcels).await.unwrap();
+    publish_parcels(&server, &stream, 5).await;
     // A consumer that read them and crashed: they wait to be taken over.
     crate::support::create_group(&server, &stream, "g").await;
     crate::support::read_as(&server, &stream, "g", "crashed", 5).await;
@@ -197,9 +200,7 @@ async fn a_subscription_rides_out_killed_connections_and_a_stall_losing_nothing(
     use crate::support::faults::{ConnectionKiller, stall};
     let server = RedisServer::start();
     let stream = unique("typed-faults");
-    let publisher = publisher_to(server.url(), &stream).await;
-    let parcels: Vec<Scanned> = (0..300).map(|n| scanned(&format!("p{n}"))).collect();
-    publisher.publish_many(&parcels).await.unwrap();
+    publish_parcels(&server, &stream, 300).await;
     // A read or claim whose reply a killed connection lost still counts a delivery, and
     // deliveries count attempts: the default five are enough (two were, in four runs).
     let mut subscription = subscribe_with_attempts(&server, &stream, 10, 5).await;

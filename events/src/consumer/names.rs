@@ -24,9 +24,7 @@ impl NameInUse {
         let alone = *runs == 1;
         (Self { key }, alone)
     }
-}
 
-impl NameInUse {
     /// Whether no other run here uses the name now.
     pub(crate) fn is_alone(&self) -> bool {
         let in_use = IN_USE.lock().unwrap_or_else(PoisonError::into_inner);
