@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::support::{
     RedisServer, connection, dead_letter_entries, pending, publish_retrying, publisher_to,
-    quick_consumer, unique, wait_until,
+    quick_consumer, quick_consumer_at, unique, wait_until,
 };
 use events::{
     Backoff, Consumer, ConsumerBuilder, Context, Event, HandlerError, PublishOptions, Publisher,
@@ -169,6 +169,55 @@ async fn three_consumers_in_one_group_handle_each_of_1000_events_once() {
         "the work was shared: {processed:?}"
     );
     assert_eq!(pending(&server, &stream, "workers").await, 0);
+}
+
+#[tokio::test]
+async fn a_consumer_reads_the_database_its_url_names_with_replies_of_any_size() {
+    let server = RedisServer::start();
+    let stream = unique("database");
+    let url = format!("{}/3", server.url());
+    // The stream of the same name in database 0 is not the consumer's.
+    publish_tasks(&publisher_to(server.url(), &stream).await, 1000..1001).await;
+    let publisher = publisher_to(&url, &stream).await;
+    publish_tasks(&publisher, 0..100).await;
+    // A body of 1.2 MB: its read's reply comes in many pieces.
+    let user = "ada".repeat(400_000);
+    publisher
+        .publish(&Login { user: user.clone() })
+        .await
+        .unwrap();
+    let seen = seen();
+    let logins = Arc::new(Mutex::new(Vec::new()));
+    let logged = Arc::clone(&logins);
+    let consumer = quick_consumer_at(&url, &stream, "workers")
+        .handle(recording(&seen))
+        .handle(move |login: Login, _: Context| {
+            logged.lock().unwrap().push(login.user);
+            futures::future::ready(Ok(()))
+        })
+        .build()
+        .await
+        .unwrap();
+    let running = spawn(&consumer);
+    wait_until("the 100 tasks and the login are handled", || {
+        count(&seen) == 100 && !logins.lock().unwrap().is_empty()
+    })
+    .await;
+    stop(running).await;
+
+    assert_eq!(
+        seen.lock().unwrap().keys().copied().collect::<Vec<_>>(),
+        (0..100).collect::<Vec<_>>()
+    );
+    assert!(*logins.lock().unwrap() == [user], "the login, whole");
+    let mut database_0 = connection(&server).await;
+    let groups: Vec<redis::Value> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(&stream)
+        .query_async(&mut database_0)
+        .await
+        .unwrap();
+    assert!(groups.is_empty(), "database 0's stream has no group");
 }
 
 #[tokio::test]

@@ -10,11 +10,13 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 
+use crate::direct_reader::DirectReader;
 use crate::endpoint::{Client, Endpoint};
 use crate::error::is_authentication;
 use crate::replicas::Replicas;
+use crate::resp::parse_read_reply;
 use crate::sentinel::{OpenError, SentinelConnection};
-use crate::{Error, Result};
+use crate::{Error, Result, StreamEntry};
 
 /// A connection to one Redis, to a Redis Cluster or to the master Redis Sentinels name; cheap to
 /// clone, clones share it.
@@ -23,6 +25,9 @@ pub struct Connection {
     link: Link,
     /// The replicas every command waits for, if the endpoint asks for them.
     replicas: Option<Replicas>,
+    /// Where stream reads go instead, on a consumer's reader connections to one server over
+    /// plain TCP.
+    direct: Option<DirectReader>,
 }
 
 /// What commands travel on.
@@ -45,6 +50,7 @@ impl std::fmt::Debug for Connection {
         f.debug_struct("Connection")
             .field("kind", &kind)
             .field("replicas", &self.replicas)
+            .field("direct", &self.direct.is_some())
             .finish()
     }
 }
@@ -72,6 +78,7 @@ impl Connection {
         Self {
             link,
             replicas: None,
+            direct: None,
         }
     }
 
@@ -151,6 +158,18 @@ impl Connection {
         }
         let _ = master;
         cmd.query_async(&mut self.link.clone()).await
+    }
+
+    /// Runs `command`, an `XREADGROUP`: per stream, its entries.
+    pub(crate) async fn read_streams(
+        &self,
+        command: &Cmd,
+    ) -> redis::RedisResult<Vec<(String, Vec<StreamEntry>)>> {
+        if let Some(direct) = &self.direct {
+            return direct.read(command).await;
+        }
+        let reply: Value = command.query_async(&mut self.clone()).await?;
+        Ok(parse_read_reply(reply))
     }
 
     /// The same connection, its commands not waiting for replicas: for checks that only read.
@@ -321,6 +340,7 @@ pub(crate) async fn connect(endpoint: &Endpoint, response_timeout: Duration) -> 
     let connection = Connection {
         link,
         replicas: endpoint.replicas(),
+        direct: None,
     };
     if connection.replicas.is_some() && connection.is_cluster() {
         return Err(Error::Config(
@@ -328,6 +348,20 @@ pub(crate) async fn connect(endpoint: &Endpoint, response_timeout: Duration) -> 
         ));
     }
     check_login(connection).await
+}
+
+/// Connects to `endpoint` as [`connect`] does, for a consumer's stream reads: on one server over
+/// plain TCP, they take a connection of their own (see `direct_reader`).
+pub(crate) async fn connect_reader(
+    endpoint: &Endpoint,
+    response_timeout: Duration,
+) -> Result<Connection> {
+    let mut connection = connect(endpoint, response_timeout).await?;
+    if let Client::Single(client) = endpoint.make_client(response_timeout)? {
+        connection.direct =
+            DirectReader::for_server(client.get_connection_info(), response_timeout);
+    }
+    Ok(connection)
 }
 
 /// `error`, said plainly when a server dropped a plain client at once: most likely it listens for

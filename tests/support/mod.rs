@@ -29,11 +29,14 @@ pub(crate) fn unique(name: &str) -> String {
 }
 
 /// A plain multiplexed connection to `server` (its plain listener), for reading back what the
-/// library wrote.
+/// library wrote. Its replies may take long: redis-rs's parser, unoptimised in tests, took more
+/// than the default half second over a page of 1,000 entries with tests six at a time.
 pub(crate) async fn connection(server: &RedisServer) -> redis::aio::MultiplexedConnection {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_response_timeout(Some(std::time::Duration::from_secs(10)));
     redis::Client::open(server.plain_url())
         .expect("valid url")
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(&config)
         .await
         .expect("connect to the test server")
 }

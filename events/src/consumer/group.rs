@@ -9,7 +9,8 @@ use redis::aio::ConnectionLike;
 use redis::{Script, ScriptInvocation, Value};
 
 use super::identity::{Digest, MarkSettings};
-use crate::resp::{into_array, into_string, into_u64, millis, parse_fields, parse_read_reply};
+use crate::connection::Connection;
+use crate::resp::{into_array, into_string, into_u64, millis, parse_fields};
 use crate::transfer::{Finish, add_and_finish};
 use crate::{StreamEntry, keys};
 
@@ -227,34 +228,6 @@ impl<C: ConnectionLike + Clone + Send + Sync> Group<C> {
             None => StartFrom::Beginning,
         };
         self.ensure(stream, &start).await
-    }
-
-    /// Up to `count` new entries for this consumer (`XREADGROUP .. >`) from the first `count` of
-    /// `streams` at most, waiting up to `block` for some (not at all when `None`). Redis applies
-    /// `COUNT` to each stream: the count is shared out.
-    pub(crate) async fn read(
-        &self,
-        streams: &[String],
-        count: usize,
-        block: Option<Duration>,
-    ) -> redis::RedisResult<Vec<(String, Vec<StreamEntry>)>> {
-        let streams = &streams[..streams.len().min(count.max(1))];
-        let mut command = redis::cmd("XREADGROUP");
-        command
-            .arg("GROUP")
-            .arg(&self.group)
-            .arg(&self.consumer)
-            .arg("COUNT")
-            .arg((count / streams.len().max(1)).max(1));
-        if let Some(block) = block {
-            command.arg("BLOCK").arg(millis(block).max(1));
-        }
-        command.arg("STREAMS").arg(streams);
-        for _ in streams {
-            command.arg(">");
-        }
-        let reply: Value = command.query_async(&mut self.connection.clone()).await?;
-        Ok(parse_read_reply(reply))
     }
 
     /// Up to `count` entries of `stream` pending for at least `min_idle`, on any consumer, oldest
@@ -574,6 +547,35 @@ impl<C: ConnectionLike + Clone + Send + Sync> Group<C> {
             .invoke_async(&mut self.connection.clone())
             .await?;
         Ok(removed == 1)
+    }
+}
+
+impl Group<Connection> {
+    /// Up to `count` new entries for this consumer (`XREADGROUP .. >`) from the first `count` of
+    /// `streams` at most, waiting up to `block` for some (not at all when `None`). Redis applies
+    /// `COUNT` to each stream: the count is shared out.
+    pub(crate) async fn read(
+        &self,
+        streams: &[String],
+        count: usize,
+        block: Option<Duration>,
+    ) -> redis::RedisResult<Vec<(String, Vec<StreamEntry>)>> {
+        let streams = &streams[..streams.len().min(count.max(1))];
+        let mut command = redis::cmd("XREADGROUP");
+        command
+            .arg("GROUP")
+            .arg(&self.group)
+            .arg(&self.consumer)
+            .arg("COUNT")
+            .arg((count / streams.len().max(1)).max(1));
+        if let Some(block) = block {
+            command.arg("BLOCK").arg(millis(block).max(1));
+        }
+        command.arg("STREAMS").arg(streams);
+        for _ in streams {
+            command.arg(">");
+        }
+        self.connection.read_streams(&command).await
     }
 }
 
