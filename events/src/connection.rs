@@ -350,13 +350,18 @@ pub(crate) async fn connect(endpoint: &Endpoint, response_timeout: Duration) -> 
     check_login(connection).await
 }
 
-/// Connects to `endpoint` as [`connect`] does, for a consumer's stream reads: on one server over
-/// plain TCP, they take a connection of their own (see `direct_reader`).
+/// Connects to `endpoint` as [`connect`] does, for a consumer's stream reads: on one server a URL
+/// names over plain TCP, they take a connection of their own (see `direct_reader`). A redis-rs
+/// client of the caller's own keeps them: it may bring what a URL cannot say (a credentials
+/// provider, its own TLS).
 pub(crate) async fn connect_reader(
     endpoint: &Endpoint,
     response_timeout: Duration,
 ) -> Result<Connection> {
     let mut connection = connect(endpoint, response_timeout).await?;
+    if endpoint.uses_tls() {
+        return Ok(connection);
+    }
     if let Client::Single(client) = endpoint.make_client(response_timeout)? {
         connection.direct =
             DirectReader::for_server(client.get_connection_info(), response_timeout);
