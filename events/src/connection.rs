@@ -353,13 +353,14 @@ pub(crate) async fn connect(endpoint: &Endpoint, response_timeout: Duration) -> 
 /// Connects to `endpoint` as [`connect`] does, for a consumer's stream reads: on one server a URL
 /// names over plain TCP, they take a connection of their own (see `direct_reader`). A redis-rs
 /// client of the caller's own keeps them: it may bring what a URL cannot say (a credentials
-/// provider, its own TLS).
+/// provider, its own TLS). So do reads that wait for replicas: a read records deliveries, and one
+/// that a failover loses must not be handled.
 pub(crate) async fn connect_reader(
     endpoint: &Endpoint,
     response_timeout: Duration,
 ) -> Result<Connection> {
     let mut connection = connect(endpoint, response_timeout).await?;
-    if endpoint.uses_tls() {
+    if endpoint.uses_tls() || connection.replicas.is_some() {
         return Ok(connection);
     }
     if let Client::Single(client) = endpoint.make_client(response_timeout)? {
