@@ -271,6 +271,95 @@ mod tests {
         assert_eq!(error.code(), Some("NOGROUP"));
     }
 
+    mod arbitrary_replies {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// An entry as a read gives it: an id and its flat fields, or nil (deleted while pending).
+        type Entry = (String, Option<Vec<(Vec<u8>, Vec<u8>)>>);
+
+        fn header(out: &mut Vec<u8>, kind: char, number: usize) {
+            out.extend_from_slice(format!("{kind}{number}\r\n").as_bytes());
+        }
+
+        fn bulk(out: &mut Vec<u8>, bytes: &[u8]) {
+            header(out, '$', bytes.len());
+            out.extend_from_slice(bytes);
+            out.extend_from_slice(b"\r\n");
+        }
+
+        /// The RESP2 reply Redis gives for `streams`.
+        fn encode(streams: &[(String, Vec<Entry>)]) -> Vec<u8> {
+            let mut out = Vec::new();
+            header(&mut out, '*', streams.len());
+            for (name, entries) in streams {
+                header(&mut out, '*', 2);
+                bulk(&mut out, name.as_bytes());
+                header(&mut out, '*', entries.len());
+                for (id, fields) in entries {
+                    header(&mut out, '*', 2);
+                    bulk(&mut out, id.as_bytes());
+                    match fields {
+                        None => out.extend_from_slice(b"*-1\r\n"),
+                        Some(fields) => {
+                            header(&mut out, '*', fields.len() * 2);
+                            for (name, value) in fields {
+                                bulk(&mut out, name);
+                                bulk(&mut out, value);
+                            }
+                        }
+                    }
+                }
+            }
+            out
+        }
+
+        fn bytes() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                prop::collection::vec(any::<u8>(), 0..40),
+                // Line ends and RESP type bytes inside values.
+                prop::collection::vec(prop::sample::select(b"\r\n$*-+:0 ".to_vec()), 0..20),
+            ]
+        }
+
+        fn entry() -> impl Strategy<Value = Entry> {
+            let fields = prop::collection::vec((bytes(), bytes()), 0..8);
+            (
+                "[0-9]{1,13}-[0-9]{1,3}",
+                prop::option::weighted(0.9, fields),
+            )
+        }
+
+        proptest! {
+            #[test]
+            fn are_found_whole_and_read_back_as_written(
+                streams in prop::collection::vec(("[a-z:]{1,12}", prop::collection::vec(entry(), 0..6)), 0..4),
+                cut in any::<prop::sample::Index>(),
+            ) {
+                let reply = encode(&streams);
+                // Cut anywhere, the frame is not whole yet; with the rest (and more behind it), it
+                // ends where it does.
+                let cut = cut.index(reply.len());
+                let mut scan = FrameScan::default();
+                prop_assert_eq!(scan.advance(&reply[..cut]).unwrap(), None);
+                let followed = [reply.as_slice(), b"+OK\r\n"].concat();
+                prop_assert_eq!(scan.advance(&followed).unwrap(), Some(reply.len()));
+                let expected: Vec<(String, Vec<StreamEntry>)> = streams
+                    .into_iter()
+                    .map(|(name, entries)| {
+                        let entries = entries
+                            .into_iter()
+                            .map(|(id, fields)| StreamEntry { id, fields: fields.unwrap_or_default() })
+                            .collect();
+                        (name, entries)
+                    })
+                    .collect();
+                prop_assert_eq!(parse_read_frame(&reply).unwrap(), expected);
+            }
+        }
+    }
+
     #[test]
     fn malformed_replies_are_errors_not_waits() {
         let mut scan = FrameScan::default();
