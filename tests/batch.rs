@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::faults::{ConnectionKiller, accept_writes, refuse_writes};
-use crate::support::{Captured, RedisServer, connection, publisher_to, unique, wait_until};
+use crate::support::{
+    Captured, RedisServer, clients, connection, publisher_to, unique, wait_until,
+};
 use events::{
     Backoff, BatchConfig, BatchedPublisher, BatchingStrategy, Error, Event, Overflow,
     PublisherConfig, Router, read_range,
@@ -272,15 +274,6 @@ async fn no_more_batches_in_flight_than_the_cap() {
 }
 
 /// A line for each client Redis has connected now (`CLIENT LIST`).
-async fn clients(server: &RedisServer) -> Vec<String> {
-    let list: String = redis::cmd("CLIENT")
-        .arg("LIST")
-        .query_async(&mut connection(server).await)
-        .await
-        .unwrap();
-    list.lines().map(str::to_owned).collect()
-}
-
 #[tokio::test]
 async fn a_connected_batched_publisher_writes_its_batches_side_by_side_and_loses_none_to_killed_connections()
  {

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::support::{
-    RedisServer, connection, dead_letter_entries, pending, publish_retrying, publisher_to,
+    RedisServer, clients, connection, dead_letter_entries, pending, publish_retrying, publisher_to,
     quick_consumer, quick_consumer_at, unique, wait_until,
 };
 use events::{
@@ -218,6 +218,26 @@ async fn a_consumer_reads_the_database_its_url_names_with_replies_of_any_size() 
         .await
         .unwrap();
     assert!(groups.is_empty(), "database 0's stream has no group");
+}
+
+#[tokio::test]
+async fn a_consumer_holds_at_most_three_connections() {
+    let server = RedisServer::start();
+    let stream = unique("connections");
+    let publisher = publisher_to(server.url(), &stream).await;
+    let before = clients(&server).await.len();
+    let (seen, consumer, running) = run_recording(&server, &stream, "workers").await;
+    wait_until("the consumer runs", || consumer.status().running).await;
+    publish_tasks(&publisher, 0..2_000).await;
+    let mut most = 0;
+    while count(&seen) < 2_000 {
+        most = most.max(clients(&server).await.len() - before);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop(running).await;
+    // Two reading connections (their own, once redis-rs has checked the login on one that is
+    // then closed) and one for everything else.
+    assert!((2..=3).contains(&most), "{most} connections");
 }
 
 #[tokio::test]

@@ -25,9 +25,6 @@ pub struct Connection {
     link: Link,
     /// The replicas every command waits for, if the endpoint asks for them.
     replicas: Option<Replicas>,
-    /// Where stream reads go instead, on a consumer's reader connections to one server over
-    /// plain TCP.
-    direct: Option<DirectReader>,
 }
 
 /// What commands travel on.
@@ -37,6 +34,8 @@ enum Link {
     #[cfg(feature = "cluster")]
     Cluster(ClusterConnection),
     Sentinel(SentinelConnection),
+    /// A consumer's stream reads, on a connection of their own.
+    Direct(DirectReader),
 }
 
 impl std::fmt::Debug for Connection {
@@ -46,11 +45,11 @@ impl std::fmt::Debug for Connection {
             #[cfg(feature = "cluster")]
             Link::Cluster(_) => "cluster",
             Link::Sentinel(_) => "sentinel",
+            Link::Direct(_) => "direct",
         };
         f.debug_struct("Connection")
             .field("kind", &kind)
             .field("replicas", &self.replicas)
-            .field("direct", &self.direct.is_some())
             .finish()
     }
 }
@@ -78,7 +77,6 @@ impl Connection {
         Self {
             link,
             replicas: None,
-            direct: None,
         }
     }
 
@@ -165,8 +163,8 @@ impl Connection {
         &self,
         command: &Cmd,
     ) -> redis::RedisResult<Vec<(String, Vec<StreamEntry>)>> {
-        if let Some(direct) = &self.direct {
-            return direct.read(command).await;
+        if let Link::Direct(reader) = &self.link {
+            return reader.read(command).await;
         }
         let reply: Value = command.query_async(&mut self.clone()).await?;
         Ok(parse_read_reply(reply))
@@ -195,6 +193,7 @@ impl ConnectionLike for Link {
             #[cfg(feature = "cluster")]
             Link::Cluster(connection) => connection.req_packed_command(cmd),
             Link::Sentinel(connection) => connection.req_packed_command(cmd),
+            Link::Direct(connection) => connection.req_packed_command(cmd),
         }
     }
 
@@ -209,6 +208,7 @@ impl ConnectionLike for Link {
             #[cfg(feature = "cluster")]
             Link::Cluster(connection) => connection.req_packed_commands(pipeline, offset, count),
             Link::Sentinel(connection) => connection.req_packed_commands(pipeline, offset, count),
+            Link::Direct(connection) => connection.req_packed_commands(pipeline, offset, count),
         }
     }
 
@@ -218,6 +218,7 @@ impl ConnectionLike for Link {
             #[cfg(feature = "cluster")]
             Link::Cluster(connection) => connection.get_db(),
             Link::Sentinel(connection) => connection.get_db(),
+            Link::Direct(connection) => connection.get_db(),
         }
     }
 }
@@ -340,7 +341,6 @@ pub(crate) async fn connect(endpoint: &Endpoint, response_timeout: Duration) -> 
     let connection = Connection {
         link,
         replicas: endpoint.replicas(),
-        direct: None,
     };
     if connection.replicas.is_some() && connection.is_cluster() {
         return Err(Error::Config(
@@ -359,13 +359,17 @@ pub(crate) async fn connect_reader(
     endpoint: &Endpoint,
     response_timeout: Duration,
 ) -> Result<Connection> {
+    // Connecting through redis-rs first gives its errors (credentials refused, a TLS port) as
+    // every other connection does; its connection is then closed.
     let mut connection = connect(endpoint, response_timeout).await?;
     if endpoint.uses_tls() || connection.replicas.is_some() {
         return Ok(connection);
     }
-    if let Client::Single(client) = endpoint.make_client(response_timeout)? {
-        connection.direct =
-            DirectReader::for_server(client.get_connection_info(), response_timeout);
+    if let Client::Single(client) = endpoint.make_client(response_timeout)?
+        && let Some(reader) =
+            DirectReader::for_server(client.get_connection_info(), response_timeout)
+    {
+        connection.link = Link::Direct(reader);
     }
     Ok(connection)
 }

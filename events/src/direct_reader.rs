@@ -1,13 +1,16 @@
 //! A consumer's reads on a connection of their own, to a single Redis over plain TCP: the
 //! `XREADGROUP` replies are read from the socket and parsed by [`crate::read_frame`], at a small
-//! part of the CPU redis-rs's general parser takes for them. The connection is opened (and
-//! authenticated) at the first read and after any failure; a read that fails or is cancelled
-//! midway closes it, so that no half-read reply is ever taken for the next.
+//! part of the CPU redis-rs's general parser takes for them. Any other command (there are few on
+//! a reader) goes through redis-rs's parser. The connection is opened (and authenticated) at the
+//! first request and after any failure; a request that fails or is cancelled midway closes it, so
+//! that no half-read reply is ever taken for the next. Requests take turns.
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::{Cmd, ConnectionAddr, ConnectionInfo, RedisResult, Value};
+use redis::aio::ConnectionLike;
+use redis::{Cmd, ConnectionAddr, ConnectionInfo, Pipeline, RedisFuture, RedisResult, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
@@ -21,7 +24,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// The least room made for each read from the socket.
 const READ_SIZE: usize = 64 * 1024;
 
-/// The most buffer space a connection keeps between reads: a batch of 500 ordinary entries
+/// The most buffer space a connection keeps between requests: a batch of 500 ordinary entries
 /// fits in a fifth of it.
 const KEPT_BUFFER: usize = 1024 * 1024;
 
@@ -60,18 +63,34 @@ impl DirectReader {
 
     /// Runs `command`, an `XREADGROUP`: per stream, its entries.
     pub(crate) async fn read(&self, command: &Cmd) -> RedisResult<Vec<(String, Vec<StreamEntry>)>> {
+        self.request(&command.get_packed_command(), 1, |received, frames| {
+            parse_read_frame(&received[frames[0].clone()])
+        })
+        .await
+    }
+
+    /// Sends `request` (`replies` commands), then gives what `parse` makes of the bytes received
+    /// and where each reply's frame is in them.
+    async fn request<T>(
+        &self,
+        request: &[u8],
+        replies: usize,
+        parse: impl FnOnce(&[u8], &[Range<usize>]) -> RedisResult<T>,
+    ) -> RedisResult<T> {
         let mut slot = self.socket.lock().await;
         let mut socket = match slot.take() {
             Some(socket) => socket,
             None => self.open().await?,
         };
-        let frame = socket.exchange(command, self.response_timeout).await?;
-        let read = parse_read_frame(&socket.received[..frame]);
+        let frames = socket
+            .exchange(request, replies, self.response_timeout)
+            .await?;
+        let parsed = parse(&socket.received, &frames);
         socket.received.clear();
         // A reply of huge entries leaves no buffer of its size behind.
         socket.received.shrink_to(KEPT_BUFFER);
         *slot = Some(socket);
-        read
+        parsed
     }
 
     /// Connects, then authenticates and selects the database as the server's settings say.
@@ -86,53 +105,93 @@ impl DirectReader {
             received: Vec::new(),
         };
         let settings = self.info.redis_settings();
+        let mut handshake = redis::pipe();
         if let Some(password) = settings.password() {
-            let mut auth = redis::cmd("AUTH");
-            auth.arg(settings.username()).arg(password);
-            socket.expect_ok(&auth, self.response_timeout).await?;
+            handshake.cmd("AUTH").arg(settings.username()).arg(password);
         }
         if settings.db() != 0 {
-            let mut select = redis::cmd("SELECT");
-            select.arg(settings.db());
-            socket.expect_ok(&select, self.response_timeout).await?;
+            handshake.cmd("SELECT").arg(settings.db());
+        }
+        let commands = handshake.cmd_iter().count();
+        if commands > 0 {
+            let request = handshake.get_packed_pipeline();
+            let frames = socket
+                .exchange(&request, commands, self.response_timeout)
+                .await?;
+            for value in values(&socket.received, &frames)? {
+                value.extract_error()?;
+            }
+            socket.received.clear();
         }
         Ok(socket)
     }
 }
 
+/// Each frame of `received` as redis-rs parses it.
+fn values(received: &[u8], frames: &[Range<usize>]) -> RedisResult<Vec<Value>> {
+    frames
+        .iter()
+        .map(|frame| redis::parse_redis_value(&received[frame.clone()]))
+        .collect()
+}
+
 impl Socket {
-    /// Sends `command` and reads its reply, within `timeout`: the reply's length in `received`.
-    async fn exchange(&mut self, command: &Cmd, timeout: Duration) -> RedisResult<usize> {
+    /// Sends `request` and reads `replies` replies to it, within `timeout`: where each reply's
+    /// frame is in `received`.
+    async fn exchange(
+        &mut self,
+        request: &[u8],
+        replies: usize,
+        timeout: Duration,
+    ) -> RedisResult<Vec<Range<usize>>> {
         tokio::time::timeout(timeout, async {
-            self.stream.write_all(&command.get_packed_command()).await?;
+            self.stream.write_all(request).await?;
+            let mut frames = Vec::with_capacity(replies);
+            let mut start = 0;
             let mut scan = FrameScan::default();
-            loop {
-                if let Some(length) = scan.advance(&self.received)? {
-                    return Ok(length);
+            while frames.len() < replies {
+                if let Some(length) = scan.advance(&self.received[start..])? {
+                    frames.push(start..start + length);
+                    start += length;
+                    scan = FrameScan::default();
+                    continue;
                 }
                 self.received.reserve(READ_SIZE);
                 if self.stream.read_buf(&mut self.received).await? == 0 {
                     return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
                 }
             }
+            Ok(frames)
         })
         .await
         .map_err(|_| timed_out("waiting for a reply"))?
     }
+}
 
-    /// Runs `command`, a handshake's, whose reply is `OK` unless it failed.
-    async fn expect_ok(&mut self, command: &Cmd, timeout: Duration) -> RedisResult<()> {
-        let length = self.exchange(command, timeout).await?;
-        let reply = redis::parse_redis_value(&self.received[..length])?;
-        self.received.clear();
-        match reply.extract_error()? {
-            Value::Okay => Ok(()),
-            other => Err(redis::RedisError::from((
-                redis::ErrorKind::UnexpectedReturnType,
-                "unexpected reply to a handshake",
-                format!("{other:?}"),
-            ))),
-        }
+impl ConnectionLike for DirectReader {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(async move {
+            let mut replies = self.request(&cmd.get_packed_command(), 1, values).await?;
+            Ok(replies.pop().unwrap_or(Value::Nil))
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            let mut replies = self
+                .request(&pipeline.get_packed_pipeline(), offset + count, values)
+                .await?;
+            Ok(replies.split_off(offset.min(replies.len())))
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.info.redis_settings().db()
     }
 }
 

@@ -1,7 +1,8 @@
 //! `XREADGROUP` replies read straight from their RESP2 bytes: a [`FrameScan`] finds where a
 //! reply ends as its bytes come, and [`parse_read_frame`] turns a whole one into entries.
 //! redis-rs's general reply parser spends about 24,000 instructions on each entry of a read's
-//! reply (callgrind, entries of 8 fields); this reads one in a few hundred.
+//! reply (callgrind, entries of 8 fields); this finds and reads one in about 11,000, most of them
+//! the allocations of its fields.
 
 use redis::{ErrorKind, RedisError, RedisResult};
 
@@ -67,7 +68,8 @@ fn header(bytes: &[u8], at: usize) -> RedisResult<Option<Header>> {
     let Some(&kind) = bytes.get(at) else {
         return Ok(None);
     };
-    let Some(length) = memchr::memchr(b'\n', &bytes[at..]) else {
+    // Header lines are short: a plain scan beats memchr's setup.
+    let Some(length) = bytes[at..].iter().position(|&byte| byte == b'\n') else {
         return Ok(None);
     };
     let line = &bytes[at + 1..at + length];
@@ -79,7 +81,7 @@ fn header(bytes: &[u8], at: usize) -> RedisResult<Option<Header>> {
         b'$' | b'*' | b':' => integer(line)?,
         other => {
             return Err(malformed(&format!(
-                "a value of type `{}` in a stream read's reply",
+                "a value of type `{}` in a reply (RESP2 is expected)",
                 other.escape_ascii()
             )));
         }
@@ -112,7 +114,7 @@ fn integer(line: &[u8]) -> RedisResult<i64> {
 fn malformed(what: &str) -> RedisError {
     RedisError::from((
         ErrorKind::Parse,
-        "malformed reply to a stream read",
+        "malformed reply from Redis",
         what.to_owned(),
     ))
 }

@@ -41,6 +41,16 @@ pub(crate) async fn connection(server: &RedisServer) -> redis::aio::MultiplexedC
         .expect("connect to the test server")
 }
 
+/// The lines of `CLIENT LIST` on `server`: its clients, the one asking among them.
+pub(crate) async fn clients(server: &RedisServer) -> Vec<String> {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut connection(server).await)
+        .await
+        .unwrap();
+    list.lines().map(str::to_owned).collect()
+}
+
 /// The entries of `stream`'s dead-letter stream on `server`, oldest first.
 pub(crate) async fn dead_letter_entries(
     server: &RedisServer,
