@@ -10,7 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::ConnectionLike;
-use redis::{Cmd, ConnectionAddr, ConnectionInfo, Pipeline, RedisFuture, RedisResult, Value};
+use redis::{
+    Cmd, ConnectionAddr, ConnectionInfo, Pipeline, RedisConnectionInfo, RedisFuture, RedisResult,
+    Value,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
@@ -31,9 +34,10 @@ const KEPT_BUFFER: usize = 1024 * 1024;
 /// Where reads go, and the connection they take; cheap to clone, clones share the connection.
 #[derive(Debug, Clone)]
 pub(crate) struct DirectReader {
-    info: Arc<ConnectionInfo>,
     host: Arc<str>,
     port: u16,
+    /// The credentials and database the server's URL names.
+    settings: Arc<RedisConnectionInfo>,
     response_timeout: Duration,
     socket: Arc<Mutex<Option<Socket>>>,
 }
@@ -55,7 +59,7 @@ impl DirectReader {
         Some(Self {
             host: Arc::from(host.as_str()),
             port: *port,
-            info: Arc::new(info.clone()),
+            settings: Arc::new(info.redis_settings().clone()),
             response_timeout,
             socket: Arc::default(),
         })
@@ -104,7 +108,7 @@ impl DirectReader {
             stream,
             received: Vec::new(),
         };
-        let settings = self.info.redis_settings();
+        let settings = &self.settings;
         let mut handshake = redis::pipe();
         if let Some(password) = settings.password() {
             handshake.cmd("AUTH").arg(settings.username()).arg(password);
@@ -191,7 +195,7 @@ impl ConnectionLike for DirectReader {
     }
 
     fn get_db(&self) -> i64 {
-        self.info.redis_settings().db()
+        self.settings.db()
     }
 }
 
