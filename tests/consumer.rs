@@ -675,6 +675,48 @@ async fn graceful_shutdown_acknowledges_exactly_what_was_handled() {
     assert!(!consumer.status().running);
 }
 
+/// An idle consumer's reads block for 20 s; it stops at once all the same, with nothing left
+/// pending, however many times it is started and stopped.
+#[tokio::test]
+async fn an_idle_consumer_stops_without_waiting_out_its_blocking_read() {
+    let server = RedisServer::start();
+    let stream = unique("unblock");
+    let seen = seen();
+    let consumer = quick_consumer(&server, &stream, "g")
+        .block(Duration::from_secs(20))
+        .handle(recording(&seen))
+        .build()
+        .await
+        .unwrap();
+    let publisher = publisher_to(server.url(), &stream).await;
+    for round in 0..3 {
+        let running = spawn(&consumer);
+        publish_tasks(&publisher, round * 10..round * 10 + 10).await;
+        wait_until("the round's events are handled", || {
+            count(&seen) as u64 == round * 10 + 10
+        })
+        .await;
+        // Idle now: its reads wait for entries that do not come.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let stopping = std::time::Instant::now();
+        stop(running).await;
+        let took = stopping.elapsed();
+        assert!(
+            took < Duration::from_secs(5),
+            "stopping took {took:?}, waiting out the 20 s block"
+        );
+    }
+    assert_eq!(pending(&server, &stream, "g").await, 0);
+    assert!(seen.lock().unwrap().values().all(|runs| runs.len() == 1));
+    // Entries added after the stop are read by the next run, none was taken by a read ended
+    // early.
+    publish_tasks(&publisher, 30..40).await;
+    let running = spawn(&consumer);
+    wait_until("the last events are handled", || count(&seen) == 40).await;
+    stop(running).await;
+    assert_eq!(pending(&server, &stream, "g").await, 0);
+}
+
 /// Whether stream entry id `a` is at or before `b`.
 fn entry_le(a: &str, b: &str) -> bool {
     let parse = |id: &str| {

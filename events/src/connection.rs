@@ -170,6 +170,15 @@ impl Connection {
         Ok(parse_read_reply(reply))
     }
 
+    /// The server's id of the connection a stream read is under way on, for `CLIENT UNBLOCK`
+    /// from another connection; known for a consumer's reads on a connection of their own.
+    pub(crate) fn reader_id(&self) -> Option<u64> {
+        match &self.link {
+            Link::Direct(reader) => reader.client_id(),
+            _ => None,
+        }
+    }
+
     /// The same connection, its commands not waiting for replicas: for checks that only read.
     pub(crate) fn unconfirmed(&self) -> Self {
         Self::of(self.link.clone())

@@ -3,10 +3,13 @@
 //! part of the CPU redis-rs's general parser takes for them. Any other command (there are few on
 //! a reader) goes through redis-rs's parser. The connection is opened (and authenticated) at the
 //! first request and after any failure; a request that fails or is cancelled midway closes it, so
-//! that no half-read reply is ever taken for the next. Requests take turns.
+//! that no half-read reply is ever taken for the next. Requests take turns. The server's id of the
+//! open connection is known, so that another connection can end a blocking read early
+//! (`CLIENT UNBLOCK`).
 
 use std::ops::Range;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use redis::aio::ConnectionLike;
@@ -40,6 +43,8 @@ pub(crate) struct DirectReader {
     settings: Arc<RedisConnectionInfo>,
     response_timeout: Duration,
     socket: Arc<Mutex<Option<Socket>>>,
+    /// The server's id of the connection last opened (0 before the first).
+    client_id: Arc<AtomicU64>,
 }
 
 /// An open, authenticated connection and the bytes read from it.
@@ -62,7 +67,14 @@ impl DirectReader {
             settings: Arc::new(info.redis_settings().clone()),
             response_timeout,
             socket: Arc::default(),
+            client_id: Arc::default(),
         })
+    }
+
+    /// The server's id of the connection requests go on, once one was opened: while a request
+    /// is under way, the connection it is on.
+    pub(crate) fn client_id(&self) -> Option<u64> {
+        Some(self.client_id.load(Ordering::Acquire)).filter(|&id| id != 0)
     }
 
     /// Runs `command`, an `XREADGROUP`: per stream, its entries.
@@ -97,8 +109,10 @@ impl DirectReader {
         parsed
     }
 
-    /// Connects, then authenticates and selects the database as the server's settings say.
+    /// Connects, then authenticates and selects the database as the server's settings say, and
+    /// learns the connection's id.
     async fn open(&self) -> RedisResult<Socket> {
+        self.client_id.store(0, Ordering::Release);
         let address = (&*self.host, self.port);
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address))
             .await
@@ -116,17 +130,21 @@ impl DirectReader {
         if settings.db() != 0 {
             handshake.cmd("SELECT").arg(settings.db());
         }
+        handshake.cmd("CLIENT").arg("ID");
+        let request = handshake.get_packed_pipeline();
         let commands = handshake.cmd_iter().count();
-        if commands > 0 {
-            let request = handshake.get_packed_pipeline();
-            let frames = socket
-                .exchange(&request, commands, self.response_timeout)
-                .await?;
-            for value in values(&socket.received, &frames)? {
-                value.extract_error()?;
-            }
-            socket.received.clear();
+        let frames = socket
+            .exchange(&request, commands, self.response_timeout)
+            .await?;
+        let mut replies = values(&socket.received, &frames)?;
+        socket.received.clear();
+        // A user not allowed `CLIENT ID` reads all the same, its reads just not ended early.
+        let id = replies.pop().map(redis::from_redis_value::<u64>);
+        for value in replies {
+            value.extract_error()?;
         }
+        let id = id.and_then(Result::ok).unwrap_or(0);
+        self.client_id.store(id, Ordering::Release);
         Ok(socket)
     }
 }

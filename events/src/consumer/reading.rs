@@ -109,6 +109,8 @@ impl Reading {
         let mut out: Vec<Option<Read>> = (0..readers.len()).map(|_| None).collect();
         let mut replies: JoinSet<(usize, ReadResult)> = JoinSet::new();
         let mut busy = false;
+        // Whether the reads under way were ended early, at shutdown.
+        let mut unblocked = false;
         loop {
             while self.deliveries.try_join_next().is_some() {}
             let readable = self.readable();
@@ -149,7 +151,15 @@ impl Reading {
                 }
                 continue;
             }
-            let read = match replies.join_next().await {
+            let joined = tokio::select! {
+                joined = replies.join_next() => joined,
+                () = shutdown.cancelled(), if !unblocked => {
+                    unblocked = true;
+                    self.unblock_reads(&out).await;
+                    continue;
+                }
+            };
+            let read = match joined {
                 Some(Ok((reader, read))) => {
                     out[reader] = None;
                     read
@@ -201,6 +211,27 @@ impl Reading {
                         () = tokio::time::sleep(delay) => {}
                     }
                 }
+            }
+        }
+    }
+
+    /// Ends the blocking reads under way early, so that stopping does not wait out `block`: Redis
+    /// answers each as if its block had timed out, unless it answered already (then its entries
+    /// are delivered as usual). Reads whose connection's id is not known are waited for.
+    async fn unblock_reads(&self, out: &[Option<Read>]) {
+        let inner = &self.session.inner;
+        let under_way = out.iter().enumerate().filter(|(_, read)| read.is_some());
+        for (index, _) in under_way {
+            let Some(id) = inner.readers[index].connection.reader_id() else {
+                continue;
+            };
+            let unblocking: redis::RedisResult<i64> = redis::cmd("CLIENT")
+                .arg("UNBLOCK")
+                .arg(id)
+                .query_async(&mut inner.commands.connection.clone())
+                .await;
+            if let Err(error) = unblocking {
+                tracing::debug!(%error, "could not end a blocking read early; waiting for it");
             }
         }
     }
