@@ -164,25 +164,61 @@ async fn traffic_through(failover: Failover) {
     // Long enough for any entry left pending to be reclaimed and run again, if it were to be.
     tokio::time::sleep(Duration::from_secs(3)).await;
     running.close().await;
-    let runs = runs.lock().unwrap();
+    let runs = runs.lock().unwrap().clone();
     let missing: Vec<u64> = (0..EVENTS).filter(|n| !runs.contains_key(n)).collect();
     let twice: Vec<(u64, u32)> = runs
         .iter()
         .filter(|(_, count)| **count != 1)
         .map(|(n, count)| (*n, *count))
         .collect();
-    assert!(
-        missing.is_empty(),
-        "{} events lost, such as {:?}",
-        missing.len(),
-        &missing[..missing.len().min(10)]
-    );
+    if !missing.is_empty() {
+        let whereabouts = whereabouts(&group.replica, &stream).await;
+        panic!(
+            "{} events lost, such as {:?}; {whereabouts}",
+            missing.len(),
+            &missing[..missing.len().min(10)]
+        );
+    }
     assert!(
         twice.is_empty(),
         "{} events run more than once, such as {:?}",
         twice.len(),
         &twice[..twice.len().min(10)]
     );
+}
+
+/// Where the stream's entries are on `master`, to tell how events went missing: its length, what
+/// is pending on which consumer, and the dead letters' errors.
+async fn whereabouts(master: &RedisServer, stream: &str) -> String {
+    let mut redis = connection(master).await;
+    let length: redis::RedisResult<u64> = redis.xlen(stream).await;
+    let pending: redis::RedisResult<redis::Value> = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg("workers")
+        .query_async(&mut redis)
+        .await;
+    let dead = events::read_range(&mut redis, &events::dead_letter_stream(stream), "-", "+", 5)
+        .await
+        .unwrap_or_default();
+    let dead: Vec<String> = dead
+        .iter()
+        .map(|entry| {
+            entry
+                .fields
+                .iter()
+                .filter(|(name, _)| !name.starts_with(b"data"))
+                .map(|(name, value)| {
+                    format!(
+                        "{}={}",
+                        String::from_utf8_lossy(name),
+                        String::from_utf8_lossy(value)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    format!("stream length {length:?}, pending {pending:?}, first dead letters {dead:?}")
 }
 
 #[tokio::test]
