@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::support::faults::{ConnectionKiller, accept_writes, allow, deny, refuse_writes, stall};
+use crate::support::faults::{
+    ConnectionKiller, accept_writes, allow, deny, lost_deliveries, refuse_writes, stall,
+};
 use crate::support::{
     RedisServer, Running, connection, pending, publisher_to, publisher_to_partitions, quick,
     quick_consumer, unique, wait_until,
@@ -568,19 +570,72 @@ async fn a_redis_stall_longer_than_claim_idle_takes_no_entry_from_a_live_consume
     assert_eq!(pending(&server, &stream, "workers").await, 0);
 }
 
+/// Reads and claims whose replies were lost count deliveries in Redis without starting a handler:
+/// they use up none of an event's attempts. Here the events' eighth deliveries are their first
+/// attempts, and job 0, failing twice, still gets its third.
+#[tokio::test]
+async fn deliveries_whose_replies_were_lost_use_up_no_attempts() {
+    let server = RedisServer::start();
+    let stream = unique("lost-replies");
+    publish_jobs(&publisher_to(server.url(), &stream).await, 0..3).await;
+    lost_deliveries(&server, &stream, "workers", 7).await;
+    let attempts: Arc<Mutex<BTreeMap<u64, Vec<u32>>>> = Arc::default();
+    let handler = {
+        let attempts = Arc::clone(&attempts);
+        move |job: Job, context: Context| {
+            let attempt = context.attempt();
+            attempts
+                .lock()
+                .unwrap()
+                .entry(job.n)
+                .or_default()
+                .push(attempt);
+            let result = if job.n == 0 && attempt < 3 {
+                Err(HandlerError::from("not yet"))
+            } else {
+                Ok(())
+            };
+            futures::future::ready(result)
+        }
+    };
+    let consumer = quick_consumer(&server, &stream, "workers")
+        .max_attempts(5)
+        .handle(handler)
+        .build()
+        .await
+        .unwrap();
+    let running = Running::start(std::slice::from_ref(&consumer));
+    wait_until("every job is handled", || consumer.status().processed == 3).await;
+    running.close().await;
+    let attempts = attempts.lock().unwrap().clone();
+    assert_eq!(
+        attempts,
+        BTreeMap::from([(0, vec![1, 2, 3]), (1, vec![1]), (2, vec![1])])
+    );
+    assert_eq!(dead_letter_count(&server, &stream).await, 0);
+    assert_eq!(pending(&server, &stream, "workers").await, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_killed_every_200_ms_lose_and_repeat_nothing() {
     let server = RedisServer::own();
     let stream = unique("killed");
     let publisher = publisher_to(server.url(), &stream).await;
-    publish_jobs(&publisher, 0..400).await;
+    publish_jobs(&publisher, 0..1000).await;
+    // Built first: a connection killed while a consumer is built fails the build, as it should;
+    // the kills come while they read and handle.
+    let runs = Runs::default();
+    let consumers = build_all(3, |index| {
+        quick_consumer(&server, &stream, "workers")
+            .consumer_name(format!("c{index}"))
+            .concurrency(4)
+            .batch_size(20)
+            .handle(working(&runs, Duration::from_millis(10)))
+    })
+    .await;
     let killer = ConnectionKiller::start(&server, Duration::from_millis(200)).await;
-    let (runs, consumers, running) =
-        start_workers(&server, &stream, 3, Duration::from_millis(10), |consumer| {
-            consumer.concurrency(4).batch_size(20)
-        })
-        .await;
-    wait_until("all are handled", || runs.distinct() == 400).await;
+    let running = Running::start(&consumers);
+    wait_until("all are handled", || runs.distinct() == 1000).await;
     let killed = killer.killed();
     drop(killer);
     // Entries whose read reply was lost are taken over once idle: wait until none is pending.
@@ -592,8 +647,8 @@ async fn connections_killed_every_200_ms_lose_and_repeat_nothing() {
     running.close().await;
 
     assert!(killed >= 10, "connections were killed: {killed}");
-    runs.assert_each_once(0..400);
-    assert_eq!(sum(&consumers, |status| status.processed), 400);
+    runs.assert_each_once(0..1000);
+    assert_eq!(sum(&consumers, |status| status.processed), 1000);
 }
 
 #[tokio::test]

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 
+use crate::support::faults::lost_deliveries;
 use crate::support::{
     RedisServer, dead_letter_entries, nothing_pending, pending, publisher_to, quick_consumer,
     unique,
@@ -131,6 +132,26 @@ async fn a_failed_delivery_comes_back_then_goes_to_the_dead_letters() {
     assert_eq!(reason, "failed after 2 attempts: scanner offline");
 }
 
+/// Reads and claims whose replies were lost use up none of an event's attempts: its eighth
+/// delivery is handed out as its first attempt, and a failure still leaves it its second.
+#[tokio::test]
+async fn deliveries_whose_replies_were_lost_use_up_no_attempts() {
+    let server = RedisServer::start();
+    let stream = unique("typed-lost-replies");
+    publish_parcels(&server, &stream, 1).await;
+    lost_deliveries(&server, &stream, "g", 7).await;
+    let mut subscription = subscribe(&server, &stream, 4).await;
+    let first = next(&mut subscription).await;
+    assert_eq!(first.attempt(), 1);
+    first.fail("scanner offline");
+    let second = next(&mut subscription).await;
+    assert_eq!((second.event(), second.attempt()), (&scanned("p0"), 2));
+    second.ack().await.unwrap();
+    subscription.close().await.unwrap();
+    assert_eq!(pending(&server, &stream, "g").await, 0);
+    assert!(dead_letter_entries(&server, &stream).await.is_empty());
+}
+
 #[tokio::test]
 async fn it_reads_no_further_ahead_than_it_is_consumed() {
     let server = RedisServer::start();
@@ -201,8 +222,8 @@ async fn a_subscription_rides_out_killed_connections_and_a_stall_losing_nothing(
     let server = RedisServer::start();
     let stream = unique("typed-faults");
     publish_parcels(&server, &stream, 300).await;
-    // A read or claim whose reply a killed connection lost still counts a delivery, and
-    // deliveries count attempts: the default five are enough (two were, in four runs).
+    // A read or claim whose reply a killed connection lost counts a delivery in Redis but no
+    // attempt: no handler started with it (its idempotency hold says so).
     let mut subscription = subscribe_with_attempts(&server, &stream, 10, 5).await;
     let killer = ConnectionKiller::start(&server, Duration::from_millis(200)).await;
     let _stalled = stall(&server, Duration::from_millis(500));

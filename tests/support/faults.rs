@@ -1,5 +1,6 @@
 //! Faults a test inflicts on a redis-server: refusing writes for memory, stalling, killing every
-//! client connection, refusing a command to the library's user.
+//! client connection, refusing a command to the library's user, deliveries whose replies were
+//! lost.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,6 +19,47 @@ pub(crate) async fn config_set(server: &RedisServer, parameter: &str, value: &st
         .query_async(&mut connection(server).await)
         .await
         .unwrap();
+}
+
+/// Delivers every entry of `stream` to a consumer `ghost` of `group` (made at the stream's start)
+/// `times` times, one read and then claims, as reads and claims whose replies a dropped connection
+/// or an unconfirmed write lost would: deliveries counted, no handler started.
+pub(crate) async fn lost_deliveries(server: &RedisServer, stream: &str, group: &str, times: u32) {
+    let mut redis = connection(server).await;
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg(group)
+        .arg("0")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let read: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(group)
+        .arg("ghost")
+        .arg("STREAMS")
+        .arg(stream)
+        .arg(">")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let ids: Vec<String> = read.keys[0]
+        .ids
+        .iter()
+        .map(|entry| entry.id.clone())
+        .collect();
+    for _ in 1..times {
+        let _: redis::Value = redis::cmd("XCLAIM")
+            .arg(stream)
+            .arg(group)
+            .arg("ghost")
+            .arg(0)
+            .arg(&ids)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+    }
 }
 
 /// Past its memory limit and told to evict nothing, Redis refuses every write that needs memory

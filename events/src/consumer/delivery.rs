@@ -43,7 +43,8 @@ pub(crate) struct Delivery {
 enum Look {
     /// This entry holds it.
     Held(Digest),
-    /// Another pending entry of the event holds it: look again (after a wait).
+    /// Look again: another pending entry of the event holds it (after a wait), or the entry's
+    /// attempts were counted anew.
     Again,
     /// The event ends so: a repeat, or the consumer stopping.
     End(End),
@@ -309,7 +310,14 @@ impl Delivery {
         let inner = &self.session.inner;
         match self.take_hold(digest, part).await {
             None => Look::End(End::Abandon),
-            Some(Hold::Taken) => Look::Held(digest),
+            // A hold taken anew by an entry delivered before: none of those deliveries started
+            // the handler, so they are no attempts (an event of a packed entry counts with its
+            // others, which may have run).
+            Some(Hold::Taken) if part.is_none() && self.unsettled.kept.deliveries() > 1 => {
+                self.unsettled.kept.count_from_first();
+                Look::Again
+            }
+            Some(Hold::Taken | Hold::Again) => Look::Held(digest),
             Some(Hold::Done | Hold::Dead) => {
                 Counters::add(&inner.counters.duplicates, 1);
                 Look::End(End::Ack { done: None })

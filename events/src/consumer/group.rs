@@ -72,8 +72,11 @@ impl StartFrom {
 /// What an idempotency hold says about an event before its handler runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Hold {
-    /// This entry holds the event: run the handler.
+    /// This entry holds the event from now: run the handler. No delivery of the entry ran it
+    /// before (each takes the hold before it starts the handler).
     Taken,
+    /// This entry held the event already (an earlier delivery or attempt of it): run the handler.
+    Again,
     /// The event was handled already: acknowledge the entry without running the handler.
     Done,
     /// Another pending entry of the same event holds it: look again later.
@@ -466,17 +469,19 @@ impl<C: ConnectionLike + Clone + Send + Sync> Group<C> {
         for request in sorted() {
             invocation.arg(request.entry_id);
         }
-        let refused: Vec<(usize, i64)> = invocation
+        // The script names the entries that do not take a new hold.
+        let exceptions: Vec<(usize, i64)> = invocation
             .invoke_async(&mut self.connection.clone())
             .await?;
         let mut holds = vec![Hold::Taken; requests.len()];
-        for (position, status) in refused {
+        for (position, status) in exceptions {
             let Some(&at) = position.checked_sub(1).and_then(|index| order.get(index)) else {
                 continue;
             };
             holds[at] = match status {
                 1 => Hold::Done,
                 3 => Hold::Dead,
+                4 => Hold::Again,
                 _ => Hold::Busy,
             };
         }

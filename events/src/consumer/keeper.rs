@@ -192,6 +192,13 @@ impl Kept {
         &self.id
     }
 
+    /// Counts this delivery as the entry's first, when the earlier ones are known never to have
+    /// started a handler (read or claimed, their replies lost to a dropped connection or an
+    /// unconfirmed write): they do not use up its attempts. The keeper records it in Redis.
+    pub(crate) fn count_from_first(&self) {
+        self.state.deliveries.store(1, Ordering::Relaxed);
+    }
+
     /// Counts one more delivery, and records it in Redis at once, so a consumer that takes the
     /// entry over after a crash counts it too (the keeper records it later if this fails).
     pub(crate) async fn count_delivery(&self, group: &Group<Connection>) -> u32 {

@@ -476,7 +476,16 @@ impl PullConsumer {
             let mut kept = Vec::with_capacity(candidates.len());
             for (mut holding, hold) in candidates.into_iter().zip(holds) {
                 match hold {
-                    Some((Hold::Taken, digest)) => {
+                    Some((hold @ (Hold::Taken | Hold::Again), digest)) => {
+                        // A hold taken anew by an entry delivered before: none of those
+                        // deliveries was handed out, so they are no attempts.
+                        let entry = &holding.unsettled.kept;
+                        if matches!(hold, Hold::Taken)
+                            && holding.part.is_none()
+                            && entry.deliveries() > 1
+                        {
+                            entry.count_from_first();
+                        }
                         holding.hold = Some(digest);
                         kept.push(holding);
                     }

@@ -15,8 +15,9 @@
 -- then        the entries' ids in the same order, each followed by `#<index>` for an event of a
 --              packed entry
 -- Returns {position, result, ...} for the entries (by position among the arguments above, from
--- 1) that do not hold their event: 1 when it was handled already, 2 when another pending entry
--- of the same event holds it, 3 when it was dead-lettered. The others hold theirs.
+-- 1) that do not take a new hold: 1 when the event was handled already, 2 when another pending
+-- entry of the same event holds it, 3 when it was dead-lettered, 4 when the entry held it already
+-- (an earlier delivery or attempt of it took the hold). The others hold theirs from now.
 
 -- What a delivery of entry `id` may do given its event's `mark`: one of the results above, or
 -- false when the event is free for it (no mark, a stale hold, or a dead mark and a replay).
@@ -29,7 +30,7 @@ local function verdict(mark, id, replay)
     end
     return 3
   elseif mark == id then
-    return 0
+    return 4
   elseif mark then
     -- The holding entry's id, without the `#<index>` of an event of a packed entry.
     local holder = string.match(mark, '^[^#]*')
