@@ -1,6 +1,8 @@
 //! TLS against a redis-server listening for it with certificates the test makes: a custom
 //! certificate authority, client certificates (mutual TLS), and what a client gets wrong.
 
+use std::time::{Duration, Instant};
+
 use crate::support::RedisServer;
 use crate::support::tls::TlsFiles;
 use crate::support::{Running, pending, quick, unique, wait_until};
@@ -16,6 +18,8 @@ struct Kept {
 }
 
 /// Publishes 20 events through `endpoint` and consumes them through it; all must be handled.
+/// Idle then, the consumer stops without waiting out its 20 s blocking read: its reads are on
+/// connections of its own over TLS too, whose reads it can end.
 async fn round_trip(server: &RedisServer, endpoint: Endpoint) {
     let stream = unique("tls");
     let publisher = Publisher::connect(
@@ -29,11 +33,16 @@ async fn round_trip(server: &RedisServer, endpoint: Endpoint) {
     }
     let (consumer, running) = Running::build(
         quick(Consumer::builder(endpoint).stream(&stream).group("g"))
+            .block(Duration::from_secs(20))
             .handle(|_: Kept, _: Context| async { Ok::<(), HandlerError>(()) }),
     )
     .await;
     wait_until("all 20 are handled", || consumer.status().processed == 20).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopping = Instant::now();
     running.close().await;
+    let took = stopping.elapsed();
+    assert!(took < Duration::from_secs(5), "stopping took {took:?}");
     assert_eq!(pending(server, &stream, "g").await, 0);
 }
 

@@ -360,7 +360,7 @@ pub(crate) async fn connect(endpoint: &Endpoint, response_timeout: Duration) -> 
 }
 
 /// Connects to `endpoint` as [`connect`] does, for a consumer's stream reads: on one server a URL
-/// names over plain TCP, they take a connection of their own (see `direct_reader`). A redis-rs
+/// names (over TLS too), they take a connection of their own (see `direct_reader`). A redis-rs
 /// client of the caller's own keeps them: it may bring what a URL cannot say (a credentials
 /// provider, its own TLS). So do reads that wait for replicas: a read records deliveries, and one
 /// that a failover loses must not be handled.
@@ -371,12 +371,12 @@ pub(crate) async fn connect_reader(
     // Connecting through redis-rs first gives its errors (credentials refused, a TLS port) as
     // every other connection does; its connection is then closed.
     let mut connection = connect(endpoint, response_timeout).await?;
-    if endpoint.uses_tls() || connection.replicas.is_some() {
+    if !endpoint.is_url() || connection.replicas.is_some() {
         return Ok(connection);
     }
     if let Client::Single(client) = endpoint.make_client(response_timeout)?
         && let Some(reader) =
-            DirectReader::for_server(client.get_connection_info(), response_timeout)
+            DirectReader::for_server(client.get_connection_info(), endpoint, response_timeout)
     {
         connection.link = Link::Direct(reader);
     }

@@ -1,4 +1,4 @@
-//! A consumer's reads on a connection of their own, to a single Redis over plain TCP: the
+//! A consumer's reads on a connection of their own, to a single Redis over TCP or TLS: the
 //! `XREADGROUP` replies are read from the socket and parsed by [`crate::read_frame`], at a small
 //! part of the CPU redis-rs's general parser takes for them. Any other command (there are few on
 //! a reader) goes through redis-rs's parser. The connection is opened (and authenticated) at the
@@ -17,12 +17,14 @@ use redis::{
     Cmd, ConnectionAddr, ConnectionInfo, Pipeline, RedisConnectionInfo, RedisFuture, RedisResult,
     Value,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
-use crate::StreamEntry;
 use crate::read_frame::{FrameScan, parse_read_frame};
+#[cfg(feature = "tls")]
+use crate::reader_tls::ReaderTls;
+use crate::{Endpoint, StreamEntry};
 
 /// The most a connection takes to open, as for the consumer's other connections.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -42,28 +44,71 @@ pub(crate) struct DirectReader {
     /// The credentials and database the server's URL names.
     settings: Arc<RedisConnectionInfo>,
     response_timeout: Duration,
+    /// TLS over the TCP connection, when the URL asks for it.
+    #[cfg(feature = "tls")]
+    tls: Option<ReaderTls>,
     socket: Arc<Mutex<Option<Socket>>>,
     /// The server's id of the connection last opened (0 before the first).
     client_id: Arc<AtomicU64>,
 }
 
+/// A connection's byte stream: TCP, or TLS over it.
+trait Duplex: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Duplex for T {}
+
 /// An open, authenticated connection and the bytes read from it.
-#[derive(Debug)]
 struct Socket {
-    stream: TcpStream,
+    stream: Box<dyn Duplex>,
     received: Vec<u8>,
 }
 
+impl std::fmt::Debug for Socket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Socket")
+            .field("received", &self.received.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl DirectReader {
-    /// A reader for the server `info` names, if it is one server reached over plain TCP; replies
-    /// are given up on after `response_timeout`.
-    pub(crate) fn for_server(info: &ConnectionInfo, response_timeout: Duration) -> Option<Self> {
-        let ConnectionAddr::Tcp(host, port) = info.addr() else {
-            return None;
+    /// A reader for the server `info` names, if it is one server reached over TCP, or over TLS
+    /// with `endpoint`'s certificates (not `#insecure`); replies are given up on after
+    /// `response_timeout`.
+    pub(crate) fn for_server(
+        info: &ConnectionInfo,
+        endpoint: &Endpoint,
+        response_timeout: Duration,
+    ) -> Option<Self> {
+        let (host, port) = match info.addr() {
+            ConnectionAddr::Tcp(host, port) => (host, *port),
+            #[cfg(feature = "tls")]
+            ConnectionAddr::TcpTls {
+                host,
+                port,
+                insecure: false,
+                ..
+            } => (host, *port),
+            _ => return None,
         };
+        #[cfg(feature = "tls")]
+        let tls = match info.addr() {
+            ConnectionAddr::TcpTls { .. } => Some(
+                ReaderTls::new(host, endpoint.certificates())
+                    .inspect_err(
+                        |error| tracing::debug!(%error, "the consumer reads through redis-rs"),
+                    )
+                    .ok()?,
+            ),
+            _ => None,
+        };
+        #[cfg(not(feature = "tls"))]
+        let _ = endpoint;
         Some(Self {
             host: Arc::from(host.as_str()),
-            port: *port,
+            port,
+            #[cfg(feature = "tls")]
+            tls,
             settings: Arc::new(info.redis_settings().clone()),
             response_timeout,
             socket: Arc::default(),
@@ -118,6 +163,17 @@ impl DirectReader {
             .await
             .map_err(|_| timed_out("connecting"))??;
         stream.set_nodelay(true)?;
+        #[cfg(feature = "tls")]
+        let stream: Box<dyn Duplex> = match &self.tls {
+            Some(tls) => Box::new(
+                tokio::time::timeout(CONNECT_TIMEOUT, tls.connect(stream))
+                    .await
+                    .map_err(|_| timed_out("opening TLS"))??,
+            ),
+            None => Box::new(stream),
+        };
+        #[cfg(not(feature = "tls"))]
+        let stream: Box<dyn Duplex> = Box::new(stream);
         let mut socket = Socket {
             stream,
             received: Vec::new(),

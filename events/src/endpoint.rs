@@ -179,6 +179,17 @@ impl Endpoint {
         })
     }
 
+    /// Whether connections are made from its URL (not from a client of the caller's own).
+    pub(crate) fn is_url(&self) -> bool {
+        matches!(self.target, Target::Url(_))
+    }
+
+    /// The authority and client certificate its TLS connections use, if given.
+    #[cfg(feature = "tls")]
+    pub(crate) fn certificates(&self) -> Option<&redis::TlsCertificates> {
+        self.certificates.as_ref()
+    }
+
     /// Whether its URL asks for TLS (a client of the caller's own is taken to know).
     pub(crate) fn uses_tls(&self) -> bool {
         match &self.target {

@@ -17,6 +17,8 @@ mod instruments;
 mod keys;
 mod publisher;
 mod read_frame;
+#[cfg(feature = "tls")]
+mod reader_tls;
 mod replicas;
 mod resp;
 mod routing;
