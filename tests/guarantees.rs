@@ -730,6 +730,45 @@ struct Step {
 /// One handler run of a step: its key and sequence number, when it ran, and where.
 type StepRun = (String, u64, Instant, Instant, &'static str);
 
+/// A consumer starts reading a partition at once when nobody may still be reading it: on a new
+/// group, and after its last holder stopped gracefully. Reads block for 5 s here: waiting one out,
+/// as a consumer taking a partition from one that may still be reading it must, takes 5.1 s.
+#[tokio::test]
+async fn partitions_nobody_reads_are_read_at_once() {
+    let server = RedisServer::start();
+    let stream = unique("unread");
+    let publisher = publisher_to_partitions(server.url(), &stream, 4).await;
+    let runs = Runs::default();
+    for (round, name) in ["first", "second"].into_iter().enumerate() {
+        let consumer = quick(
+            Consumer::builder(server.url())
+                .partitioned_stream(&stream, 4)
+                .group("g"),
+        )
+        .consumer_name(name)
+        .block(Duration::from_secs(5))
+        .handle(working(&runs, Duration::ZERO))
+        .build()
+        .await
+        .unwrap();
+        let started = Instant::now();
+        let running = Running::start(std::slice::from_ref(&consumer));
+        let first = round as u64 * 20;
+        publish_jobs(&publisher, first..first + 20).await;
+        wait_until(&format!("the {name} consumer handles its jobs"), || {
+            runs.distinct() == first as usize + 20
+        })
+        .await;
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_secs(3),
+            "the {name} consumer took {took:?} to handle its jobs"
+        );
+        running.close().await;
+    }
+    runs.assert_each_once(0..40);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_changes_hands_only_after_its_old_owner_finished_it() {
     let server = RedisServer::start();

@@ -117,18 +117,23 @@ fn commands(settings: &Settings) -> Vec<Needed> {
     }
     for logical in &settings.partitioned {
         let lease = format!("{}:owner:{group}", slot_prefix(&logical.stream));
+        let reader = format!("{}:reader:{group}", slot_prefix(&logical.stream));
         let members = format!("{}:members:{group}", slot_prefix(&logical.stream));
-        let leasing: [(&str, &[&str]); 8] = [
+        let leasing: [(&str, &[&str]); 12] = [
             ("for partition leases", &["GET", &lease]),
             ("for partition leases", &["SET", &lease, "v"]),
             ("for partition leases", &["PEXPIRE", &lease, "1"]),
             ("for partition leases", &["DEL", &lease]),
+            ("for partition leases", &["GET", &reader]),
+            ("for partition leases", &["SET", &reader, "v"]),
+            ("for partition leases", &["DEL", &reader]),
             ("for partition leases", &["ZADD", &members, "0", "m"]),
             (
                 "for partition leases",
                 &["ZREMRANGEBYSCORE", &members, "0", "0"],
             ),
             ("for partition leases", &["ZCARD", &members]),
+            ("for partition leases", &["ZREM", &members, "m"]),
             ("for partition leases", &["PEXPIRE", &members, "1"]),
         ];
         for (purpose, words) in leasing {

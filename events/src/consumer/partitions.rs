@@ -78,8 +78,9 @@ impl Leases {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Renews and balances the leases every third of their length until `stop`, then gives them
-    /// up so that other consumers take over at once.
+    /// Renews and balances the leases every third of their length until `stop` (when reading has
+    /// ended), then gives them up and leaves the members, so that other consumers take over at
+    /// once.
     pub(crate) async fn keep(
         self,
         group: Group<Connection>,
@@ -110,7 +111,15 @@ impl Leases {
         }
         let leased: Vec<String> = self.lock().keys().cloned().collect();
         for partition in leased {
-            let _ = lease_call(&group, &partition, lease, "release").await;
+            let _ = lease_call(&group, &partition, lease, drain, "stop").await;
+        }
+        // No longer a member: the others take its share at once, not once it seems dead.
+        for logical in &partitioned {
+            let _: redis::RedisResult<i64> = redis::cmd("ZREM")
+                .arg(members_key(&logical.stream, &group.group))
+                .arg(&group.consumer)
+                .query_async(&mut group.connection.clone())
+                .await;
         }
         self.lock().clear();
     }
@@ -131,11 +140,7 @@ impl Leases {
             .unwrap_or_default()
             .as_millis();
         let members: u32 = MEMBERS
-            .key(format!(
-                "{}:members:{}",
-                slot_prefix(&logical.stream),
-                group.group
-            ))
+            .key(members_key(&logical.stream, &group.group))
             .arg(&group.consumer)
             .arg(u64::try_from(now).unwrap_or(u64::MAX))
             .arg(millis(lease * 3))
@@ -155,13 +160,15 @@ impl Leases {
                     // Over its share: read no more of it, and give it up once nothing read of
                     // it is left unsettled.
                     if keeper.keeps_any_of(partition) {
-                        if lease_call(group, partition, lease, "take").await? {
+                        if lease_call(group, partition, lease, drain, "take").await?
+                            != Lease::Elsewhere
+                        {
                             self.renewed(partition, Instant::now(), lease, true);
                         } else {
                             self.lock().remove(partition);
                         }
                     } else {
-                        lease_call(group, partition, lease, "release").await?;
+                        lease_call(group, partition, lease, drain, "give up").await?;
                         self.lock().remove(partition);
                     }
                     continue;
@@ -169,14 +176,21 @@ impl Leases {
                 _ => {}
             }
             let asked = Instant::now();
-            if !lease_call(group, partition, lease, "take").await? {
+            let taken = lease_call(group, partition, lease, drain, "take").await?;
+            if taken == Lease::Elsewhere {
                 self.lock().remove(partition);
                 continue;
             }
             kept += 1;
             let leased = self.renewed(partition, asked, lease, false);
+            // Nobody may still be reading it: no read of another consumer is to be waited out.
+            let wait = if taken == Lease::Unread {
+                Duration::ZERO
+            } else {
+                drain
+            };
             if !leased.ready
-                && previous_reader_done(group, partition, leased.since, drain).await?
+                && previous_reader_done(group, partition, leased.since, wait).await?
                 && let Some(leased) = self.lock().get_mut(partition)
             {
                 leased.ready = true;
@@ -210,21 +224,48 @@ fn is_partition(stream: &str, partitioned: &[Partitioned]) -> bool {
     })
 }
 
-/// Takes, renews or releases the lease of `partition`; whether this consumer holds it after.
+/// The sorted set of `group`'s live consumers of the partitioned stream `stream`.
+fn members_key(stream: &str, group: &str) -> String {
+    format!("{}:members:{group}", slot_prefix(stream))
+}
+
+/// Who holds a partition's lease after a lease call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lease {
+    /// Another consumer, or nobody (given up).
+    Elsewhere,
+    /// This consumer.
+    Held,
+    /// This consumer, which has just taken it, and no other consumer can still be reading the
+    /// partition: its last holder stopped reading before it let go, or let go longer than a read
+    /// lasts ago, or there was none.
+    Unread,
+}
+
+/// Takes, renews or gives up (`mode`, see `lua/lease.lua`) the lease of `partition` for `lease`,
+/// a read lasting at most `drain`; who holds it after.
 async fn lease_call(
     group: &Group<Connection>,
     partition: &str,
     lease: Duration,
+    drain: Duration,
     mode: &str,
-) -> redis::RedisResult<bool> {
+) -> redis::RedisResult<Lease> {
+    let prefix = slot_prefix(partition);
     let holds: i64 = LEASE
-        .key(format!("{}:owner:{}", slot_prefix(partition), group.group))
+        .key(format!("{prefix}:owner:{}", group.group))
+        .key(format!("{prefix}:reader:{}", group.group))
         .arg(&group.consumer)
         .arg(millis(lease))
         .arg(mode)
+        .arg(millis(drain))
         .invoke_async(&mut group.connection.clone())
         .await?;
-    Ok(holds == 1)
+    Ok(match holds {
+        1 => Lease::Held,
+        2 => Lease::Unread,
+        _ => Lease::Elsewhere,
+    })
 }
 
 /// Whether reading a partition taken at `since` may start: `drain` has passed (so a read the
