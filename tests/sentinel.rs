@@ -171,20 +171,22 @@ async fn traffic_through(failover: Failover) {
         .filter(|(_, count)| **count != 1)
         .map(|(n, count)| (*n, *count))
         .collect();
-    if !missing.is_empty() {
+    if !missing.is_empty() || !twice.is_empty() {
         let whereabouts = whereabouts(&group.replica, &stream).await;
+        let servers = format!(
+            "old master: {}; new master: {}",
+            replication(&group.master).await,
+            replication(&group.replica).await
+        );
         panic!(
-            "{} events lost, such as {:?}; {whereabouts}",
+            "{} events lost, such as {:?}; {} events run more than once, such as {:?}; \
+             {whereabouts}; {servers}",
             missing.len(),
-            &missing[..missing.len().min(10)]
+            &missing[..missing.len().min(10)],
+            twice.len(),
+            &twice[..twice.len().min(10)]
         );
     }
-    assert!(
-        twice.is_empty(),
-        "{} events run more than once, such as {:?}",
-        twice.len(),
-        &twice[..twice.len().min(10)]
-    );
 }
 
 /// Where the stream's entries are on `master`, to tell how events went missing: its length, what
@@ -219,6 +221,36 @@ async fn whereabouts(master: &RedisServer, stream: &str) -> String {
         })
         .collect();
     format!("stream length {length:?}, pending {pending:?}, first dead letters {dead:?}")
+}
+
+/// What `server` says of its replication: its role, the full syncs it served, and the keys it
+/// last loaded (a server that synced from another lost what it had).
+async fn replication(server: &RedisServer) -> String {
+    let mut redis = connection(server).await;
+    let mut said = Vec::new();
+    for section in ["replication", "stats", "persistence"] {
+        let info: String = redis::cmd("INFO")
+            .arg(section)
+            .query_async(&mut redis)
+            .await
+            .unwrap_or_default();
+        said.extend(
+            info.lines()
+                .filter(|line| {
+                    [
+                        "role:",
+                        "connected_slaves:",
+                        "master_port:",
+                        "sync_full:",
+                        "rdb_last_load_keys_loaded:",
+                    ]
+                    .iter()
+                    .any(|name| line.starts_with(name))
+                })
+                .map(str::to_owned),
+        );
+    }
+    said.join(" ")
 }
 
 #[tokio::test]
