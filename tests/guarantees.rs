@@ -150,6 +150,19 @@ async fn start_workers(
     work: Duration,
     tune: impl Fn(ConsumerBuilder) -> ConsumerBuilder,
 ) -> (Runs, Vec<Consumer>, Running) {
+    let (runs, consumers) = build_workers(server, stream, count, work, tune).await;
+    let running = Running::start(&consumers);
+    (runs, consumers, running)
+}
+
+/// The consumers [`start_workers`] runs, built and not started yet, with what they will run.
+async fn build_workers(
+    server: &RedisServer,
+    stream: &str,
+    count: usize,
+    work: Duration,
+    tune: impl Fn(ConsumerBuilder) -> ConsumerBuilder,
+) -> (Runs, Vec<Consumer>) {
     let runs = Runs::default();
     let consumers = build_all(count, |index| {
         tune(quick_consumer(server, stream, "workers"))
@@ -157,8 +170,7 @@ async fn start_workers(
             .handle(working(&runs, work))
     })
     .await;
-    let running = Running::start(&consumers);
-    (runs, consumers, running)
+    (runs, consumers)
 }
 
 async fn build_all(count: usize, builder: impl Fn(usize) -> ConsumerBuilder) -> Vec<Consumer> {
@@ -624,15 +636,11 @@ async fn connections_killed_every_200_ms_lose_and_repeat_nothing() {
     publish_jobs(&publisher, 0..1000).await;
     // Built first: a connection killed while a consumer is built fails the build, as it should;
     // the kills come while they read and handle.
-    let runs = Runs::default();
-    let consumers = build_all(3, |index| {
-        quick_consumer(&server, &stream, "workers")
-            .consumer_name(format!("c{index}"))
-            .concurrency(4)
-            .batch_size(20)
-            .handle(working(&runs, Duration::from_millis(10)))
-    })
-    .await;
+    let (runs, consumers) =
+        build_workers(&server, &stream, 3, Duration::from_millis(10), |consumer| {
+            consumer.concurrency(4).batch_size(20)
+        })
+        .await;
     let killer = ConnectionKiller::start(&server, Duration::from_millis(200)).await;
     let running = Running::start(&consumers);
     wait_until("all are handled", || runs.distinct() == 1000).await;

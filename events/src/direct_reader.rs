@@ -80,6 +80,8 @@ impl DirectReader {
         endpoint: &Endpoint,
         response_timeout: Duration,
     ) -> Option<Self> {
+        #[cfg(feature = "tls")]
+        let mut tls = None;
         let (host, port) = match info.addr() {
             ConnectionAddr::Tcp(host, port) => (host, *port),
             #[cfg(feature = "tls")]
@@ -88,19 +90,16 @@ impl DirectReader {
                 port,
                 insecure: false,
                 ..
-            } => (host, *port),
-            _ => return None,
-        };
-        #[cfg(feature = "tls")]
-        let tls = match info.addr() {
-            ConnectionAddr::TcpTls { .. } => Some(
-                ReaderTls::new(host, endpoint.certificates())
+            } => {
+                let secured = ReaderTls::new(host, endpoint.certificates())
                     .inspect_err(
                         |error| tracing::debug!(%error, "the consumer reads through redis-rs"),
                     )
-                    .ok()?,
-            ),
-            _ => None,
+                    .ok()?;
+                tls = Some(secured);
+                (host, *port)
+            }
+            _ => return None,
         };
         #[cfg(not(feature = "tls"))]
         let _ = endpoint;

@@ -70,6 +70,22 @@ pub(crate) fn marks_prefix(stream: &str, group: &str) -> String {
     format!("{}:marks:{group}", slot_prefix(stream))
 }
 
+/// The key naming which consumer of `group` holds the lease of the partition `stream`.
+pub(crate) fn lease_owner(stream: &str, group: &str) -> String {
+    format!("{}:owner:{group}", slot_prefix(stream))
+}
+
+/// The key naming which consumer of `group` last read the partition `stream`, kept while a read
+/// of it may still be under way (see `lua/lease.lua`).
+pub(crate) fn lease_reader(stream: &str, group: &str) -> String {
+    format!("{}:reader:{group}", slot_prefix(stream))
+}
+
+/// The sorted set of `group`'s live consumers of the partitioned stream `stream`.
+pub(crate) fn lease_members(stream: &str, group: &str) -> String {
+    format!("{}:members:{group}", slot_prefix(stream))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

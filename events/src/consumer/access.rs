@@ -6,7 +6,9 @@ use super::group::Group;
 use crate::Result;
 use crate::access::{Needed, check, needed};
 use crate::connection::Connection;
-use crate::keys::{delayed_events, marks_prefix, slot_prefix, unmovable_events};
+use crate::keys::{
+    delayed_events, lease_members, lease_owner, lease_reader, marks_prefix, unmovable_events,
+};
 
 /// Every command the consumer of `settings` runs, with the keys it runs them on.
 fn commands(settings: &Settings) -> Vec<Needed> {
@@ -116,9 +118,9 @@ fn commands(settings: &Settings) -> Vec<Needed> {
         }
     }
     for logical in &settings.partitioned {
-        let lease = format!("{}:owner:{group}", slot_prefix(&logical.stream));
-        let reader = format!("{}:reader:{group}", slot_prefix(&logical.stream));
-        let members = format!("{}:members:{group}", slot_prefix(&logical.stream));
+        let lease = lease_owner(&logical.stream, group);
+        let reader = lease_reader(&logical.stream, group);
+        let members = lease_members(&logical.stream, group);
         let leasing: [(&str, &[&str]); 12] = [
             ("for partition leases", &["GET", &lease]),
             ("for partition leases", &["SET", &lease, "v"]),

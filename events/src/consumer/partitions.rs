@@ -16,7 +16,7 @@ use redis::{Script, Value};
 use super::group::Group;
 use super::keeper::Keeper;
 use crate::connection::Connection;
-use crate::keys::slot_prefix;
+use crate::keys::{lease_members, lease_owner, lease_reader};
 use crate::partition_streams;
 use crate::resp::millis;
 
@@ -116,7 +116,7 @@ impl Leases {
         // No longer a member: the others take its share at once, not once it seems dead.
         for logical in &partitioned {
             let _: redis::RedisResult<i64> = redis::cmd("ZREM")
-                .arg(members_key(&logical.stream, &group.group))
+                .arg(lease_members(&logical.stream, &group.group))
                 .arg(&group.consumer)
                 .query_async(&mut group.connection.clone())
                 .await;
@@ -140,7 +140,7 @@ impl Leases {
             .unwrap_or_default()
             .as_millis();
         let members: u32 = MEMBERS
-            .key(members_key(&logical.stream, &group.group))
+            .key(lease_members(&logical.stream, &group.group))
             .arg(&group.consumer)
             .arg(u64::try_from(now).unwrap_or(u64::MAX))
             .arg(millis(lease * 3))
@@ -224,11 +224,6 @@ fn is_partition(stream: &str, partitioned: &[Partitioned]) -> bool {
     })
 }
 
-/// The sorted set of `group`'s live consumers of the partitioned stream `stream`.
-fn members_key(stream: &str, group: &str) -> String {
-    format!("{}:members:{group}", slot_prefix(stream))
-}
-
 /// Who holds a partition's lease after a lease call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Lease {
@@ -251,10 +246,9 @@ async fn lease_call(
     drain: Duration,
     mode: &str,
 ) -> redis::RedisResult<Lease> {
-    let prefix = slot_prefix(partition);
     let holds: i64 = LEASE
-        .key(format!("{prefix}:owner:{}", group.group))
-        .key(format!("{prefix}:reader:{}", group.group))
+        .key(lease_owner(partition, &group.group))
+        .key(lease_reader(partition, &group.group))
         .arg(&group.consumer)
         .arg(millis(lease))
         .arg(mode)
