@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
+use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::AbortOnDropHandle;
@@ -41,12 +42,15 @@ type Asked<A> = (
 /// Where requests are made; the answering task ends when every clone is dropped.
 pub(crate) struct Batcher<A: Answering> {
     requests: mpsc::UnboundedSender<Asked<A>>,
+    /// What answers them, for callers with a batch of their own.
+    answering: Arc<A>,
 }
 
 impl<A: Answering> Clone for Batcher<A> {
     fn clone(&self) -> Self {
         Self {
             requests: self.requests.clone(),
+            answering: Arc::clone(&self.answering),
         }
     }
 }
@@ -61,8 +65,21 @@ impl<A: Answering> Batcher<A> {
     /// Starts the task answering requests with `answering`.
     pub(crate) fn serve(answering: A) -> (Self, AbortOnDropHandle<()>) {
         let (requests, receiver) = mpsc::unbounded_channel();
-        let task = tokio::spawn(answer_batches(answering, receiver));
-        (Self { requests }, AbortOnDropHandle::new(task))
+        let answering = Arc::new(answering);
+        let task = tokio::spawn(answer_batches(Arc::clone(&answering), receiver));
+        (
+            Self {
+                requests,
+                answering,
+            },
+            AbortOnDropHandle::new(task),
+        )
+    }
+
+    /// What answers the requests: a caller with a batch of its own asks it directly, in one call,
+    /// rather than a request at a time.
+    pub(crate) fn answering(&self) -> &A {
+        &self.answering
     }
 
     /// The answer to `request`, with the next batch.
@@ -79,7 +96,7 @@ impl<A: Answering> Batcher<A> {
 }
 
 async fn answer_batches<A: Answering>(
-    answering: A,
+    answering: Arc<A>,
     mut receiver: mpsc::UnboundedReceiver<Asked<A>>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);

@@ -10,11 +10,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use tokio::sync::oneshot;
 
+use super::Identity;
 use super::attempt;
 use super::dead_letter::{Doomed, move_to_dead_letters};
-use super::group::Hold;
+use super::group::{Hold, HoldRequest};
 use super::handler::Registration;
 use super::idempotency::is_replay;
 use super::identity::Digest;
@@ -24,8 +27,8 @@ use super::settle::Unsettled;
 use super::status::{Counted, Counters, Operation};
 use super::{Context, Failure, Session};
 use crate::instruments::HandlerMetrics;
-use crate::typescript::Decoded;
-use crate::{Backoff, Envelope, StreamEntry};
+use crate::typescript::{Decoded, PackedEvent};
+use crate::{Backoff, DecodeError, Envelope, StreamEntry};
 
 /// One delivery of one entry, owned by its task.
 pub(crate) struct Delivery {
@@ -38,6 +41,9 @@ pub(crate) struct Delivery {
     /// Ends when the previous delivery of the same partition key is settled.
     pub(crate) after: Option<oneshot::Receiver<()>>,
 }
+
+/// An event's hold as its read batch's call took it, before its delivery started.
+type Ahead = Option<(Digest, Hold)>;
 
 /// What the hold on an event says.
 enum Look {
@@ -67,8 +73,95 @@ enum End {
 }
 
 impl Delivery {
-    /// Handles the entry's events until each is settled or left pending.
-    pub(crate) async fn run(mut self) {
+    /// Runs a read batch's deliveries, of one stream, side by side until each is settled or left
+    /// pending. The holds of events identified without their bodies are taken first, in one
+    /// call: each delivery starts with its answer rather than asking and waiting on its own.
+    pub(crate) async fn run_batch(deliveries: Vec<Self>) {
+        let decoded: Vec<_> = deliveries.iter().map(Self::decode).collect();
+        let ahead = Self::holds_ahead(&deliveries, &decoded).await;
+        let mut running: FuturesUnordered<_> = deliveries
+            .into_iter()
+            .zip(decoded)
+            .zip(ahead)
+            .map(|((delivery, decoded), ahead)| delivery.run(decoded, ahead))
+            .collect();
+        while running.next().await.is_some() {}
+    }
+
+    /// The entry's events, each with its type as this consumer knows it.
+    fn decode(&self) -> Result<Decoded, DecodeError> {
+        let names = &self.session.inner.settings.type_names;
+        Ok(match Envelope::decode_entry(&self.entry.fields)? {
+            Decoded::One(envelope) => Decoded::One(names.apply(envelope)),
+            Decoded::Packed(events) => Decoded::Packed(
+                events
+                    .into_iter()
+                    .map(|event| PackedEvent {
+                        envelope: event.envelope.map(|envelope| names.apply(envelope)),
+                        data: event.data,
+                    })
+                    .collect(),
+            ),
+        })
+    }
+
+    /// The holds of the events of `deliveries` (`decoded`) identified without their bodies, taken
+    /// in one call; none where that call fails, and those deliveries ask on their own.
+    async fn holds_ahead(
+        deliveries: &[Self],
+        decoded: &[Result<Decoded, DecodeError>],
+    ) -> Vec<Ahead> {
+        let mut ahead = vec![None; deliveries.len()];
+        let Some(first) = deliveries.first() else {
+            return ahead;
+        };
+        let asking: Vec<(usize, Digest)> = deliveries
+            .iter()
+            .zip(decoded)
+            .enumerate()
+            .filter_map(|(at, (delivery, decoded))| match decoded {
+                Ok(Decoded::One(envelope)) => {
+                    let inner = &delivery.session.inner;
+                    let registration = inner
+                        .registry
+                        .find(&envelope.event_type, envelope.version)?;
+                    let identity = delivery.early_identity(registration)?;
+                    Some((at, Digest::of(envelope, None, identity)))
+                }
+                _ => None,
+            })
+            .collect();
+        if asking.is_empty() {
+            return ahead;
+        }
+        let requests: Vec<HoldRequest<'_>> = asking
+            .iter()
+            .map(|&(at, digest)| HoldRequest {
+                digest,
+                entry_id: &deliveries[at].entry.id,
+                replay: is_replay(&deliveries[at].entry),
+            })
+            .collect();
+        if let Ok(holds) = first.session.holds.take_all(&first.stream, &requests).await {
+            for ((at, digest), hold) in asking.into_iter().zip(holds) {
+                ahead[at] = Some((digest, hold));
+            }
+        }
+        ahead
+    }
+
+    /// How the events of `registration` are identified when their holds are taken before their
+    /// bodies are deserialized: when idempotency is on for it and its events declare no key.
+    fn early_identity(&self, registration: &Registration) -> Option<Identity> {
+        let settings = &self.session.inner.settings;
+        let idempotent = registration.idempotent.unwrap_or(settings.idempotent);
+        (idempotent && !registration.keyed.load(Ordering::Relaxed))
+            .then(|| registration.identity.unwrap_or(settings.identity))
+    }
+
+    /// Handles the entry's events (`decoded`, the first's hold taken `ahead` when it has one)
+    /// until each is settled or left pending.
+    async fn run(mut self, decoded: Result<Decoded, DecodeError>, ahead: Ahead) {
         let session = Arc::clone(&self.session);
         let _in_flight = Counted::new(&session.inner.counters.in_flight);
         if let Some(after) = self.after.take() {
@@ -78,9 +171,9 @@ impl Delivery {
             }
         }
         // Typed handlers check the body while deserializing it; everything else checks it later.
-        match Envelope::decode_entry(&self.entry.fields) {
+        match decoded {
             Ok(Decoded::One(envelope)) => {
-                let end = self.handle(envelope, None).await;
+                let end = self.handle(envelope, None, ahead).await;
                 self.settle(end, None).await;
             }
             Ok(Decoded::Packed(events)) => {
@@ -95,7 +188,7 @@ impl Delivery {
                             data: event.data,
                         };
                         let end = match event.envelope {
-                            Ok(envelope) => this.handle(envelope, Some(&part)).await,
+                            Ok(envelope) => this.handle(envelope, Some(&part), None).await,
                             Err(error) => this.failed_at_once(None, Failure::Decode(error)),
                         };
                         this.settle(end, Some(&part)).await;
@@ -132,10 +225,9 @@ impl Delivery {
 
     /// Runs the handler of an event of the entry (`part` of it when it is packed) until an attempt
     /// succeeds, the event is to be dead-lettered, or it is left pending.
-    async fn handle(&self, envelope: Envelope, part: Option<&Part>) -> End {
+    async fn handle(&self, envelope: Envelope, part: Option<&Part>, mut ahead: Ahead) -> End {
         let session = Arc::clone(&self.session);
         let inner = &session.inner;
-        let envelope = inner.settings.type_names.apply(envelope);
         let Some(registration) = inner.registry.find(&envelope.event_type, envelope.version) else {
             return self.unhandled(envelope);
         };
@@ -157,9 +249,9 @@ impl Delivery {
             // An event whose handler's events declare no idempotency key is identified without
             // its body: its hold is taken before the body is deserialized, so that the handler
             // then runs on what was just decoded.
-            let early = if idempotent && !registration.keyed.load(Ordering::Relaxed) {
-                let digest = Digest::of(&envelope, None, identity);
-                match self.look(digest, part, &mut busy_looks).await {
+            let early = if let Some(early) = self.early_identity(registration) {
+                let digest = Digest::of(&envelope, None, early);
+                match self.look(digest, part, &mut busy_looks, ahead.take()).await {
                     Look::Held(digest) => Some(digest),
                     Look::Again => continue,
                     Look::End(end) => return end,
@@ -194,7 +286,7 @@ impl Delivery {
                         registration.keyed.store(true, Ordering::Relaxed);
                     }
                     let digest = Digest::of(&envelope, key, identity);
-                    match self.look(digest, part, &mut busy_looks).await {
+                    match self.look(digest, part, &mut busy_looks, None).await {
                         Look::Held(digest) => Some(digest),
                         Look::Again => continue,
                         Look::End(end) => return end,
@@ -303,12 +395,24 @@ impl Delivery {
         self.sleep(wait).await
     }
 
-    /// Takes the hold on the event `digest`: held; or busy, another entry of the event being
-    /// handled, so look again after a wait (longer at each of `busy_looks`); or the event's end (a
-    /// repeat, or the consumer stopping).
-    async fn look(&self, digest: Digest, part: Option<&Part>, busy_looks: &mut u32) -> Look {
+    /// Takes the hold on the event `digest` (or takes the answer its read batch's call had
+    /// `ahead`, unless busy: the holder may have finished since): held; or busy, another entry of
+    /// the event being handled, so look again after a wait (longer at each of `busy_looks`); or the
+    /// event's end (a repeat, or the consumer stopping).
+    async fn look(
+        &self,
+        digest: Digest,
+        part: Option<&Part>,
+        busy_looks: &mut u32,
+        ahead: Ahead,
+    ) -> Look {
         let inner = &self.session.inner;
-        match self.take_hold(digest, part).await {
+        let ahead = ahead.filter(|&(held, hold)| held == digest && hold != Hold::Busy);
+        let hold = match ahead {
+            Some((_, hold)) => Some(hold),
+            None => self.take_hold(digest, part).await,
+        };
+        match hold {
             None => Look::End(End::Abandon),
             // A hold taken anew by an entry delivered before: none of those deliveries started
             // the handler, so they are no attempts (an event of a packed entry counts with its

@@ -446,9 +446,10 @@ impl<C: ConnectionLike + Clone + Send + Sync> Group<C> {
         marks: MarkSettings,
     ) -> redis::RedisResult<Vec<Hold>> {
         // The script takes the requests in the order of their digests (see `Digest`), and names
-        // those that do not take their hold by their position in that order.
+        // those that do not take their hold by their position in that order. Of two requests for
+        // one event the first asked comes first, and holds it.
         let mut order: Vec<usize> = (0..requests.len()).collect();
-        order.sort_unstable_by_key(|&at| requests[at].digest);
+        order.sort_by_key(|&at| requests[at].digest);
         let sorted = || order.iter().map(|&at| &requests[at]);
         let written = sorted()
             .take_while(|request| !request.digest.is_timed())

@@ -91,4 +91,15 @@ impl Holds {
         })
         .await
     }
+
+    /// Takes the holds `requests` ask for on `stream` at once, in one call: for a batch of
+    /// deliveries that would otherwise each ask and wait on their own.
+    pub(crate) async fn take_all(
+        &self,
+        stream: &str,
+        requests: &[HoldRequest<'_>],
+    ) -> redis::RedisResult<Vec<Hold>> {
+        let taking = self.answering();
+        taking.group.begin(stream, requests, taking.marks).await
+    }
 }

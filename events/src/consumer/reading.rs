@@ -5,8 +5,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -323,16 +321,15 @@ impl Reading {
 
     /// Starts deliveries of `entries` of `stream` (each with its delivery count), each once it
     /// has a backpressure permit; each entry is kept from now until it is settled. They run
-    /// concurrently in one task: cheaper than a task each. Each delivery's future (a few
-    /// kilobytes) moves once, into the set that runs them; gathered in a `Vec` for `join_all`
-    /// first, a batch's worth moved again at each growth of the `Vec` and once more after.
+    /// concurrently in one task (cheaper than a task each), which takes their holds in one call
+    /// first (see [`Delivery::run_batch`]).
     async fn deliver(
         &mut self,
         stream: &Arc<str>,
         entries: impl IntoIterator<Item = (StreamEntry, u32)>,
     ) {
         let stream_index = self.positions.get(stream).copied().unwrap_or(0);
-        let mut deliveries = FuturesUnordered::new();
+        let mut deliveries = Vec::new();
         for (entry, deliveries_so_far) in entries {
             let permit = Arc::clone(&self.unacked)
                 .acquire_owned()
@@ -349,21 +346,17 @@ impl Reading {
                 .session
                 .keeper
                 .keep(stream, &entry.id, deliveries_so_far);
-            deliveries.push(
-                Delivery {
-                    session: Arc::clone(&self.session),
-                    stream: Arc::clone(stream),
-                    stream_index,
-                    entry,
-                    unsettled: Unsettled::new(kept, Some(permit), turn),
-                    after,
-                }
-                .run(),
-            );
+            deliveries.push(Delivery {
+                session: Arc::clone(&self.session),
+                stream: Arc::clone(stream),
+                stream_index,
+                entry,
+                unsettled: Unsettled::new(kept, Some(permit), turn),
+                after,
+            });
         }
         if !deliveries.is_empty() {
-            self.deliveries
-                .spawn(async move { while deliveries.next().await.is_some() {} });
+            self.deliveries.spawn(Delivery::run_batch(deliveries));
         }
     }
 

@@ -115,12 +115,14 @@ local function hold(key, digests, positions)
   end)
 end
 -- The entries `from` to `to` kept by time (by position among them), of the page `key`: as a
--- rule their events have no marks yet and the page has room for them all, so their holds are
--- written at once; else each is looked at as `hold` does.
+-- rule their events have no marks yet (none are read from a page not made yet, as most are when a
+-- backlog is read) and the page has room for them all, so their holds are written at once; else
+-- each is looked at as `hold` does.
 local function hold_page(key, from, to)
   local first, last = digest_at + written + from, digest_at + written + to
-  local found = redis.call('HMGET', key, unpack(ARGV, first, last))
-  local plain = redis.call('HLEN', key) + last - first + 1 <= pages.full
+  local size = redis.call('HLEN', key)
+  local found = size > 0 and redis.call('HMGET', key, unpack(ARGV, first, last)) or {}
+  local plain = size + last - first + 1 <= pages.full
   local at = first
   while plain and at <= last do
     plain = not found[at - first + 1] and (at == first or ARGV[at] ~= ARGV[at - 1])
