@@ -53,8 +53,29 @@ pub(crate) struct Doomed<'a> {
     pub(crate) event_type: Option<String>,
     pub(crate) reason: String,
     pub(crate) attempts: u32,
-    /// The identity of the entry's event, when it holds its hold: marked dead with the move.
-    pub(crate) hold: Option<Digest>,
+    /// The holds the entry took on its event, ended with the move.
+    pub(crate) holds: EventHolds,
+}
+
+/// The holds an entry took on its event, and how its move to the dead letters ends them.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct EventHolds {
+    /// By its declared key (or the only one), and by its id when that was taken before the key
+    /// was known.
+    pub(crate) digests: [Option<Digest>; 2],
+    /// Whether no handler saw the event (it could not be decoded for one): its holds are given
+    /// up, so that a copy of it may still run, rather than marked dead.
+    pub(crate) given_up: bool,
+}
+
+impl EventHolds {
+    /// The holds `digests`, marked dead with the move.
+    pub(crate) fn dead(digests: [Option<Digest>; 2]) -> Self {
+        Self {
+            digests,
+            given_up: false,
+        }
+    }
 }
 
 /// Moves `doomed` to its dead-letter stream, trying again until the move lands; `None` when the
@@ -79,7 +100,7 @@ pub(crate) async fn move_to_dead_letters(
         dead_letter_stream: &dead_letter_stream,
         entry_id: &doomed.entry.id,
         acknowledge: doomed.acknowledge,
-        hold: doomed.hold,
+        holds: doomed.holds,
         marks: settings.marks(),
         max_len: settings.dead_letter_max_len,
         fields: &fields,

@@ -16,12 +16,11 @@ use tokio::sync::oneshot;
 
 use super::Identity;
 use super::attempt;
-use super::dead_letter::{Doomed, move_to_dead_letters};
+use super::dead_letter::{Doomed, EventHolds, move_to_dead_letters};
 use super::group::{Hold, HoldRequest};
 use super::handler::Registration;
-use super::idempotency::is_replay;
 use super::identity::Digest;
-use super::part::{Attempts, Part, holder};
+use super::part::{Attempts, Part};
 use super::rate_limit::Limiter;
 use super::settle::Unsettled;
 use super::status::{Counted, Counters, Operation};
@@ -66,7 +65,7 @@ enum End {
         failure: Failure,
         /// How many attempts it had.
         attempts: u32,
-        hold: Option<Digest>,
+        holds: EventHolds,
     },
     /// Leave it pending: the consumer is stopping, or another consumer has it.
     Abandon,
@@ -134,13 +133,9 @@ impl Delivery {
         if asking.is_empty() {
             return ahead;
         }
-        let requests: Vec<HoldRequest<'_>> = asking
+        let requests: Vec<HoldRequest> = asking
             .iter()
-            .map(|&(at, digest)| HoldRequest {
-                digest,
-                entry_id: &deliveries[at].entry.id,
-                replay: is_replay(&deliveries[at].entry),
-            })
+            .map(|&(at, digest)| HoldRequest::of(&deliveries[at].entry, None, digest))
             .collect();
         if let Ok(holds) = first.session.holds.take_all(&first.stream, &requests).await {
             for ((at, digest), hold) in asking.into_iter().zip(holds) {
@@ -214,9 +209,9 @@ impl Delivery {
                 event_type,
                 failure,
                 attempts,
-                hold,
+                holds,
             } => {
-                self.dead_letter(event_type, &failure, attempts, hold, part)
+                self.dead_letter(event_type, &failure, attempts, holds, part)
                     .await;
             }
             End::Abandon => {}
@@ -273,14 +268,19 @@ impl Delivery {
                         }
                         continue;
                     }
-                    None => return self.failed(&context, failure, None),
+                    None => {
+                        let holds = EventHolds {
+                            digests: [early, None],
+                            given_up: true,
+                        };
+                        return self.failed(&context, failure, holds);
+                    }
                 },
             };
             let hold = match (early, prepared.key.as_deref()) {
                 (Some(digest), None) => Some(digest),
                 // Taken now: a declared key identifies the event (learned now, if the hold was
-                // taken early by the event's id: that hold frees itself once the entry is
-                // settled).
+                // taken early by the event's id: that hold ends with this one).
                 (_, key) if idempotent => {
                     if key.is_some() {
                         registration.keyed.store(true, Ordering::Relaxed);
@@ -294,6 +294,7 @@ impl Delivery {
                 }
                 _ => None,
             };
+            let holds = EventHolds::dead([hold, early.filter(|&early| Some(early) != hold)]);
             if let Some(limiter) = &registration.limiter
                 && !self.wait_for_place(registration, limiter, &context).await
             {
@@ -311,7 +312,7 @@ impl Delivery {
                     event_type: Some(envelope.event_type.clone()),
                     failure: Failure::Exhausted(attempt - 1),
                     attempts: attempt - 1,
-                    hold,
+                    holds,
                 };
             }
             let outcome = attempt::run(
@@ -332,7 +333,7 @@ impl Delivery {
                 Err(failure) => failure,
             };
             let Some(delay) = inner.settings.retry_delay(&failure, attempt) else {
-                return self.failed(&context, failure, hold);
+                return self.failed(&context, failure, holds);
             };
             if !self
                 .retry(registration, &context, &failure, delay, &mut attempts, part)
@@ -440,11 +441,10 @@ impl Delivery {
     /// Takes the hold on an event of the entry, trying again while Redis fails; `None` when the
     /// consumer stops meanwhile.
     async fn take_hold(&self, digest: Digest, part: Option<&Part>) -> Option<Hold> {
-        let replay = is_replay(&self.entry);
-        let holder = holder(&self.entry.id, part);
+        let request = HoldRequest::of(&self.entry, part, digest);
         let holds = &self.session.holds;
         self.until_answered(Operation::Hold, || {
-            holds.take(&self.stream, digest, &holder, replay)
+            holds.take(&self.stream, request.clone())
         })
         .await
     }
@@ -498,18 +498,18 @@ impl Delivery {
             event_type,
             failure,
             attempts: self.unsettled.kept.deliveries(),
-            hold: None,
+            holds: EventHolds::default(),
         }
     }
 
     /// An attempt that failed for the last time: the event goes to the dead-letter stream.
-    fn failed(&self, context: &Context, failure: Failure, hold: Option<Digest>) -> End {
+    fn failed(&self, context: &Context, failure: Failure, holds: EventHolds) -> End {
         self.report_failure(context, &failure);
         End::DeadLetter {
             event_type: Some(context.envelope.event_type.clone()),
             failure,
             attempts: context.attempt,
-            hold,
+            holds,
         }
     }
 
@@ -526,14 +526,14 @@ impl Delivery {
     }
 
     /// Moves an event of the entry (`part` of it when it is packed) to the dead-letter stream,
-    /// marking its hold dead, and acknowledges the entry with it when it is the entry's last event
+    /// marking its holds dead, and acknowledges the entry with it when it is the entry's last event
     /// unsettled; tells the metrics and the `on_dead_letter` hook once it is there.
     async fn dead_letter(
         &self,
         event_type: Option<String>,
         failure: &Failure,
         attempts: u32,
-        hold: Option<Digest>,
+        holds: EventHolds,
         part: Option<&Part>,
     ) {
         let session = &self.session;
@@ -547,7 +547,7 @@ impl Delivery {
             event_type: event_type.clone(),
             reason: failure.to_string(),
             attempts,
-            hold,
+            holds,
         };
         let moved =
             move_to_dead_letters(&inner.commands, &inner.settings, &inner.counters, doomed).await;

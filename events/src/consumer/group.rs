@@ -1,6 +1,7 @@
 //! The Redis side of a consumer group: create it, read, reclaim, settle and dead-letter entries.
 //! Push and pull consumers share it.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime};
@@ -8,6 +9,7 @@ use std::time::{Duration, SystemTime};
 use redis::aio::ConnectionLike;
 use redis::{Script, ScriptInvocation, Value};
 
+use super::dead_letter::EventHolds;
 use super::identity::{Digest, MarkSettings};
 use crate::connection::Connection;
 use crate::resp::{into_array, into_string, into_u64, millis, parse_fields};
@@ -104,12 +106,13 @@ pub(crate) struct Claimed {
     pub(crate) cleaned: usize,
 }
 
-/// An idempotency hold asked for: the event's identity digest, the entry asking, and whether that
-/// entry replays a dead letter (which a dead mark does not stop).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct HoldRequest<'a> {
+/// An idempotency hold asked for: the event's identity digest, the entry asking as its mark names
+/// it (see [`holder`](super::part::holder)), and whether that entry replays a dead letter (which a
+/// dead mark does not stop).
+#[derive(Debug, Clone)]
+pub(crate) struct HoldRequest {
     pub(crate) digest: Digest,
-    pub(crate) entry_id: &'a str,
+    pub(crate) holder: String,
     pub(crate) replay: bool,
 }
 
@@ -122,8 +125,8 @@ pub(crate) struct DeadLetterMove<'a> {
     /// Whether to acknowledge the entry too: false while other events of a packed entry are
     /// unsettled.
     pub(crate) acknowledge: bool,
-    /// The identity of the entry's event, when it holds its hold: marked dead with the move.
-    pub(crate) hold: Option<Digest>,
+    /// The holds the entry took on its event: marked dead with the move.
+    pub(crate) holds: EventHolds,
     pub(crate) marks: MarkSettings,
     /// Trim the dead-letter stream to about this many entries; 0 for no trimming.
     pub(crate) max_len: u64,
@@ -439,18 +442,18 @@ impl<C: ConnectionLike + Clone + Send + Sync> Group<C> {
     }
 
     /// Takes each entry's idempotency hold, all in the slot of `stream`.
-    pub(crate) async fn begin(
+    pub(crate) async fn begin<R: Borrow<HoldRequest>>(
         &self,
         stream: &str,
-        requests: &[HoldRequest<'_>],
+        requests: &[R],
         marks: MarkSettings,
     ) -> redis::RedisResult<Vec<Hold>> {
         // The script takes the requests in the order of their digests (see `Digest`), and names
         // those that do not take their hold by their position in that order. Of two requests for
         // one event the first asked comes first, and holds it.
         let mut order: Vec<usize> = (0..requests.len()).collect();
-        order.sort_by_key(|&at| requests[at].digest);
-        let sorted = || order.iter().map(|&at| &requests[at]);
+        order.sort_by_key(|&at| requests[at].borrow().digest);
+        let sorted = || order.iter().map(|&at| requests[at].borrow());
         let written = sorted()
             .take_while(|request| !request.digest.is_timed())
             .count();
@@ -464,11 +467,17 @@ impl<C: ConnectionLike + Clone + Send + Sync> Group<C> {
             .arg(written)
             .arg(requests.len() - written)
             .arg(replays);
-        for request in sorted() {
+        // Those kept by when they were written: their digests, then their holders; those kept by
+        // time: each digest with its holder, so that a page's holds are written as they come.
+        for request in sorted().take(written) {
             invocation.arg(request.digest.bytes());
         }
         for request in sorted() {
-            invocation.arg(request.entry_id);
+            if !request.digest.is_timed() {
+                invocation.arg(&request.holder);
+            } else {
+                invocation.arg(request.digest.bytes()).arg(&request.holder);
+            }
         }
         // The script names the entries that do not take a new hold.
         let exceptions: Vec<(usize, i64)> = invocation
@@ -506,7 +515,10 @@ impl<C: ConnectionLike + Clone + Send + Sync> Group<C> {
             moving.marks.load.to_string().into_bytes(),
             if moving.acknowledge { b"1" } else { b"0" }.to_vec(),
         ];
-        if let Some(digest) = moving.hold {
+        if moving.holds.digests.iter().any(Option::is_some) {
+            args.push(if moving.holds.given_up { b"f" } else { b"x" }.to_vec());
+        }
+        for digest in moving.holds.digests.iter().flatten() {
             args.push(digest.bytes().to_vec());
             args.push(if digest.is_timed() { b"1" } else { b"0" }.to_vec());
         }

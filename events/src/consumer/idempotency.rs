@@ -1,18 +1,21 @@
 //! Idempotency holds: what keeps a handler from running twice for one event.
 //!
-//! A delivery about to run its handler asks for its event's hold; one task asks Redis for every
-//! hold asked for meanwhile, in one script call per stream. A hold is the event's mark naming the
-//! entry handling it. It passes with the entry to whichever consumer owns it and frees itself once
-//! that entry is no longer pending, so it never expires under a live consumer and a consumer taking
-//! over a crashed one's entry takes its hold at once. It ends as a `done` or `dead` mark (see
-//! `lua/marks.lua`), kept for the idempotency window: 16 bytes of digest and about as many of
-//! overhead per event.
+//! The holds of a read batch's events are taken in one script call before their deliveries start;
+//! a delivery that must ask again (its event's key learned late, another entry holding the event)
+//! asks one task, which asks Redis for every hold asked for meanwhile, in one call per stream. A
+//! hold is the event's mark naming the entry handling it. It passes with the entry to whichever
+//! consumer owns it, so it never expires under a live consumer and a consumer taking over a
+//! crashed one's entry takes its hold at once. Once the entry is acknowledged the same mark says
+//! the event was handled, with nothing more written; a dead letter marks it dead (see
+//! `lua/marks.lua`). Marks are kept for the idempotency window: about 28 bytes per event.
 
+use std::borrow::Borrow;
 use std::sync::Arc;
 
 use super::batcher::{Answering, Batcher};
 use super::group::{Group, Hold, HoldRequest};
 use super::identity::{Digest, MarkSettings};
+use super::part::{Part, holder};
 use crate::connection::Connection;
 use crate::{REPLAYED_FIELD, StreamEntry};
 
@@ -24,13 +27,29 @@ pub(crate) fn is_replay(entry: &StreamEntry) -> bool {
         .any(|(name, _)| name == REPLAYED_FIELD.as_bytes())
 }
 
-/// One delivery's request for its hold.
+impl HoldRequest {
+    /// The request of `entry` (`part` of it, for an event of a packed entry) for the hold on its
+    /// event `digest`.
+    pub(crate) fn of(entry: &StreamEntry, part: Option<&Part>, digest: Digest) -> Self {
+        Self {
+            digest,
+            holder: holder(&entry.id, part, &digest),
+            replay: is_replay(entry),
+        }
+    }
+}
+
+/// One delivery's request for its hold, on its stream.
 #[derive(Debug)]
 pub(crate) struct Asked {
     stream: Arc<str>,
-    digest: Digest,
-    entry_id: String,
-    replay: bool,
+    request: HoldRequest,
+}
+
+impl Borrow<HoldRequest> for Asked {
+    fn borrow(&self) -> &HoldRequest {
+        &self.request
+    }
 }
 
 /// Takes holds through a group's connection, one script call per stream.
@@ -50,15 +69,7 @@ impl Answering for Taking {
     }
 
     async fn answer(&self, stream: &Arc<str>, requests: &[Asked]) -> redis::RedisResult<Vec<Hold>> {
-        let asked: Vec<HoldRequest<'_>> = requests
-            .iter()
-            .map(|request| HoldRequest {
-                digest: request.digest,
-                entry_id: &request.entry_id,
-                replay: request.replay,
-            })
-            .collect();
-        self.group.begin(stream, &asked, self.marks).await
+        self.group.begin(stream, requests, self.marks).await
     }
 }
 
@@ -74,20 +85,15 @@ impl Holds {
         Self::serve(Taking { group, marks })
     }
 
-    /// Takes the hold on the event `digest` of `stream` for entry `entry_id` (a replayed dead
-    /// letter when `replay`).
+    /// Takes the hold `request` asks for on `stream`.
     pub(crate) async fn take(
         &self,
         stream: &Arc<str>,
-        digest: Digest,
-        entry_id: &str,
-        replay: bool,
+        request: HoldRequest,
     ) -> redis::RedisResult<Hold> {
         self.ask(Asked {
             stream: Arc::clone(stream),
-            digest,
-            entry_id: entry_id.to_owned(),
-            replay,
+            request,
         })
         .await
     }
@@ -97,7 +103,7 @@ impl Holds {
     pub(crate) async fn take_all(
         &self,
         stream: &str,
-        requests: &[HoldRequest<'_>],
+        requests: &[HoldRequest],
     ) -> redis::RedisResult<Vec<Hold>> {
         let taking = self.answering();
         taking.group.begin(stream, requests, taking.marks).await

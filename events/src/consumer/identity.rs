@@ -86,6 +86,15 @@ impl Digest {
     pub(crate) fn is_timed(&self) -> bool {
         self.timed
     }
+
+    /// The event's time, in milliseconds since the epoch, when its marks are kept by it.
+    pub(crate) fn millis(&self) -> Option<u64> {
+        self.timed.then(|| {
+            self.bytes[..6]
+                .iter()
+                .fold(0, |millis, &byte| millis << 8 | u64::from(byte))
+        })
+    }
 }
 
 /// Where and for how long one group's marks live: the window, and how many marks a shard holds

@@ -2,9 +2,8 @@
 //! into one entry holds many, and each is handled, retried and dead-lettered on its own, the entry
 //! acknowledged once all are settled (see `settle.rs`).
 
-use std::borrow::Cow;
-
 use super::group::Group;
+use super::identity::Digest;
 use super::keeper::Kept;
 use crate::connection::Connection;
 
@@ -17,13 +16,39 @@ pub(crate) struct Part {
     pub(crate) data: String,
 }
 
-/// Who holds an event's idempotency hold: the entry's id, followed by `#<index>` for an event of a
-/// packed entry, so that two events of one entry never take each other's hold.
-pub(crate) fn holder<'a>(entry_id: &'a str, part: Option<&Part>) -> Cow<'a, str> {
+/// Entry sequences a packed holder has room for: five decimal digits.
+const SEQUENCES: u64 = 100_000;
+
+/// How the mark of the event `digest` names the entry `entry_id` holding it (`part` of it, for an
+/// event of a packed entry): while the entry is pending it holds the event, and once acknowledged
+/// it was handled (see `lua/marks.lua`). An entry of one event is packed into a number, so that the
+/// mark stays small: its time counted from the event's, for an event kept by time (a few digits,
+/// mostly), else its time and sequence side by side; the scripts unpack it (`marks_holder`).
+/// Written out are ids that do not fit (a sequence of 100,000 or more, an entry 49 days from its
+/// event's time) and events of packed entries, as `<id>#<index>` so that two events of one entry
+/// never take each other's hold.
+pub(crate) fn holder(entry_id: &str, part: Option<&Part>, digest: &Digest) -> String {
     match part {
-        None => Cow::Borrowed(entry_id),
-        Some(part) => Cow::Owned(format!("{entry_id}#{}", part.index)),
+        Some(part) => format!("{entry_id}#{}", part.index),
+        None => packed(entry_id, digest).unwrap_or_else(|| entry_id.to_owned()),
     }
+}
+
+/// `entry_id` packed into a number for the mark of `digest`, if it fits.
+fn packed(entry_id: &str, digest: &Digest) -> Option<String> {
+    let (millis, sequence) = entry_id.split_once('-')?;
+    let millis: u64 = millis.parse().ok()?;
+    let sequence: u64 = sequence.parse().ok()?;
+    if sequence >= SEQUENCES {
+        return None;
+    }
+    let Some(event_millis) = digest.millis() else {
+        return Some(format!("{millis}{sequence:05}"));
+    };
+    // Within 2^32 ms, so that the scripts unpack it exactly in Lua's doubles.
+    let from_event = i64::try_from(millis).ok()? - i64::try_from(event_millis).ok()?;
+    (from_event.unsigned_abs() < 1 << 32)
+        .then(|| (from_event * SEQUENCES as i64 + sequence as i64).to_string())
 }
 
 /// Which attempt at an event this is. An entry's deliveries are counted in Redis (a consumer
@@ -53,5 +78,49 @@ impl Attempts {
             }
             Some(_) => self.retries = self.retries.saturating_add(1),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Envelope;
+    use crate::consumer::identity::Identity;
+
+    fn digest_of_id(id: &str) -> Digest {
+        let mut envelope = Envelope::new("user.created", 1, "o", "{}".into());
+        envelope.id = id.into();
+        Digest::of(&envelope, None, Identity::EventId)
+    }
+
+    #[test]
+    fn holders_are_packed_into_numbers_when_they_fit() {
+        // A UUIDv7 of 1,700,000,000,000 ms.
+        let timed = digest_of_id("018bcfe5-6800-7000-8000-000000000001");
+        assert_eq!(timed.millis(), Some(1_700_000_000_000));
+        assert_eq!(holder("1700000000250-3", None, &timed), "25000003");
+        assert_eq!(holder("1699999999000-0", None, &timed), "-100000000");
+        let far = format!("{}-1", 1_700_000_000_000_u64 + (1 << 32));
+        assert_eq!(holder(&far, None, &timed), far);
+        assert_eq!(
+            holder("1700000000250-100000", None, &timed),
+            "1700000000250-100000"
+        );
+        let untimed = digest_of_id("an-id-of-its-own");
+        assert_eq!(untimed.millis(), None);
+        assert_eq!(
+            holder("1700000000250-3", None, &untimed),
+            "170000000025000003"
+        );
+        assert_eq!(holder("5-3", None, &untimed), "500003");
+        assert_eq!(holder("not an id", None, &untimed), "not an id");
+        let part = Part {
+            index: 2,
+            data: String::new(),
+        };
+        assert_eq!(
+            holder("1700000000250-3", Some(&part), &timed),
+            "1700000000250-3#2"
+        );
     }
 }

@@ -16,12 +16,11 @@ use tokio_util::task::AbortOnDropHandle;
 
 use super::Failure;
 use super::config::Settings;
-use super::dead_letter::{Doomed, move_to_dead_letters};
+use super::dead_letter::{Doomed, EventHolds, move_to_dead_letters};
 use super::group::{Group, Hold, HoldRequest, is_no_group};
-use super::idempotency::is_replay;
 use super::identity::Digest;
 use super::keeper::Keeper;
-use super::part::{Attempts, Part, holder};
+use super::part::{Attempts, Part};
 use super::reclaim::Reclaimer;
 use super::settle::{Acks, Unsettled};
 use super::status::{Counters, Operation, Status};
@@ -533,20 +532,12 @@ impl PullConsumer {
             if of_stream.is_empty() {
                 continue;
             }
-            let holders: Vec<_> = of_stream
+            let requests: Vec<HoldRequest> = of_stream
                 .iter()
-                .map(|at| holder(&candidates[*at].entry.id, candidates[*at].part.as_ref()))
-                .collect();
-            let requests: Vec<HoldRequest<'_>> = of_stream
-                .iter()
-                .zip(&holders)
-                .map(|(at, holder)| {
-                    let holding = &candidates[*at];
-                    HoldRequest {
-                        digest: Digest::of(&holding.envelope, None, self.settings.identity),
-                        entry_id: holder,
-                        replay: is_replay(&holding.entry),
-                    }
+                .map(|&at| {
+                    let holding = &candidates[at];
+                    let digest = Digest::of(&holding.envelope, None, self.settings.identity);
+                    HoldRequest::of(&holding.entry, holding.part.as_ref(), digest)
                 })
                 .collect();
             match self
@@ -584,7 +575,7 @@ impl PullConsumer {
                 event_type: condemned.event_type,
                 reason: condemned.reason,
                 attempts: condemned.attempts,
-                hold: condemned.hold,
+                holds: EventHolds::dead([condemned.hold, None]),
             };
             let moved = move_to_dead_letters(&commands, &settings, &counters, doomed).await;
             if moved.is_some() && !acknowledge {

@@ -1,13 +1,15 @@
 //! Acknowledgements, batched per stream: whatever deliveries finish while one round trip is under
-//! way goes in the next, one call that acknowledges the entries and marks their holds done. An
-//! entry holding a packed batch of events is acknowledged once every one of them is settled, each
-//! marked done as it is. A
-//! failed call is tried again, with what came meanwhile, until it works or the consumer stops;
-//! until then each entry stays kept, with its backpressure permit and its key's turn, so no
-//! handler runs twice for a lost acknowledgement. One stream's trouble never holds up another's.
+//! way goes in the next, one `XACK`. An entry's hold says its event was handled once the entry is
+//! acknowledged, so nothing more is written; an entry holding a packed batch of events is
+//! acknowledged once every one of them is settled, each marked done as it is (its entry may be
+//! delivered again for the others). A failed call is tried again, with what came meanwhile, until
+//! it works or the consumer stops, marking every handled event done first from then on: the
+//! acknowledgement may never land, and a consumer taking the entry over must find the event
+//! handled. Until then each entry stays kept, with its backpressure permit and its key's turn, so
+//! no handler runs twice for a lost acknowledgement. One stream's trouble never holds up another's.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
@@ -31,6 +33,8 @@ pub(crate) struct Unsettled {
     pub(crate) kept: Kept,
     /// Its events not settled yet; the entry is acknowledged once none is left.
     events: AtomicUsize,
+    /// Whether it holds a packed batch of events.
+    packed: AtomicBool,
     _permit: Option<OwnedSemaphorePermit>,
     /// Dropped when the entry is settled, letting the next event of its key start.
     _turn: Option<oneshot::Sender<()>>,
@@ -46,14 +50,16 @@ impl Unsettled {
         Arc::new(Self {
             kept,
             events: AtomicUsize::new(1),
+            packed: AtomicBool::new(false),
             _permit: permit,
             _turn: turn,
         })
     }
 
-    /// Says the entry holds `events` events, before any of them is settled.
+    /// Says the entry holds a packed batch of `events` events, before any of them is settled.
     pub(crate) fn holds_events(&self, events: usize) {
         self.events.store(events, Ordering::Relaxed);
+        self.packed.store(true, Ordering::Relaxed);
     }
 
     /// Whether every other event of the entry is settled: settling this one settles the entry.
@@ -193,7 +199,11 @@ async fn acknowledge(
             .filter(|ack| ack.acknowledge)
             .map(|ack| ack.entry.kept.id().to_owned())
             .collect();
-        let done: Vec<Digest> = batch.iter().filter_map(|ack| ack.done).collect();
+        let done: Vec<Digest> = batch
+            .iter()
+            .filter(|ack| failures > 0 || ack.entry.packed.load(Ordering::Relaxed))
+            .filter_map(|ack| ack.done)
+            .collect();
         match group.settle(&stream, &ids, &done, marks).await {
             Ok(()) => {
                 failures = 0;

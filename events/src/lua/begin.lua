@@ -1,8 +1,9 @@
 
 -- Takes the idempotency holds of entries whose handlers are about to run: the event's mark (see
 -- above) names the entry handling it. So the hold passes with the entry to whichever consumer owns
--- it, never expires under a live consumer, and frees itself once that entry is no longer pending.
--- Holds are bookkeeping of a few dozen bytes: taken even when Redis refuses writes for maxmemory.
+-- it and never expires under a live consumer; once that entry is acknowledged, the same mark says
+-- the event was handled, with no write. Holds are bookkeeping of a few dozen bytes: taken even
+-- when Redis refuses writes for maxmemory.
 -- KEYS[1]      the stream
 -- ARGV[1]      the consumer group
 -- ARGV[2]      the prefix of the group's marks on the stream
@@ -11,18 +12,22 @@
 -- ARGV[5]      u, how many entries' marks are kept by when they were written (see marks.lua)
 -- ARGV[6]      t, how many entries' marks are kept by time (see pages.lua)
 -- ARGV[7]      a character per entry: '1' when it is a replay of a dead letter, '0' otherwise
--- ARGV[8..]    the entries' identity digests (16 bytes each): the u, then the t sorted
--- then        the entries' ids in the same order, each followed by `#<index>` for an event of a
---              packed entry
+-- ARGV[8..]    the u entries' identity digests (16 bytes each), then each one's holder: the entry
+--              as marks name it (see `marks_holder`)
+-- then         the t entries, sorted by digest: each one's digest, then its holder
 -- Returns {position, result, ...} for the entries (by position among the arguments above, from
 -- 1) that do not take a new hold: 1 when the event was handled already, 2 when another pending
 -- entry of the same event holds it, 3 when it was dead-lettered, 4 when the entry held it already
 -- (an earlier delivery or attempt of it took the hold). The others hold theirs from now.
 
--- What a delivery of entry `id` may do given its event's `mark`: one of the results above, or
--- false when the event is free for it (no mark, a stale hold, or a dead mark and a replay).
-local function verdict(mark, id, replay)
-  if mark == 'd' then
+-- What a delivery of entry `id` (as marks name it) may do given its event's `mark` (of an event
+-- kept by time whose time is `base`): one of the results above, or false when the event is free
+-- for it (no mark, a hold given up, or a dead mark and a replay). A hold whose entry is no longer
+-- pending was handled: every other end of an entry that took a hold marks it dead or gives it up.
+local function verdict(mark, id, replay, base)
+  if mark == 'f' then
+    return false
+  elseif mark == 'd' then
     return 1
   elseif mark == 'x' then
     if replay == '1' then
@@ -32,11 +37,11 @@ local function verdict(mark, id, replay)
   elseif mark == id then
     return 4
   elseif mark then
-    -- The holding entry's id, without the `#<index>` of an event of a packed entry.
-    local holder = string.match(mark, '^[^#]*')
+    local holder = marks_holder(mark, base)
     if #redis.call('XPENDING', KEYS[1], ARGV[1], holder, holder, 1) > 0 then
       return 2
     end
+    return 1
   end
   return false
 end
@@ -44,8 +49,17 @@ end
 marks_setup(ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]))
 pages_setup()
 local written, timed, replays = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
--- Entry i's digest is ARGV[digest_at + i], its id ARGV[id_at + i].
-local digest_at, id_at = 7, 7 + written + timed
+-- The argument before the entries kept by time: the kth is ARGV[pairs_at + 2k - 1], its holder
+-- the next.
+local pairs_at = 7 + 2 * written
+-- The digest and the holder of the ith entry, of all.
+local function entry(i)
+  if i <= written then
+    return ARGV[7 + i], ARGV[7 + written + i]
+  end
+  local at = pairs_at + 2 * (i - written)
+  return ARGV[at - 1], ARGV[at]
+end
 local results = {}
 -- Answers that entry `i` does not hold its event, for `result`.
 local function answer(i, result)
@@ -55,8 +69,8 @@ local function answer(i, result)
   end
 end
 for i = 1, written do
-  local digest = ARGV[digest_at + i]
-  local id, replay = ARGV[id_at + i], string.sub(replays, i, i)
+  local digest, id = entry(i)
+  local replay = string.sub(replays, i, i)
   local number = marks_number(digest)
   -- A mark in an earlier bucket decides, unless it leaves the event free; then the current
   -- bucket is claimed (HSETNX), or its mark decides.
@@ -94,8 +108,8 @@ local function hold(key, digests, positions)
       previous_rest = true
     else
       local i = positions[j]
-      local id = ARGV[id_at + i]
-      local result = mark and verdict(mark, id, string.sub(replays, i, i))
+      local _, id = entry(i)
+      local result = mark and verdict(mark, id, string.sub(replays, i, i), (pages_millis(digest)))
       if not result then
         writes[#writes + 1] = digest
         writes[#writes + 1] = id
@@ -115,37 +129,36 @@ local function hold(key, digests, positions)
   end)
 end
 -- The entries `from` to `to` kept by time (by position among them), of the page `key`: as a
--- rule their events have no marks yet (none are read from a page not made yet, as most are when a
--- backlog is read) and the page has room for them all, so their holds are written at once; else
--- each is looked at as `hold` does.
+-- rule their events have no marks yet (none are read from a page not made yet, as most are when
+-- a backlog is read) and the page has room for them all, so their holds are written at once,
+-- straight from the arguments; else each is looked at as `hold` does.
 local function hold_page(key, from, to)
-  local first, last = digest_at + written + from, digest_at + written + to
-  local size = redis.call('HLEN', key)
-  local found = size > 0 and redis.call('HMGET', key, unpack(ARGV, first, last)) or {}
-  local plain = size + last - first + 1 <= pages.full
-  local at = first
-  while plain and at <= last do
-    plain = not found[at - first + 1] and (at == first or ARGV[at] ~= ARGV[at - 1])
-    at = at + 1
-  end
-  local digests, positions, writes = {}, {}, {}
-  for at = first, last do
-    if plain then
-      writes[#writes + 1] = ARGV[at]
-      writes[#writes + 1] = ARGV[at + written + timed]
-    else
-      digests[#digests + 1] = ARGV[at]
-      positions[#positions + 1] = at - digest_at
+  local first, last = pairs_at + 2 * from - 1, pairs_at + 2 * to
+  -- Their digests, and their positions among all entries.
+  local function gathered()
+    local digests, positions = {}, {}
+    for k = from, to do
+      digests[k - from + 1] = ARGV[pairs_at + 2 * k - 1]
+      positions[k - from + 1] = written + k
     end
+    return digests, positions
+  end
+  local size = redis.call('HLEN', key)
+  local found = size > 0 and redis.call('HMGET', key, unpack((gathered()))) or {}
+  local plain = size + to - from + 1 <= pages.full
+  local at = first
+  while plain and at < last do
+    plain = not found[(at - first) / 2 + 1] and (at == first or ARGV[at] ~= ARGV[at - 2])
+    at = at + 2
   end
   if plain then
-    pages_set(key, writes, 1, #writes)
+    pages_set(key, ARGV, first, last)
   else
-    hold(key, digests, positions)
+    hold(key, gathered())
   end
 end
 pages_each(timed, function(k)
-  return ARGV[digest_at + written + k]
+  return ARGV[pairs_at + 2 * k - 1]
 end, hold_page)
 marks_flush()
 pages_flush()

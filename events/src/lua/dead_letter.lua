@@ -15,8 +15,10 @@
 -- ARGV[5]  the idempotency window, in milliseconds
 -- ARGV[6]  marks per shard before a split
 -- ARGV[7]  '1' to acknowledge the entry, '0' to leave it pending for its other events
--- ARGV[8]  the event's identity digest, when the entry holds its event
--- ARGV[9]  then '1' when its marks are kept by time, '0' when by when they were written
+-- ARGV[8]   when the entry took holds on its event: 'x' to mark them dead, or 'f' to give them up
+--           (no handler saw the event)
+-- ARGV[9..] then for each: the event's identity digest, then '1' when its marks are kept by
+--           time, '0' when by when they were written
 -- Returns 1 when the entry was moved, 0 when it was not this consumer's any more.
 if redis.call('TYPE', KEYS[2]).ok ~= 'stream' then
   return redis.error_reply('the dead-letter key ' .. KEYS[2] .. ' is not a stream')
@@ -32,13 +34,15 @@ if ARGV[7] == '1' then
 end
 if ARGV[8] then
   marks_setup(ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]))
-  if ARGV[9] == '1' then
-    pages_setup()
-    pages_write({ARGV[8], 'x'}, 1, 1)
-    pages_flush()
-  else
-    marks_write('HSET', ARGV[8], marks_number(ARGV[8]), 'x')
-    marks_flush()
+  pages_setup()
+  for at = 9, #ARGV, 2 do
+    if ARGV[at + 1] == '1' then
+      pages_write({ARGV[at], ARGV[8]}, 1, 1)
+    else
+      marks_write('HSET', ARGV[at], marks_number(ARGV[at]), ARGV[8])
+    end
   end
+  marks_flush()
+  pages_flush()
 end
 return 1

@@ -1,6 +1,9 @@
 -- Idempotency marks of one stream and group, keyed by a 16-byte digest of each event's identity:
--- the id of the entry handling the event while it runs (its hold), then 'd' once it was handled
--- or 'x' once it was dead-lettered, kept for the idempotency window.
+-- the entry that took the event's hold (see `marks_holder`), which handles the event while it is
+-- pending and has handled it once acknowledged; 'x' once it was dead-lettered; 'f' once given up
+-- (dead-lettered before any handler saw it); or 'd' once handled, written when the entry's
+-- acknowledgement failed, or for an event of a packed entry (which may be delivered again for its
+-- other events). Kept for the idempotency window.
 --
 -- Marks live in time buckets half the window long, each expiring a window after its bucket ends,
 -- so a mark is found for at least the window and at most half as long again. A bucket
@@ -67,6 +70,21 @@ local function marks_meta(bucket)
     marks.meta[bucket] = meta
   end
   return meta
+end
+
+-- The id of the entry that the hold `mark` names (see `holder` in consumer/part.rs): written out
+-- (`<id>` or `<id>#<index>`), or packed into a number: for the mark of an event kept by time whose
+-- time is `base`, the entry's time counted from it times 100,000 plus its sequence; else its time
+-- and its sequence in five digits side by side.
+local function marks_holder(mark, base)
+  if string.find(mark, '[-#]', 2) then
+    return string.match(mark, '^[^#]*')
+  elseif base then
+    local packed = tonumber(mark)
+    local from_base = math.floor(packed / 100000)
+    return string.format('%d-%d', base + from_base, packed - from_base * 100000)
+  end
+  return string.sub(mark, 1, -6) .. '-' .. string.format('%d', tonumber(string.sub(mark, -5)))
 end
 
 -- The digest's first six bytes as a number (exact in a Lua number), for shard arithmetic.
@@ -139,7 +157,7 @@ local function marks_split(meta)
   end
 end
 
--- Writes `mark` (an entry id, 'd' or 'x') for `digest` in the current bucket with `command`:
+-- Writes `mark` (a holder, 'd', 'x' or 'f') for `digest` in the current bucket with `command`:
 -- 'HSET' always, 'HSETNX' unless it has a mark there. Returns whether a new mark was added. Shard
 -- keys get their expiry when they are made: the first shard with the bucket, the others by their
 -- split.

@@ -178,7 +178,7 @@ local function pages_full(key)
   return redis.call('HLEN', key) >= pages.full
 end
 
--- Writes `mark` ('d' or 'x') for each of `digests` in the page `key` or the overflow page that
+-- Writes `mark` ('d', 'x' or 'f') for each of `digests` in the page `key` or the overflow page that
 -- holds it (or the last, when none does).
 local function pages_mark(key, digests, mark)
   local values, rest = {}, {}
@@ -196,8 +196,8 @@ local function pages_mark(key, digests, mark)
   end)
 end
 
--- Writes the `count` marks of `list` from `first` on (digest, mark, ...: 'd' or 'x', the digests
--- sorted), each page's at once unless the page is full.
+-- Writes the `count` marks of `list` from `first` on (digest, mark, ...: 'd', 'x' or 'f', the
+-- digests sorted), each page's at once unless the page is full.
 local function pages_write(list, first, count)
   local function digest(k)
     return list[first + 2 * k - 2]

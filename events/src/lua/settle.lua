@@ -1,9 +1,11 @@
 
--- Acknowledges handled entries and marks their events done, in one atomic step, so a crash
--- cannot leave an entry acknowledged without its mark or marked without being acknowledged. The
--- marks are written first: if the acknowledgement fails, a consumer that takes the entries over
--- finds them marked and does not run them again. Marks are bookkeeping of a few dozen bytes:
--- written even when Redis refuses writes for maxmemory.
+-- Marks handled events done and acknowledges the entries whose events are all settled, in one
+-- atomic step: for events of packed entries (whose entries may be delivered again for their other
+-- events), and for every event once an acknowledgement failed (an entry's own hold says its event
+-- was handled only once the entry is acknowledged). The marks are written first: if the
+-- acknowledgement fails, a consumer that takes the entries over finds them marked and does not
+-- run them again. Marks are bookkeeping of a few dozen bytes: written even when Redis refuses
+-- writes for maxmemory.
 -- KEYS[1]      the stream
 -- ARGV[1]      the consumer group
 -- ARGV[2]      the prefix of the group's marks on the stream
