@@ -451,9 +451,13 @@ impl<C: ConnectionLike + Clone + Send + Sync> Group<C> {
         // The script takes the requests in the order of their digests (see `Digest`), and names
         // those that do not take their hold by their position in that order. Of two requests for
         // one event the first asked comes first, and holds it.
-        let mut order: Vec<usize> = (0..requests.len()).collect();
-        order.sort_by_key(|&at| requests[at].borrow().digest);
-        let sorted = || order.iter().map(|&at| requests[at].borrow());
+        let mut order: Vec<(Digest, usize)> = requests
+            .iter()
+            .enumerate()
+            .map(|(at, request)| (request.borrow().digest, at))
+            .collect();
+        order.sort_unstable();
+        let sorted = || order.iter().map(|&(_, at)| requests[at].borrow());
         let written = sorted()
             .take_while(|request| !request.digest.is_timed())
             .count();
@@ -485,7 +489,7 @@ impl<C: ConnectionLike + Clone + Send + Sync> Group<C> {
             .await?;
         let mut holds = vec![Hold::Taken; requests.len()];
         for (position, status) in exceptions {
-            let Some(&at) = position.checked_sub(1).and_then(|index| order.get(index)) else {
+            let Some(&(_, at)) = position.checked_sub(1).and_then(|index| order.get(index)) else {
                 continue;
             };
             holds[at] = match status {

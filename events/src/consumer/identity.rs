@@ -38,8 +38,15 @@ impl Digest {
     /// The identity of the event in `envelope`: its declared key (scoped by its type) when it has
     /// one, else as `identity` says.
     pub(crate) fn of(envelope: &Envelope, declared: Option<&str>, identity: Identity) -> Self {
+        if declared.is_none()
+            && identity == Identity::EventId
+            && let Some(id) = uuid::Uuid::try_parse(&envelope.id)
+                .ok()
+                .filter(|id| id.get_version_num() == 7)
+        {
+            return Self::of_time_ordered(id.into_bytes());
+        }
         let mut hasher = Sha256::new();
-        let mut time = None;
         match (declared, identity) {
             (Some(key), _) => {
                 hasher.update(b"key\0");
@@ -50,10 +57,6 @@ impl Digest {
             (None, Identity::EventId) => {
                 hasher.update(b"id\0");
                 hasher.update(envelope.id.as_bytes());
-                time = uuid::Uuid::try_parse(&envelope.id)
-                    .ok()
-                    .filter(|id| id.get_version_num() == 7)
-                    .map(|id| id.into_bytes());
             }
             (None, Identity::Content) => {
                 hasher.update(b"content\0");
@@ -62,19 +65,33 @@ impl Digest {
                 hasher.update(envelope.body.as_bytes());
             }
         }
-        let hash = hasher.finalize();
         let mut bytes = [0; 16];
-        match time {
-            Some(id) => {
-                bytes[..6].copy_from_slice(&id[..6]);
-                bytes[6..].copy_from_slice(&hash[..10]);
-            }
-            None => bytes.copy_from_slice(&hash[..16]),
-        }
+        bytes.copy_from_slice(&hasher.finalize()[..16]);
         Self {
-            timed: time.is_some(),
+            timed: false,
             bytes,
         }
+    }
+
+    /// The digest of a UUIDv7 event id: its time (the first six bytes), then its other ten bytes
+    /// mixed, so that each bit of the seventh (which splits busy pages) depends on all of them,
+    /// however the id's generator filled them (counters, fixed version and variant bits). The mix
+    /// is one to one, so distinct ids never share a digest.
+    fn of_time_ordered(id: [u8; 16]) -> Self {
+        const BITS: u32 = 80;
+        const MASK: u128 = (1 << BITS) - 1;
+        let mut rest = id[6..]
+            .iter()
+            .fold(0_u128, |rest, &byte| rest << 8 | u128::from(byte));
+        // Odd multipliers and shifts of half the width or more: each step is one to one.
+        for multiplier in [0xd6e8_feb8_6659_fd93_3f5b_u128, 0xa076_1d64_78bd_642f_4c1b] {
+            rest = rest.wrapping_mul(multiplier) & MASK;
+            rest ^= rest >> (BITS / 2);
+        }
+        let mut bytes = [0; 16];
+        bytes[..6].copy_from_slice(&id[..6]);
+        bytes[6..].copy_from_slice(&rest.to_be_bytes()[6..]);
+        Self { timed: true, bytes }
     }
 
     /// The digest's bytes.
@@ -135,6 +152,30 @@ mod tests {
         let mut envelope = Envelope::new(event_type, 1, "test", body.to_owned());
         envelope.id = id.to_owned();
         envelope
+    }
+
+    #[test]
+    fn ids_of_one_millisecond_counted_up_get_distinct_digests_spread_over_the_seventh_byte() {
+        // UUIDv7s of one millisecond whose generator counts up in the bits after the version.
+        let digests: Vec<Digest> = (0..512_u32)
+            .map(|count| {
+                let id = format!("018bcfe5-6800-7{:03x}-8000-000000000000", count);
+                Digest::of(&envelope(&id, "t.x", "{}"), None, Identity::EventId)
+            })
+            .collect();
+        assert!(
+            digests
+                .iter()
+                .all(|digest| digest.millis() == Some(1_700_000_000_000))
+        );
+        let distinct: std::collections::HashSet<&[u8]> =
+            digests.iter().map(Digest::bytes).collect();
+        assert_eq!(distinct.len(), 512);
+        let mut halves = [0; 2];
+        for digest in &digests {
+            halves[usize::from(digest.bytes()[6] >> 7)] += 1;
+        }
+        assert!(halves.iter().all(|&half| half > 200), "{halves:?}");
     }
 
     #[test]
