@@ -10,7 +10,8 @@
 //! `cargo bench --bench consume` (`EVENTS_BENCH_EVENTS` sets the events, 200,000 by default,
 //! `EVENTS_BENCH_ROUNDS` the rounds, 5, `EVENTS_BENCH_BATCH` the batch size, 500, and
 //! `EVENTS_BENCH_ROWS` which rows to measure, such as `1,2` for a profile of those alone; the
-//! baseline, row 0, always runs).
+//! baseline, row 0, always runs). With `EVENTS_BENCH_PIN` set, Redis runs on a CPU of its own and
+//! the bench on the others, as when Redis has a host of its own.
 
 use events::testing as redis_server;
 
@@ -167,6 +168,35 @@ impl Measured {
     }
 }
 
+/// Runs Redis on the first CPU and this process (every thread of it) on the others, as when Redis
+/// has a host of its own: Redis's CPU then no longer comes out of the consumers'. Needs `taskset`
+/// (util-linux) and a Redis on this machine.
+async fn pin_apart(redis: &mut redis::aio::MultiplexedConnection) -> &'static str {
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(redis)
+        .await
+        .unwrap();
+    let redis_pid = info
+        .lines()
+        .find_map(|line| line.strip_prefix("process_id:"))
+        .expect("INFO names Redis's process")
+        .trim()
+        .to_owned();
+    let last = std::thread::available_parallelism().map_or(1, usize::from) - 1;
+    assert!(last > 0, "EVENTS_BENCH_PIN needs two CPUs or more");
+    let own_pid = std::process::id().to_string();
+    for (cpus, pid) in [("0".to_owned(), redis_pid), (format!("1-{last}"), own_pid)] {
+        let status = std::process::Command::new("taskset")
+            .args(["-a", "-p", "-c", &cpus, &pid])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("taskset runs");
+        assert!(status.success(), "taskset pins {pid} to {cpus}");
+    }
+    "Redis on CPU 0, the bench on the others"
+}
+
 #[tokio::main]
 async fn main() {
     let setting = |name: &str, default: u64| {
@@ -189,8 +219,13 @@ async fn main() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
+    let cores = if std::env::var_os("EVENTS_BENCH_PIN").is_some() {
+        pin_apart(&mut redis).await
+    } else {
+        "cores shared by Redis and the bench"
+    };
     println!(
-        "{events} events of 160-byte JSON bodies, batches of {batch}, {rounds} rounds, Redis at {url}"
+        "{events} events of 160-byte JSON bodies, batches of {batch}, {rounds} rounds, Redis at {url}, {cores}"
     );
     println!(
         "{:<46} {:>24}  {:>6}  {:>17}  {:>9}",
