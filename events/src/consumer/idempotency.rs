@@ -20,7 +20,7 @@ use crate::connection::Connection;
 use crate::{REPLAYED_FIELD, StreamEntry};
 
 /// Whether `entry` is a dead letter replayed into its stream: a dead mark does not stop it.
-pub(crate) fn is_replay(entry: &StreamEntry) -> bool {
+fn is_replay(entry: &StreamEntry) -> bool {
     entry
         .fields
         .iter()

@@ -217,7 +217,11 @@ async fn acknowledge(
             Err(error) => {
                 failures += 1;
                 counters.stalled(Operation::Acknowledge, &stream, &error);
-                tokio::time::sleep(retry.delay(failures)).await;
+                // The first retry, which marks the events done, goes at once: until it lands, a
+                // crash would leave them pending and unmarked.
+                if failures > 1 {
+                    tokio::time::sleep(retry.delay(failures - 1)).await;
+                }
             }
         }
     }
