@@ -208,6 +208,37 @@ async fn a_copy_waits_for_the_one_running(identity: Identity, event_millis: u64)
 }
 
 #[tokio::test]
+async fn an_event_deferred_on_its_first_delivery_runs_when_it_comes_round_again() {
+    let server = RedisServer::start();
+    let stream = unique("deferred-first");
+    let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let (consumer, running) = Running::build(quick_consumer(&server, &stream, "g").handle({
+        let calls = Arc::clone(&calls);
+        move |_: Login, _: Context| {
+            // Deferred (no attempt counted, no delivery) the first time, handled the second.
+            let first = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+            async move {
+                if first {
+                    return Err(HandlerError::defer("not now", Duration::from_millis(50)));
+                }
+                Ok(())
+            }
+        }
+    }))
+    .await;
+    let publisher = publisher_to(server.url(), &stream).await;
+    publisher
+        .publish(&Login { user: "ada".into() })
+        .await
+        .unwrap();
+    settled(&consumer, 1).await;
+    running.close().await;
+    let status = consumer.status();
+    assert_eq!((status.processed, status.duplicates), (1, 0));
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
 async fn identity_by_content_merges_equal_bodies_when_asked() {
     let server = RedisServer::start();
     let stream = unique("content");
