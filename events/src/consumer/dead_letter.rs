@@ -6,8 +6,7 @@
 use std::time::{Duration, SystemTime};
 
 use super::config::Settings;
-use super::group::{DeadLetterMove, Group};
-use super::identity::Digest;
+use super::group::{DeadLetterMove, EventHolds, Group};
 use super::part::Part;
 use super::status::{Counters, Operation};
 use crate::connection::Connection;
@@ -55,27 +54,6 @@ pub(crate) struct Doomed<'a> {
     pub(crate) attempts: u32,
     /// The holds the entry took on its event, ended with the move.
     pub(crate) holds: EventHolds,
-}
-
-/// The holds an entry took on its event, and how its move to the dead letters ends them.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct EventHolds {
-    /// By its declared key (or the only one), and by its id when that was taken before the key
-    /// was known.
-    pub(crate) digests: [Option<Digest>; 2],
-    /// Whether no handler saw the event (it could not be decoded for one): its holds are given
-    /// up, so that a copy of it may still run, rather than marked dead.
-    pub(crate) given_up: bool,
-}
-
-impl EventHolds {
-    /// The holds `digests`, marked dead with the move.
-    pub(crate) fn dead(digests: [Option<Digest>; 2]) -> Self {
-        Self {
-            digests,
-            given_up: false,
-        }
-    }
 }
 
 /// Moves `doomed` to its dead-letter stream, trying again until the move lands; `None` when the

@@ -16,8 +16,8 @@ use tokio::sync::oneshot;
 
 use super::Identity;
 use super::attempt;
-use super::dead_letter::{Doomed, EventHolds, move_to_dead_letters};
-use super::group::{Hold, HoldRequest};
+use super::dead_letter::{Doomed, move_to_dead_letters};
+use super::group::{EventHolds, Hold, HoldRequest};
 use super::handler::Registration;
 use super::identity::Digest;
 use super::part::{Attempts, Part};

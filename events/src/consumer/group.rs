@@ -9,7 +9,6 @@ use std::time::{Duration, SystemTime};
 use redis::aio::ConnectionLike;
 use redis::{Script, ScriptInvocation, Value};
 
-use super::dead_letter::EventHolds;
 use super::identity::{Digest, MarkSettings};
 use crate::connection::Connection;
 use crate::resp::{into_array, into_string, into_u64, millis, parse_fields};
@@ -114,6 +113,27 @@ pub(crate) struct HoldRequest {
     pub(crate) digest: Digest,
     pub(crate) holder: String,
     pub(crate) replay: bool,
+}
+
+/// The holds an entry took on its event, and how its move to the dead letters ends them.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct EventHolds {
+    /// By its declared key (or the only one), and by its id when that was taken before the key
+    /// was known.
+    pub(crate) digests: [Option<Digest>; 2],
+    /// Whether no handler saw the event (it could not be decoded for one): its holds are given
+    /// up, so that a copy of it may still run, rather than marked dead.
+    pub(crate) given_up: bool,
+}
+
+impl EventHolds {
+    /// The holds `digests`, marked dead with the move.
+    pub(crate) fn dead(digests: [Option<Digest>; 2]) -> Self {
+        Self {
+            digests,
+            given_up: false,
+        }
+    }
 }
 
 /// An entry to move to a dead-letter stream.

@@ -16,8 +16,8 @@ use tokio_util::task::AbortOnDropHandle;
 
 use super::Failure;
 use super::config::Settings;
-use super::dead_letter::{Doomed, EventHolds, move_to_dead_letters};
-use super::group::{Group, Hold, HoldRequest, is_no_group};
+use super::dead_letter::{Doomed, move_to_dead_letters};
+use super::group::{EventHolds, Group, Hold, HoldRequest, is_no_group};
 use super::identity::Digest;
 use super::keeper::Keeper;
 use super::part::{Attempts, Part};
