@@ -145,13 +145,20 @@ impl Delivery {
         ahead
     }
 
+    /// How the events of `registration` are identified; `None` with idempotency off for it.
+    fn identity(&self, registration: &Registration) -> Option<Identity> {
+        let settings = &self.session.inner.settings;
+        registration
+            .idempotent
+            .unwrap_or(settings.idempotent)
+            .then(|| registration.identity.unwrap_or(settings.identity))
+    }
+
     /// How the events of `registration` are identified when their holds are taken before their
     /// bodies are deserialized: when idempotency is on for it and its events declare no key.
     fn early_identity(&self, registration: &Registration) -> Option<Identity> {
-        let settings = &self.session.inner.settings;
-        let idempotent = registration.idempotent.unwrap_or(settings.idempotent);
-        (idempotent && !registration.keyed.load(Ordering::Relaxed))
-            .then(|| registration.identity.unwrap_or(settings.identity))
+        self.identity(registration)
+            .filter(|_| !registration.keyed.load(Ordering::Relaxed))
     }
 
     /// Handles the entry's events (`decoded`, the first's hold taken `ahead` when it has one)
@@ -227,8 +234,7 @@ impl Delivery {
             return self.unhandled(envelope);
         };
         let envelope = Arc::new(envelope);
-        let idempotent = registration.idempotent.unwrap_or(inner.settings.idempotent);
-        let identity = registration.identity.unwrap_or(inner.settings.identity);
+        let identity = self.identity(registration);
         let kept = &self.unsettled.kept;
         let mut attempts = Attempts::default();
         let mut busy_looks = 0;
@@ -277,11 +283,11 @@ impl Delivery {
                     }
                 },
             };
-            let hold = match (early, prepared.key.as_deref()) {
-                (Some(digest), None) => Some(digest),
+            let hold = match (early, prepared.key.as_deref(), identity) {
+                (Some(digest), None, _) => Some(digest),
                 // Taken now: a declared key identifies the event (learned now, if the hold was
                 // taken early by the event's id: that hold ends with this one).
-                (_, key) if idempotent => {
+                (_, key, Some(identity)) => {
                     if key.is_some() {
                         registration.keyed.store(true, Ordering::Relaxed);
                     }
@@ -415,11 +421,13 @@ impl Delivery {
         };
         match hold {
             None => Look::End(End::Abandon),
-            // A hold taken anew by an entry delivered before: none of those deliveries started
-            // the handler, so they are no attempts (an event of a packed entry counts with its
-            // others, which may have run).
-            Some(Hold::Taken) if part.is_none() && self.unsettled.kept.deliveries() > 1 => {
-                self.unsettled.kept.count_from_first();
+            // Its attempts counted anew: look again, with the count.
+            Some(hold)
+                if self
+                    .unsettled
+                    .kept
+                    .count_from_first_if_taken_anew(hold, part.is_some()) =>
+            {
                 Look::Again
             }
             Some(Hold::Taken | Hold::Again) => Look::Held(digest),

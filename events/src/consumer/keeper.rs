@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
-use super::group::Group;
+use super::group::{Group, Hold};
 use super::status::{Counters, Operation};
 use crate::Backoff;
 use crate::connection::Connection;
@@ -192,11 +192,19 @@ impl Kept {
         &self.id
     }
 
-    /// Counts this delivery as the entry's first, when the earlier ones are known never to have
-    /// started a handler (read or claimed, their replies lost to a dropped connection or an
-    /// unconfirmed write): they do not use up its attempts. The keeper records it in Redis.
-    pub(crate) fn count_from_first(&self) {
-        self.state.deliveries.store(1, Ordering::Relaxed);
+    /// Counts this delivery as the entry's first when the hold on its event (`packed` when the
+    /// event is one of a packed entry) was taken anew while the entry was delivered before: each
+    /// delivery takes the hold before it starts a handler, and the hold stays with the entry, so
+    /// the earlier ones never started one (read or claimed, their replies lost to a dropped
+    /// connection or an unconfirmed write) and use up no attempts. An event of a packed entry
+    /// counts with its others, which may have run. The keeper records it in Redis. Returns
+    /// whether it counted anew.
+    pub(crate) fn count_from_first_if_taken_anew(&self, hold: Hold, packed: bool) -> bool {
+        let anew = hold == Hold::Taken && !packed && self.deliveries() > 1;
+        if anew {
+            self.state.deliveries.store(1, Ordering::Relaxed);
+        }
+        anew
     }
 
     /// Counts one more delivery, and records it in Redis at once, so a consumer that takes the

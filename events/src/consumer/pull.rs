@@ -476,15 +476,11 @@ impl PullConsumer {
             for (mut holding, hold) in candidates.into_iter().zip(holds) {
                 match hold {
                     Some((hold @ (Hold::Taken | Hold::Again), digest)) => {
-                        // A hold taken anew by an entry delivered before: none of those
-                        // deliveries was handed out, so they are no attempts.
-                        let entry = &holding.unsettled.kept;
-                        if matches!(hold, Hold::Taken)
-                            && holding.part.is_none()
-                            && entry.deliveries() > 1
-                        {
-                            entry.count_from_first();
-                        }
+                        let packed = holding.part.is_some();
+                        holding
+                            .unsettled
+                            .kept
+                            .count_from_first_if_taken_anew(hold, packed);
                         holding.hold = Some(digest);
                         kept.push(holding);
                     }
