@@ -141,7 +141,7 @@ async fn main() {
     );
     println!(
         "{:<56} {:>12.1} B {:>14.1} B {:>8}",
-        "pages of listpack hashes by event time (now)",
+        "pages of records by event time (now)",
         per(ours),
         per(ours_keys_bytes),
         ours_keys

@@ -75,7 +75,7 @@ fn commands(settings: &Settings) -> Vec<Needed> {
                 &["TYPE", &dead_letters],
             ),
         ];
-        let marking: [(&str, &[&str]); 7] = [
+        let marking: [(&str, &[&str]); 9] = [
             ("for idempotency marks", &["HGET", &marks, "f"]),
             ("for idempotency marks", &["HMGET", &marks, "f"]),
             ("for idempotency marks", &["HSET", &marks, "f", "v"]),
@@ -83,6 +83,8 @@ fn commands(settings: &Settings) -> Vec<Needed> {
             ("for idempotency marks", &["HGETALL", &marks]),
             ("for idempotency marks", &["HDEL", &marks, "f"]),
             ("for idempotency marks", &["PEXPIREAT", &marks, "0"]),
+            ("for idempotency marks", &["GET", &marks]),
+            ("for idempotency marks", &["SET", &marks, "v", "PXAT", "1"]),
         ];
         let delayed = delayed_events(stream);
         let unmovable = unmovable_events(stream);

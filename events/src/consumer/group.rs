@@ -10,6 +10,7 @@ use redis::aio::ConnectionLike;
 use redis::{Script, ScriptInvocation, Value};
 
 use super::identity::{Digest, MarkSettings};
+use super::part::page_record;
 use crate::connection::Connection;
 use crate::resp::{into_array, into_string, into_u64, millis, parse_fields};
 use crate::transfer::{Finish, add_and_finish};
@@ -471,45 +472,71 @@ impl<C: ConnectionLike + Clone + Send + Sync> Group<C> {
         // The script takes the requests in the order of their digests (see `Digest`), and names
         // those that do not take their hold by their position in that order. Of two requests for
         // one event the first asked comes first, and holds it.
-        let mut order: Vec<(Digest, usize)> = requests
+        let mut sorted: Vec<(Digest, usize)> = requests
             .iter()
             .enumerate()
             .map(|(at, request)| (request.borrow().digest, at))
             .collect();
-        order.sort_unstable();
-        let sorted = || order.iter().map(|&(_, at)| requests[at].borrow());
-        let written = sorted()
-            .take_while(|request| !request.digest.is_timed())
-            .count();
-        let replays: String = sorted()
-            .map(|request| if request.replay { '1' } else { '0' })
+        sorted.sort_unstable();
+        // Then in three runs: those kept by when they were written; those kept by time as
+        // arguments of their own (each digest with its holder); and, as one argument of page
+        // records, those kept by time whose holders pack into a record and whose events are asked
+        // for once here, most of them, which the script writes with no work per event.
+        let mut recorded = Vec::new();
+        let mut runs: [Vec<(Digest, usize)>; 3] = Default::default();
+        for (k, &(digest, at)) in sorted.iter().enumerate() {
+            let once = (k == 0 || sorted[k - 1].0 != digest)
+                && sorted.get(k + 1).is_none_or(|next| next.0 != digest);
+            let record = once
+                .then(|| page_record(&digest, &requests[at].borrow().holder))
+                .flatten();
+            let run = match record {
+                _ if !digest.is_timed() => 0,
+                Some(record) => {
+                    recorded.extend_from_slice(&record);
+                    2
+                }
+                None => 1,
+            };
+            runs[run].push((digest, at));
+        }
+        let order: Vec<usize> = runs.iter().flatten().map(|&(_, at)| at).collect();
+        let replays: String = order
+            .iter()
+            .map(|&at| {
+                if requests[at].borrow().replay {
+                    '1'
+                } else {
+                    '0'
+                }
+            })
             .collect();
         let mut invocation = BEGIN.prepare_invoke();
         invocation.key(stream);
         self.marks_args(&mut invocation, stream, marks);
         invocation
-            .arg(written)
-            .arg(requests.len() - written)
+            .arg(runs[0].len())
+            .arg(runs[1].len())
             .arg(replays);
-        // Those kept by when they were written: their digests, then their holders; those kept by
-        // time: each digest with its holder, so that a page's holds are written as they come.
-        for request in sorted().take(written) {
-            invocation.arg(request.digest.bytes());
+        for &(digest, _) in &runs[0] {
+            invocation.arg(digest.bytes());
         }
-        for request in sorted() {
-            if !request.digest.is_timed() {
-                invocation.arg(&request.holder);
-            } else {
-                invocation.arg(request.digest.bytes()).arg(&request.holder);
-            }
+        for &(_, at) in &runs[0] {
+            invocation.arg(&requests[at].borrow().holder);
         }
+        for &(digest, at) in &runs[1] {
+            invocation
+                .arg(digest.bytes())
+                .arg(&requests[at].borrow().holder);
+        }
+        invocation.arg(recorded);
         // The script names the entries that do not take a new hold.
         let exceptions: Vec<(usize, i64)> = invocation
             .invoke_async(&mut self.connection.clone())
             .await?;
         let mut holds = vec![Hold::Taken; requests.len()];
         for (position, status) in exceptions {
-            let Some(&(_, at)) = position.checked_sub(1).and_then(|index| order.get(index)) else {
+            let Some(&at) = position.checked_sub(1).and_then(|index| order.get(index)) else {
                 continue;
             };
             holds[at] = match status {

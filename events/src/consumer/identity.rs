@@ -74,9 +74,10 @@ impl Digest {
     }
 
     /// The digest of a UUIDv7 event id: its time (the first six bytes), then its other ten bytes
-    /// mixed, so that each bit of the seventh (which splits busy pages) depends on all of them,
-    /// however the id's generator filled them (counters, fixed version and variant bits). The mix
-    /// is one to one, so distinct ids never share a digest.
+    /// mixed, so that each bit of the seventh (which splits busy pages) and of the last eight (by
+    /// which a page's records are searched) depends on all of them, however the id's generator
+    /// filled them (counters, fixed version and variant bits). The mix is one to one, so distinct
+    /// ids never share a digest.
     fn of_time_ordered(id: [u8; 16]) -> Self {
         const BITS: u32 = 80;
         const MASK: u128 = (1 << BITS) - 1;

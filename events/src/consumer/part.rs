@@ -51,6 +51,27 @@ fn packed(entry_id: &str, digest: &Digest) -> Option<String> {
         .then(|| (from_event * SEQUENCES as i64 + sequence as i64).to_string())
 }
 
+/// The bytes of a page record (see `lua/pages.lua`): the digest, then the holder's number.
+const RECORD: usize = 24;
+
+/// What the packed holder numbers of page records are counted from, so that they are positive
+/// and within a Lua number's exact range.
+const RECORD_ZERO: i64 = 1 << 49;
+
+/// The hold of the event `digest`, kept by time, by the entry its mark names `holder`, as a page
+/// record: the digest, then the number `holder` packs into (see [`holder`]), plus
+/// [`RECORD_ZERO`], in eight bytes, big-endian. `None` for a holder written out.
+pub(crate) fn page_record(digest: &Digest, holder: &str) -> Option<[u8; RECORD]> {
+    let number = holder.parse::<i64>().ok()?;
+    if !digest.is_timed() || number.unsigned_abs() >= RECORD_ZERO as u64 {
+        return None;
+    }
+    let mut record = [0; RECORD];
+    record[..16].copy_from_slice(digest.bytes());
+    record[16..].copy_from_slice(&(number + RECORD_ZERO).to_be_bytes());
+    Some(record)
+}
+
 /// Which attempt at an event this is. An entry's deliveries are counted in Redis (a consumer
 /// taking it over counts on from there); the retries of an event of a packed entry are counted
 /// here, on top of its entry's deliveries, so that one event's retries never use up another's.
@@ -122,5 +143,19 @@ mod tests {
             holder("1700000000250-3", Some(&part), &timed),
             "1700000000250-3#2"
         );
+    }
+
+    #[test]
+    fn holds_of_packed_holders_of_events_kept_by_time_are_page_records() {
+        let timed = digest_of_id("018bcfe5-6800-7000-8000-000000000001");
+        let record = page_record(&timed, "-100000000").unwrap();
+        assert_eq!(&record[..16], timed.bytes());
+        let number = u64::from_be_bytes(record[16..].try_into().unwrap());
+        assert_eq!(number, (1 << 49) - 100_000_000);
+        let written_out = holder("1700000000250-100000", None, &timed);
+        assert_eq!(page_record(&timed, &written_out), None);
+        assert_eq!(page_record(&timed, "1700000000250-3#2"), None);
+        let untimed = digest_of_id("an-id-of-its-own");
+        assert_eq!(page_record(&untimed, "500003"), None);
     }
 }

@@ -10,11 +10,13 @@
 -- ARGV[3]      the idempotency window, in milliseconds
 -- ARGV[4]      marks per shard before a split
 -- ARGV[5]      u, how many entries' marks are kept by when they were written (see marks.lua)
--- ARGV[6]      t, how many entries' marks are kept by time (see pages.lua)
+-- ARGV[6]      t, how many entries' marks are kept by time (see pages.lua) in fields of their own
 -- ARGV[7]      a character per entry: '1' when it is a replay of a dead letter, '0' otherwise
 -- ARGV[8..]    the u entries' identity digests (16 bytes each), then each one's holder: the entry
 --              as marks name it (see `marks_holder`)
 -- then         the t entries, sorted by digest: each one's digest, then its holder
+-- last         the other entries kept by time, sorted by digest, as page records (see pages.lua),
+--              side by side: each event asked for once in the call
 -- Returns {position, result, ...} for the entries (by position among the arguments above, from
 -- 1) that do not take a new hold: 1 when the event was handled already, 2 when another pending
 -- entry of the same event holds it, 3 when it was dead-lettered, 4 when the entry held it already
@@ -52,13 +54,21 @@ local written, timed, replays = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
 -- The argument before the entries kept by time: the kth is ARGV[pairs_at + 2k - 1], its holder
 -- the next.
 local pairs_at = 7 + 2 * written
+local asked = ARGV[#ARGV]
+-- Where the kth record asked for starts in `asked`.
+local function asked_at(k)
+  return (k - 1) * PAGES_RECORD + 1
+end
 -- The digest and the holder of the ith entry, of all.
 local function entry(i)
   if i <= written then
     return ARGV[7 + i], ARGV[7 + written + i]
+  elseif i <= written + timed then
+    local at = pairs_at + 2 * (i - written)
+    return ARGV[at - 1], ARGV[at]
   end
-  local at = pairs_at + 2 * (i - written)
-  return ARGV[at - 1], ARGV[at]
+  local at = asked_at(i - written - timed)
+  return string.sub(asked, at, at + 15), pages_record_holder(asked, at)
 end
 local results = {}
 -- Answers that entry `i` does not hold its event, for `result`.
@@ -90,9 +100,9 @@ for i = 1, written do
 end
 -- Takes the holds of `digests` (sorted, of the entries at `positions`) in the page `key`, reading
 -- its marks at once and writing the holds at once; in its overflow page for a mark it does not
--- have when it is full. An event twice in the batch (its digests side by side) is held by its
--- first entry.
-local function hold(key, digests, positions)
+-- have when it is full; by the page's `records` (see `pages_records`) for a mark in none. An
+-- event twice in the batch (its digests side by side) is held by its first entry.
+local function hold(key, digests, positions, records)
   local found = redis.call('HMGET', key, unpack(digests))
   local room = pages.full - redis.call('HLEN', key)
   local writes, rest, rest_positions = {}, {}, {}
@@ -107,9 +117,10 @@ local function hold(key, digests, positions)
       rest_positions[#rest_positions + 1] = positions[j]
       previous_rest = true
     else
+      mark = mark or pages_record_mark(records, digest)
       local i = positions[j]
       local _, id = entry(i)
-      local result = mark and verdict(mark, id, string.sub(replays, i, i), (pages_millis(digest)))
+      local result = mark and verdict(mark, id, string.sub(replays, i, i), pages_millis(digest))
       if not result then
         writes[#writes + 1] = digest
         writes[#writes + 1] = id
@@ -125,7 +136,7 @@ local function hold(key, digests, positions)
     previous, previous_mark = digest, mark
   end
   pages_end(key, writes, #rest > 0, function(overflow)
-    hold(overflow, rest, rest_positions)
+    hold(overflow, rest, rest_positions, records)
   end)
 end
 -- The entries `from` to `to` kept by time (by position among them), of the page `key`: as a
@@ -144,22 +155,49 @@ local function hold_page(key, from, to)
     return digests, positions
   end
   local size = redis.call('HLEN', key)
+  local records = pages_records(key)
   local found = size > 0 and redis.call('HMGET', key, unpack((gathered()))) or {}
   local plain = size + to - from + 1 <= pages.full
   local at = first
   while plain and at < last do
-    plain = not found[(at - first) / 2 + 1] and (at == first or ARGV[at] ~= ARGV[at - 2])
+    plain = not found[(at - first) / 2 + 1] and not pages_record_mark(records, ARGV[at])
+      and (at == first or ARGV[at] ~= ARGV[at - 2])
     at = at + 2
   end
   if plain then
     pages_set(key, ARGV, first, last)
   else
-    hold(key, gathered())
+    local digests, positions = gathered()
+    hold(key, digests, positions, records)
   end
+end
+-- The records asked for, from the `from`th to the `to`th, of the page `key`: as a rule none of
+-- their events has a mark in the page, and they are appended to its records as they came; else
+-- each is looked at as `hold` does.
+local function hold_records(key, from, to)
+  local size = redis.call('HLEN', key)
+  local records = pages_records(key)
+  if size > 0 or records[1] ~= '' then
+    local digests, positions = {}, {}
+    for k = from, to do
+      digests[k - from + 1] = string.sub(asked, asked_at(k), asked_at(k) + 15)
+      positions[k - from + 1] = written + timed + k
+    end
+    local found = size > 0 and redis.call('HMGET', key, unpack(digests)) or {}
+    for j, digest in ipairs(digests) do
+      if found[j] or pages_record_mark(records, digest) then
+        return hold(key, digests, positions, records)
+      end
+    end
+  end
+  pages_record(key, records, string.sub(asked, asked_at(from), asked_at(to + 1) - 1), to - from + 1)
 end
 pages_each(timed, function(k)
   return ARGV[pairs_at + 2 * k - 1]
 end, hold_page)
+pages_each(#asked / PAGES_RECORD, function(k)
+  return string.sub(asked, asked_at(k), asked_at(k) + 15)
+end, hold_records)
 marks_flush()
 pages_flush()
 return results

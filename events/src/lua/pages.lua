@@ -13,9 +13,9 @@
 -- millisecond, or after its last write if that is later: a mark is found for at least the window
 -- and, for an event handled as it comes, at most half as long again.
 --
--- Scripts take the digests as arguments of their own, sorted, so that a page's are side by side:
--- each page's are read and written with `unpack`, and where a page's run ends is found by
--- bisection, with no work in Lua per event.
+-- Scripts take the digests sorted, so that a page's are side by side: each page's are read and
+-- written at once (most holds as one string of records, see `pages_records`), and where a page's
+-- run ends is found by bisection, with no work in Lua per event.
 --
 -- Prepended to the scripts that use it, after marks.lua; call `marks_setup` and `pages_setup`
 -- first and `pages_flush` last.
@@ -120,11 +120,83 @@ local function pages_page(count, digest, at)
   return book, page, last, (part + 1) * width - 1
 end
 
--- Makes the page `key` of the current run expire a window after the page's last millisecond or
--- after now, whichever is later.
+-- When the current run's page expires: a window after the page's last millisecond or after now,
+-- whichever is later.
+local function pages_expiry()
+  return string.format('%d', math.max(pages.last, marks.millis) + pages.window)
+end
+
+-- Makes the page `key` of the current run expire (`pages_expiry`).
 local function pages_expire(key)
-  local expiry = math.max(pages.last, marks.millis) + pages.window
-  redis.call('PEXPIREAT', key, string.format('%d', expiry))
+  redis.call('PEXPIREAT', key, pages_expiry())
+end
+
+-- Most holds are written as a page's records rather than as fields of its hash: records of
+-- PAGES_RECORD bytes, the digest and then the holder's number plus 2^49 in eight bytes, big-endian
+-- (see `page_record` in consumer/part.rs), side by side in the string `<page>:r` and, past
+-- `pages.full` records, in its overflow strings `<page>+:r`, `<page>++:r`, ... A batch's new holds
+-- are one argument, appended with one `SET` and no work per event, where hash fields cost an
+-- argument each and a scan of the listpack each. A mark in the page's hash (or its overflow
+-- pages) says more than a record of the same digest: the marks written after a hold (done, dead,
+-- given up) and the holds that find a mark are written there.
+local PAGES_RECORD = 24
+
+-- The records of the page `key`: the strings of the page's records, each but the last full.
+local function pages_records(key)
+  local chain = {}
+  repeat
+    local records = redis.call('GET', key .. ':r') or ''
+    chain[#chain + 1] = records
+    key = key .. '+'
+  until #records < pages.full * PAGES_RECORD
+  return chain
+end
+
+-- The holder of the record at `at` in `records`, as marks name it (see `marks_holder`).
+local function pages_record_holder(records, at)
+  local number = 0
+  for _, byte in ipairs({string.byte(records, at + 16, at + PAGES_RECORD - 1)}) do
+    number = number * 256 + byte
+  end
+  return string.format('%d', number - 2 ^ 49)
+end
+
+-- The mark the record of `digest` in a page's `chain` of records holds (see `pages_records`), or
+-- nil when it has none. Looked for by the digest's last eight bytes, which are mixed, where its
+-- first are the event's time, which the page's records share: a search by those would stop at
+-- every record. A match counts only at its place in a record, with the first eight bytes too.
+local function pages_record_mark(chain, digest)
+  local head, tail = string.sub(digest, 1, 8), string.sub(digest, 9)
+  for _, records in ipairs(chain) do
+    local at = string.find(records, tail, 1, true)
+    while at do
+      local start = at - 8
+      if (start - 1) % PAGES_RECORD == 0 and string.sub(records, start, at - 1) == head then
+        return pages_record_holder(records, start)
+      end
+      at = string.find(records, tail, at + 1, true)
+    end
+  end
+end
+
+-- Appends the `count` records `added` to the page `key` of the current run, whose records are
+-- `chain`; the full strings of the chain are kept as long as the last.
+local function pages_record(key, chain, added, count)
+  for _ = 2, #chain do
+    redis.call('PEXPIREAT', key .. ':r', pages_expiry())
+    key = key .. '+'
+  end
+  -- Lua hashes every byte of each string it makes: a new page's records are written as they came.
+  local records, room = added, pages.full * PAGES_RECORD
+  if chain[#chain] ~= '' then
+    records = chain[#chain] .. added
+  end
+  for at = 1, #records, room do
+    local part = #records <= room and records or string.sub(records, at, at + room - 1)
+    redis.call('SET', key .. ':r', part, 'PXAT', pages_expiry())
+    key = key .. '+'
+  end
+  pages.added[pages.book] = (pages.added[pages.book] or 0) + count
 end
 
 -- Writes `list[from..to]` (digest, mark, ...) to the page `key` of the current run, with its
