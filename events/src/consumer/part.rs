@@ -51,7 +51,7 @@ fn packed(entry_id: &str, digest: &Digest) -> Option<String> {
         .then(|| (from_event * SEQUENCES as i64 + sequence as i64).to_string())
 }
 
-/// The bytes of a page record (see `lua/pages.lua`): the digest, then the holder's number.
+/// The bytes of a page record (see `lua/pages.lua`): the digest, turned, then the holder's number.
 const RECORD: usize = 24;
 
 /// What the packed holder numbers of page records are counted from, so that they are positive
@@ -59,15 +59,18 @@ const RECORD: usize = 24;
 const RECORD_ZERO: i64 = 1 << 49;
 
 /// The hold of the event `digest`, kept by time, by the entry its mark names `holder`, as a page
-/// record: the digest, then the number `holder` packs into (see [`holder`]), plus
-/// [`RECORD_ZERO`], in eight bytes, big-endian. `None` for a holder written out.
+/// record: the digest's last eight bytes, which are mixed, then its first, the event's time (so
+/// that a search of a page's records for one stops at few others); then the number `holder` packs
+/// into (see [`holder`]), plus [`RECORD_ZERO`], in eight bytes, big-endian. `None` for a holder
+/// written out.
 pub(crate) fn page_record(digest: &Digest, holder: &str) -> Option<[u8; RECORD]> {
     let number = holder.parse::<i64>().ok()?;
     if !digest.is_timed() || number.unsigned_abs() >= RECORD_ZERO as u64 {
         return None;
     }
     let mut record = [0; RECORD];
-    record[..16].copy_from_slice(digest.bytes());
+    record[..8].copy_from_slice(&digest.bytes()[8..]);
+    record[8..16].copy_from_slice(&digest.bytes()[..8]);
     record[16..].copy_from_slice(&(number + RECORD_ZERO).to_be_bytes());
     Some(record)
 }
@@ -149,7 +152,8 @@ mod tests {
     fn holds_of_packed_holders_of_events_kept_by_time_are_page_records() {
         let timed = digest_of_id("018bcfe5-6800-7000-8000-000000000001");
         let record = page_record(&timed, "-100000000").unwrap();
-        assert_eq!(&record[..16], timed.bytes());
+        assert_eq!(&record[..8], &timed.bytes()[8..]);
+        assert_eq!(&record[8..16], &timed.bytes()[..8]);
         let number = u64::from_be_bytes(record[16..].try_into().unwrap());
         assert_eq!(number, (1 << 49) - 100_000_000);
         let written_out = holder("1700000000250-100000", None, &timed);

@@ -68,7 +68,7 @@ local function entry(i)
     return ARGV[at - 1], ARGV[at]
   end
   local at = asked_at(i - written - timed)
-  return string.sub(asked, at, at + 15), pages_record_holder(asked, at)
+  return pages_record_digest(asked, at), pages_record_holder(asked, at)
 end
 local results = {}
 -- Answers that entry `i` does not hold its event, for `result`.
@@ -117,7 +117,7 @@ local function hold(key, digests, positions, records)
       rest_positions[#rest_positions + 1] = positions[j]
       previous_rest = true
     else
-      mark = mark or pages_record_mark(records, digest)
+      mark = mark or pages_record_mark(records, pages_record_key(digest))
       local i = positions[j]
       local _, id = entry(i)
       local result = mark and verdict(mark, id, string.sub(replays, i, i), pages_millis(digest))
@@ -160,7 +160,8 @@ local function hold_page(key, from, to)
   local plain = size + to - from + 1 <= pages.full
   local at = first
   while plain and at < last do
-    plain = not found[(at - first) / 2 + 1] and not pages_record_mark(records, ARGV[at])
+    plain = not found[(at - first) / 2 + 1]
+      and not pages_record_mark(records, pages_record_key(ARGV[at]))
       and (at == first or ARGV[at] ~= ARGV[at - 2])
     at = at + 2
   end
@@ -177,18 +178,32 @@ end
 local function hold_records(key, from, to)
   local size = redis.call('HLEN', key)
   local records = pages_records(key)
-  if size > 0 or records[1] ~= '' then
+  -- Their digests, and their positions among all entries.
+  local function gathered()
     local digests, positions = {}, {}
     for k = from, to do
-      digests[k - from + 1] = string.sub(asked, asked_at(k), asked_at(k) + 15)
+      digests[k - from + 1] = pages_record_digest(asked, asked_at(k))
       positions[k - from + 1] = written + timed + k
     end
-    local found = size > 0 and redis.call('HMGET', key, unpack(digests)) or {}
-    for j, digest in ipairs(digests) do
-      if found[j] or pages_record_mark(records, digest) then
-        return hold(key, digests, positions, records)
+    return digests, positions
+  end
+  local marked = false
+  if records[1] ~= '' then
+    for k = from, to do
+      if pages_record_mark(records, string.sub(asked, asked_at(k), asked_at(k) + 15)) then
+        marked = true
+        break
       end
     end
+  end
+  if size > 0 and not marked then
+    for _, mark in ipairs(redis.call('HMGET', key, unpack((gathered())))) do
+      marked = marked or mark
+    end
+  end
+  if marked then
+    local digests, positions = gathered()
+    return hold(key, digests, positions, records)
   end
   pages_record(key, records, string.sub(asked, asked_at(from), asked_at(to + 1) - 1), to - from + 1)
 end
@@ -196,7 +211,7 @@ pages_each(timed, function(k)
   return ARGV[pairs_at + 2 * k - 1]
 end, hold_page)
 pages_each(#asked / PAGES_RECORD, function(k)
-  return string.sub(asked, asked_at(k), asked_at(k) + 15)
+  return string.sub(asked, asked_at(k) + 8, asked_at(k) + 15)
 end, hold_records)
 marks_flush()
 pages_flush()

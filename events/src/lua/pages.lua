@@ -132,8 +132,9 @@ local function pages_expire(key)
 end
 
 -- Most holds are written as a page's records rather than as fields of its hash: records of
--- PAGES_RECORD bytes, the digest and then the holder's number plus 2^49 in eight bytes, big-endian
--- (see `page_record` in consumer/part.rs), side by side in the string `<page>:r` and, past
+-- PAGES_RECORD bytes, the record's key (see `pages_record_key`) and then the holder's number plus
+-- 2^49 in eight bytes, big-endian (see `page_record` in consumer/part.rs), side by side in the
+-- string `<page>:r` and, past
 -- `pages.full` records, in its overflow strings `<page>+:r`, `<page>++:r`, ... A batch's new holds
 -- are one argument, appended with one `SET` and no work per event, where hash fields cost an
 -- argument each and a scan of the listpack each. A mark in the page's hash (or its overflow
@@ -152,6 +153,18 @@ local function pages_records(key)
   return chain
 end
 
+-- The key of the record of `digest`: its last eight bytes, which are mixed, then its first, the
+-- event's time. A page's records share their times: a search for keys that began with them would
+-- stop at every record.
+local function pages_record_key(digest)
+  return string.sub(digest, 9) .. string.sub(digest, 1, 8)
+end
+
+-- The digest of the record at `at` in `records`.
+local function pages_record_digest(records, at)
+  return string.sub(records, at + 8, at + 15) .. string.sub(records, at, at + 7)
+end
+
 -- The holder of the record at `at` in `records`, as marks name it (see `marks_holder`).
 local function pages_record_holder(records, at)
   local number = 0
@@ -161,20 +174,16 @@ local function pages_record_holder(records, at)
   return string.format('%d', number - 2 ^ 49)
 end
 
--- The mark the record of `digest` in a page's `chain` of records holds (see `pages_records`), or
--- nil when it has none. Looked for by the digest's last eight bytes, which are mixed, where its
--- first are the event's time, which the page's records share: a search by those would stop at
--- every record. A match counts only at its place in a record, with the first eight bytes too.
-local function pages_record_mark(chain, digest)
-  local head, tail = string.sub(digest, 1, 8), string.sub(digest, 9)
+-- The mark the record whose key is `key` in a page's `chain` of records holds (see
+-- `pages_records`), or nil when it has none: a match counts only at the start of a record.
+local function pages_record_mark(chain, key)
   for _, records in ipairs(chain) do
-    local at = string.find(records, tail, 1, true)
-    while at do
-      local start = at - 8
-      if (start - 1) % PAGES_RECORD == 0 and string.sub(records, start, at - 1) == head then
-        return pages_record_holder(records, start)
-      end
-      at = string.find(records, tail, at + 1, true)
+    local at = string.find(records, key, 1, true)
+    while at and (at - 1) % PAGES_RECORD ~= 0 do
+      at = string.find(records, key, at + 1, true)
+    end
+    if at then
+      return pages_record_holder(records, at)
     end
   end
 end
