@@ -815,6 +815,39 @@ async fn a_burst_far_past_the_rate_its_pages_were_cut_for_overflows_and_every_re
 }
 
 #[tokio::test]
+async fn a_copy_read_alone_finds_its_event_s_hold_in_an_overflow_page_of_the_hash() {
+    let split = Splitting::start("overflow-copies", Identity::EventId).await;
+    let publisher = &split.publisher;
+    // One event alone cuts its minute's pages for a quiet rate; then 60 more of its millisecond
+    // come each twice side by side: a pair read in one batch holds its event in the page's hash
+    // rather than in its records, and the hash fills and goes on in overflow pages.
+    let envelopes = logins_at(publisher, &[millis_ago(Duration::from_secs(60)); 61]);
+    publisher
+        .publish_envelopes(envelopes[..1].to_vec())
+        .await
+        .unwrap();
+    settled(&split.consumer, 1).await;
+    let pairs: Vec<_> = envelopes[1..]
+        .iter()
+        .flat_map(|envelope| [envelope.clone(), envelope.clone()])
+        .collect();
+    publisher.publish_envelopes(pairs).await.unwrap();
+    settled(&split.consumer, 121).await;
+    // A copy read alone is asked for as a record: its event's hold is looked for past the full
+    // hash.
+    for (copy, envelope) in envelopes[1..].iter().enumerate() {
+        publisher
+            .publish_envelopes(vec![envelope.clone()])
+            .await
+            .unwrap();
+        settled(&split.consumer, 122 + copy as u64).await;
+    }
+    split.running.close().await;
+    assert_eq!(split.runs.total(), 61, "{:?}", split.runs);
+    assert_eq!(split.consumer.status().duplicates, 120);
+}
+
+#[tokio::test]
 async fn marks_in_overflow_pages_are_found_for_the_window_of_their_own_writing() {
     let server = RedisServer::own();
     config_set(&server, "hash-max-listpack-entries", "32").await;

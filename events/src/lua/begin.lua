@@ -120,7 +120,7 @@ local function hold(key, digests, positions, records)
       mark = mark or pages_record_mark(records, pages_record_key(digest))
       local i = positions[j]
       local _, id = entry(i)
-      local result = mark and verdict(mark, id, string.sub(replays, i, i), pages_millis(digest))
+      local result = mark and verdict(mark, id, string.sub(replays, i, i), (pages_millis(digest)))
       if not result then
         writes[#writes + 1] = digest
         writes[#writes + 1] = id
@@ -172,23 +172,14 @@ local function hold_page(key, from, to)
     hold(key, digests, positions, records)
   end
 end
--- The records asked for, from the `from`th to the `to`th, of the page `key`: as a rule none of
--- their events has a mark in the page, and they are appended to its records as they came; else
--- each is looked at as `hold` does.
+-- The records asked for, from the `from`th to the `to`th, of the page `key`: as a rule the page has
+-- no marks in its hash and none of their events has a record in it, and they are appended to its
+-- records as they came; else each is looked at as `hold` does (which follows the hash's overflow
+-- pages).
 local function hold_records(key, from, to)
-  local size = redis.call('HLEN', key)
   local records = pages_records(key)
-  -- Their digests, and their positions among all entries.
-  local function gathered()
-    local digests, positions = {}, {}
-    for k = from, to do
-      digests[k - from + 1] = pages_record_digest(asked, asked_at(k))
-      positions[k - from + 1] = written + timed + k
-    end
-    return digests, positions
-  end
-  local marked = false
-  if records[1] ~= '' then
+  local marked = redis.call('HLEN', key) > 0
+  if not marked and records[1] ~= '' then
     for k = from, to do
       if pages_record_mark(records, string.sub(asked, asked_at(k), asked_at(k) + 15)) then
         marked = true
@@ -196,13 +187,12 @@ local function hold_records(key, from, to)
       end
     end
   end
-  if size > 0 and not marked then
-    for _, mark in ipairs(redis.call('HMGET', key, unpack((gathered())))) do
-      marked = marked or mark
-    end
-  end
   if marked then
-    local digests, positions = gathered()
+    local digests, positions = {}, {}
+    for k = from, to do
+      digests[k - from + 1] = pages_record_digest(asked, asked_at(k))
+      positions[k - from + 1] = written + timed + k
+    end
     return hold(key, digests, positions, records)
   end
   pages_record(key, records, string.sub(asked, asked_at(from), asked_at(to + 1) - 1), to - from + 1)
