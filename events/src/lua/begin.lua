@@ -200,6 +200,7 @@ end
 pages_each(timed, function(k)
   return ARGV[pairs_at + 2 * k - 1]
 end, hold_page)
+-- A record's page is found by its digest's first eight bytes, after its key's (see pages.lua).
 pages_each(#asked / PAGES_RECORD, function(k)
   return string.sub(asked, asked_at(k) + 8, asked_at(k) + 15)
 end, hold_records)
