@@ -482,25 +482,29 @@ impl<C: ConnectionLike + Clone + Send + Sync> Group<C> {
         // arguments of their own (each digest with its holder); and, as one argument of page
         // records, those kept by time whose holders pack into a record and whose events are asked
         // for once here, most of them, which the script writes with no work per event.
-        let mut recorded = Vec::new();
-        let mut runs: [Vec<(Digest, usize)>; 3] = Default::default();
+        let (mut written, mut paired, mut recorded) = (Vec::new(), Vec::new(), Vec::new());
+        let mut records = Vec::new();
         for (k, &(digest, at)) in sorted.iter().enumerate() {
             let once = (k == 0 || sorted[k - 1].0 != digest)
                 && sorted.get(k + 1).is_none_or(|next| next.0 != digest);
             let record = once
                 .then(|| page_record(&digest, &requests[at].borrow().holder))
                 .flatten();
-            let run = match record {
-                _ if !digest.is_timed() => 0,
-                Some(record) => {
-                    recorded.extend_from_slice(&record);
-                    2
-                }
-                None => 1,
-            };
-            runs[run].push((digest, at));
+            if !digest.is_timed() {
+                written.push((digest, at));
+            } else if let Some(record) = record {
+                records.extend_from_slice(&record);
+                recorded.push(at);
+            } else {
+                paired.push((digest, at));
+            }
         }
-        let order: Vec<usize> = runs.iter().flatten().map(|&(_, at)| at).collect();
+        let order: Vec<usize> = written
+            .iter()
+            .chain(&paired)
+            .map(|&(_, at)| at)
+            .chain(recorded)
+            .collect();
         let replays: String = order
             .iter()
             .map(|&at| {
@@ -514,22 +518,19 @@ impl<C: ConnectionLike + Clone + Send + Sync> Group<C> {
         let mut invocation = BEGIN.prepare_invoke();
         invocation.key(stream);
         self.marks_args(&mut invocation, stream, marks);
-        invocation
-            .arg(runs[0].len())
-            .arg(runs[1].len())
-            .arg(replays);
-        for &(digest, _) in &runs[0] {
+        invocation.arg(written.len()).arg(paired.len()).arg(replays);
+        for &(digest, _) in &written {
             invocation.arg(digest.bytes());
         }
-        for &(_, at) in &runs[0] {
+        for &(_, at) in &written {
             invocation.arg(&requests[at].borrow().holder);
         }
-        for &(digest, at) in &runs[1] {
+        for &(digest, at) in &paired {
             invocation
                 .arg(digest.bytes())
                 .arg(&requests[at].borrow().holder);
         }
-        invocation.arg(recorded);
+        invocation.arg(records);
         // The script names the entries that do not take a new hold.
         let exceptions: Vec<(usize, i64)> = invocation
             .invoke_async(&mut self.connection.clone())
