@@ -614,6 +614,21 @@ impl Splitting {
             publisher,
         }
     }
+
+    /// `count` logins of one millisecond a minute ago, the first published and settled alone:
+    /// it cuts its minute's pages for a quiet rate, which the others then go far past.
+    async fn after_a_quiet_start(&self, count: usize) -> Vec<events::Envelope> {
+        let envelopes = logins_at(
+            &self.publisher,
+            &vec![millis_ago(Duration::from_secs(60)); count],
+        );
+        self.publisher
+            .publish_envelopes(envelopes[..1].to_vec())
+            .await
+            .unwrap();
+        settled(&self.consumer, 1).await;
+        envelopes
+    }
 }
 
 #[tokio::test]
@@ -790,13 +805,8 @@ async fn marks_kept_by_time_follow_each_minute_s_rate_and_catch_every_repeat() {
 async fn a_burst_far_past_the_rate_its_pages_were_cut_for_overflows_and_every_repeat_is_found() {
     let split = Splitting::start("burst", Identity::EventId).await;
     let publisher = &split.publisher;
-    // One event alone cuts the minute's pages for a quiet rate; then 2,000 come in its millisecond.
-    let envelopes = logins_at(publisher, &[millis_ago(Duration::from_secs(60)); 2_001]);
-    publisher
-        .publish_envelopes(envelopes[..1].to_vec())
-        .await
-        .unwrap();
-    settled(&split.consumer, 1).await;
+    // 2,000 come in the millisecond of an event that cut its minute's pages for a quiet rate.
+    let envelopes = split.after_a_quiet_start(2_001).await;
     for chunk in envelopes[1..].chunks(500) {
         publisher.publish_envelopes(chunk.to_vec()).await.unwrap();
     }
@@ -818,15 +828,10 @@ async fn a_burst_far_past_the_rate_its_pages_were_cut_for_overflows_and_every_re
 async fn a_copy_read_alone_finds_its_event_s_hold_in_an_overflow_page_of_the_hash() {
     let split = Splitting::start("overflow-copies", Identity::EventId).await;
     let publisher = &split.publisher;
-    // One event alone cuts its minute's pages for a quiet rate; then 60 more of its millisecond
-    // come each twice side by side: a pair read in one batch holds its event in the page's hash
-    // rather than in its records, and the hash fills and goes on in overflow pages.
-    let envelopes = logins_at(publisher, &[millis_ago(Duration::from_secs(60)); 61]);
-    publisher
-        .publish_envelopes(envelopes[..1].to_vec())
-        .await
-        .unwrap();
-    settled(&split.consumer, 1).await;
+    // 60 come in the millisecond of an event that cut its minute's pages for a quiet rate, each
+    // twice side by side: a pair read in one batch holds its event in the page's hash rather than
+    // in its records, and the hash fills and goes on in overflow pages.
+    let envelopes = split.after_a_quiet_start(61).await;
     let pairs: Vec<_> = envelopes[1..]
         .iter()
         .flat_map(|envelope| [envelope.clone(), envelope.clone()])

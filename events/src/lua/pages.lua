@@ -134,10 +134,9 @@ end
 -- Most holds are written as a page's records rather than as fields of its hash: records of
 -- PAGES_RECORD bytes, the record's key (see `pages_record_key`) and then the holder's number plus
 -- 2^49 in eight bytes, big-endian (see `page_record` in consumer/part.rs), side by side in the
--- string `<page>:r` and, past
--- `pages.full` records, in its overflow strings `<page>+:r`, `<page>++:r`, ... A batch's new holds
--- are one argument, appended with one `SET` and no work per event, where hash fields cost an
--- argument each and a scan of the listpack each. A mark in the page's hash (or its overflow
+-- string `<page>:r` and, past `pages.full` records, in its overflow strings `<page>+:r`,
+-- `<page>++:r`, ... A batch's new holds are one argument, appended with one `SET` and no work per
+-- event, where hash fields cost an argument each and a scan of the listpack each. A mark in the page's hash (or its overflow
 -- pages) says more than a record of the same digest: the marks written after a hold (done, dead,
 -- given up) and the holds that find a mark are written there.
 local PAGES_RECORD = 24
