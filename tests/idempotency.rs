@@ -894,6 +894,8 @@ async fn compact_marks(server: &RedisServer, stream: &str, identity: Identity) -
         .await
         .unwrap();
     let (mut marks, mut counted, mut shards) = (0, 0, 0);
+    // Each page's strings of records, by their place in its chain, with their records.
+    let mut chains: BTreeMap<String, Vec<(usize, usize)>> = BTreeMap::new();
     for key in &keys {
         let ttl: i64 = redis::cmd("PTTL")
             .arg(key)
@@ -904,8 +906,9 @@ async fn compact_marks(server: &RedisServer, stream: &str, identity: Identity) -
         // Pages (`p<book>`) of events kept by time, buckets of the others.
         let by_time = key[prefix.len() + 1..].starts_with('p');
         assert_eq!(by_time, identity == Identity::EventId, "{key}");
-        if key.ends_with(":r") {
-            // A page's records: 24 bytes each, a digest and its holder's number, at most 128.
+        if let Some(page) = key.strip_suffix(":r") {
+            // A page's records: 24 bytes each, a digest and its holder's number, at most 128 in
+            // a string, which goes on in the page's overflow strings once full.
             let records: Vec<u8> = redis::cmd("GET")
                 .arg(key)
                 .query_async(&mut redis)
@@ -917,6 +920,11 @@ async fn compact_marks(server: &RedisServer, stream: &str, identity: Identity) -
                 "{key} holds {} bytes",
                 records.len()
             );
+            let first = page.trim_end_matches('+');
+            chains
+                .entry(first.to_owned())
+                .or_default()
+                .push((page.len() - first.len(), records.len() / 24));
             marks += records.len() as u64 / 24;
             shards += 1;
             continue;
@@ -962,6 +970,19 @@ async fn compact_marks(server: &RedisServer, stream: &str, identity: Identity) -
                 marks += u64::from(!field.is_empty());
             }
         }
+    }
+    for (page, mut chain) in chains {
+        // Every string of a chain but its last is full, all alike; the last holds no more.
+        chain.sort_unstable();
+        let full = chain[0].1;
+        assert!(
+            chain
+                .iter()
+                .enumerate()
+                .all(|(place, &(pluses, records))| pluses == place
+                    && (records == full || (place == chain.len() - 1 && records <= full))),
+            "{page}: {chain:?}"
+        );
     }
     (marks, counted, shards)
 }

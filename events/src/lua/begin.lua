@@ -198,11 +198,11 @@ local function hold_records(key, from, to)
   pages_record(key, records, string.sub(asked, asked_at(from), asked_at(to + 1) - 1), to - from + 1)
 end
 pages_each(timed, function(k)
-  return ARGV[pairs_at + 2 * k - 1]
+  return pages_millis(ARGV[pairs_at + 2 * k - 1])
 end, hold_page)
--- A record's page is found by its digest's first eight bytes, after its key's (see pages.lua).
+-- A record's time is in its digest's first eight bytes, after its key's (see pages.lua).
 pages_each(#asked / PAGES_RECORD, function(k)
-  return string.sub(asked, asked_at(k) + 8, asked_at(k) + 15)
+  return pages_millis(asked, asked_at(k) + 8)
 end, hold_records)
 marks_flush()
 pages_flush()
