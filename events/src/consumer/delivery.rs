@@ -251,8 +251,12 @@ impl Delivery {
             // its body: its hold is taken before the body is deserialized, so that the handler
             // then runs on what was just decoded.
             let early = if let Some(early) = self.early_identity(registration) {
-                let digest = Digest::of(&envelope, None, early);
-                match self.look(digest, part, &mut busy_looks, ahead.take()).await {
+                // The first attempt takes the hold (and its digest) its read batch's call took.
+                let (digest, ahead) = match ahead.take() {
+                    Some((digest, hold)) => (digest, Some(hold)),
+                    None => (Digest::of(&envelope, None, early), None),
+                };
+                match self.look(digest, part, &mut busy_looks, ahead).await {
                     Look::Held(digest) => Some(digest),
                     Look::Again => continue,
                     Look::End(end) => return end,
@@ -411,12 +415,11 @@ impl Delivery {
         digest: Digest,
         part: Option<&Part>,
         busy_looks: &mut u32,
-        ahead: Ahead,
+        ahead: Option<Hold>,
     ) -> Look {
         let inner = &self.session.inner;
-        let ahead = ahead.filter(|&(held, hold)| held == digest && hold != Hold::Busy);
-        let hold = match ahead {
-            Some((_, hold)) => Some(hold),
+        let hold = match ahead.filter(|&hold| hold != Hold::Busy) {
+            Some(hold) => Some(hold),
             None => self.take_hold(digest, part).await,
         };
         match hold {

@@ -10,7 +10,7 @@ use redis::aio::ConnectionLike;
 use redis::{Script, ScriptInvocation, Value};
 
 use super::identity::{Digest, MarkSettings};
-use super::part::page_record;
+use super::part::{Holder, page_record};
 use crate::connection::Connection;
 use crate::resp::{into_array, into_string, into_u64, millis, parse_fields};
 use crate::transfer::{Finish, add_and_finish};
@@ -112,7 +112,7 @@ pub(crate) struct Claimed {
 #[derive(Debug, Clone)]
 pub(crate) struct HoldRequest {
     pub(crate) digest: Digest,
-    pub(crate) holder: String,
+    pub(crate) holder: Holder,
     pub(crate) replay: bool,
 }
 
@@ -523,12 +523,12 @@ impl<C: ConnectionLike + Clone + Send + Sync> Group<C> {
             invocation.arg(digest.bytes());
         }
         for &(_, at) in &written {
-            invocation.arg(&requests[at].borrow().holder);
+            invocation.arg(requests[at].borrow().holder.to_string());
         }
         for &(digest, at) in &paired {
             invocation
                 .arg(digest.bytes())
-                .arg(&requests[at].borrow().holder);
+                .arg(requests[at].borrow().holder.to_string());
         }
         invocation.arg(records);
         // The script names the entries that do not take a new hold.

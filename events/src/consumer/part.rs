@@ -17,7 +17,25 @@ pub(crate) struct Part {
 }
 
 /// Entry sequences a packed holder has room for: five decimal digits.
-const SEQUENCES: u64 = 100_000;
+const SEQUENCES: i64 = 100_000;
+
+/// How an event's mark names the entry holding it (see [`holder`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Holder {
+    /// Packed into a number.
+    Packed(i64),
+    /// Written out: an id that does not fit a number, or an event of a packed entry.
+    Written(String),
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Holder::Packed(number) => write!(f, "{number}"),
+            Holder::Written(text) => f.write_str(text),
+        }
+    }
+}
 
 /// How the mark of the event `digest` names the entry `entry_id` holding it (`part` of it, for an
 /// event of a packed entry): while the entry is pending it holds the event, and once acknowledged
@@ -27,28 +45,28 @@ const SEQUENCES: u64 = 100_000;
 /// Written out are ids that do not fit (a sequence of 100,000 or more, an entry 49 days from its
 /// event's time) and events of packed entries, as `<id>#<index>` so that two events of one entry
 /// never take each other's hold.
-pub(crate) fn holder(entry_id: &str, part: Option<&Part>, digest: &Digest) -> String {
+pub(crate) fn holder(entry_id: &str, part: Option<&Part>, digest: &Digest) -> Holder {
     match part {
-        Some(part) => format!("{entry_id}#{}", part.index),
-        None => packed(entry_id, digest).unwrap_or_else(|| entry_id.to_owned()),
+        Some(part) => Holder::Written(format!("{entry_id}#{}", part.index)),
+        None => packed(entry_id, digest)
+            .map_or_else(|| Holder::Written(entry_id.to_owned()), Holder::Packed),
     }
 }
 
 /// `entry_id` packed into a number for the mark of `digest`, if it fits.
-fn packed(entry_id: &str, digest: &Digest) -> Option<String> {
+fn packed(entry_id: &str, digest: &Digest) -> Option<i64> {
     let (millis, sequence) = entry_id.split_once('-')?;
-    let millis: u64 = millis.parse().ok()?;
-    let sequence: u64 = sequence.parse().ok()?;
-    if sequence >= SEQUENCES {
+    let millis: i64 = millis.parse().ok()?;
+    let sequence: i64 = sequence.parse().ok()?;
+    if !(0..SEQUENCES).contains(&sequence) {
         return None;
     }
     let Some(event_millis) = digest.millis() else {
-        return Some(format!("{millis}{sequence:05}"));
+        return millis.checked_mul(SEQUENCES)?.checked_add(sequence);
     };
     // Within 2^32 ms, so that the scripts unpack it exactly in Lua's doubles.
-    let from_event = i64::try_from(millis).ok()? - i64::try_from(event_millis).ok()?;
-    (from_event.unsigned_abs() < 1 << 32)
-        .then(|| (from_event * SEQUENCES as i64 + sequence as i64).to_string())
+    let from_event = millis - i64::try_from(event_millis).ok()?;
+    (from_event.unsigned_abs() < 1 << 32).then_some(from_event * SEQUENCES + sequence)
 }
 
 /// The bytes of a page record (see `lua/pages.lua`): the digest, turned, then the holder's number.
@@ -63,8 +81,10 @@ const RECORD_ZERO: i64 = 1 << 49;
 /// that a search of a page's records for one stops at few others); then the number `holder` packs
 /// into (see [`holder`]), plus [`RECORD_ZERO`], in eight bytes, big-endian. `None` for a holder
 /// written out.
-pub(crate) fn page_record(digest: &Digest, holder: &str) -> Option<[u8; RECORD]> {
-    let number = holder.parse::<i64>().ok()?;
+pub(crate) fn page_record(digest: &Digest, holder: &Holder) -> Option<[u8; RECORD]> {
+    let &Holder::Packed(number) = holder else {
+        return None;
+    };
     if !digest.is_timed() || number.unsigned_abs() >= RECORD_ZERO as u64 {
         return None;
     }
@@ -122,28 +142,34 @@ mod tests {
         // A UUIDv7 of 1,700,000,000,000 ms.
         let timed = digest_of_id("018bcfe5-6800-7000-8000-000000000001");
         assert_eq!(timed.millis(), Some(1_700_000_000_000));
-        assert_eq!(holder("1700000000250-3", None, &timed), "25000003");
-        assert_eq!(holder("1699999999000-0", None, &timed), "-100000000");
-        let far = format!("{}-1", 1_700_000_000_000_u64 + (1 << 32));
-        assert_eq!(holder(&far, None, &timed), far);
         assert_eq!(
-            holder("1700000000250-100000", None, &timed),
+            holder("1700000000250-3", None, &timed).to_string(),
+            "25000003"
+        );
+        assert_eq!(
+            holder("1699999999000-0", None, &timed).to_string(),
+            "-100000000"
+        );
+        let far = format!("{}-1", 1_700_000_000_000_u64 + (1 << 32));
+        assert_eq!(holder(&far, None, &timed).to_string(), far);
+        assert_eq!(
+            holder("1700000000250-100000", None, &timed).to_string(),
             "1700000000250-100000"
         );
         let untimed = digest_of_id("an-id-of-its-own");
         assert_eq!(untimed.millis(), None);
         assert_eq!(
-            holder("1700000000250-3", None, &untimed),
+            holder("1700000000250-3", None, &untimed).to_string(),
             "170000000025000003"
         );
-        assert_eq!(holder("5-3", None, &untimed), "500003");
-        assert_eq!(holder("not an id", None, &untimed), "not an id");
+        assert_eq!(holder("5-3", None, &untimed).to_string(), "500003");
+        assert_eq!(holder("not an id", None, &untimed).to_string(), "not an id");
         let part = Part {
             index: 2,
             data: String::new(),
         };
         assert_eq!(
-            holder("1700000000250-3", Some(&part), &timed),
+            holder("1700000000250-3", Some(&part), &timed).to_string(),
             "1700000000250-3#2"
         );
     }
@@ -151,15 +177,18 @@ mod tests {
     #[test]
     fn holds_of_packed_holders_of_events_kept_by_time_are_page_records() {
         let timed = digest_of_id("018bcfe5-6800-7000-8000-000000000001");
-        let record = page_record(&timed, "-100000000").unwrap();
+        let record = page_record(&timed, &Holder::Packed(-100_000_000)).unwrap();
         assert_eq!(&record[..8], &timed.bytes()[8..]);
         assert_eq!(&record[8..16], &timed.bytes()[..8]);
         let number = u64::from_be_bytes(record[16..].try_into().unwrap());
         assert_eq!(number, (1 << 49) - 100_000_000);
         let written_out = holder("1700000000250-100000", None, &timed);
         assert_eq!(page_record(&timed, &written_out), None);
-        assert_eq!(page_record(&timed, "1700000000250-3#2"), None);
+        assert_eq!(
+            page_record(&timed, &Holder::Written("1700000000250-3#2".into())),
+            None
+        );
         let untimed = digest_of_id("an-id-of-its-own");
-        assert_eq!(page_record(&untimed, "500003"), None);
+        assert_eq!(page_record(&untimed, &Holder::Packed(500_003)), None);
     }
 }
