@@ -7,7 +7,7 @@
 //! consumer owns it, so it never expires under a live consumer and a consumer taking over a
 //! crashed one's entry takes its hold at once. Once the entry is acknowledged the same mark says
 //! the event was handled, with nothing more written; a dead letter marks it dead (see
-//! `lua/marks.lua`). Marks are kept for the idempotency window: about 28 bytes per event.
+//! `lua/marks.lua`). Marks are kept for the idempotency window: about 30 bytes per event.
 
 use std::borrow::Borrow;
 use std::sync::Arc;
