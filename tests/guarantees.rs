@@ -582,6 +582,52 @@ async fn a_redis_stall_longer_than_claim_idle_takes_no_entry_from_a_live_consume
     assert_eq!(pending(&server, &stream, "workers").await, 0);
 }
 
+/// A consumer told to stop while Redis stalls, for less than its shutdown timeout, waits for Redis:
+/// it settles the events it ran and hands over the rest, and a consumer started after it runs each
+/// of those once. Nothing runs twice, nothing stays pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_stopped_while_redis_stalls_settles_what_it_ran_and_nothing_runs_twice() {
+    let server = RedisServer::own();
+    let stream = unique("stop-in-stall");
+    publish_jobs(&publisher_to(server.url(), &stream).await, 0..300).await;
+    let (runs, consumers, running) =
+        start_workers(&server, &stream, 1, Duration::from_millis(20), |consumer| {
+            consumer
+                .concurrency(8)
+                .shutdown_timeout(Duration::from_secs(10))
+        })
+        .await;
+    wait_until("some are handled", || runs.distinct() >= 20).await;
+    let stall_length = Duration::from_millis(1_500);
+    let stalled = stall(&server, stall_length);
+    let stalled_at = Instant::now();
+    // Handlers under way finish during the stall; their acknowledgements wait for Redis.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    running.close().await;
+    assert!(
+        stalled_at.elapsed() >= stall_length,
+        "the consumer returned in {:?}, before Redis answered again",
+        stalled_at.elapsed()
+    );
+    drop(stalled);
+    let ran_first = runs.distinct();
+    assert!(ran_first < 300, "the first consumer stopped before the end");
+    assert_eq!(consumers[0].status().processed, ran_first as u64);
+
+    let after = build_all(1, |_| {
+        quick_consumer(&server, &stream, "workers")
+            .consumer_name("after")
+            .handle(working(&runs, Duration::ZERO))
+    })
+    .await;
+    let running_after = Running::start(&after);
+    wait_until("the rest are handled", || runs.distinct() == 300).await;
+    running_after.close().await;
+    runs.assert_each_once(0..300);
+    assert_eq!(after[0].status().duplicates, 0);
+    assert_eq!(pending(&server, &stream, "workers").await, 0);
+}
+
 /// Reads and claims whose replies were lost count deliveries in Redis without starting a handler:
 /// they use up none of an event's attempts. Here the events' eighth deliveries are their first
 /// attempts, and job 0, failing twice, still gets its third.
