@@ -357,7 +357,16 @@ async fn failing_acknowledgements_are_retried_until_they_land_and_no_handler_run
     deny(&server, "xack").await;
     publish_jobs(&publisher, 60..80).await;
     wait_until("all 80 are handled", || runs.distinct() == 80).await;
-    running.close().await;
+    // A consumer that handled some of them says so as it stops.
+    let stopped = running.stop().await;
+    assert!(
+        stopped.iter().any(Result::is_err)
+            && stopped.iter().all(|stopped| match stopped {
+                Err(events::Error::Unsettled { streams }) => *streams == [stream.clone()],
+                other => other.is_ok(),
+            }),
+        "{stopped:?}"
+    );
     assert_eq!(pending(&server, &stream, "acks").await, 20);
     allow(&server, "xack").await;
     let successor = quick_consumer(&server, &stream, "acks")
@@ -626,6 +635,64 @@ async fn a_consumer_stopped_while_redis_stalls_settles_what_it_ran_and_nothing_r
     runs.assert_each_once(0..300);
     assert_eq!(after[0].status().duplicates, 0);
     assert_eq!(pending(&server, &stream, "workers").await, 0);
+}
+
+/// Stopped while Redis stalls past the shutdown timeout, a consumer returns within that timeout
+/// (and its second for acknowledgements), and it and a pull consumer say that acknowledgements of
+/// events they handled may not have landed, naming the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_while_redis_stalls_past_the_shutdown_timeout_is_an_error_naming_the_stream() {
+    let server = RedisServer::own();
+    let stream = unique("unsettled");
+    publish_jobs(&publisher_to(server.url(), &stream).await, 0..300).await;
+    let (runs, consumers) =
+        build_workers(&server, &stream, 1, Duration::from_millis(20), |consumer| {
+            consumer
+                .concurrency(8)
+                .shutdown_timeout(Duration::from_millis(300))
+        })
+        .await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn({
+        let (consumer, shutdown) = (consumers[0].clone(), shutdown.clone());
+        async move { consumer.run(shutdown).await }
+    });
+    wait_until("some are handled", || runs.distinct() >= 20).await;
+    // Handlers under way finish during the stall; their acknowledgements wait for Redis.
+    let stalled = stall(&server, Duration::from_secs(3));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stopping = Instant::now();
+    shutdown.cancel();
+    let stopped = running.await.unwrap();
+    // The shutdown timeout and a second for acknowledgements, not the stall.
+    assert!(
+        stopping.elapsed() < Duration::from_millis(2_500),
+        "stopping took {:?}",
+        stopping.elapsed()
+    );
+    assert!(
+        matches!(&stopped, Err(events::Error::Unsettled { streams }) if *streams == [stream.clone()]),
+        "{stopped:?}"
+    );
+    drop(stalled);
+
+    let mut pull = quick_consumer(&server, &stream, "pulling")
+        .shutdown_timeout(Duration::from_millis(300))
+        .build_pull()
+        .await
+        .unwrap();
+    let reserved = pull.reserve(10).await.unwrap();
+    assert_eq!(reserved.len(), 10);
+    let stalled = stall(&server, Duration::from_secs(2));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The acknowledgements are queued at once; waiting for them to land is given up.
+    let _ = tokio::time::timeout(Duration::from_millis(100), pull.ack(&reserved)).await;
+    let closed = pull.close().await;
+    assert!(
+        matches!(&closed, Err(events::Error::Unsettled { streams }) if *streams == [stream.clone()]),
+        "{closed:?}"
+    );
+    drop(stalled);
 }
 
 /// Reads and claims whose replies were lost count deliveries in Redis without starting a handler:

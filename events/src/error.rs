@@ -119,6 +119,20 @@ pub enum Error {
         failed_list: usize,
     },
 
+    /// A consumer stopped before the acknowledgements (or dead-letter moves) of events it had
+    /// handled landed, within its shutdown timeout: Redis took no write meanwhile. Their entries
+    /// may stay pending, and a consumer taking them over would run them again.
+    #[error(
+        "acknowledgements of events handled from {} may not have landed before the shutdown \
+         timeout: their entries may stay pending, and a consumer taking them over would run \
+         them again",
+        streams.join(", ")
+    )]
+    Unsettled {
+        /// The streams of those events.
+        streams: Vec<String>,
+    },
+
     /// Reading a stream failed.
     #[error("could not read stream `{stream}`: {source}")]
     Read {

@@ -252,12 +252,19 @@ impl Running {
 
     /// Shuts them all down at once and waits until each has returned, failing on an error.
     pub(crate) async fn close(self) {
-        self.shutdown.send_replace(true);
-        for task in self.tasks {
-            task.await
-                .expect("the consumer's task")
-                .expect("the consumer returns without an error");
+        for stopped in self.stop().await {
+            stopped.expect("the consumer returns without an error");
         }
+    }
+
+    /// Shuts them all down at once; what each returned.
+    pub(crate) async fn stop(self) -> Vec<events::Result<()>> {
+        self.shutdown.send_replace(true);
+        let mut stopped = Vec::new();
+        for task in self.tasks {
+            stopped.push(task.await.expect("the consumer's task"));
+        }
+        stopped
     }
 }
 

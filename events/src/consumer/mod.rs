@@ -147,11 +147,14 @@ impl Consumer {
 
     /// Reads and handles entries until `shutdown` is cancelled. Then it stops reading, handles the
     /// entries it has read (running, or waiting for a free slot) and settles them in Redis, all
-    /// within the shutdown timeout, and returns; whatever is unfinished then, and retries waiting
+    /// within the shutdown timeout (and a second more for acknowledgements, at least), and
+    /// returns; whatever is unfinished then, and retries waiting
     /// for their backoff, stay pending for another consumer to take over.
     ///
     /// Lost connections and Redis restarts are retried, not returned: it returns an error only
-    /// when the group cannot be created at start for a reason retrying does not cure.
+    /// when the group cannot be created at start for a reason retrying does not cure, or
+    /// [`Error::Unsettled`](crate::Error::Unsettled) when acknowledgements of events it handled
+    /// had not landed by the end of the shutdown timeout (Redis taking no write meanwhile).
     pub async fn run(&self, shutdown: CancellationToken) -> Result<()> {
         let inner = &self.inner;
         let settings = &inner.settings;
@@ -187,6 +190,7 @@ impl Consumer {
         let keeper = Keeper::default();
         let (acks, acknowledging) =
             Acks::serve(commands, &streams, settings.marks(), &inner.counters);
+        let acknowledged = streams.clone();
         let (holds, holding) = Holds::start(commands.clone(), settings.marks());
         let (places, placing) = Places::serve(commands.connection.clone(), &settings.group);
         let stop_tasks = CancellationToken::new();
@@ -213,11 +217,10 @@ impl Consumer {
             shutdown,
         });
         let mut reading = Reading::new(session, leases, positions, take_back);
-        reading.read_until_shutdown().await;
+        let deadline = reading.read_until_shutdown().await;
         let mut deliveries = std::mem::take(&mut reading.deliveries);
         // The acknowledging and holding tasks end once every delivery has let go of the session.
         drop(reading);
-        let deadline = Instant::now() + settings.shutdown_timeout;
         let finished = tokio::time::timeout_at(deadline.into(), async {
             while deliveries.join_next().await.is_some() {}
         })
@@ -231,34 +234,37 @@ impl Consumer {
         }
         // Acknowledgements still failing get what is left of the shutdown timeout, and a second at
         // least; their entries are kept until they land.
-        let grace = deadline
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_secs(1));
-        let settled = tokio::time::timeout(grace, futures::future::join_all(acknowledging)).await;
-        if settled.is_err() {
-            tracing::error!(
-                "acknowledgements of handled entries did not land before the shutdown timeout, \
-                 Redis taking no write; the entries stay pending, and a consumer taking them \
-                 over handles them again"
-            );
+        let grace = deadline.max(Instant::now() + Duration::from_secs(1));
+        let settled = Acks::landed(acknowledging, &acknowledged, grace.into()).await;
+        if let Err(error) = &settled {
+            tracing::error!(%error, "stopping");
         }
         stop_tasks.cancel();
-        for task in [keeping, holding, placing, leasing, moving] {
-            if let Err(error) = task.await {
-                tracing::error!(%error, "a consumer task failed");
-            }
-        }
-        // What stays pending on this consumer (unfinished, or read as it stopped) goes to the
-        // others at their next looks, unless another run uses the name.
-        if name.is_alone() {
-            let most = settings.max_unacked + inner.readers.len() * settings.batch_size;
-            for stream in &settings.streams {
-                if let Err(error) = commands.hand_over(stream, most, settings.claim_idle).await {
-                    tracing::warn!(%stream, %error, "could not hand over the entries left pending; other consumers take them after claim_idle");
+        let ending = async {
+            for task in [keeping, holding, placing, leasing, moving] {
+                if let Err(error) = task.await {
+                    tracing::error!(%error, "a consumer task failed");
                 }
             }
+            // What stays pending on this consumer (unfinished, or read as it stopped) goes to the
+            // others at their next looks, unless another run uses the name.
+            if name.is_alone() {
+                let most = settings.max_unacked + inner.readers.len() * settings.batch_size;
+                for stream in &settings.streams {
+                    if let Err(error) = commands.hand_over(stream, most, settings.claim_idle).await
+                    {
+                        tracing::warn!(%stream, %error, "could not hand over the entries left pending; other consumers take them after claim_idle");
+                    }
+                }
+            }
+        };
+        if tokio::time::timeout_at(grace.into(), ending).await.is_err() {
+            tracing::warn!(
+                "Redis did not answer before the shutdown timeout; entries left pending go to \
+                 other consumers after claim_idle"
+            );
         }
-        Ok(())
+        settled
     }
 
     /// Removes consumers of this group that have been idle for at least `idle` and have no pending

@@ -365,9 +365,15 @@ impl PullConsumer {
     /// Stops taking entries and waits, up to the shutdown timeout, until acknowledgements and
     /// dead-letter moves under way have landed. Entries reserved and not acknowledged stay pending
     /// for another consumer to take over.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unsettled`] when acknowledgements or dead-letter moves had not landed by the end
+    /// of the shutdown timeout (Redis taking no write meanwhile).
     pub async fn close(self) -> Result<()> {
         let Self {
             settings,
+            streams,
             mut moves,
             acks,
             acknowledging,
@@ -383,17 +389,20 @@ impl PullConsumer {
         .await;
         // The acknowledging tasks end once their queues are closed and drained.
         drop(acks);
-        let landed =
-            tokio::time::timeout_at(deadline, futures::future::join_all(acknowledging)).await;
-        if landed.is_err() || !moves.is_empty() {
-            tracing::error!(
-                "acknowledgements or dead-letter moves did not land before the shutdown timeout; their entries stay pending"
-            );
+        let mut settled = Acks::landed(acknowledging, &streams, deadline).await;
+        if !moves.is_empty() {
+            // Dead-letter moves under way: of any of the streams.
+            settled = Err(Error::Unsettled {
+                streams: streams.iter().map(ToString::to_string).collect(),
+            });
+        }
+        if let Err(error) = &settled {
+            tracing::error!(%error, "closing");
         }
         stop.cancel();
         let _ = keeping.await;
         let _ = moving.await;
-        Ok(())
+        settled
     }
 
     /// Stops holding a reserved event; `None` if it is not held (acknowledged or failed already).

@@ -92,7 +92,10 @@ impl Reading {
         }
     }
 
-    pub(crate) async fn read_until_shutdown(&mut self) {
+    /// Reads and delivers until shutdown; returns when the shutdown timeout, counted from the
+    /// shutdown, ends. Reads under way at shutdown are ended early, and given up once the
+    /// shutdown timeout passes (entries Redis delivers to them then stay pending for others).
+    pub(crate) async fn read_until_shutdown(&mut self) -> Instant {
         let session = Arc::clone(&self.session);
         let settings = &session.inner.settings;
         let shutdown = &session.shutdown;
@@ -109,7 +112,12 @@ impl Reading {
         let mut busy = false;
         // Whether the reads under way were ended early, at shutdown.
         let mut unblocked = false;
+        // When stopping must be over: the shutdown timeout from the shutdown on.
+        let mut deadline: Option<Instant> = None;
         loop {
+            if deadline.is_none() && shutdown.is_cancelled() {
+                deadline = Some(Instant::now() + settings.shutdown_timeout);
+            }
             while self.deliveries.try_join_next().is_some() {}
             let readable = self.readable();
             let claim_due = last_claim.is_none_or(|at| at.elapsed() >= settings.claim_interval);
@@ -153,8 +161,18 @@ impl Reading {
                 joined = replies.join_next() => joined,
                 () = shutdown.cancelled(), if !unblocked => {
                     unblocked = true;
-                    self.unblock_reads(&out).await;
+                    let until = *deadline
+                        .get_or_insert_with(|| Instant::now() + settings.shutdown_timeout);
+                    let _ = tokio::time::timeout_at(until.into(), self.unblock_reads(&out)).await;
                     continue;
+                }
+                () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now).into()),
+                    if deadline.is_some() =>
+                {
+                    // Redis has not answered them (stalled, or unreachable): whatever it delivers
+                    // to them stays pending, handed over below or taken after `claim_idle`.
+                    replies.abort_all();
+                    break;
                 }
             };
             let read = match joined {
@@ -211,6 +229,7 @@ impl Reading {
                 }
             }
         }
+        deadline.unwrap_or_else(|| Instant::now() + settings.shutdown_timeout)
     }
 
     /// Ends the blocking reads under way early, so that stopping does not wait out `block`: Redis

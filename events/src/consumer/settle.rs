@@ -118,6 +118,34 @@ impl Acks {
         (Self { queues }, tasks)
     }
 
+    /// Waits, up to `deadline`, until the acknowledging tasks `acknowledging` (of `streams`, in
+    /// order; see [`serve`](Self::serve)) have drained their queues, which they do once every
+    /// `Acks` is dropped; [`Error::Unsettled`](crate::Error::Unsettled) naming the streams whose
+    /// acknowledgements had not all landed by then. Those tasks are stopped.
+    pub(crate) async fn landed(
+        mut acknowledging: Vec<AbortOnDropHandle<()>>,
+        streams: &[Arc<str>],
+        deadline: tokio::time::Instant,
+    ) -> crate::Result<()> {
+        let _ = tokio::time::timeout_at(deadline, async {
+            for task in &mut acknowledging {
+                let _ = task.await;
+            }
+        })
+        .await;
+        let unsettled: Vec<String> = acknowledging
+            .iter()
+            .zip(streams)
+            .filter(|(task, _)| !task.is_finished())
+            .map(|(_, stream)| stream.to_string())
+            .collect();
+        if unsettled.is_empty() {
+            Ok(())
+        } else {
+            Err(crate::Error::Unsettled { streams: unsettled })
+        }
+    }
+
     /// Settles a handled (or skipped) event of `entry`, of the stream at `stream_index`: marks it
     /// `done` (when it holds its hold), and acknowledges the entry with it when it is the entry's
     /// last event unsettled, or right behind it when the others settled meanwhile. `landed` is
