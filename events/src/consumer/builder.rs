@@ -215,7 +215,9 @@ impl ConsumerBuilder {
         self.settings(|settings| settings.dead_letter_max_len = max_len)
     }
 
-    /// How long shutdown waits for in-flight handlers (default 30 s).
+    /// How long shutdown may take, from the shutdown on (default 30 s): for reads under way,
+    /// in-flight handlers and their acknowledgements (which get a second at least), also when
+    /// Redis stalls. What is unfinished then stays pending for another consumer.
     pub fn shutdown_timeout(self, timeout: Duration) -> Self {
         self.settings(|settings| settings.shutdown_timeout = timeout)
     }
