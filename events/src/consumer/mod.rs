@@ -148,8 +148,8 @@ impl Consumer {
     /// Reads and handles entries until `shutdown` is cancelled. Then it stops reading, handles the
     /// entries it has read (running, or waiting for a free slot) and settles them in Redis, all
     /// within the shutdown timeout (and a second more for acknowledgements, at least), and
-    /// returns; whatever is unfinished then, and retries waiting
-    /// for their backoff, stay pending for another consumer to take over.
+    /// returns; whatever is unfinished then, and retries waiting for their backoff, stay pending
+    /// for another consumer to take over.
     ///
     /// Lost connections and Redis restarts are retried, not returned: it returns an error only
     /// when the group cannot be created at start for a reason retrying does not cure, or
