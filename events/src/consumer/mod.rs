@@ -218,20 +218,10 @@ impl Consumer {
         });
         let mut reading = Reading::new(session, leases, positions, take_back);
         let deadline = reading.read_until_shutdown().await;
-        let mut deliveries = std::mem::take(&mut reading.deliveries);
+        let deliveries = std::mem::take(&mut reading.deliveries);
         // The acknowledging and holding tasks end once every delivery has let go of the session.
         drop(reading);
-        let finished = tokio::time::timeout_at(deadline.into(), async {
-            while deliveries.join_next().await.is_some() {}
-        })
-        .await;
-        if finished.is_err() {
-            tracing::warn!(
-                unfinished = deliveries.len(),
-                "shutdown timeout passed; unfinished entries stay pending for another consumer"
-            );
-            deliveries.shutdown().await;
-        }
+        finish_deliveries(deliveries, deadline).await;
         // Acknowledgements still failing get what is left of the shutdown timeout, and a second at
         // least; their entries are kept until they land.
         let grace = deadline.max(Instant::now() + Duration::from_secs(1));
@@ -240,31 +230,39 @@ impl Consumer {
             tracing::error!(%error, "stopping");
         }
         stop_tasks.cancel();
-        let ending = async {
-            for task in [keeping, holding, placing, leasing, moving] {
-                if let Err(error) = task.await {
-                    tracing::error!(%error, "a consumer task failed");
-                }
-            }
-            // What stays pending on this consumer (unfinished, or read as it stopped) goes to the
-            // others at their next looks, unless another run uses the name.
-            if name.is_alone() {
-                let most = settings.max_unacked + inner.readers.len() * settings.batch_size;
-                for stream in &settings.streams {
-                    if let Err(error) = commands.hand_over(stream, most, settings.claim_idle).await
-                    {
-                        tracing::warn!(%stream, %error, "could not hand over the entries left pending; other consumers take them after claim_idle");
-                    }
-                }
-            }
-        };
-        if tokio::time::timeout_at(grace.into(), ending).await.is_err() {
+        let tasks = [keeping, holding, placing, leasing, moving];
+        if tokio::time::timeout_at(grace.into(), self.end(tasks, &name))
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 "Redis did not answer before the shutdown timeout; entries left pending go to \
                  other consumers after claim_idle"
             );
         }
         settled
+    }
+
+    /// Waits for the consumer's `tasks`, told to stop, then hands what stays pending on its name
+    /// (unfinished, or read as it stopped) to the others at their next looks, unless another run
+    /// uses the name.
+    async fn end(&self, tasks: [AbortOnDropHandle<()>; 5], name: &NameInUse) {
+        for task in tasks {
+            if let Err(error) = task.await {
+                tracing::error!(%error, "a consumer task failed");
+            }
+        }
+        if !name.is_alone() {
+            return;
+        }
+        let settings = &self.inner.settings;
+        let most = settings.max_unacked + self.inner.readers.len() * settings.batch_size;
+        let commands = &self.inner.commands;
+        for stream in &settings.streams {
+            if let Err(error) = commands.hand_over(stream, most, settings.claim_idle).await {
+                tracing::warn!(%stream, %error, "could not hand over the entries left pending; other consumers take them after claim_idle");
+            }
+        }
     }
 
     /// Removes consumers of this group that have been idle for at least `idle` and have no pending
@@ -277,5 +275,21 @@ impl Consumer {
             removed.extend(stale::remove_stale_consumers(&inner.commands, stream, idle).await?);
         }
         Ok(removed)
+    }
+}
+
+/// Waits until `deliveries` have ended, up to `deadline`; those unfinished then are stopped, and
+/// their entries stay pending for another consumer.
+async fn finish_deliveries(mut deliveries: tokio::task::JoinSet<()>, deadline: Instant) {
+    let finished = tokio::time::timeout_at(deadline.into(), async {
+        while deliveries.join_next().await.is_some() {}
+    })
+    .await;
+    if finished.is_err() {
+        tracing::warn!(
+            unfinished = deliveries.len(),
+            "shutdown timeout passed; unfinished entries stay pending for another consumer"
+        );
+        deliveries.shutdown().await;
     }
 }
