@@ -62,7 +62,11 @@ fn packed(entry_id: &str, digest: &Digest) -> Option<i64> {
         return None;
     }
     let Some(event_millis) = digest.millis() else {
-        return millis.checked_mul(SEQUENCES)?.checked_add(sequence);
+        // Time and sequence side by side, which the scripts split at the last five digits: an
+        // entry of millisecond 0 would lose its leading zeros.
+        return (millis > 0)
+            .then(|| millis.checked_mul(SEQUENCES)?.checked_add(sequence))
+            .flatten();
     };
     // Within 2^32 ms, so that the scripts unpack it exactly in Lua's doubles.
     let from_event = millis - i64::try_from(event_millis).ok()?;
@@ -163,6 +167,7 @@ mod tests {
             "170000000025000003"
         );
         assert_eq!(holder("5-3", None, &untimed).to_string(), "500003");
+        assert_eq!(holder("0-3", None, &untimed).to_string(), "0-3");
         assert_eq!(holder("not an id", None, &untimed).to_string(), "not an id");
         let part = Part {
             index: 2,
