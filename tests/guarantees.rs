@@ -591,42 +591,71 @@ async fn a_redis_stall_longer_than_claim_idle_takes_no_entry_from_a_live_consume
     assert_eq!(pending(&server, &stream, "workers").await, 0);
 }
 
+/// One worker of 300 jobs (20 ms each, 8 at once, stopping within `shutdown_timeout`), caught by
+/// a stall of Redis once some are handled.
+struct StalledAmidWork {
+    server: RedisServer,
+    stream: String,
+    runs: Runs,
+    consumers: Vec<Consumer>,
+    running: Running,
+    /// Ends the stall early when dropped.
+    stalled: tokio_util::task::AbortOnDropHandle<()>,
+    stalled_at: Instant,
+}
+
+impl StalledAmidWork {
+    /// Returns a moment into a stall of `stall_length`: the handlers under way then finish
+    /// during the stall, and their acknowledgements wait for Redis.
+    async fn start(name: &str, shutdown_timeout: Duration, stall_length: Duration) -> Self {
+        let server = RedisServer::own();
+        let stream = unique(name);
+        publish_jobs(&publisher_to(server.url(), &stream).await, 0..300).await;
+        let (runs, consumers, running) =
+            start_workers(&server, &stream, 1, Duration::from_millis(20), |consumer| {
+                consumer.concurrency(8).shutdown_timeout(shutdown_timeout)
+            })
+            .await;
+        wait_until("some are handled", || runs.distinct() >= 20).await;
+        let stalled = stall(&server, stall_length);
+        let stalled_at = Instant::now();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Self {
+            server,
+            stream,
+            runs,
+            consumers,
+            running,
+            stalled,
+            stalled_at,
+        }
+    }
+}
+
 /// A consumer told to stop while Redis stalls, for less than its shutdown timeout, waits for Redis:
 /// it settles the events it ran and hands over the rest, and a consumer started after it runs each
 /// of those once. Nothing runs twice, nothing stays pending.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_stopped_while_redis_stalls_settles_what_it_ran_and_nothing_runs_twice() {
-    let server = RedisServer::own();
-    let stream = unique("stop-in-stall");
-    publish_jobs(&publisher_to(server.url(), &stream).await, 0..300).await;
-    let (runs, consumers, running) =
-        start_workers(&server, &stream, 1, Duration::from_millis(20), |consumer| {
-            consumer
-                .concurrency(8)
-                .shutdown_timeout(Duration::from_secs(10))
-        })
-        .await;
-    wait_until("some are handled", || runs.distinct() >= 20).await;
     let stall_length = Duration::from_millis(1_500);
-    let stalled = stall(&server, stall_length);
-    let stalled_at = Instant::now();
-    // Handlers under way finish during the stall; their acknowledgements wait for Redis.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    running.close().await;
+    let work = StalledAmidWork::start("stop-in-stall", Duration::from_secs(10), stall_length).await;
+    let (server, stream, runs, stalled_at) =
+        (&work.server, &work.stream, &work.runs, work.stalled_at);
+    work.running.close().await;
     assert!(
         stalled_at.elapsed() >= stall_length,
         "the consumer returned in {:?}, before Redis answered again",
         stalled_at.elapsed()
     );
-    drop(stalled);
+    drop(work.stalled);
     let ran_first = runs.distinct();
     assert!(ran_first < 300, "the first consumer stopped before the end");
-    assert_eq!(consumers[0].status().processed, ran_first as u64);
+    assert_eq!(work.consumers[0].status().processed, ran_first as u64);
 
     let after = build_all(1, |_| {
-        quick_consumer(&server, &stream, "workers")
+        quick_consumer(server, stream, "workers")
             .consumer_name("after")
-            .handle(working(&runs, Duration::ZERO))
+            .handle(working(runs, Duration::ZERO))
     })
     .await;
     let running_after = Running::start(&after);
@@ -634,7 +663,7 @@ async fn a_consumer_stopped_while_redis_stalls_settles_what_it_ran_and_nothing_r
     running_after.close().await;
     runs.assert_each_once(0..300);
     assert_eq!(after[0].status().duplicates, 0);
-    assert_eq!(pending(&server, &stream, "workers").await, 0);
+    assert_eq!(pending(server, stream, "workers").await, 0);
 }
 
 /// Stopped while Redis stalls past the shutdown timeout, a consumer returns within that timeout
@@ -642,28 +671,15 @@ async fn a_consumer_stopped_while_redis_stalls_settles_what_it_ran_and_nothing_r
 /// events they handled may not have landed, naming the stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_while_redis_stalls_past_the_shutdown_timeout_is_an_error_naming_the_stream() {
-    let server = RedisServer::own();
-    let stream = unique("unsettled");
-    publish_jobs(&publisher_to(server.url(), &stream).await, 0..300).await;
-    let (runs, consumers) =
-        build_workers(&server, &stream, 1, Duration::from_millis(20), |consumer| {
-            consumer
-                .concurrency(8)
-                .shutdown_timeout(Duration::from_millis(300))
-        })
-        .await;
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let running = tokio::spawn({
-        let (consumer, shutdown) = (consumers[0].clone(), shutdown.clone());
-        async move { consumer.run(shutdown).await }
-    });
-    wait_until("some are handled", || runs.distinct() >= 20).await;
-    // Handlers under way finish during the stall; their acknowledgements wait for Redis.
-    let stalled = stall(&server, Duration::from_secs(3));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let work = StalledAmidWork::start(
+        "unsettled",
+        Duration::from_millis(300),
+        Duration::from_secs(3),
+    )
+    .await;
+    let (server, stream) = (&work.server, &work.stream);
     let stopping = Instant::now();
-    shutdown.cancel();
-    let stopped = running.await.unwrap();
+    let stopped = work.running.stop().await;
     // The shutdown timeout and a second for acknowledgements, not the stall.
     assert!(
         stopping.elapsed() < Duration::from_millis(2_500),
@@ -671,25 +687,25 @@ async fn stopping_while_redis_stalls_past_the_shutdown_timeout_is_an_error_namin
         stopping.elapsed()
     );
     assert!(
-        matches!(&stopped, Err(events::Error::Unsettled { streams }) if *streams == [stream.clone()]),
+        matches!(&stopped[..], [Err(events::Error::Unsettled { streams })] if *streams == [stream.to_owned()]),
         "{stopped:?}"
     );
-    drop(stalled);
+    drop(work.stalled);
 
-    let mut pull = quick_consumer(&server, &stream, "pulling")
+    let mut pull = quick_consumer(server, stream, "pulling")
         .shutdown_timeout(Duration::from_millis(300))
         .build_pull()
         .await
         .unwrap();
     let reserved = pull.reserve(10).await.unwrap();
     assert_eq!(reserved.len(), 10);
-    let stalled = stall(&server, Duration::from_secs(2));
+    let stalled = stall(server, Duration::from_secs(2));
     tokio::time::sleep(Duration::from_millis(100)).await;
     // The acknowledgements are queued at once; waiting for them to land is given up.
     let _ = tokio::time::timeout(Duration::from_millis(100), pull.ack(&reserved)).await;
     let closed = pull.close().await;
     assert!(
-        matches!(&closed, Err(events::Error::Unsettled { streams }) if *streams == [stream.clone()]),
+        matches!(&closed, Err(events::Error::Unsettled { streams }) if *streams == [stream.to_owned()]),
         "{closed:?}"
     );
     drop(stalled);

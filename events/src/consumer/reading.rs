@@ -114,9 +114,10 @@ impl Reading {
         let mut unblocked = false;
         // When stopping must be over: the shutdown timeout from the shutdown on.
         let mut deadline: Option<Instant> = None;
+        let from_now = || Instant::now() + settings.shutdown_timeout;
         loop {
             if deadline.is_none() && shutdown.is_cancelled() {
-                deadline = Some(Instant::now() + settings.shutdown_timeout);
+                deadline = Some(from_now());
             }
             while self.deliveries.try_join_next().is_some() {}
             let readable = self.readable();
@@ -161,8 +162,7 @@ impl Reading {
                 joined = replies.join_next() => joined,
                 () = shutdown.cancelled(), if !unblocked => {
                     unblocked = true;
-                    let until = *deadline
-                        .get_or_insert_with(|| Instant::now() + settings.shutdown_timeout);
+                    let until = *deadline.get_or_insert_with(from_now);
                     let _ = tokio::time::timeout_at(until.into(), self.unblock_reads(&out)).await;
                     continue;
                 }
@@ -229,7 +229,7 @@ impl Reading {
                 }
             }
         }
-        deadline.unwrap_or_else(|| Instant::now() + settings.shutdown_timeout)
+        deadline.unwrap_or_else(from_now)
     }
 
     /// Ends the blocking reads under way early, so that stopping does not wait out `block`: Redis
