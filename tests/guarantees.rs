@@ -788,6 +788,131 @@ async fn connections_killed_every_200_ms_lose_and_repeat_nothing() {
     assert_eq!(sum(&consumers, |status| status.processed), 1000);
 }
 
+/// Which consumer started which job, in the order they started, and which jobs finished.
+#[derive(Debug, Clone, Default)]
+struct Starts {
+    started: Arc<Mutex<Vec<(u64, usize)>>>,
+    finished: Arc<Mutex<std::collections::BTreeSet<u64>>>,
+}
+
+impl Starts {
+    /// A handler for consumer `index`: records the start, works for `work`, records the finish.
+    fn handler(
+        &self,
+        index: usize,
+        work: Duration,
+    ) -> impl Fn(Job, Context) -> BoxFuture<'static, Result<(), HandlerError>> + Clone + use<> {
+        let starts = self.clone();
+        move |job: Job, _: Context| {
+            starts.started.lock().unwrap().push((job.n, index));
+            let finished = Arc::clone(&starts.finished);
+            async move {
+                tokio::time::sleep(work).await;
+                finished.lock().unwrap().insert(job.n);
+                Ok(())
+            }
+            .boxed()
+        }
+    }
+}
+
+/// How many entries of `stream` the group `group` has not read yet.
+async fn lag(server: &RedisServer, stream: &str, group: &str) -> u64 {
+    let groups: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(stream)
+        .query_async(&mut connection(server).await)
+        .await
+        .unwrap();
+    let info = groups
+        .iter()
+        .find(|info| info.get("name") == Some(&redis::Value::BulkString(group.into())))
+        .expect("the group exists");
+    redis::from_redis_value(info["lag"].clone()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_joining_stopping_and_crashing_amid_copies_rerun_only_what_a_crash_cut_off() {
+    let server = RedisServer::own();
+    let stream = unique("churn");
+    let publisher = publisher_to(server.url(), &stream).await;
+    // 300 jobs, each written twice (one event, two entries): 600 entries, 60 ms of work each.
+    for n in 0..300 {
+        publish_twice(&server, &publisher, &stream, &Job { n }).await;
+    }
+    let starts = Starts::default();
+    let member = |index: usize| {
+        quick_consumer(&server, &stream, "churn")
+            .consumer_name(format!("c{index}"))
+            .concurrency(4)
+            .batch_size(10)
+            .max_unacked(20)
+            .handle(starts.handler(index, Duration::from_millis(60)))
+    };
+    // Two at a time; every 300 ms the older leaves, stopped (its handlers finishing within the
+    // shutdown timeout) or crashed (its task dropped mid-work), and a new one joins.
+    let mut members: std::collections::VecDeque<(usize, Running)> =
+        std::collections::VecDeque::new();
+    for index in 0..2 {
+        members.push_back((index, Running::build(member(index)).await.1));
+    }
+    let mut crashed = std::collections::BTreeSet::new();
+    for index in 2..10 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (leaving, running) = members.pop_front().unwrap();
+        if index % 2 == 0 {
+            running.crash().await;
+            crashed.insert(leaving);
+        } else {
+            for stopped in running.stop().await {
+                stopped.expect("a consumer stops without an error");
+            }
+        }
+        members.push_back((index, Running::build(member(index)).await.1));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let done = starts.finished.lock().unwrap().len() == 300
+            && lag(&server, &stream, "churn").await == 0
+            && pending(&server, &stream, "churn").await == 0;
+        if done {
+            break;
+        }
+        assert!(Instant::now() < deadline, "entries left unsettled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (_, running) in members {
+        running.close().await;
+    }
+
+    assert!(!crashed.is_empty());
+    // A job starts again only after a start cut off by a crash: never for its copy, never after
+    // a consumer that stopped.
+    let started = starts.started.lock().unwrap().clone();
+    let mut by_job: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+    for (n, index) in started {
+        by_job.entry(n).or_default().push(index);
+    }
+    assert_eq!(by_job.len(), 300, "every job started");
+    assert!(
+        by_job.values().any(|by| by.len() > 1),
+        "a crash cut starts off and other consumers ran those jobs again"
+    );
+    let wrong: Vec<(&u64, &Vec<usize>)> = by_job
+        .iter()
+        .filter(|(_, by)| {
+            by[..by.len() - 1]
+                .iter()
+                .any(|index| !crashed.contains(index))
+        })
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "jobs started again after a start no crash cut off (job, consumers): {wrong:?}"
+    );
+    assert_eq!(dead_letter_count(&server, &stream).await, 0);
+}
+
 #[tokio::test]
 async fn a_keys_next_event_starts_only_after_the_previous_one_is_settled() {
     let server = RedisServer::own();

@@ -257,6 +257,14 @@ impl Running {
         }
     }
 
+    /// Drops them all mid-work, as a crash of their process would: their tasks are aborted.
+    pub(crate) async fn crash(self) {
+        for task in self.tasks {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
     /// Shuts them all down at once; what each returned.
     pub(crate) async fn stop(self) -> Vec<events::Result<()>> {
         self.shutdown.send_replace(true);
