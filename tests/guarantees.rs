@@ -711,6 +711,44 @@ async fn stopping_while_redis_stalls_past_the_shutdown_timeout_is_an_error_namin
     drop(stalled);
 }
 
+/// A pull consumer of two streams closing while a dead-letter move of one of them cannot land
+/// says so, naming that stream and not the other, whose acknowledgement landed.
+#[tokio::test]
+async fn closing_with_a_dead_letter_move_under_way_names_only_its_stream() {
+    let server = RedisServer::start();
+    let (refusing, fine) = (unique("moves-refused"), unique("moves-fine"));
+    // The dead-letter key holds a string: every move there fails.
+    let _: () = connection(&server)
+        .await
+        .set(dead_letter_stream(&refusing), "not a stream")
+        .await
+        .unwrap();
+    for stream in [&refusing, &fine] {
+        publish_jobs(&publisher_to(server.url(), stream).await, 0..1).await;
+    }
+    let mut pull = quick_consumer(&server, &refusing, "pulling")
+        .stream(&fine)
+        .max_attempts(1)
+        .shutdown_timeout(Duration::from_millis(300))
+        .build_pull()
+        .await
+        .unwrap();
+    let reserved = pull.reserve(10).await.unwrap();
+    assert_eq!(reserved.len(), 2);
+    let (to_fail, to_ack): (Vec<_>, Vec<_>) = reserved
+        .into_iter()
+        .partition(|reserved| reserved.stream == refusing);
+    pull.ack(&to_ack).await.unwrap();
+    pull.fail(&to_fail, "failed for good").await.unwrap();
+    let closed = pull.close().await;
+    assert!(
+        matches!(&closed, Err(events::Error::Unsettled { streams }) if *streams == [refusing.clone()]),
+        "{closed:?}"
+    );
+    assert_eq!(pending(&server, &fine, "pulling").await, 0);
+    assert_eq!(pending(&server, &refusing, "pulling").await, 1);
+}
+
 /// Reads and claims whose replies were lost count deliveries in Redis without starting a handler:
 /// they use up none of an event's attempts. Here the events' eighth deliveries are their first
 /// attempts, and job 0, failing twice, still gets its third.

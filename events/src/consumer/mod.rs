@@ -190,7 +190,6 @@ impl Consumer {
         let keeper = Keeper::default();
         let (acks, acknowledging) =
             Acks::serve(commands, &streams, settings.marks(), &inner.counters);
-        let acknowledged = streams.clone();
         let (holds, holding) = Holds::start(commands.clone(), settings.marks());
         let (places, placing) = Places::serve(commands.connection.clone(), &settings.group);
         let stop_tasks = CancellationToken::new();
@@ -225,7 +224,7 @@ impl Consumer {
         // Acknowledgements still failing get what is left of the shutdown timeout, and a second at
         // least; their entries are kept until they land.
         let grace = deadline.max(Instant::now() + Duration::from_secs(1));
-        let settled = Acks::landed(acknowledging, &acknowledged, grace.into()).await;
+        let settled = Acks::landed(acknowledging, grace.into()).await;
         if let Err(error) = &settled {
             tracing::error!(%error, "stopping");
         }

@@ -7,10 +7,9 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
@@ -22,7 +21,7 @@ use super::identity::Digest;
 use super::keeper::Keeper;
 use super::part::{Attempts, Part};
 use super::reclaim::Reclaimer;
-use super::settle::{Acks, Unsettled};
+use super::settle::{Acks, StreamTasks, Unsettled, settled, unfinished};
 use super::status::{Counters, Operation, Status};
 use crate::connection::Connection;
 use crate::typescript::Decoded;
@@ -100,12 +99,12 @@ pub struct PullConsumer {
     /// Entries whose event another entry is handling, to look at again.
     busy: Vec<Holding>,
     /// Dead-letter moves under way, each retried until it lands.
-    moves: JoinSet<()>,
+    moves: StreamTasks,
     /// The last entry id read per stream (at first, the group's position), to create a vanished
     /// group again without skipping anything.
     last_seen: HashMap<Arc<str>, String>,
     last_claim: Option<Instant>,
-    acknowledging: Vec<AbortOnDropHandle<()>>,
+    acknowledging: StreamTasks,
     keeping: AbortOnDropHandle<()>,
     /// Moves due delayed events into the streams.
     moving: AbortOnDropHandle<()>,
@@ -152,7 +151,7 @@ impl PullConsumer {
             reserved: HashMap::new(),
             retries: Vec::new(),
             busy: Vec::new(),
-            moves: JoinSet::new(),
+            moves: Vec::new(),
             last_seen,
             last_claim: None,
             acknowledging,
@@ -190,7 +189,7 @@ impl PullConsumer {
     /// Up to `n` events as [`reserve`](Self::reserve) takes them, each handed out with what this
     /// consumer holds of it, for the caller to settle.
     pub(super) async fn reserve_held(&mut self, n: usize) -> Result<Vec<Held>> {
-        while self.moves.try_join_next().is_some() {}
+        self.moves.retain(|(task, _)| !task.is_finished());
         let mut candidates: Vec<Holding> = Vec::new();
         let now = Instant::now();
         let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retries)
@@ -362,40 +361,35 @@ impl PullConsumer {
         }
     }
 
-    /// Stops taking entries and waits, up to the shutdown timeout, until acknowledgements and
-    /// dead-letter moves under way have landed. Entries reserved and not acknowledged stay pending
-    /// for another consumer to take over.
+    /// Stops taking entries and waits, up to the shutdown timeout, until dead-letter moves under
+    /// way have landed, then until acknowledgements have (given what is left of the timeout, and a
+    /// second at least). Entries reserved and not acknowledged stay pending for another consumer
+    /// to take over, as do those of moves given up.
     ///
     /// # Errors
     ///
-    /// [`Error::Unsettled`] when acknowledgements or dead-letter moves had not landed by the end
-    /// of the shutdown timeout (Redis taking no write meanwhile).
+    /// [`Error::Unsettled`] naming the streams whose acknowledgements or dead-letter moves had not
+    /// landed by then (Redis taking no write meanwhile).
     pub async fn close(self) -> Result<()> {
         let Self {
             settings,
-            streams,
             mut moves,
             acks,
-            acknowledging,
+            mut acknowledging,
             keeping,
             moving,
             stop,
             ..
         } = self;
         let deadline = tokio::time::Instant::now() + settings.shutdown_timeout;
-        let _ = tokio::time::timeout_at(deadline, async {
-            while moves.join_next().await.is_some() {}
-        })
-        .await;
-        // The acknowledging tasks end once their queues are closed and drained.
+        let mut unsettled = unfinished(&mut moves, deadline).await;
+        // The acknowledging tasks end once their queues are closed and drained: moves given up
+        // hold them open no longer.
+        drop(moves);
         drop(acks);
-        let mut settled = Acks::landed(acknowledging, &streams, deadline).await;
-        if !moves.is_empty() {
-            // Dead-letter moves under way: of any of the streams.
-            settled = Err(Error::Unsettled {
-                streams: streams.iter().map(ToString::to_string).collect(),
-            });
-        }
+        let grace = deadline.max(tokio::time::Instant::now() + Duration::from_secs(1));
+        unsettled.extend(unfinished(&mut acknowledging, grace).await);
+        let settled = settled(unsettled);
         if let Err(error) = &settled {
             tracing::error!(%error, "closing");
         }
@@ -570,7 +564,8 @@ impl PullConsumer {
         let counters = Arc::clone(&self.counters);
         let acks = self.acks.clone();
         let stream = Arc::clone(&self.streams[condemned.stream_index]);
-        self.moves.spawn(async move {
+        let stream_of_move = Arc::clone(&stream);
+        let moving = tokio::spawn(async move {
             let acknowledge = condemned.unsettled.is_last();
             let doomed = Doomed {
                 stream: &stream,
@@ -589,6 +584,8 @@ impl PullConsumer {
             // Kept until the move has landed.
             drop(condemned.unsettled);
         });
+        self.moves
+            .push((AbortOnDropHandle::new(moving), stream_of_move));
     }
 }
 

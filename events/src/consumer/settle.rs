@@ -86,6 +86,40 @@ pub(crate) struct Ack {
     _landed: Option<oneshot::Sender<()>>,
 }
 
+/// Tasks that settle events, each with the stream of its events.
+pub(crate) type StreamTasks = Vec<(AbortOnDropHandle<()>, Arc<str>)>;
+
+/// Waits, up to `deadline`, for `tasks`; the streams of those unfinished by then.
+pub(crate) async fn unfinished(
+    tasks: &mut StreamTasks,
+    deadline: tokio::time::Instant,
+) -> Vec<String> {
+    let _ = tokio::time::timeout_at(deadline, async {
+        for (task, _) in tasks.iter_mut() {
+            let _ = task.await;
+        }
+    })
+    .await;
+    tasks
+        .iter()
+        .filter(|(task, _)| !task.is_finished())
+        .map(|(_, stream)| stream.to_string())
+        .collect()
+}
+
+/// `Ok` when no stream's events were left `unfinished`, else
+/// [`Error::Unsettled`](crate::Error::Unsettled) naming each of those streams once.
+pub(crate) fn settled(mut unfinished: Vec<String>) -> crate::Result<()> {
+    if unfinished.is_empty() {
+        return Ok(());
+    }
+    unfinished.sort();
+    unfinished.dedup();
+    Err(crate::Error::Unsettled {
+        streams: unfinished,
+    })
+}
+
 /// Where deliveries hand their acknowledgements over: one queue per stream, by the stream's
 /// position among the consumer's streams.
 #[derive(Debug, Clone)]
@@ -100,7 +134,7 @@ impl Acks {
         streams: &[Arc<str>],
         marks: MarkSettings,
         counters: &Arc<Counters>,
-    ) -> (Self, Vec<AbortOnDropHandle<()>>) {
+    ) -> (Self, StreamTasks) {
         let (queues, tasks) = streams
             .iter()
             .map(|stream| {
@@ -112,38 +146,22 @@ impl Acks {
                     marks,
                     Arc::clone(counters),
                 );
-                (queue, AbortOnDropHandle::new(tokio::spawn(task)))
+                let task = AbortOnDropHandle::new(tokio::spawn(task));
+                (queue, (task, Arc::clone(stream)))
             })
             .unzip();
         (Self { queues }, tasks)
     }
 
-    /// Waits, up to `deadline`, until the acknowledging tasks `acknowledging` (of `streams`, in
-    /// order; see [`serve`](Self::serve)) have drained their queues, which they do once every
-    /// `Acks` is dropped; [`Error::Unsettled`](crate::Error::Unsettled) naming the streams whose
+    /// Waits, up to `deadline`, until the acknowledging tasks `acknowledging` (see
+    /// [`serve`](Self::serve)) have drained their queues, which they do once every `Acks` is
+    /// dropped; [`Error::Unsettled`](crate::Error::Unsettled) naming the streams whose
     /// acknowledgements had not all landed by then. Those tasks are stopped.
     pub(crate) async fn landed(
-        mut acknowledging: Vec<AbortOnDropHandle<()>>,
-        streams: &[Arc<str>],
+        mut acknowledging: StreamTasks,
         deadline: tokio::time::Instant,
     ) -> crate::Result<()> {
-        let _ = tokio::time::timeout_at(deadline, async {
-            for task in &mut acknowledging {
-                let _ = task.await;
-            }
-        })
-        .await;
-        let unsettled: Vec<String> = acknowledging
-            .iter()
-            .zip(streams)
-            .filter(|(task, _)| !task.is_finished())
-            .map(|(_, stream)| stream.to_string())
-            .collect();
-        if unsettled.is_empty() {
-            Ok(())
-        } else {
-            Err(crate::Error::Unsettled { streams: unsettled })
-        }
+        settled(unfinished(&mut acknowledging, deadline).await)
     }
 
     /// Settles a handled (or skipped) event of `entry`, of the stream at `stream_index`: marks it
