@@ -389,6 +389,132 @@ async fn a_poison_event_ends_in_the_dead_letter_stream_after_max_attempts() {
     assert_eq!(pending(&server, &stream, "g").await, 0);
 }
 
+/// An entry's fields and values, as bytes.
+type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// The fields of a well-formed `task.created` entry for task `n`, with `replace` in place of the
+/// field of its name (or added, when it has none).
+fn task_fields(n: u64, replace: (&str, Vec<u8>)) -> Fields {
+    let mut fields: Fields = [
+        ("id", format!("0190a5f1-0000-7000-8000-{n:012}")),
+        ("type", "task.created".to_owned()),
+        ("v", "1".to_owned()),
+        ("origin", "hand-written".to_owned()),
+        ("ts", "2026-01-01T00:00:00.000Z".to_owned()),
+        ("body", format!("{{\"n\":{n}}}")),
+    ]
+    .into_iter()
+    .map(|(name, value)| (name.as_bytes().to_vec(), value.into_bytes()))
+    .collect();
+    match fields
+        .iter_mut()
+        .find(|(name, _)| name == replace.0.as_bytes())
+    {
+        Some(field) => field.1 = replace.1,
+        None => fields.push((replace.0.as_bytes().to_vec(), replace.1)),
+    }
+    fields
+}
+
+#[tokio::test]
+async fn hostile_entries_are_handled_or_dead_lettered_each_and_the_consumer_keeps_going() {
+    let server = RedisServer::start();
+    let stream = unique("hostile");
+    let (seen, consumer, running) = run_recording(&server, &stream, "g").await;
+    let publisher = publisher_to(server.url(), &stream).await;
+    publish_tasks(&publisher, 0..5).await;
+    let nested = format!("{{\"n\":{}{}}}", "[".repeat(100_000), "]".repeat(100_000));
+    let padded = format!("{{\"n\":102,\"pad\":\"{}\"}}", "x".repeat(8 << 20));
+    let hostile: Vec<(&str, Fields)> = vec![
+        (
+            "control characters in the type",
+            task_fields(100, ("type", b"task.created\x00\x1b[2J".to_vec())),
+        ),
+        (
+            "a version past u32",
+            task_fields(100, ("v", b"99999999999999999999999".to_vec())),
+        ),
+        (
+            "a time that is no time",
+            task_fields(100, ("ts", b"\x07yesterday".to_vec())),
+        ),
+        (
+            "a body nested 100,000 deep",
+            task_fields(100, ("body", nested.into_bytes())),
+        ),
+        (
+            "an id of 100 KB",
+            task_fields(101, ("id", vec![b'7'; 100_000])),
+        ),
+        (
+            "a body of 8 MiB",
+            task_fields(102, ("body", padded.into_bytes())),
+        ),
+        (
+            "a field name with NUL",
+            task_fields(103, ("x\x00y", b"z".to_vec())),
+        ),
+        ("the type twice", {
+            let mut fields = task_fields(104, ("v", b"1".to_vec()));
+            fields.push((b"type".to_vec(), b"audit.login".to_vec()));
+            fields
+        }),
+    ];
+    let mut redis = connection(&server).await;
+    for (_, fields) in &hostile {
+        let _: String = redis.xadd(&stream, "*", fields).await.unwrap();
+    }
+    publish_tasks(&publisher, 5..10).await;
+    wait_until("13 handled and 5 dead-lettered", || {
+        let status = consumer.status();
+        status.processed == 13 && status.dead_lettered == 5
+    })
+    .await;
+    stop(running).await;
+    assert_eq!(consumer.status().skipped, 0, "none taken for an unknown type");
+
+    // The ten good tasks and the three hostile ones that are well-formed events each ran once.
+    let ran: Vec<(u64, Vec<u32>)> = seen.lock().unwrap().clone().into_iter().collect();
+    let expected: Vec<(u64, Vec<u32>)> = (0..10).chain(101..104).map(|n| (n, vec![1])).collect();
+    assert_eq!(ran, expected);
+    // The others are dead letters, whole, each saying which field was wrong.
+    let letters = dead_letter_entries(&server, &stream).await;
+    assert_eq!(letters.len(), 5);
+    for (what, reason) in [
+        (
+            0,
+            "undecodable: field `type` is invalid: \"task.created\\0\\u{1b}[2J\" has control characters",
+        ),
+        (
+            1,
+            "undecodable: field `v` is invalid: `99999999999999999999999` is not a version number",
+        ),
+        (
+            2,
+            "undecodable: field `ts` is invalid: `\u{7}yesterday` is not an RFC 3339 UTC time",
+        ),
+        (
+            3,
+            "undecodable: body of event type `task.created` does not match its struct",
+        ),
+        (7, "undecodable: field `type` appears more than once"),
+    ] {
+        let (name, fields) = &hostile[what];
+        let letter = letters
+            .iter()
+            .find(|letter| {
+                letter.fields.iter().any(|(field, value)| {
+                    field == b"dlq.reason" && value.starts_with(reason.as_bytes())
+                })
+            })
+            .unwrap_or_else(|| panic!("{name}: no dead letter says {reason}"));
+        for field in fields {
+            assert!(letter.fields.contains(field), "{name}: {field:?} kept");
+        }
+    }
+    assert_eq!(pending(&server, &stream, "g").await, 0);
+}
+
 #[tokio::test]
 async fn malformed_entries_go_to_the_dead_letter_stream_and_the_consumer_keeps_going() {
     let server = RedisServer::start();

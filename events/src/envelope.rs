@@ -413,6 +413,7 @@ impl<'a> FlatFields<'a> {
 
     fn into_envelope(self) -> Result<Envelope, DecodeError> {
         let event_type = required("type", self.event_type)?;
+        check_received_type("type", event_type)?;
         let body = required("body", self.body)?;
         let computed = hash_body(event_type, body);
         if let Some(found) = self.hash
@@ -459,6 +460,19 @@ fn required<'a>(field: &'static str, value: Option<&'a str>) -> Result<&'a str, 
         Some("") => Err(invalid(field, "is empty")),
         Some(value) => Ok(value),
     }
+}
+
+/// Refuses an event type (read from `field`) with control characters, which no producer means
+/// and which would reach logs, metrics labels and terminals as they are. Other types a consumer
+/// does not know are its to skip or dead-letter, or to rename (`ConsumerBuilder::rename_type`).
+pub(crate) fn check_received_type(field: &str, event_type: &str) -> Result<(), DecodeError> {
+    if event_type.chars().any(char::is_control) {
+        return Err(invalid(
+            field,
+            format!("{event_type:?} has control characters"),
+        ));
+    }
+    Ok(())
 }
 
 fn body_not_json(error: serde_json::Error) -> DecodeError {

@@ -16,7 +16,8 @@ use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 use crate::envelope::{
-    format_timestamp, hash_body, invalid, parse_timestamp, parse_version, timestamp_from_millis,
+    check_received_type, format_timestamp, hash_body, invalid, parse_timestamp, parse_version,
+    timestamp_from_millis,
 };
 use crate::{DecodeError, Envelope};
 
@@ -110,6 +111,7 @@ fn decode_event(data: Data<'_>) -> Result<Envelope, DecodeError> {
             return Err(invalid("data", format!("`data.header.{name}` is empty")));
         }
     }
+    check_received_type("data.header.type", &header.event_type)?;
     let timestamp = match header.timestamp {
         Scalar::Number(millis) => timestamp_from_millis("data.header.timestamp", millis)?,
         Scalar::Text(text) => parse_timestamp("data.header.timestamp", &text)?,
@@ -342,6 +344,10 @@ mod tests {
             (
                 r#"{"data":{"header":{"id":"1","type":"","origin":"o","timestamp":1},"body":{}}}"#,
                 "`data.header.type` is empty",
+            ),
+            (
+                r#"{"data":{"header":{"id":"1","type":"a\u001b[2J","origin":"o","timestamp":1},"body":{}}}"#,
+                r#"field `data.header.type` is invalid: "a\u{1b}[2J" has control characters"#,
             ),
             (
                 r#"{"data":{"header":{"id":"1","type":"a","origin":"","timestamp":1},"body":{}}}"#,
