@@ -1,12 +1,16 @@
 //! Events per second through `BatchedPublisher`, next to `redis-benchmark -P 64` sending `XADD`s of
-//! the same fields and to a raw redis-rs loop of pipelined `XADD`s, all in this run against the same
-//! throwaway `redis-server` (or `REDIS_URL`); and the publisher's peak memory next to its bound.
+//! the same fields and to a raw redis-rs loop of pipelined `XADD`s, in interleaved rounds of this
+//! run against the same throwaway `redis-server` (or `REDIS_URL`): the median, least and most of
+//! the rounds' rates and of each round's ratio to `redis-benchmark`; and the publisher's peak
+//! memory over the rounds next to its bound.
 //!
-//! `cargo bench --bench batch` (set `EVENTS_BENCH_EVENTS` to change the number of events).
+//! `cargo bench --bench batch` (`EVENTS_BENCH_EVENTS` the events per round, 200,000;
+//! `EVENTS_BENCH_ROUNDS` the rounds, 5).
 
 use events::testing as redis_server;
 
 mod order_placed;
+mod spread;
 
 use std::process::Command;
 use std::sync::Arc;
@@ -15,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use events::{BatchConfig, BatchedPublisher, PublishOptions, Publisher, PublisherConfig, Router};
 use order_placed::OrderPlaced;
+use spread::Spread;
 
 /// Resident memory of this process now, from `/proc/self/status`, in bytes.
 fn resident_bytes() -> usize {
@@ -25,15 +30,6 @@ fn resident_bytes() -> usize {
             line.split_whitespace().nth(1)?.parse::<usize>().ok()
         })
         .map_or(0, |kib| kib * 1024)
-}
-
-fn row(name: &str, events: usize, elapsed: Duration, baseline: f64) -> f64 {
-    let rate = events as f64 / elapsed.as_secs_f64();
-    println!(
-        "{name:<54} {rate:>10.0} events/s {:>6.2}x redis-benchmark",
-        rate / baseline
-    );
-    rate
 }
 
 /// `redis-benchmark -P 64` sending `events` XADDs of `fields` to `stream`; its requests per second.
@@ -73,9 +69,16 @@ fn publisher_config(stream: &str) -> PublisherConfig {
     PublisherConfig::new("bench").router(Router::single(stream))
 }
 
-/// Publishes `events` orders through `batched` (in batches of 1,000) and closes it; prints its
-/// rate and its peak memory next to its bound.
-async fn publish_through(batched: BatchedPublisher, events: usize, name: &str, baseline: f64) {
+/// What a batched publisher's round measured: events per second, and at its peak the bytes it
+/// held and how far this process's resident memory grew.
+struct Publishing {
+    rate: f64,
+    held: usize,
+    growth: usize,
+}
+
+/// Publishes `events` orders through `batched` (in batches of 1,000) and closes it.
+async fn publish_through(batched: BatchedPublisher, events: usize) -> Publishing {
     let batched = Arc::new(batched);
     let orders: Vec<OrderPlaced> = (0..1000).map(OrderPlaced::sample).collect();
     let before = resident_bytes();
@@ -109,24 +112,56 @@ async fn publish_through(batched: BatchedPublisher, events: usize, name: &str, b
     sampler.await.unwrap();
     let stats = batched.memory_stats();
     assert_eq!(stats.published_total, events as u64, "every event written");
-    row(name, events, elapsed, baseline);
-    let mib = |bytes: usize| bytes as f64 / (1 << 20) as f64;
-    let growth = peak_resident.load(Ordering::Relaxed).saturating_sub(before);
-    println!(
-        "  memory: bound {:.1} MiB, peak held {:.1} MiB, peak resident growth {:.1} MiB ({:.0}% of the bound)",
-        mib(MAX_QUEUED_BYTES),
-        mib(peak_held.load(Ordering::Relaxed)),
-        mib(growth),
-        100.0 * growth as f64 / MAX_QUEUED_BYTES as f64
-    );
+    Publishing {
+        rate: events as f64 / elapsed.as_secs_f64(),
+        held: peak_held.load(Ordering::Relaxed),
+        growth: peak_resident.load(Ordering::Relaxed).saturating_sub(before),
+    }
 }
+
+/// Events per second of `events` orders' fields written by raw redis-rs pipelines of 1,000
+/// `XADD`s through `redis`.
+async fn raw_pipelines(
+    redis: &mut redis::aio::MultiplexedConnection,
+    stream: &str,
+    events: usize,
+    fields: &[(String, String)],
+) -> f64 {
+    let start = Instant::now();
+    for _ in 0..events.div_ceil(1000) {
+        let mut pipeline = redis::pipe();
+        for _ in 0..1000 {
+            pipeline
+                .cmd("XADD")
+                .arg(stream)
+                .arg("*")
+                .arg(fields)
+                .ignore();
+        }
+        let () = pipeline.query_async(redis).await.unwrap();
+    }
+    (events.div_ceil(1000) * 1000) as f64 / start.elapsed().as_secs_f64()
+}
+
+fn setting(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The rows, each printed with its rates and its ratios to the first, `redis-benchmark`.
+const ROWS: [&str; 4] = [
+    "redis-benchmark -P 64 XADD (baseline)",
+    "raw redis-rs pipelines of 1,000 XADD",
+    "BatchedPublisher::new (4 at once, one connection)",
+    "BatchedPublisher::connect (4 at once, 4 connections)",
+];
 
 #[tokio::main]
 async fn main() {
-    let events: usize = std::env::var("EVENTS_BENCH_EVENTS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(1_000_000);
+    let events = setting("EVENTS_BENCH_EVENTS", 200_000);
+    let rounds = setting("EVENTS_BENCH_ROUNDS", 5);
     let server = redis_server::RedisServer::start();
     let url = server.url().to_owned();
     let publisher = Publisher::connect(&url, publisher_config("bench:batched"))
@@ -141,61 +176,74 @@ async fn main() {
         .into_iter()
         .map(|(name, value)| (name.into_owned(), value.into_owned()))
         .collect();
-    println!("{events} events of 160-byte JSON bodies, Redis at {url}");
-
-    let baseline = redis_benchmark(&url, "bench:redis-benchmark", events, &fields);
-    println!(
-        "{:<54} {baseline:>10.0} events/s {:>6.2}x redis-benchmark",
-        "redis-benchmark -P 64 XADD (baseline)", 1.0
-    );
-
-    let mut raw = redis::Client::open(url.as_str())
+    let mut redis = redis::Client::open(url.as_str())
         .unwrap()
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let start = Instant::now();
-    for _ in 0..events.div_ceil(1000) {
-        let mut pipeline = redis::pipe();
-        for _ in 0..1000 {
-            pipeline
-                .cmd("XADD")
-                .arg("bench:raw")
-                .arg("*")
-                .arg(&fields)
-                .ignore();
-        }
-        let () = pipeline.query_async(&mut raw).await.unwrap();
-    }
-    row(
-        "raw redis-rs pipelines of 1,000 XADD",
-        events.div_ceil(1000) * 1000,
-        start.elapsed(),
-        baseline,
-    );
-
     let config = BatchConfig::new()
         .max_size(1000)
         .max_wait(Duration::from_millis(10))
         .max_concurrent_batches(4)
         .max_queued_bytes(MAX_QUEUED_BYTES)
         .max_queued_messages(usize::MAX >> 1);
-    let one = BatchedPublisher::new(publisher, config.clone());
-    publish_through(
-        one,
-        events,
-        "BatchedPublisher::new (4 at once, one connection)",
-        baseline,
-    )
-    .await;
-    let each = BatchedPublisher::connect(url.as_str(), publisher_config("bench:connected"), config)
+    println!("{events} events of 160-byte JSON bodies per round, {rounds} rounds, Redis at {url}");
+
+    let mut rates: [Vec<f64>; ROWS.len()] = Default::default();
+    let (mut held, mut growth) = (0, 0);
+    for _ in 0..rounds {
+        rates[0].push(redis_benchmark(
+            &url,
+            "bench:redis-benchmark",
+            events,
+            &fields,
+        ));
+        rates[1].push(raw_pipelines(&mut redis, "bench:raw", events, &fields).await);
+        let one = BatchedPublisher::new(publisher.clone(), config.clone());
+        let each = BatchedPublisher::connect(
+            url.as_str(),
+            publisher_config("bench:batched"),
+            config.clone(),
+        )
         .await
         .unwrap();
-    publish_through(
-        each,
-        events,
-        "BatchedPublisher::connect (4 at once, 4 connections)",
-        baseline,
-    )
-    .await;
+        for (row, batched) in [(2, one), (3, each)] {
+            let publishing = publish_through(batched, events).await;
+            rates[row].push(publishing.rate);
+            held = held.max(publishing.held);
+            growth = growth.max(publishing.growth);
+        }
+        // Emptied for the next round: Redis holds no more than a round's entries.
+        let () = redis::cmd("DEL")
+            .arg(&["bench:redis-benchmark", "bench:raw", "bench:batched"])
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+    }
+
+    println!(
+        "{:<54} {:>22}   x redis-benchmark, per round",
+        "events/s", "median (least..most)"
+    );
+    for (row, name) in ROWS.iter().enumerate() {
+        let ratios: Vec<f64> = rates[row]
+            .iter()
+            .zip(&rates[0])
+            .map(|(rate, baseline)| rate / baseline)
+            .collect();
+        println!(
+            "{name:<54} {}   {}",
+            Spread::of(&rates[row]).show(9, 0),
+            Spread::of(&ratios).show(5, 2)
+        );
+    }
+    let mib = |bytes: usize| bytes as f64 / (1 << 20) as f64;
+    println!(
+        "batched publishers' memory at their peak over the rounds: bound {:.1} MiB, held {:.1} MiB, \
+         resident growth {:.1} MiB ({:.0}% of the bound)",
+        mib(MAX_QUEUED_BYTES),
+        mib(held),
+        mib(growth),
+        100.0 * growth as f64 / MAX_QUEUED_BYTES as f64
+    );
 }

@@ -17,6 +17,7 @@ use events::testing as redis_server;
 
 mod backlog;
 mod order_placed;
+mod spread;
 mod timing;
 
 use std::time::{Duration, Instant};
@@ -25,6 +26,7 @@ use events::{
     Consumer, ConsumerBuilder, HandlerOptions, RateLimit, Router, StartFrom, partition_streams,
 };
 use redis::Value;
+use spread::Spread;
 
 const STREAM: &str = "bench:consume";
 const PARTITIONED: &str = "bench:partitioned";
@@ -143,26 +145,16 @@ impl Measured {
         self.own_micros.push(own_micros as f64 / events as f64);
     }
 
-    /// The median, least and most of `values`.
-    fn spread(values: &[f64]) -> (f64, f64, f64) {
-        let mut sorted = values.to_vec();
-        sorted.sort_by(f64::total_cmp);
-        (
-            sorted[sorted.len() / 2],
-            sorted[0],
-            sorted[sorted.len() - 1],
-        )
-    }
-
     fn row(&self, name: &str, baseline: &Measured) {
-        let (rate, least, most) = Self::spread(&self.rates);
-        let (base, ..) = Self::spread(&baseline.rates);
-        let (micros, ..) = Self::spread(&self.redis_micros);
-        let (base_micros, ..) = Self::spread(&baseline.redis_micros);
-        let (own, ..) = Self::spread(&self.own_micros);
+        let rates = Spread::of(&self.rates);
+        let base = Spread::of(&baseline.rates).median;
+        let micros = Spread::of(&self.redis_micros).median;
+        let base_micros = Spread::of(&baseline.redis_micros).median;
+        let own = Spread::of(&self.own_micros).median;
         println!(
-            "{name:<46} {rate:>8.0} ({least:>6.0}-{most:>6.0})  {:>5.2}x  {micros:>6.2} µs {:>5.2}x  {own:>6.2} µs",
-            rate / base,
+            "{name:<46} {}  {:>5.2}x  {micros:>6.2} µs {:>5.2}x  {own:>6.2} µs",
+            rates.show(8, 0),
+            rates.median / base,
             micros / base_micros
         );
     }
@@ -230,7 +222,7 @@ async fn main() {
     println!(
         "{:<46} {:>24}  {:>6}  {:>17}  {:>9}",
         "events/s, acknowledged in Redis",
-        "median (least-most)",
+        "median (least..most)",
         "ratio",
         "Redis CPU/event",
         "own CPU"

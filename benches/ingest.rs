@@ -7,6 +7,8 @@
 //! `cargo bench -p redis-typed-events-cli --bench ingest` (`EVENTS_BENCH_ROUNDS` sets the
 //! rounds, 3 by default).
 
+mod spread;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use std::time::{Duration, Instant};
 use events::testing::RedisServer;
 use events::{BatchConfig, BatchedPublisher, Publisher, PublisherConfig, Route, Router};
 use serde_json::json;
+use spread::Spread;
 
 const EVENTS: usize = 10_000;
 const CLIENTS: usize = 20;
@@ -172,17 +175,15 @@ struct Measured {
 
 impl Measured {
     fn row(&mut self, name: &str, baseline: f64) {
-        self.rates.sort_by(f64::total_cmp);
+        let rates = Spread::of(&self.rates);
         self.took.sort();
-        let rate = self.rates[self.rates.len() / 2];
         let at = |share: f64| {
             self.took[((self.took.len() - 1) as f64 * share) as usize].as_secs_f64() * 1e3
         };
         println!(
-            "{name:<44} {rate:>8.0} ({:>6.0}-{:>6.0}) {:>6.2}x   {:>6.2} {:>7.2} {:>7.2} ms",
-            self.rates[0],
-            self.rates[self.rates.len() - 1],
-            rate / baseline,
+            "{name:<44} {} {:>6.2}x   {:>6.2} {:>7.2} {:>7.2} ms",
+            rates.show(8, 0),
+            rates.median / baseline,
             at(0.5),
             at(0.99),
             at(1.0),
@@ -208,7 +209,7 @@ async fn main() {
     );
     println!(
         "{:<44} {:>24} {:>7}   {:>24}",
-        "events/s until written", "median (least-most)", "ratio", "request p50, p99, max"
+        "events/s until written", "median (least..most)", "ratio", "request p50, p99, max"
     );
     let names = [
         "in-process batched publisher (baseline)",
@@ -228,11 +229,7 @@ async fn main() {
             measure.took.extend(took);
         }
     }
-    let baseline = {
-        let mut rates = measured[0].rates.clone();
-        rates.sort_by(f64::total_cmp);
-        rates[rates.len() / 2]
-    };
+    let baseline = Spread::of(&measured[0].rates).median;
     for (name, measure) in names.iter().zip(&mut measured) {
         measure.row(name, baseline);
     }

@@ -8,12 +8,15 @@
 
 use events::testing as redis_server;
 
+mod spread;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use events::{Consumer, Context, Event, HandlerError, Publisher, PublisherConfig, Router};
 use redis::Value;
 use serde::{Deserialize, Serialize};
+use spread::Spread;
 
 /// An event carrying when it was sent, in nanoseconds since the run's start.
 #[derive(Debug, Clone, Serialize, Deserialize, Event)]
@@ -193,14 +196,8 @@ async fn library_round(
 fn row(name: &str, rounds: &[[u64; 4]]) {
     let mut cells = Vec::new();
     for column in 0..4 {
-        let mut values: Vec<u64> = rounds.iter().map(|round| round[column]).collect();
-        values.sort_unstable();
-        cells.push(format!(
-            "{:>6} ({}-{})",
-            values[values.len() / 2],
-            values[0],
-            values[values.len() - 1]
-        ));
+        let values: Vec<f64> = rounds.iter().map(|round| round[column] as f64).collect();
+        cells.push(Spread::of(&values).show(6, 0));
     }
     println!("{name:<34} {}", cells.join("  "));
 }
@@ -219,7 +216,7 @@ async fn main() {
     let url = server.url().to_owned();
     let start = Instant::now();
     println!(
-        "publish call to handler start, µs: median (least-most) of {rounds} rounds of {seconds} s, Redis at {url}"
+        "publish call to handler start, µs: median (least..most) of {rounds} rounds of {seconds} s, Redis at {url}"
     );
     println!(
         "{:<34} {:>16}  {:>16}  {:>16}  {:>16}",

@@ -471,7 +471,11 @@ async fn hostile_entries_are_handled_or_dead_lettered_each_and_the_consumer_keep
     })
     .await;
     stop(running).await;
-    assert_eq!(consumer.status().skipped, 0, "none taken for an unknown type");
+    assert_eq!(
+        consumer.status().skipped,
+        0,
+        "none taken for an unknown type"
+    );
 
     // The ten good tasks and the three hostile ones that are well-formed events each ran once.
     let ran: Vec<(u64, Vec<u32>)> = seen.lock().unwrap().clone().into_iter().collect();
