@@ -117,7 +117,7 @@ local function hold(key, digests, positions, records)
       rest_positions[#rest_positions + 1] = positions[j]
       previous_rest = true
     else
-      mark = mark or pages_record_mark(records, pages_record_key(digest))
+      mark = mark or pages_record_mark(records, pages_record_key(digest), 1)
       local i = positions[j]
       local _, id = entry(i)
       local result = mark and verdict(mark, id, string.sub(replays, i, i), (pages_millis(digest)))
@@ -161,7 +161,7 @@ local function hold_page(key, from, to)
   local at = first
   while plain and at < last do
     plain = not found[(at - first) / 2 + 1]
-      and not pages_record_mark(records, pages_record_key(ARGV[at]))
+      and not pages_record_mark(records, pages_record_key(ARGV[at]), 1)
       and (at == first or ARGV[at] ~= ARGV[at - 2])
     at = at + 2
   end
@@ -181,7 +181,7 @@ local function hold_records(key, from, to)
   local marked = redis.call('HLEN', key) > 0
   if not marked and records[1] ~= '' then
     for k = from, to do
-      if pages_record_mark(records, string.sub(asked, asked_at(k), asked_at(k) + 15)) then
+      if pages_record_mark(records, asked, asked_at(k)) then
         marked = true
         break
       end
