@@ -1160,3 +1160,78 @@ async fn a_partition_changes_hands_only_after_its_old_owner_finished_it() {
         }
     }
 }
+
+/// Runs `consumer` on a runtime of its own, on a thread of its own, until `stop`: what blocks the
+/// test's threads does not hold it up. Returns its status then.
+fn run_apart(
+    consumer: ConsumerBuilder,
+    stop: tokio_util::sync::CancellationToken,
+) -> std::thread::JoinHandle<events::Status> {
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let (consumer, running) = Running::build(consumer).await;
+            stop.cancelled().await;
+            running.close().await;
+            consumer.status()
+        })
+    })
+}
+
+/// Handlers that block every thread of their consumer's runtime for three times `claim_idle`
+/// (synchronous or CPU-bound work) hold up no keep: another consumer, on a runtime of its own,
+/// takes none of the entries they work on, and each job runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_blocking_every_thread_longer_than_claim_idle_run_each_job_once() {
+    let server = RedisServer::start();
+    let stream = unique("blocking");
+    publish_jobs(&publisher_to(server.url(), &stream).await, 0..8).await;
+    let runs = Runs::default();
+    let blocking = {
+        let runs = runs.clone();
+        move |job: Job, _: Context| {
+            runs.record(job.n);
+            std::thread::sleep(Duration::from_secs(3));
+            futures::future::ready(Ok(())).boxed()
+        }
+    };
+    // One entry per read: the deliveries run in tasks of their own, on both threads at once.
+    let (blocked, running) = Running::build(
+        quick_consumer(&server, &stream, "g")
+            .consumer_name("blocked")
+            .concurrency(4)
+            .batch_size(1)
+            .handle(blocking),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let other = quick_consumer(&server, &stream, "g")
+        .consumer_name("other")
+        .handle(working(&runs, Duration::ZERO));
+    let stop_other = tokio_util::sync::CancellationToken::new();
+    let other = run_apart(other, stop_other.clone());
+    // Nothing asks Redis from this runtime while its threads are blocked.
+    wait_until("every job ran and no handler runs", || {
+        runs.distinct() == 8 && blocked.status().in_flight == 0
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pending(&server, &stream, "g").await > 0 {
+        assert!(Instant::now() < deadline, "entries stay pending");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop_other.cancel();
+    let other = other.join().unwrap();
+    running.close().await;
+
+    // Each once: the other consumer ran none of those the blocked one was working on (it may
+    // take those read but not yet kept while every thread was blocked; the blocked one then
+    // gives them up).
+    runs.assert_each_once(0..8);
+    assert_eq!(blocked.status().processed + other.processed, 8, "{other:?}");
+    assert_eq!(dead_letter_count(&server, &stream).await, 0);
+}

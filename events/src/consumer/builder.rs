@@ -336,7 +336,13 @@ impl ConsumerBuilder {
         let commands = settings
             .connected(connect(&self.endpoint, Duration::from_secs(10)).await?)
             .await?;
-        PullConsumer::start(settings.group_on(reader), commands, settings).await
+        PullConsumer::start(
+            settings.group_on(reader),
+            commands,
+            &self.endpoint,
+            settings,
+        )
+        .await
     }
 
     /// The handlers, hooks and policies, run in-process on events given to them, without Redis:
@@ -401,6 +407,7 @@ impl ConsumerBuilder {
             unhandled_metrics,
             readers,
             commands,
+            endpoint: self.endpoint,
             group_name: Arc::from(settings.group.as_str()),
             concurrency: Semaphore::new(settings.concurrency),
             registry,

@@ -314,7 +314,11 @@ impl Delivery {
                 () = session.shutdown.cancelled() => return End::Abandon,
                 slot = inner.concurrency.acquire() => slot,
             };
-            if kept.is_lost() {
+            let still_ours = tokio::select! {
+                () = session.shutdown.cancelled() => false,
+                ours = kept.is_still_ours(inner.settings.claim_idle) => ours,
+            };
+            if !still_ours {
                 return End::Abandon;
             }
             if attempt > inner.settings.max_attempts {

@@ -10,13 +10,18 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::group::{Group, Hold};
 use super::status::{Counters, Operation};
-use crate::Backoff;
-use crate::connection::Connection;
+use crate::connection::{Connection, connect};
+use crate::{Backoff, Endpoint};
+
+/// How long the keeper's own connection waits for a reply.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the keeper knows of one kept entry.
 #[derive(Debug)]
@@ -32,9 +37,20 @@ type Registry = HashMap<Arc<str>, HashMap<String, Arc<State>>>;
 type Counted = Vec<(String, u32)>;
 
 /// The entries a consumer keeps; cheap to clone, clones share them.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct Keeper {
     registry: Arc<Mutex<Registry>>,
+    /// When the last round that kept every entry began, once one has.
+    rounds: Arc<watch::Sender<Option<Instant>>>,
+}
+
+impl Default for Keeper {
+    fn default() -> Self {
+        Self {
+            registry: Arc::default(),
+            rounds: Arc::new(watch::Sender::new(None)),
+        }
+    }
 }
 
 /// One kept entry: kept until this is dropped.
@@ -44,11 +60,23 @@ pub(crate) struct Kept {
     stream: Arc<str>,
     id: String,
     state: Arc<State>,
+    /// When the read or claim that delivered it was sent: it has been fresh in Redis since.
+    since: Instant,
+    /// When it was kept: the keeper's rounds that began before took no care of it.
+    kept_at: Instant,
 }
 
 impl Keeper {
     /// Keeps entry `id` of `stream`, delivered `deliveries` times, until the returned guard drops.
-    pub(crate) fn keep(&self, stream: &Arc<str>, id: &str, deliveries: u32) -> Kept {
+    /// `since` is when the read or claim that delivered it was sent: Redis reset its idle time
+    /// after that, however long its reply waited to be handled.
+    pub(crate) fn keep(
+        &self,
+        stream: &Arc<str>,
+        id: &str,
+        deliveries: u32,
+        since: Instant,
+    ) -> Kept {
         let state = Arc::new(State {
             deliveries: AtomicU32::new(deliveries),
             lost: AtomicBool::new(false),
@@ -62,6 +90,8 @@ impl Keeper {
             stream: Arc::clone(stream),
             id: id.to_owned(),
             state,
+            since,
+            kept_at: Instant::now(),
         }
     }
 
@@ -112,21 +142,74 @@ impl Keeper {
         }
     }
 
-    /// Starts the task that keeps the kept entries through `group` until `stop`, every quarter of
-    /// `claim_idle`: well before another consumer would take them over.
+    /// Starts keeping the kept entries every quarter of `claim_idle` until `stop`, well before
+    /// another consumer would take them: on a thread of its own, with a runtime and a connection to
+    /// `endpoint` of its own, so that handlers blocking every thread of the consumer's runtime
+    /// (synchronous or CPU-bound work) hold up no keep, and no other consumer takes over the entries
+    /// they work on. Through `group`, on the consumer's runtime, when that thread cannot start or
+    /// connect. The returned handle ends once keeping has; dropping it stops keeping.
     pub(crate) fn start(
         &self,
         group: &Group<Connection>,
+        endpoint: &Endpoint,
         claim_idle: Duration,
         counters: &Arc<Counters>,
         stop: &CancellationToken,
     ) -> AbortOnDropHandle<()> {
-        AbortOnDropHandle::new(tokio::spawn(self.clone().run(
+        let interval = claim_idle / 4;
+        let (kept, on_own_thread) = oneshot::channel();
+        let own_thread = {
+            let (keeper, counters, stop) = (self.clone(), Arc::clone(counters), stop.clone());
+            let (endpoint, group, consumer) = (
+                endpoint.clone(),
+                group.group.clone(),
+                group.consumer.clone(),
+            );
+            std::thread::Builder::new()
+                .name("events-keeper".into())
+                .spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build();
+                    let Ok(runtime) = runtime else { return };
+                    runtime.block_on(async move {
+                        let connected = tokio::select! {
+                            () = stop.cancelled() => return,
+                            connected = connect(&endpoint, RESPONSE_TIMEOUT) => connected,
+                        };
+                        match connected {
+                            Ok(connection) => {
+                                let _ = kept.send(());
+                                let group = Group { connection, group, consumer };
+                                keeper.run(group, interval, counters, stop).await;
+                            }
+                            Err(error) => tracing::warn!(%error, "the keeper could not connect on a thread of its own; it keeps entries on the consumer's runtime"),
+                        }
+                    });
+                })
+        };
+        if let Err(error) = &own_thread {
+            tracing::warn!(%error, "the keeper could not start a thread of its own; it keeps entries on the consumer's runtime");
+        }
+        let (keeper, group, counters, stop) = (
+            self.clone(),
             group.clone(),
-            claim_idle / 4,
             Arc::clone(counters),
             stop.clone(),
-        )))
+        );
+        AbortOnDropHandle::new(tokio::spawn(async move {
+            // Dropped (the consumer's run dropped without a shutdown), this stops the thread too.
+            let _stop_with_this = stop.clone().drop_guard();
+            if on_own_thread.await.is_err() {
+                if !stop.is_cancelled() {
+                    keeper.run(group, interval, counters, stop).await;
+                }
+                return;
+            }
+            if let Ok(thread) = own_thread {
+                let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+            }
+        }))
     }
 
     /// Keeps every kept entry every `interval` until `stop`; a failed round is tried again sooner,
@@ -141,6 +224,7 @@ impl Keeper {
         let retry = Backoff::exponential(Duration::from_millis(20), interval).without_jitter();
         let mut failures = 0;
         loop {
+            let began = Instant::now();
             let mut failed = false;
             for (stream, entries) in self.snapshot() {
                 match group.keep(&stream, &entries).await {
@@ -156,6 +240,9 @@ impl Keeper {
                         counters.stalled(Operation::Keep, &stream, &error);
                     }
                 }
+            }
+            if !failed {
+                self.rounds.send_replace(Some(began));
             }
             failures = if failed { failures + 1 } else { 0 };
             let wait = if failed {
@@ -175,6 +262,30 @@ impl Kept {
     /// Whether another consumer took the entry over.
     pub(crate) fn is_lost(&self) -> bool {
         self.state.lost.load(Ordering::Relaxed)
+    }
+
+    /// Whether the entry is still this consumer's to handle. At once when it was read, claimed or
+    /// kept within half of `claim_idle`: no other consumer takes an entry idle for less than
+    /// `claim_idle`. Else (the consumer's threads were all busy, blocked by handlers, or the process
+    /// was paused, so the keeper fell behind) after the keeper's next round, which finds out
+    /// whether another consumer took it meanwhile; false if the keeper stops first.
+    pub(crate) async fn is_still_ours(&self, claim_idle: Duration) -> bool {
+        let now = Instant::now();
+        let mut rounds = self.keeper.rounds.subscribe();
+        // A round vouches for the entries it looked at: those kept when it began.
+        let fresh_since = match *rounds.borrow() {
+            Some(began) if began >= self.kept_at => began.max(self.since),
+            _ => self.since,
+        };
+        if now.duration_since(fresh_since) >= claim_idle / 2
+            && rounds
+                .wait_for(|began| began.is_some_and(|began| began >= now))
+                .await
+                .is_err()
+        {
+            return false;
+        }
+        !self.is_lost()
     }
 
     /// How often the entry has been delivered, this delivery included.

@@ -86,6 +86,8 @@ pub(crate) struct Inner {
     readers: Vec<Group<Connection>>,
     /// Everything else: acknowledgements, scripts, claims.
     commands: Group<Connection>,
+    /// Where the consumer connects: the keeper makes a connection of its own there.
+    endpoint: crate::Endpoint,
     counters: Arc<Counters>,
     concurrency: Semaphore,
     /// Metric handles for entries without a handler (undecodable or unhandled), per stream.
@@ -193,7 +195,13 @@ impl Consumer {
         let (holds, holding) = Holds::start(commands.clone(), settings.marks());
         let (places, placing) = Places::serve(commands.connection.clone(), &settings.group);
         let stop_tasks = CancellationToken::new();
-        let keeping = keeper.start(commands, settings.claim_idle, &inner.counters, &stop_tasks);
+        let keeping = keeper.start(
+            commands,
+            &inner.endpoint,
+            settings.claim_idle,
+            &inner.counters,
+            &stop_tasks,
+        );
         let moving = delayed::start(commands, &streams, &inner.counters, &stop_tasks);
         // Partition leases are kept by a task of their own, so that a busy read loop never lets
         // them lapse; it gives them up when reading stops.

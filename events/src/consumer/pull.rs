@@ -128,6 +128,7 @@ impl PullConsumer {
     pub(crate) async fn start(
         reader: Group<Connection>,
         commands: Group<Connection>,
+        endpoint: &crate::Endpoint,
         settings: Settings,
     ) -> Result<Self> {
         let (streams, last_seen) = commands
@@ -137,7 +138,7 @@ impl PullConsumer {
         let keeper = Keeper::default();
         let stop = CancellationToken::new();
         let (acks, acknowledging) = Acks::serve(&commands, &streams, settings.marks(), &counters);
-        let keeping = keeper.start(&commands, settings.claim_idle, &counters, &stop);
+        let keeping = keeper.start(&commands, endpoint, settings.claim_idle, &counters, &stop);
         let moving = super::delayed::start(&commands, &streams, &counters, &stop);
         Ok(Self {
             reader,
@@ -222,6 +223,7 @@ impl PullConsumer {
                     break;
                 }
                 let stream = Arc::clone(&self.streams[index]);
+                let sent = Instant::now();
                 let claimed = self
                     .reclaimer
                     .round(
@@ -239,7 +241,7 @@ impl PullConsumer {
                         Counters::add(&self.counters.cleaned, claimed.cleaned as u64);
                         Counters::add(&self.counters.reclaimed, claimed.entries.len() as u64);
                         for (entry, deliveries) in claimed.entries {
-                            self.admit(index, entry, deliveries, &mut candidates);
+                            self.admit(index, entry, deliveries, sent, &mut candidates);
                         }
                     }
                     Err(error) => self.counters.stalled(Operation::Claim, &stream, &error),
@@ -250,6 +252,7 @@ impl PullConsumer {
         if room > 0 {
             // Wait for new entries only when there is nothing else to return.
             let block = candidates.is_empty().then_some(self.settings.block);
+            let sent = Instant::now();
             let read = self.reader.read(&self.settings.streams, room, block).await;
             let read = match read {
                 Err(error) if is_no_group(&error) => {
@@ -281,7 +284,7 @@ impl PullConsumer {
                         .insert(Arc::clone(&self.streams[index]), last.id.clone());
                 }
                 for entry in entries {
-                    self.admit(index, entry, 1, &mut candidates);
+                    self.admit(index, entry, 1, sent, &mut candidates);
                 }
             }
         }
@@ -408,17 +411,20 @@ impl PullConsumer {
         ))
     }
 
-    /// Keeps a read entry and decodes its events into `candidates`; one that cannot be decoded
-    /// goes to the dead-letter stream instead.
+    /// Keeps an entry read or claimed by a request `sent` then, and decodes its events into
+    /// `candidates`; one that cannot be decoded goes to the dead-letter stream instead.
     fn admit(
         &mut self,
         stream_index: usize,
         entry: StreamEntry,
         deliveries: u32,
+        sent: Instant,
         candidates: &mut Vec<Holding>,
     ) {
         let stream = Arc::clone(&self.streams[stream_index]);
-        let kept = self.keeper.keep(&stream, &entry.id, deliveries);
+        let kept = self
+            .keeper
+            .keep(&stream, &entry.id, deliveries, sent.into());
         let unsettled = Unsettled::new(kept, None, None);
         let decoded = Envelope::decode_entry(&entry.fields);
         let entry = Arc::new(entry);

@@ -28,6 +28,8 @@ struct Read {
     count: usize,
     /// The streams it named.
     streams: Vec<String>,
+    /// When it was sent.
+    sent: Instant,
 }
 
 /// The read loop's state while a consumer runs.
@@ -175,15 +177,18 @@ impl Reading {
                     break;
                 }
             };
-            let read = match joined {
+            let (read, sent) = match joined {
                 Some(Ok((reader, read))) => {
-                    out[reader] = None;
-                    read
+                    let sent = out[reader]
+                        .take()
+                        .map_or_else(Instant::now, |read| read.sent);
+                    (read, sent)
                 }
                 Some(Err(error)) => {
                     out.iter_mut().for_each(|read| *read = None);
                     replies.abort_all();
-                    Err(redis::RedisError::from(std::io::Error::other(error)))
+                    let error = redis::RedisError::from(std::io::Error::other(error));
+                    (Err(error), Instant::now())
                 }
                 None => continue,
             };
@@ -202,7 +207,7 @@ impl Reading {
                         if let Some(last) = entries.last() {
                             self.last_seen.insert(Arc::clone(&stream), last.id.clone());
                         }
-                        self.deliver(&stream, entries.into_iter().map(|entry| (entry, 1)))
+                        self.deliver(&stream, entries.into_iter().map(|entry| (entry, 1)), sent)
                             .await;
                     }
                 }
@@ -334,8 +339,13 @@ impl Reading {
                 .collect()
         };
         let named = streams.clone();
+        let sent = Instant::now();
         replies.spawn(async move { (index, reader.read(&named, count, block).await) });
-        Some(Read { count, streams })
+        Some(Read {
+            count,
+            streams,
+            sent,
+        })
     }
 
     /// Starts deliveries of `entries` of `stream` (each with its delivery count), each once it
@@ -346,6 +356,7 @@ impl Reading {
         &mut self,
         stream: &Arc<str>,
         entries: impl IntoIterator<Item = (StreamEntry, u32)>,
+        sent: Instant,
     ) {
         let stream_index = self.positions.get(stream).copied().unwrap_or(0);
         let mut deliveries = Vec::new();
@@ -364,7 +375,7 @@ impl Reading {
             let kept = self
                 .session
                 .keeper
-                .keep(stream, &entry.id, deliveries_so_far);
+                .keep(stream, &entry.id, deliveries_so_far, sent.into());
             deliveries.push(Delivery {
                 session: Arc::clone(&self.session),
                 stream: Arc::clone(stream),
@@ -394,6 +405,7 @@ impl Reading {
             // As many as backpressure allows, so that a crashed consumer's backlog is taken
             // over in a few rounds; looked at in at least a batch's worth.
             let room = self.unacked.available_permits();
+            let sent = Instant::now();
             let claimed = if take_back {
                 inner.commands.take_back(stream, room).await
             } else {
@@ -413,7 +425,7 @@ impl Reading {
                     inner.counters.recovered(Operation::Claim, stream);
                     Counters::add(&inner.counters.cleaned, claimed.cleaned as u64);
                     Counters::add(&inner.counters.reclaimed, claimed.entries.len() as u64);
-                    self.deliver(stream, claimed.entries).await;
+                    self.deliver(stream, claimed.entries, sent).await;
                 }
                 Err(error) if is_no_group(&error) => self.recreate_groups().await,
                 Err(error) => inner.counters.stalled(Operation::Claim, stream, &error),
