@@ -271,14 +271,16 @@ impl Kept {
     /// whether another consumer took it meanwhile; false if the keeper stops first.
     pub(crate) async fn is_still_ours(&self, claim_idle: Duration) -> bool {
         let now = Instant::now();
-        let mut rounds = self.keeper.rounds.subscribe();
         // A round vouches for the entries it looked at: those kept when it began.
-        let fresh_since = match *rounds.borrow() {
+        let fresh_since = match *self.keeper.rounds.borrow() {
             Some(began) if began >= self.kept_at => began.max(self.since),
             _ => self.since,
         };
         if now.duration_since(fresh_since) >= claim_idle / 2
-            && rounds
+            && self
+                .keeper
+                .rounds
+                .subscribe()
                 .wait_for(|began| began.is_some_and(|began| began >= now))
                 .await
                 .is_err()
