@@ -157,40 +157,7 @@ impl Keeper {
         stop: &CancellationToken,
     ) -> AbortOnDropHandle<()> {
         let interval = claim_idle / 4;
-        let (kept, on_own_thread) = oneshot::channel();
-        let own_thread = {
-            let (keeper, counters, stop) = (self.clone(), Arc::clone(counters), stop.clone());
-            let (endpoint, group, consumer) = (
-                endpoint.clone(),
-                group.group.clone(),
-                group.consumer.clone(),
-            );
-            std::thread::Builder::new()
-                .name("events-keeper".into())
-                .spawn(move || {
-                    let runtime = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build();
-                    let Ok(runtime) = runtime else { return };
-                    runtime.block_on(async move {
-                        let connected = tokio::select! {
-                            () = stop.cancelled() => return,
-                            connected = connect(&endpoint, RESPONSE_TIMEOUT) => connected,
-                        };
-                        match connected {
-                            Ok(connection) => {
-                                let _ = kept.send(());
-                                let group = Group { connection, group, consumer };
-                                keeper.run(group, interval, counters, stop).await;
-                            }
-                            Err(error) => tracing::warn!(%error, "the keeper could not connect on a thread of its own; it keeps entries on the consumer's runtime"),
-                        }
-                    });
-                })
-        };
-        if let Err(error) = &own_thread {
-            tracing::warn!(%error, "the keeper could not start a thread of its own; it keeps entries on the consumer's runtime");
-        }
+        let (own_thread, kept_there) = self.start_thread(group, endpoint, interval, counters, stop);
         let (keeper, group, counters, stop) = (
             self.clone(),
             group.clone(),
@@ -200,16 +167,62 @@ impl Keeper {
         AbortOnDropHandle::new(tokio::spawn(async move {
             // Dropped (the consumer's run dropped without a shutdown), this stops the thread too.
             let _stop_with_this = stop.clone().drop_guard();
-            if on_own_thread.await.is_err() {
-                if !stop.is_cancelled() {
-                    keeper.run(group, interval, counters, stop).await;
+            match (kept_there.await, own_thread) {
+                (Ok(()), Some(thread)) => {
+                    let _ = tokio::task::spawn_blocking(move || thread.join()).await;
                 }
-                return;
-            }
-            if let Ok(thread) = own_thread {
-                let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+                _ if !stop.is_cancelled() => keeper.run(group, interval, counters, stop).await,
+                _ => {}
             }
         }))
+    }
+
+    /// Starts the keeper's thread: it connects to `endpoint` as `group`'s consumer, says so
+    /// through the receiver returned, and keeps every `interval` until `stop`. The receiver fails
+    /// when the thread could not start or connect.
+    fn start_thread(
+        &self,
+        group: &Group<Connection>,
+        endpoint: &Endpoint,
+        interval: Duration,
+        counters: &Arc<Counters>,
+        stop: &CancellationToken,
+    ) -> (Option<std::thread::JoinHandle<()>>, oneshot::Receiver<()>) {
+        let (connected, kept_there) = oneshot::channel();
+        let (keeper, counters, stop) = (self.clone(), Arc::clone(counters), stop.clone());
+        let (endpoint, group, consumer) = (
+            endpoint.clone(),
+            group.group.clone(),
+            group.consumer.clone(),
+        );
+        let thread = std::thread::Builder::new()
+            .name("events-keeper".into())
+            .spawn(move || {
+                let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return;
+                };
+                runtime.block_on(async move {
+                    let connection = tokio::select! {
+                        () = stop.cancelled() => return,
+                        connection = connect(&endpoint, RESPONSE_TIMEOUT) => connection,
+                    };
+                    match connection {
+                        Ok(connection) => {
+                            let _ = connected.send(());
+                            let group = Group { connection, group, consumer };
+                            keeper.run(group, interval, counters, stop).await;
+                        }
+                        Err(error) => tracing::warn!(%error, "the keeper could not connect on a thread of its own; it keeps entries on the consumer's runtime"),
+                    }
+                });
+            });
+        if let Err(error) = &thread {
+            tracing::warn!(%error, "the keeper could not start a thread of its own; it keeps entries on the consumer's runtime");
+        }
+        (thread.ok(), kept_there)
     }
 
     /// Keeps every kept entry every `interval` until `stop`; a failed round is tried again sooner,
@@ -268,7 +281,7 @@ impl Kept {
     /// kept within half of `claim_idle`: no other consumer takes an entry idle for less than
     /// `claim_idle`. Else (the consumer's threads were all busy, blocked by handlers, or the process
     /// was paused, so the keeper fell behind) after the keeper's next round, which finds out
-    /// whether another consumer took it meanwhile; false if the keeper stops first.
+    /// whether another consumer took it meanwhile: the caller gives up waiting when it stops.
     pub(crate) async fn is_still_ours(&self, claim_idle: Duration) -> bool {
         let now = Instant::now();
         // A round vouches for the entries it looked at: those kept when it began.
@@ -276,16 +289,12 @@ impl Kept {
             Some(began) if began >= self.kept_at => began.max(self.since),
             _ => self.since,
         };
-        if now.duration_since(fresh_since) >= claim_idle / 2
-            && self
-                .keeper
-                .rounds
-                .subscribe()
+        if now.duration_since(fresh_since) >= claim_idle / 2 {
+            // The keeper's sender lives as long as this entry: the wait ends with a round.
+            let mut rounds = self.keeper.rounds.subscribe();
+            let _ = rounds
                 .wait_for(|began| began.is_some_and(|began| began >= now))
-                .await
-                .is_err()
-        {
-            return false;
+                .await;
         }
         !self.is_lost()
     }
