@@ -341,23 +341,33 @@ async fn the_tool_works_on_a_cluster_too() {
 async fn control_characters_in_entries_are_shown_escaped_and_no_password_is_printed() {
     let server = RedisServer::start();
     let stream = unique("hostile");
-    // An entry whose type and origin would retitle the operator's terminal window.
-    let hostile: Vec<(&str, &str)> = vec![
-        ("id", "0b5a3c1e-8d4f-4a51-9d0e-6b7f1c2d3e4f"),
-        ("type", "x\u{1b}]0;PWNED\u{7}"),
-        ("v", "1"),
-        ("origin", "o\u{1b}[2J"),
-        ("ts", "2026-01-01T00:00:00.000Z"),
-        ("body", "{}"),
+    // An entry whose origin would retitle the operator's terminal window, and one whose type
+    // would clear it (not an event: shown as undecodable).
+    let hostile: [Vec<(&str, &str)>; 2] = [
+        vec![
+            ("id", "0b5a3c1e-8d4f-4a51-9d0e-6b7f1c2d3e4f"),
+            ("type", "x.y"),
+            ("v", "1"),
+            ("origin", "o\u{1b}]0;PWNED\u{7}"),
+            ("ts", "2026-01-01T00:00:00.000Z"),
+            ("body", "{}"),
+        ],
+        vec![
+            ("id", "0b5a3c1e-8d4f-4a51-9d0e-6b7f1c2d3e50"),
+            ("type", "x\u{1b}[2J"),
+            ("v", "1"),
+            ("origin", "o"),
+            ("ts", "2026-01-01T00:00:00.000Z"),
+            ("body", "{}"),
+        ],
     ];
-    let _: String = connection(&server)
-        .await
-        .xadd(&stream, "*", &hostile)
-        .await
-        .unwrap();
+    let mut redis = connection(&server).await;
+    for fields in &hostile {
+        let _: String = redis.xadd(&stream, "*", fields).await.unwrap();
+    }
     let tail = events(
         server.url(),
-        &["tail", &stream, "--from", "0", "--count", "1"],
+        &["tail", &stream, "--from", "0", "--count", "2"],
     );
     let shown = stdout(&tail) + &stderr(&tail);
     assert!(
@@ -365,6 +375,7 @@ async fn control_characters_in_entries_are_shown_escaped_and_no_password_is_prin
         "{shown:?}"
     );
     assert!(shown.contains("\\e]0;PWNED"), "{shown:?}");
+    assert!(shown.contains("has control characters"), "{shown:?}");
 
     // A cluster URL whose every node carries a password: none is printed.
     let unreachable = events(
