@@ -2,7 +2,8 @@
 //! than the concurrency with handlers slower than the claim time, Redis refusing writes, stalling
 //! and dropping connections, acknowledgements and dead-letter writes that keep failing, entries
 //! too big for a script, a stream replaced under a running consumer, keys whose order must hold
-//! while partitions change hands.
+//! while partitions change hands, consumers joining, stopping and crashing amid copies, handlers
+//! that block every thread of their runtime.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
