@@ -1,9 +1,11 @@
 //! Keeping the entries a consumer works on its own. An entry read and not yet settled (waiting for
-//! a slot or its key's turn, running, waiting for a retry, or being acknowledged) is kept: a task
-//! resets its idle time well within `claim_idle`, so no reclaim, this consumer's or a peer's, takes
-//! it over while the consumer lives, however long it waits. The same call records its delivery
-//! count. An entry another consumer took anyway (this one was cut off from Redis for longer than
-//! `claim_idle`) is marked lost, and its delivery gives it up.
+//! a slot or its key's turn, running, waiting for a retry, or being acknowledged) is kept: the
+//! keeper, on a thread of its own, resets its idle time well within `claim_idle`, so no reclaim,
+//! this consumer's or a peer's, takes it over while the consumer lives, however long it waits and
+//! whatever its handlers do to the consumer's threads. The same call records its delivery count.
+//! An entry another consumer took anyway (this one was cut off from Redis, or paused, for longer
+//! than `claim_idle`) is marked lost, and its delivery gives it up; a delivery starts a handler
+//! only once it knows the entry is still its own (see `Kept::is_still_ours`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
