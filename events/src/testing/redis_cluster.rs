@@ -1,20 +1,18 @@
 //! A throwaway 3-node Redis Cluster for tests: `redis-server --cluster-enabled yes` on free ports,
 //! joined with `redis-cli --cluster create`, all stopped when dropped. Needs `redis-cli` on `PATH`.
 
-use std::net::{Ipv4Addr, TcpListener};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
-use super::redis_server::redis_command;
+use super::redis_server::{RedisServer, free_port, redis_command};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 /// Three masters owning all 16,384 slots between them.
 #[derive(Debug)]
 pub struct RedisCluster {
-    nodes: Vec<(u16, Child)>,
+    nodes: Vec<RedisServer>,
     /// The TLS port of each node, when they listen for TLS too.
     tls_ports: Vec<u16>,
-    dir: std::path::PathBuf,
 }
 
 impl RedisCluster {
@@ -25,45 +23,36 @@ impl RedisCluster {
 
     /// Starts three nodes, each with the arguments `extra` gives for a free port of its own,
     /// meant for TLS (`--tls-port`): when it gives any, [`tls_url`](Self::tls_url) names those
-    /// ports.
+    /// ports. A node whose ports were taken meanwhile starts again on others.
     pub fn start_with(extra: impl Fn(u16) -> Vec<String>) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "events-cluster-{}-{}",
-            std::process::id(),
-            free_port()
-        ));
-        std::fs::create_dir_all(&dir).expect("cluster directory");
         let mut nodes = Vec::new();
         let mut tls_ports = Vec::new();
         for _ in 0..3 {
-            let (port, tls_port) = (free_port(), free_port());
-            let node_dir = dir.join(port.to_string());
-            std::fs::create_dir_all(&node_dir).expect("node directory");
-            let extra = extra(tls_port);
-            if !extra.is_empty() {
-                tls_ports.push(tls_port);
-            }
-            let child = redis_command(port, &node_dir)
-                .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
-                // Not port + 10000, which may be past 65535.
-                .args(["--cluster-port", &free_port().to_string()])
-                .args(extra)
-                .spawn()
-                .expect("start redis-server in cluster mode");
-            nodes.push((port, child));
+            let mut node_tls_port = None;
+            let node = RedisServer::spawn_command(|port, dir| {
+                let tls_port = free_port().expect("a free port");
+                let extra = extra(tls_port);
+                node_tls_port = (!extra.is_empty()).then_some(tls_port);
+                let mut command = redis_command(port, dir);
+                command
+                    .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+                    // Not port + 10000, which may be past 65535.
+                    .args([
+                        "--cluster-port",
+                        &free_port().expect("a free port").to_string(),
+                    ])
+                    .args(extra);
+                (command, None)
+            })
+            .unwrap_or_else(|error| panic!("could not start a cluster node: {error}"));
+            nodes.push(node);
+            tls_ports.extend(node_tls_port);
         }
-        let cluster = Self {
-            nodes,
-            tls_ports,
-            dir,
-        };
-        for (port, _) in &cluster.nodes {
-            wait_for_port(*port);
-        }
+        let cluster = Self { nodes, tls_ports };
         let addresses: Vec<String> = cluster
             .nodes
             .iter()
-            .map(|(port, _)| format!("127.0.0.1:{port}"))
+            .map(|node| format!("127.0.0.1:{}", node.port()))
             .collect();
         let mut create = Command::new("redis-cli")
             .args(["--cluster", "create"])
@@ -98,12 +87,11 @@ impl RedisCluster {
         let nodes: Vec<String> = self
             .nodes
             .iter()
-            .map(|(port, _)| format!("127.0.0.1:{port}"))
+            .map(|node| format!("127.0.0.1:{}", node.port()))
             .collect();
         format!("redis+cluster://{}", nodes.join(","))
     }
 
-    /// Waits until every node reports the cluster as ok.
     /// The `rediss+cluster://` URL of its nodes' TLS ports.
     pub fn tls_url(&self) -> String {
         let nodes: Vec<String> = self
@@ -114,9 +102,11 @@ impl RedisCluster {
         format!("{}{}", crate::TLS_CLUSTER_SCHEME, nodes.join(","))
     }
 
+    /// Waits until every node reports the cluster as ok.
     fn wait_until_ok(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        for (port, _) in &self.nodes {
+        for node in &self.nodes {
+            let port = node.port();
             loop {
                 let info = Command::new("redis-cli")
                     .args(["-p", &port.to_string(), "cluster", "info"])
@@ -129,34 +119,6 @@ impl RedisCluster {
                 sleep(Duration::from_millis(50));
             }
         }
-    }
-}
-
-impl Drop for RedisCluster {
-    fn drop(&mut self) {
-        for (_, child) in &mut self.nodes {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free port")
-}
-
-fn wait_for_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "redis-server on port {port} did not start"
-        );
-        sleep(Duration::from_millis(10));
     }
 }
 
@@ -173,7 +135,7 @@ impl RedisCluster {
                 .expect("run redis-cli");
             String::from_utf8_lossy(&output.stdout).trim().to_owned()
         };
-        let ports: Vec<u16> = self.nodes.iter().map(|(port, _)| *port).collect();
+        let ports: Vec<u16> = self.nodes.iter().map(RedisServer::port).collect();
         let slot = cli(ports[0], &["cluster", "keyslot", key]);
         let id = |port: u16| cli(port, &["cluster", "myid"]);
         let owner = *ports
@@ -243,7 +205,8 @@ fn slot_in(line: &str, slot: &str) -> bool {
 impl RedisCluster {
     /// Closes every client connection of every node, as a network blip would.
     pub fn drop_client_connections(&self) {
-        for (port, _) in &self.nodes {
+        for node in &self.nodes {
+            let port = node.port();
             let _ = Command::new("redis-cli")
                 .args(["-p", &port.to_string(), "client", "kill", "type", "normal"])
                 .output();

@@ -147,7 +147,7 @@ impl RedisServer {
     /// Starts the server `command` makes for a free port and a data directory of its own, trying
     /// again on another port if it was taken meanwhile; its URL is TLS's when it names a TLS port.
     pub fn spawn_command(
-        command: impl Fn(u16, &Path) -> (Command, Option<u16>),
+        mut command: impl FnMut(u16, &Path) -> (Command, Option<u16>),
     ) -> io::Result<Self> {
         let mut last_error = None;
         for _ in 0..5 {
