@@ -305,4 +305,14 @@ async fn main() {
             measure.row(name, &measured[0]);
         }
     }
+    // Idempotency's cost, round by round: the two ran one after the other, so that a machine
+    // slower for a while slows both.
+    let (off, on) = (&measured[1].rates, &measured[2].rates);
+    if !off.is_empty() && !on.is_empty() {
+        let ratios: Vec<f64> = on.iter().zip(off).map(|(on, off)| on / off).collect();
+        println!(
+            "idempotency on / off, round by round: {} (ratios)",
+            Spread::of(&ratios).show(0, 2)
+        );
+    }
 }
