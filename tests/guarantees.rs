@@ -3,7 +3,7 @@
 //! and dropping connections, acknowledgements and dead-letter writes that keep failing, entries
 //! too big for a script, a stream replaced under a running consumer, keys whose order must hold
 //! while partitions change hands, consumers joining, stopping and crashing amid copies, handlers
-//! that block every thread of their runtime.
+//! that block every thread of their runtime, a pull consumer's caller that stops polling `reserve`.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -1181,6 +1181,51 @@ fn run_apart(
             consumer.status()
         })
     })
+}
+
+/// A pull consumer whose caller stops polling `reserve` once its read is out (its threads busy
+/// elsewhere, its process paused) for three times `claim_idle` hands out none of what that read
+/// got: another consumer took it over meanwhile and ran it.
+#[tokio::test]
+async fn a_reserve_resumed_after_claim_idle_hands_out_nothing_another_consumer_took() {
+    let server = RedisServer::start();
+    let stream = unique("paused-reserve");
+    let runs = Runs::default();
+    let mut pull = quick_consumer(&server, &stream, "g")
+        .consumer_name("paused")
+        .block(Duration::from_secs(10))
+        .build_pull()
+        .await
+        .unwrap();
+    let other = quick_consumer(&server, &stream, "g")
+        .consumer_name("other")
+        .handle(working(&runs, Duration::ZERO))
+        .build()
+        .await
+        .unwrap();
+    let reserved = {
+        let reserving = pull.reserve(10);
+        tokio::pin!(reserving);
+        // Its read waits in Redis for entries.
+        tokio::select! {
+            reserved = &mut reserving => panic!("nothing to reserve yet: {reserved:?}"),
+            () = tokio::time::sleep(Duration::from_millis(300)) => {}
+        }
+        publish_jobs(&publisher_to(server.url(), &stream).await, 0..3).await;
+        let running = Running::start(std::slice::from_ref(&other));
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        wait_until("the other consumer ran every job", || runs.distinct() == 3).await;
+        let reserved = reserving.await.unwrap();
+        running.close().await;
+        reserved
+    };
+    for reserved in &reserved {
+        runs.record(reserved.envelope.decode_body::<Job>().unwrap().n);
+    }
+    pull.ack(&reserved).await.unwrap();
+    pull.close().await.unwrap();
+    runs.assert_each_once(0..3);
+    assert_eq!(pending(&server, &stream, "g").await, 0);
 }
 
 /// Handlers that block every thread of their consumer's runtime for three times `claim_idle`

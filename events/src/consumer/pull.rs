@@ -171,6 +171,9 @@ impl PullConsumer {
     /// long by other consumers, then new ones, waiting up to the block time when there are none.
     /// Entries that cannot be handled (undecodable, out of attempts) go to the dead-letter stream
     /// on the way, and repeats of events already handled are acknowledged: neither is returned.
+    /// An entry is returned only while it is still this consumer's: when this call was left
+    /// unpolled for half of `claim_idle` or more, it waits for the consumer's next keep of its
+    /// entries in Redis, and returns none another consumer took meanwhile.
     pub async fn reserve(&mut self, n: usize) -> Result<Vec<Reserved>> {
         let held = self.reserve_held(n).await?;
         Ok(held
@@ -474,9 +477,10 @@ impl PullConsumer {
         }
     }
 
-    /// Takes the idempotency holds of `candidates` and reserves those that hold theirs;
-    /// acknowledges repeats, dead-letters entries out of attempts, and puts aside those whose
-    /// event another entry is handling.
+    /// Takes the idempotency holds of `candidates` and reserves those that hold theirs and are
+    /// still this consumer's; acknowledges repeats, dead-letters entries out of attempts, puts
+    /// aside those whose event another entry is handling, and gives up those another consumer
+    /// took.
     async fn hold_and_reserve(&mut self, candidates: Vec<Holding>) -> Result<Vec<Held>> {
         let mut candidates = candidates;
         if self.settings.idempotent {
@@ -506,6 +510,16 @@ impl PullConsumer {
         }
         let mut reserved = Vec::with_capacity(candidates.len());
         for holding in candidates {
+            // Handed out only while still this consumer's: a caller that left this call unpolled
+            // past `claim_idle` may find another consumer took its entries meanwhile.
+            if !holding
+                .unsettled
+                .kept
+                .is_still_ours(self.settings.claim_idle)
+                .await
+            {
+                continue;
+            }
             let attempt = holding.attempts.current(&holding.unsettled.kept);
             if attempt > self.settings.max_attempts {
                 let reason = Failure::Exhausted(attempt - 1).to_string();
