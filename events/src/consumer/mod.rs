@@ -69,7 +69,7 @@ use names::NameInUse;
 use partitions::Leases;
 use rate_limit::Places;
 use reading::Reading;
-use settle::Acks;
+use settle::{Acks, ack_grace};
 use status::{Counted, Counters};
 
 use crate::{Result, ServerStats, server_stats};
@@ -231,14 +231,14 @@ impl Consumer {
         finish_deliveries(deliveries, deadline).await;
         // Acknowledgements still failing get what is left of the shutdown timeout, and a second at
         // least; their entries are kept until they land.
-        let grace = deadline.max(Instant::now() + Duration::from_secs(1));
-        let settled = Acks::landed(acknowledging, grace.into()).await;
+        let grace = ack_grace(deadline.into());
+        let settled = Acks::landed(acknowledging, grace).await;
         if let Err(error) = &settled {
             tracing::error!(%error, "stopping");
         }
         stop_tasks.cancel();
         let tasks = [keeping, holding, placing, leasing, moving];
-        if tokio::time::timeout_at(grace.into(), self.end(tasks, &name))
+        if tokio::time::timeout_at(grace, self.end(tasks, &name))
             .await
             .is_err()
         {

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -21,7 +21,7 @@ use super::identity::Digest;
 use super::keeper::Keeper;
 use super::part::{Attempts, Part};
 use super::reclaim::Reclaimer;
-use super::settle::{Acks, StreamTasks, Unsettled, settled, unfinished};
+use super::settle::{Acks, StreamTasks, Unsettled, ack_grace, settled, unfinished};
 use super::status::{Counters, Operation, Status};
 use crate::connection::Connection;
 use crate::typescript::Decoded;
@@ -393,7 +393,7 @@ impl PullConsumer {
         // hold them open no longer.
         drop(moves);
         drop(acks);
-        let grace = deadline.max(tokio::time::Instant::now() + Duration::from_secs(1));
+        let grace = ack_grace(deadline);
         unsettled.extend(unfinished(&mut acknowledging, grace).await);
         let settled = settled(unsettled);
         if let Err(error) = &settled {

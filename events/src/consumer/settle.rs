@@ -107,6 +107,12 @@ pub(crate) async fn unfinished(
         .collect()
 }
 
+/// When acknowledgements still failing at a stop are given up: at `deadline`, the end of the
+/// shutdown timeout, and a second from now at the earliest.
+pub(crate) fn ack_grace(deadline: tokio::time::Instant) -> tokio::time::Instant {
+    deadline.max(tokio::time::Instant::now() + Duration::from_secs(1))
+}
+
 /// `Ok` when no stream's events were left `unfinished`, else
 /// [`Error::Unsettled`](crate::Error::Unsettled) naming each of those streams once.
 pub(crate) fn settled(mut unfinished: Vec<String>) -> crate::Result<()> {
