@@ -5,11 +5,14 @@
 //! memory over the rounds next to its bound.
 //!
 //! `cargo bench --bench batch` (`EVENTS_BENCH_EVENTS` the events per round, 200,000;
-//! `EVENTS_BENCH_ROUNDS` the rounds, 5).
+//! `EVENTS_BENCH_ROUNDS` the rounds, 5; `EVENTS_BENCH_ROWS` which rows to measure, such as `3` for
+//! a profile of that one alone: the baseline, row 0, always runs).
 
 use events::testing as redis_server;
 
+mod cpu;
 mod order_placed;
+mod rows;
 mod spread;
 
 use std::process::Command;
@@ -17,6 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use cpu::{children_busy, own_busy, redis_busy};
 use events::{BatchConfig, BatchedPublisher, PublishOptions, Publisher, PublisherConfig, Router};
 use order_placed::OrderPlaced;
 use spread::Spread;
@@ -190,28 +194,44 @@ async fn main() {
     println!("{events} events of 160-byte JSON bodies per round, {rounds} rounds, Redis at {url}");
 
     let mut rates: [Vec<f64>; ROWS.len()] = Default::default();
+    // Each row's CPU per event, in microseconds: Redis's, and the client's (redis-benchmark's, or
+    // this process's).
+    let mut redis_micros: [Vec<f64>; ROWS.len()] = Default::default();
+    let mut client_micros: [Vec<f64>; ROWS.len()] = Default::default();
     let (mut held, mut growth) = (0, 0);
+    let rows = rows::chosen(ROWS.len());
     for _ in 0..rounds {
-        rates[0].push(redis_benchmark(
-            &url,
-            "bench:redis-benchmark",
-            events,
-            &fields,
-        ));
-        rates[1].push(raw_pipelines(&mut redis, "bench:raw", events, &fields).await);
-        let one = BatchedPublisher::new(publisher.clone(), config.clone());
-        let each = BatchedPublisher::connect(
-            url.as_str(),
-            publisher_config("bench:batched"),
-            config.clone(),
-        )
-        .await
-        .unwrap();
-        for (row, batched) in [(2, one), (3, each)] {
-            let publishing = publish_through(batched, events).await;
-            rates[row].push(publishing.rate);
-            held = held.max(publishing.held);
-            growth = growth.max(publishing.growth);
+        for &row in &rows {
+            let (busy, own, children) = (redis_busy(&mut redis).await, own_busy(), children_busy());
+            let rate = match row {
+                0 => redis_benchmark(&url, "bench:redis-benchmark", events, &fields),
+                1 => raw_pipelines(&mut redis, "bench:raw", events, &fields).await,
+                _ => {
+                    let batched = if row == 2 {
+                        BatchedPublisher::new(publisher.clone(), config.clone())
+                    } else {
+                        BatchedPublisher::connect(
+                            url.as_str(),
+                            publisher_config("bench:batched"),
+                            config.clone(),
+                        )
+                        .await
+                        .unwrap()
+                    };
+                    let publishing = publish_through(batched, events).await;
+                    held = held.max(publishing.held);
+                    growth = growth.max(publishing.growth);
+                    publishing.rate
+                }
+            };
+            let client = if row == 0 {
+                children_busy() - children
+            } else {
+                own_busy() - own
+            };
+            rates[row].push(rate);
+            redis_micros[row].push((redis_busy(&mut redis).await - busy) as f64 / events as f64);
+            client_micros[row].push(client as f64 / events as f64);
         }
         // Emptied for the next round: Redis holds no more than a round's entries.
         let () = redis::cmd("DEL")
@@ -222,19 +242,25 @@ async fn main() {
     }
 
     println!(
-        "{:<54} {:>22}   x redis-benchmark, per round",
+        "{:<54} {:>22}   x redis-benchmark, per round   CPU/event: Redis, client",
         "events/s", "median (least..most)"
     );
-    for (row, name) in ROWS.iter().enumerate() {
+    for (row, name) in ROWS
+        .iter()
+        .enumerate()
+        .filter(|(row, _)| rows.contains(row))
+    {
         let ratios: Vec<f64> = rates[row]
             .iter()
             .zip(&rates[0])
             .map(|(rate, baseline)| rate / baseline)
             .collect();
         println!(
-            "{name:<54} {}   {}",
+            "{name:<54} {}   {}   {:>12.2} µs {:>6.2} µs",
             Spread::of(&rates[row]).show(9, 0),
-            Spread::of(&ratios).show(5, 2)
+            Spread::of(&ratios).show(5, 2),
+            Spread::of(&redis_micros[row]).median,
+            Spread::of(&client_micros[row]).median
         );
     }
     let mib = |bytes: usize| bytes as f64 / (1 << 20) as f64;

@@ -16,12 +16,15 @@
 use events::testing as redis_server;
 
 mod backlog;
+mod cpu;
 mod order_placed;
+mod rows;
 mod spread;
 mod timing;
 
 use std::time::{Duration, Instant};
 
+use cpu::{own_busy, redis_busy};
 use events::{
     Consumer, ConsumerBuilder, HandlerOptions, RateLimit, Router, StartFrom, partition_streams,
 };
@@ -33,42 +36,6 @@ const PARTITIONED: &str = "bench:partitioned";
 
 /// A stream entry as the raw loop reads it: its id and field-value pairs.
 type Entry = (String, Vec<(Vec<u8>, Vec<u8>)>);
-
-/// The CPU time Redis has used so far, in microseconds (`INFO cpu`: user and system). Command
-/// statistics would count commands run by scripts twice, in the script and on their own.
-async fn redis_busy(redis: &mut redis::aio::MultiplexedConnection) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("cpu")
-        .query_async(redis)
-        .await
-        .unwrap();
-    let seconds: f64 = info
-        .lines()
-        .filter(|line| line.starts_with("used_cpu_user:") || line.starts_with("used_cpu_sys:"))
-        .filter_map(|line| line.split(':').nth(1)?.trim().parse::<f64>().ok())
-        .sum();
-    (seconds * 1e6) as u64
-}
-
-/// The CPU time this process (the consumers, or the raw loop) has used so far, in microseconds
-/// (`/proc/self/stat`: user and system, in clock ticks of 10 ms).
-fn own_busy() -> u64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // The fields after the command name (which may hold spaces) and its closing parenthesis,
-    // from the state on: utime and stime are the 14th and 15th fields, the 12th and 13th here.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |index: usize| {
-        fields
-            .get(index)
-            .and_then(|field| field.parse::<u64>().ok())
-    };
-    ticks(11)
-        .zip(ticks(12))
-        .map_or(0, |(user, system)| (user + system) * 10_000)
-}
 
 /// Reads every entry through a new group with XREADGROUP and acknowledges each batch with XACK.
 async fn raw_loop(url: &str, group: &str, events: u64, batch: usize) -> Duration {
@@ -238,12 +205,7 @@ async fn main() {
         "Consumer, a rate limit that never waits",
     ];
     let mut measured: Vec<Measured> = names.iter().map(|_| Measured::default()).collect();
-    let rows: Vec<usize> = match std::env::var("EVENTS_BENCH_ROWS") {
-        Ok(rows) => std::iter::once(0)
-            .chain(rows.split(',').filter_map(|row| row.trim().parse().ok()))
-            .collect(),
-        Err(_) => (0..names.len()).collect(),
-    };
+    let rows = rows::chosen(names.len());
     for round in 0..rounds {
         for (index, measure) in measured.iter_mut().enumerate() {
             if !rows.contains(&index) {
