@@ -1,8 +1,9 @@
 //! Events per second through `BatchedPublisher`, next to `redis-benchmark -P 64` sending `XADD`s of
 //! the same fields and to a raw redis-rs loop of pipelined `XADD`s, in interleaved rounds of this
 //! run against the same throwaway `redis-server` (or `REDIS_URL`): the median, least and most of
-//! the rounds' rates and of each round's ratio to `redis-benchmark`; and the publisher's peak
-//! memory over the rounds next to its bound.
+//! the rounds' rates and of each round's ratio to `redis-benchmark`, and the CPU each event cost
+//! Redis and the client (`redis-benchmark`, or this process: the publisher's memory sampler
+//! included); and the publisher's peak memory over the rounds next to its bound.
 //!
 //! `cargo bench --bench batch` (`EVENTS_BENCH_EVENTS` the events per round, 200,000;
 //! `EVENTS_BENCH_ROUNDS` the rounds, 5; `EVENTS_BENCH_ROWS` which rows to measure, such as `3` for
