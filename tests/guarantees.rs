@@ -3,7 +3,9 @@
 //! and dropping connections, acknowledgements and dead-letter writes that keep failing, entries
 //! too big for a script, a stream replaced under a running consumer, keys whose order must hold
 //! while partitions change hands, consumers joining, stopping and crashing amid copies, handlers
-//! that block every thread of their runtime, a pull consumer's caller that stops polling `reserve`.
+//! that block every thread of their runtime, pull consumers holding what they reserved past the
+//! claim time or whose caller stops polling `reserve`, connections killed as often as consumers
+//! look for idle entries.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -1225,6 +1227,125 @@ async fn a_reserve_resumed_after_claim_idle_hands_out_nothing_another_consumer_t
     pull.ack(&reserved).await.unwrap();
     pull.close().await.unwrap();
     runs.assert_each_once(0..3);
+    assert_eq!(pending(&server, &stream, "g").await, 0);
+}
+
+/// Pull consumers sharing a backlog deeper than they reserve at once, two holding what they
+/// reserved for longer than `claim_idle` before settling it while the third settles at once and
+/// reserves again (taking over whatever is idle past `claim_idle`), all failing every tenth job
+/// once, while every connection is killed every 200 ms: each job is handed out once (a failed one
+/// once more, as its second attempt), none is taken over while held, and nothing is left pending
+/// or dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_consumers_holding_past_claim_idle_under_killed_connections_hand_each_job_out_once() {
+    const JOBS: u64 = 120;
+    let server = RedisServer::own();
+    let stream = unique("pull-killed");
+    publish_jobs(&publisher_to(server.url(), &stream).await, 0..JOBS).await;
+    // Each hand-out as (job, attempt), and the jobs acknowledged.
+    let handed = Arc::new(Mutex::new(Vec::new()));
+    let acked = Arc::new(Mutex::new(std::collections::BTreeSet::new()));
+    let mut pulls = Vec::new();
+    for n in 0..3 {
+        let pull = quick_consumer(&server, &stream, "pullers")
+            .consumer_name(format!("puller-{n}"))
+            .build_pull()
+            .await
+            .unwrap();
+        pulls.push(pull);
+    }
+    let killer = ConnectionKiller::start(&server, Duration::from_millis(200)).await;
+    let pulling = pulls.into_iter().enumerate().map(|(n, mut pull)| {
+        let (handed, acked) = (Arc::clone(&handed), Arc::clone(&acked));
+        let hold = if n == 0 { 50 } else { 3000 };
+        tokio::spawn(async move {
+            while acked.lock().unwrap().len() < JOBS as usize {
+                // A read on a killed connection fails: the next call reads again.
+                let Ok(reserved) = pull.reserve(10).await else {
+                    continue;
+                };
+                let job =
+                    |reserved: &events::Reserved| reserved.envelope.decode_body::<Job>().unwrap().n;
+                for reserved in &reserved {
+                    handed
+                        .lock()
+                        .unwrap()
+                        .push((job(reserved), reserved.attempt));
+                }
+                tokio::time::sleep(Duration::from_millis(hold)).await;
+                let (failing, done): (Vec<_>, Vec<_>) = reserved
+                    .into_iter()
+                    .partition(|reserved| job(reserved) % 10 == 0 && reserved.attempt == 1);
+                pull.fail(&failing, "once").await.unwrap();
+                pull.ack(&done).await.unwrap();
+                acked.lock().unwrap().extend(done.iter().map(job));
+            }
+            pull.close().await
+        })
+    });
+    for closed in futures::future::join_all(pulling).await {
+        closed.unwrap().unwrap();
+    }
+    let killed = killer.killed();
+    drop(killer);
+
+    assert!(killed >= 10, "connections were killed: {killed}");
+    let mut handed = handed.lock().unwrap().clone();
+    handed.sort_unstable();
+    let expected: Vec<(u64, u32)> = (0..JOBS)
+        .flat_map(|n| {
+            let again = (n % 10 == 0).then_some((n, 2));
+            std::iter::once((n, 1)).chain(again)
+        })
+        .collect();
+    assert_eq!(
+        handed, expected,
+        "each job handed out once, a failed one once more"
+    );
+    assert_eq!(pending(&server, &stream, "pullers").await, 0);
+    assert_eq!(dead_letter_count(&server, &stream).await, 0);
+}
+
+/// A crashed pull consumer's entries are taken over while every connection is killed every
+/// `claim_interval`: each look for idle entries is the first command on a connection killed since
+/// its last, and is asked again on the new one rather than failing every time.
+#[tokio::test]
+async fn a_crashed_consumer_s_entries_are_taken_over_while_connections_are_killed_as_often_as_looks()
+ {
+    let server = RedisServer::own();
+    let stream = unique("taken-over-killed");
+    publish_jobs(&publisher_to(server.url(), &stream).await, 0..5).await;
+    let mut crashed = quick_consumer(&server, &stream, "g")
+        .consumer_name("crashed")
+        .build_pull()
+        .await
+        .unwrap();
+    assert_eq!(crashed.reserve(10).await.unwrap().len(), 5);
+    drop(crashed);
+    let mut taking = quick_consumer(&server, &stream, "g")
+        .consumer_name("taking")
+        .build_pull()
+        .await
+        .unwrap();
+    let killer = ConnectionKiller::start(&server, Duration::from_millis(200)).await;
+    let mut taken = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while taken.len() < 5 {
+        assert!(Instant::now() < deadline, "taken over: {}", taken.len());
+        if let Ok(reserved) = taking.reserve(10).await {
+            taking.ack(&reserved).await.unwrap();
+            taken.extend(reserved);
+        }
+    }
+    assert!(
+        killer.killed() >= 5,
+        "connections were killed: {}",
+        killer.killed()
+    );
+    drop(killer);
+    let reclaimed = taking.status().reclaimed;
+    taking.close().await.unwrap();
+    assert_eq!(reclaimed, 5);
     assert_eq!(pending(&server, &stream, "g").await, 0);
 }
 

@@ -265,16 +265,27 @@ impl<C: ConnectionLike + Clone + Send + Sync> Group<C> {
         min_idle: Duration,
         count: usize,
     ) -> redis::RedisResult<Vec<PendingEntry>> {
-        let reply: Vec<(String, String, u64, u32)> = redis::cmd("XPENDING")
+        let mut command = redis::cmd("XPENDING");
+        command
             .arg(stream)
             .arg(&self.group)
             .arg("IDLE")
             .arg(millis(min_idle))
             .arg("-")
             .arg("+")
-            .arg(count)
-            .query_async(&mut self.connection.clone())
-            .await?;
+            .arg(count);
+        let ask = || async {
+            command
+                .query_async::<Vec<(String, String, u64, u32)>>(&mut self.connection.clone())
+                .await
+        };
+        // The first command on a connection dropped since its last use fails; this one only
+        // reads, so it is asked again at once, on the connection made anew, rather than a claim
+        // interval later (connections dropped as often would keep every look from happening).
+        let reply = match ask().await {
+            Err(error) if error.is_connection_dropped() => ask().await?,
+            reply => reply?,
+        };
         Ok(reply
             .into_iter()
             .map(|(id, consumer, _, deliveries)| PendingEntry {
