@@ -1349,6 +1349,53 @@ async fn a_crashed_consumer_s_entries_are_taken_over_while_connections_are_kille
     assert_eq!(pending(&server, &stream, "g").await, 0);
 }
 
+/// Consumers of a partitioned stream keep their leases and handle every job once while every
+/// connection is killed every 200 ms, a third of the lease; the publisher writes a batch again
+/// when its write fails (some of it may have landed: those events are repeats).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_leases_hold_while_connections_are_killed_every_third_of_a_lease() {
+    let server = RedisServer::own();
+    let stream = unique("leases-killed");
+    let publisher = publisher_to_partitions(server.url(), &stream, 4).await;
+    let runs = Runs::default();
+    let mut consumers = Vec::new();
+    for name in ["one", "two"] {
+        let consumer = quick(
+            Consumer::builder(server.url())
+                .partitioned_stream(&stream, 4)
+                .group("g"),
+        )
+        .consumer_name(name)
+        .partition_lease(Duration::from_millis(600))
+        .handle(working(&runs, Duration::ZERO))
+        .build()
+        .await
+        .unwrap();
+        consumers.push(consumer);
+    }
+    let running = Running::start(&consumers);
+    let killer = ConnectionKiller::start(&server, Duration::from_millis(200)).await;
+    for first in (0..400).step_by(20) {
+        let jobs: Vec<Job> = (first..first + 20).map(|n| Job { n }).collect();
+        while publisher.publish_many(&jobs).await.is_err() {}
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let started = Instant::now();
+    while runs.distinct() < 400 {
+        let handled = runs.distinct();
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "handled: {handled}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let killed = killer.killed();
+    drop(killer);
+    running.close().await;
+    assert!(killed >= 5, "connections were killed: {killed}");
+    runs.assert_each_once(0..400);
+}
+
 /// Handlers that block every thread of their consumer's runtime for three times `claim_idle`
 /// (synchronous or CPU-bound work) hold up no keep: another consumer, on a runtime of its own,
 /// takes none of the entries they work on, and each job runs once.
