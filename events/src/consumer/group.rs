@@ -274,18 +274,11 @@ impl<C: ConnectionLike + Clone + Send + Sync> Group<C> {
             .arg("-")
             .arg("+")
             .arg(count);
-        let ask = || async {
-            command
-                .query_async::<Vec<(String, String, u64, u32)>>(&mut self.connection.clone())
-                .await
-        };
-        // The first command on a connection dropped since its last use fails; this one only
-        // reads, so it is asked again at once, on the connection made anew, rather than a claim
+        // It only reads: asked again at once on a dropped connection, rather than a claim
         // interval later (connections dropped as often would keep every look from happening).
-        let reply = match ask().await {
-            Err(error) if error.is_connection_dropped() => ask().await?,
-            reply => reply?,
-        };
+        let reply: Vec<(String, String, u64, u32)> =
+            again_if_dropped(|| async { command.query_async(&mut self.connection.clone()).await })
+                .await?;
         Ok(reply
             .into_iter()
             .map(|(id, consumer, _, deliveries)| PendingEntry {
@@ -657,6 +650,20 @@ impl Group<Connection> {
             command.arg(">");
         }
         self.connection.read_streams(&command).await
+    }
+}
+
+/// Runs `ask`, and once more when it failed for its connection having dropped since its last
+/// use (the first command on a connection dropped while idle fails, and the connection is made
+/// anew): for commands that may run twice, asked periodically, which connections dropped as
+/// often would otherwise fail every time.
+async fn again_if_dropped<T, F>(mut ask: impl FnMut() -> F) -> redis::RedisResult<T>
+where
+    F: std::future::Future<Output = redis::RedisResult<T>>,
+{
+    match ask().await {
+        Err(error) if error.is_connection_dropped() => ask().await,
+        reply => reply,
     }
 }
 
