@@ -4,8 +4,8 @@
 //! too big for a script, a stream replaced under a running consumer, keys whose order must hold
 //! while partitions change hands, consumers joining, stopping and crashing amid copies, handlers
 //! that block every thread of their runtime, pull consumers holding what they reserved past the
-//! claim time or whose caller stops polling `reserve`, connections killed as often as consumers
-//! look for idle entries.
+//! claim time (through a stall of Redis too) or whose caller stops polling `reserve`, connections
+//! killed as often as consumers look for idle entries.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -1394,6 +1394,46 @@ async fn partition_leases_hold_while_connections_are_killed_every_third_of_a_lea
     running.close().await;
     assert!(killed >= 5, "connections were killed: {killed}");
     runs.assert_each_once(0..400);
+}
+
+/// A pull consumer holding what it reserved through a stall of Redis three times `claim_idle`
+/// long, beside another that reserves again all the while: every entry looks idle once Redis is
+/// back, yet the holder's keep, queued meanwhile, lands before the other's second look. Each job
+/// is handed out once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reservations_held_through_a_stall_past_claim_idle_are_not_taken_over() {
+    let server = RedisServer::start();
+    let stream = unique("pull-stalled");
+    publish_jobs(&publisher_to(server.url(), &stream).await, 0..10).await;
+    let pull = |name: &str| {
+        quick_consumer(&server, &stream, "g")
+            .consumer_name(name)
+            .build_pull()
+    };
+    let (mut holder, mut other) = (pull("holder").await.unwrap(), pull("other").await.unwrap());
+    let held = holder.reserve(10).await.unwrap();
+    assert_eq!(held.len(), 10);
+    let stalled = stall(&server, Duration::from_secs(3));
+    // The other reserves again and again through the stall and for two seconds after it.
+    let reserving = tokio::spawn(async move {
+        let mut taken = Vec::new();
+        let until = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < until {
+            if let Ok(reserved) = other.reserve(10).await {
+                other.ack(&reserved).await.unwrap();
+                taken.extend(reserved);
+            }
+        }
+        other.close().await.unwrap();
+        taken
+    });
+    let taken = reserving.await.unwrap();
+    drop(stalled);
+    holder.ack(&held).await.unwrap();
+    holder.close().await.unwrap();
+    let taken: Vec<&str> = taken.iter().map(|reserved| &*reserved.entry_id).collect();
+    assert!(taken.is_empty(), "taken over while held: {taken:?}");
+    assert_eq!(pending(&server, &stream, "g").await, 0);
 }
 
 /// Handlers that block every thread of their consumer's runtime for three times `claim_idle`
