@@ -1230,6 +1230,45 @@ async fn a_reserve_resumed_after_claim_idle_hands_out_nothing_another_consumer_t
     assert_eq!(pending(&server, &stream, "g").await, 0);
 }
 
+/// The same in push mode: a consumer that crashed with entries in hand has them taken over while
+/// every connection is killed every `claim_interval`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_consumer_s_deliveries_are_taken_over_while_connections_are_killed_as_often_as_looks()
+ {
+    let server = RedisServer::own();
+    let stream = unique("push-taken-over-killed");
+    publish_jobs(&publisher_to(server.url(), &stream).await, 0..5).await;
+    let runs = Runs::default();
+    let (crashed, crashing) = Running::build(
+        quick_consumer(&server, &stream, "g")
+            .consumer_name("crashed")
+            .handle(working(&runs, Duration::from_secs(60))),
+    )
+    .await;
+    wait_until("the crashing consumer has every job in hand", || {
+        crashed.status().in_flight == 5
+    })
+    .await;
+    crashing.crash().await;
+    let killer = ConnectionKiller::start(&server, Duration::from_millis(200)).await;
+    let (taking, running) = Running::build(
+        quick_consumer(&server, &stream, "g")
+            .consumer_name("taking")
+            .handle(working(&runs, Duration::ZERO)),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while taking.status().processed < 5 {
+        let processed = taking.status().processed;
+        assert!(Instant::now() < deadline, "taken over: {processed}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(killer);
+    running.close().await;
+    assert_eq!(taking.status().reclaimed, 5);
+    assert_eq!(pending(&server, &stream, "g").await, 0);
+}
+
 /// Pull consumers sharing a backlog deeper than they reserve at once, two holding what they
 /// reserved for longer than `claim_idle` before settling it while the third settles at once and
 /// reserves again (taking over whatever is idle past `claim_idle`), all failing every tenth job
