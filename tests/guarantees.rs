@@ -17,7 +17,7 @@ use crate::support::faults::{
 };
 use crate::support::{
     RedisServer, Running, connection, pending, publisher_to, publisher_to_partitions, quick,
-    quick_consumer, unique, wait_until,
+    quick_consumer, quick_partitioned_consumer, unique, wait_until,
 };
 use events::{
     Consumer, ConsumerBuilder, Context, DeadLetters, Event, HandlerError, Operation,
@@ -1043,17 +1043,13 @@ async fn partitions_nobody_reads_are_read_at_once() {
     let publisher = publisher_to_partitions(server.url(), &stream, 4).await;
     let runs = Runs::default();
     for (round, name) in ["first", "second"].into_iter().enumerate() {
-        let consumer = quick(
-            Consumer::builder(server.url())
-                .partitioned_stream(&stream, 4)
-                .group("g"),
-        )
-        .consumer_name(name)
-        .block(Duration::from_secs(5))
-        .handle(working(&runs, Duration::ZERO))
-        .build()
-        .await
-        .unwrap();
+        let consumer = quick_partitioned_consumer(&server, &stream, 4, "g")
+            .consumer_name(name)
+            .block(Duration::from_secs(5))
+            .handle(working(&runs, Duration::ZERO))
+            .build()
+            .await
+            .unwrap();
         let started = Instant::now();
         let running = Running::start(std::slice::from_ref(&consumer));
         let first = round as u64 * 20;
@@ -1097,28 +1093,24 @@ async fn a_partition_changes_hands_only_after_its_old_owner_finished_it() {
     let steps: Arc<Mutex<Vec<StepRun>>> = Arc::default();
     let consumer = |name: &'static str| {
         let steps = Arc::clone(&steps);
-        quick(
-            Consumer::builder(server.url())
-                .partitioned_stream(&stream, 4)
-                .group("handover"),
-        )
-        .consumer_name(name)
-        .concurrency(8)
-        .partition_lease(Duration::from_millis(600))
-        .handle(move |step: Step, _: Context| {
-            let steps = Arc::clone(&steps);
-            async move {
-                let started = Instant::now();
-                // 15 steps of a key take 1.5 s one after another: longer than claim_idle.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                steps
-                    .lock()
-                    .unwrap()
-                    .push((step.key, step.seq, started, Instant::now(), name));
-                Ok(())
-            }
-        })
-        .build()
+        quick_partitioned_consumer(&server, &stream, 4, "handover")
+            .consumer_name(name)
+            .concurrency(8)
+            .partition_lease(Duration::from_millis(600))
+            .handle(move |step: Step, _: Context| {
+                let steps = Arc::clone(&steps);
+                async move {
+                    let started = Instant::now();
+                    // 15 steps of a key take 1.5 s one after another: longer than claim_idle.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    steps
+                        .lock()
+                        .unwrap()
+                        .push((step.key, step.seq, started, Instant::now(), name));
+                    Ok(())
+                }
+            })
+            .build()
     };
     publish_steps(0..15, Duration::ZERO).await;
     let first = consumer("first").await.unwrap();
@@ -1399,17 +1391,13 @@ async fn partition_leases_hold_while_connections_are_killed_every_third_of_a_lea
     let runs = Runs::default();
     let mut consumers = Vec::new();
     for name in ["one", "two"] {
-        let consumer = quick(
-            Consumer::builder(server.url())
-                .partitioned_stream(&stream, 4)
-                .group("g"),
-        )
-        .consumer_name(name)
-        .partition_lease(Duration::from_millis(600))
-        .handle(working(&runs, Duration::ZERO))
-        .build()
-        .await
-        .unwrap();
+        let consumer = quick_partitioned_consumer(&server, &stream, 4, "g")
+            .consumer_name(name)
+            .partition_lease(Duration::from_millis(600))
+            .handle(working(&runs, Duration::ZERO))
+            .build()
+            .await
+            .unwrap();
         consumers.push(consumer);
     }
     let running = Running::start(&consumers);

@@ -291,6 +291,20 @@ pub(crate) fn quick_consumer_at(url: &str, stream: &str, group: &str) -> events:
     quick(events::Consumer::builder(url).stream(stream).group(group))
 }
 
+/// [`quick`] consumer of `stream` partitioned `partitions` ways on `server`, in `group`.
+pub(crate) fn quick_partitioned_consumer(
+    server: &RedisServer,
+    stream: &str,
+    partitions: u32,
+    group: &str,
+) -> events::ConsumerBuilder {
+    quick(
+        events::Consumer::builder(server.url())
+            .partitioned_stream(stream, partitions)
+            .group(group),
+    )
+}
+
 /// `builder` tuned for tests: from the beginning, short blocks, backoffs and claim times.
 pub(crate) fn quick(builder: events::ConsumerBuilder) -> events::ConsumerBuilder {
     use std::time::Duration;
