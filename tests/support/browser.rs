@@ -22,27 +22,9 @@ pub(crate) struct Browser {
 impl Browser {
     /// Starts chromedriver on a free port and opens a session in a headless chromium.
     pub(crate) async fn start() -> Browser {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
-        let tmp = std::env::temp_dir().join(format!("browser-test-{port}"));
+        let tmp = std::env::temp_dir().join(crate::support::unique("browser-test"));
         std::fs::create_dir_all(&tmp).expect("create the browser's temporary directory");
-        let mut chromedriver = Command::new("chromedriver")
-            .arg(format!("--port={port}"))
-            .env("TMPDIR", &tmp)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            // A process group of its own, which the chromium it starts joins: `end` kills both.
-            .process_group(0)
-            .spawn()
-            .unwrap_or_else(|error| {
-                let _ = std::fs::remove_dir_all(&tmp);
-                panic!(
-                    "cannot run chromedriver ({error}): install Debian's chromium and \
-                     chromium-driver, as .ci/run does"
-                )
-            });
+        let (mut chromedriver, mut url) = chromedriver(&tmp);
         // Chromium refuses to run as root without --no-sandbox; containers have a small /dev/shm.
         let mut options = json!({ "args": [
             "--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
@@ -55,13 +37,16 @@ impl Browser {
         capabilities.insert("goog:chromeOptions".to_owned(), options);
         let mut builder = ClientBuilder::new(HttpConnector::new());
         builder.capabilities(capabilities);
-        // chromedriver refuses connections until it listens: retry until it gives a session.
-        let url = format!("http://127.0.0.1:{port}");
+        // chromedriver refuses connections until it listens: retry until it gives a session. It
+        // exits when another process took its port in the meantime: then it starts on another.
         let deadline = Instant::now() + Duration::from_secs(20);
         let client = loop {
             match builder.connect(&url).await {
                 Ok(client) => break client,
                 Err(_) if Instant::now() < deadline => {
+                    if matches!(chromedriver.try_wait(), Ok(Some(_))) {
+                        (chromedriver, url) = self::chromedriver(&tmp);
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Err(error) => {
@@ -123,4 +108,28 @@ fn end(chromedriver: &mut Child, tmp: &Path) {
     let _ = chromedriver.kill();
     let _ = chromedriver.wait();
     let _ = std::fs::remove_dir_all(tmp);
+}
+
+/// Starts chromedriver on a free port, with its temporary files in `tmp`; with its URL.
+fn chromedriver(tmp: &Path) -> (Child, String) {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    let chromedriver = Command::new("chromedriver")
+        .arg(format!("--port={port}"))
+        .env("TMPDIR", tmp)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        // A process group of its own, which the chromium it starts joins: `end` kills both.
+        .process_group(0)
+        .spawn()
+        .unwrap_or_else(|error| {
+            let _ = std::fs::remove_dir_all(tmp);
+            panic!(
+                "cannot run chromedriver ({error}): install Debian's chromium and \
+                 chromium-driver, as .ci/run does"
+            )
+        });
+    (chromedriver, format!("http://127.0.0.1:{port}"))
 }
