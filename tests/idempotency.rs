@@ -550,7 +550,7 @@ async fn marks_of_events_long_past_are_kept_a_window_from_their_handling() {
 async fn repeats_in_and_after_the_window(age: Duration) {
     let server = RedisServer::start();
     let window = Duration::from_secs(2);
-    let (consumer, running, runs, publisher) = windowed(&server, "window", window).await;
+    let (consumer, running, runs, publisher) = windowed(&server, &unique("window"), window).await;
     let envelopes = logins_at(&publisher, &[millis_ago(age)]);
     let write_again = || publisher.publish_envelopes(envelopes.clone());
     write_again().await.unwrap();
@@ -718,22 +718,21 @@ async fn marks_stay_in_small_compact_hashes(identity: Identity) {
     assert!(shards >= 5_000 / 32, "{shards} shards");
 }
 
-/// A consumer of logins that remembers events for `window`, on a stream of its own on `server`,
-/// with its runs and a publisher to its stream.
+/// A consumer of logins that remembers events for `window`, on `stream` on `server`, with its
+/// runs and a publisher to its stream.
 async fn windowed(
     server: &RedisServer,
-    name: &str,
+    stream: &str,
     window: Duration,
 ) -> (Consumer, Running, Runs, Publisher) {
-    let stream = unique(name);
     let runs = Runs::default();
     let (consumer, running) = Running::build(
-        quick_consumer(server, &stream, "g")
+        quick_consumer(server, stream, "g")
             .idempotency_ttl(window)
             .handle(logins(&runs)),
     )
     .await;
-    let publisher = publisher_to(server.url(), &stream).await;
+    let publisher = publisher_to(server.url(), stream).await;
     (consumer, running, runs, publisher)
 }
 
@@ -857,7 +856,8 @@ async fn marks_in_overflow_pages_are_found_for_the_window_of_their_own_writing()
     let server = RedisServer::own();
     config_set(&server, "hash-max-listpack-entries", "32").await;
     let window = Duration::from_secs(4);
-    let (consumer, running, runs, publisher) = windowed(&server, "overflow-window", window).await;
+    let (consumer, running, runs, publisher) =
+        windowed(&server, &unique("overflow-window"), window).await;
     // Events of one millisecond an hour ago: one alone cuts its pages for a quiet rate, 23 more
     // fill its page, and 5 written a while later go to the overflow page.
     let envelopes = logins_at(&publisher, &[millis_ago(Duration::from_secs(3_600)); 29]);
@@ -880,6 +880,98 @@ async fn marks_in_overflow_pages_are_found_for_the_window_of_their_own_writing()
     running.close().await;
     assert_eq!(consumer.status().duplicates, 5);
     assert_eq!(runs.total(), 29);
+}
+
+#[tokio::test]
+async fn repeats_are_found_whether_their_ids_come_after_every_event_held_before_or_not() {
+    // A batch whose ids all come after every event its book holds is held without looking its
+    // events up (see `Digest::id_order`): each phase here gives the scripts a reason to look.
+    let server = RedisServer::start();
+    let window = Duration::from_secs(3_600);
+    let stream = unique("id-order");
+    let (consumer, running, runs, publisher) = windowed(&server, &stream, window).await;
+    let fresh = |user: String| {
+        publisher
+            .envelope(&Login { user }, PublishOptions::new())
+            .unwrap()
+    };
+    let write = |envelopes: Vec<events::Envelope>| publisher.publish_envelopes(envelopes);
+    let held: Vec<_> = (0..300).map(|n| fresh(format!("a{n}"))).collect();
+    for chunk in held.chunks(100) {
+        write(chunk.to_vec()).await.unwrap();
+    }
+    settled(&consumer, 300).await;
+    // The latest event held, alone: its id is its book's newest.
+    write(vec![held[299].clone()]).await.unwrap();
+    settled(&consumer, 301).await;
+    // Copies among events newer than any held.
+    let mut batch: Vec<_> = (0..50).map(|n| fresh(format!("b{n}"))).collect();
+    batch.extend([held[100].clone(), held[200].clone()]);
+    write(batch).await.unwrap();
+    settled(&consumer, 353).await;
+    // Events older than every one held (ids of ten seconds ago), then their copies with new ones.
+    let older = logins_at(&publisher, &[millis_ago(Duration::from_secs(10)); 20]);
+    write(older.clone()).await.unwrap();
+    settled(&consumer, 373).await;
+    let mut batch = older;
+    batch.extend((0..10).map(|n| fresh(format!("c{n}"))));
+    write(batch).await.unwrap();
+    settled(&consumer, 403).await;
+    // Books written before they kept their newest id order: every event is looked up in them.
+    let mut redis = connection(&server).await;
+    let books = book_meta_keys(&server, &stream).await;
+    for book in &books {
+        let newest: Vec<u8> = redis::cmd("HGET")
+            .arg(book)
+            .arg("newest")
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        assert_eq!(newest.len(), 12, "{book} keeps its newest id order");
+        let _: () = redis::cmd("HDEL")
+            .arg(book)
+            .arg("newest")
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+    }
+    let mut batch = held[..10].to_vec();
+    batch.extend((0..10).map(|n| fresh(format!("d{n}"))));
+    write(batch).await.unwrap();
+    settled(&consumer, 423).await;
+    running.close().await;
+    assert_eq!(consumer.status().duplicates, 1 + 2 + 20 + 10);
+    assert_eq!(runs.total(), 300 + 50 + 20 + 10 + 10);
+    assert!(runs.0.lock().unwrap().values().all(|count| *count == 1));
+    for book in &books {
+        let newest: Option<Vec<u8>> = redis::cmd("HGET")
+            .arg(book)
+            .arg("newest")
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        assert_eq!(newest, None, "{book}: an unknown newest stays unknown");
+    }
+}
+
+/// The meta hashes of the books of marks kept by time of group `g` on `stream`.
+async fn book_meta_keys(server: &RedisServer, stream: &str) -> Vec<String> {
+    let prefix = format!("{}:marks:g:p", events::slot_prefix(stream));
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut connection(server).await)
+        .await
+        .unwrap();
+    let books: Vec<String> = keys
+        .into_iter()
+        .filter(|key| {
+            key[prefix.len()..]
+                .bytes()
+                .all(|byte| byte.is_ascii_digit())
+        })
+        .collect();
+    assert!(!books.is_empty(), "marks kept by time on {stream}");
+    books
 }
 
 /// Checks that every key of the marks of group `g` on `stream` is a listpack hash or a page's

@@ -15,6 +15,8 @@
 -- ARGV[8..]    the u entries' identity digests (16 bytes each), then each one's holder: the entry
 --              as marks name it (see `marks_holder`)
 -- then         the t entries, sorted by digest: each one's digest, then its holder
+-- then         the soonest and the latest id order of the entries below (12 bytes each, see
+--              `Digest::id_order`), or empty when there are none
 -- last         the other entries kept by time, sorted by digest, as page records (see pages.lua),
 --              side by side: each event asked for once in the call
 -- Returns {position, result, ...} for the entries (by position among the arguments above, from
@@ -50,6 +52,7 @@ end
 
 marks_setup(ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]))
 pages_setup()
+pages_asking(ARGV[#ARGV - 1])
 local written, timed, replays = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
 -- The argument before the entries kept by time: the kth is ARGV[pairs_at + 2k - 1], its holder
 -- the next.
@@ -175,11 +178,11 @@ end
 -- The records asked for, from the `from`th to the `to`th, of the page `key`: as a rule the page has
 -- no marks in its hash and none of their events has a record in it, and they are appended to its
 -- records as they came; else each is looked at as `hold` does (which follows the hash's overflow
--- pages).
+-- pages). Their records are looked for in the page's only when some may be there.
 local function hold_records(key, from, to)
   local records = pages_records(key)
   local marked = redis.call('HLEN', key) > 0
-  if not marked and records[1] ~= '' then
+  if not marked and records[1] ~= '' and not pages_all_newer() then
     for k = from, to do
       if pages_record_mark(records, asked, asked_at(k)) then
         marked = true

@@ -36,15 +36,37 @@ local function pages_setup()
   pages.full = 4 * marks.load
   pages.books = {}
   pages.added = {}
+  pages.raised = {}
+end
+
+-- The number in the six bytes from `at` in `bytes`, big-endian (exact in a Lua number).
+local function pages_number(bytes, at)
+  local a, b, c, d, e, f = string.byte(bytes, at, at + 5)
+  return ((((a * 256 + b) * 256 + c) * 256 + d) * 256 + e) * 256 + f
+end
+
+-- Whether the id order `a` comes before `b`: the first twelve bytes of UUIDv7 event ids, their
+-- time and then where their generator put them among its millisecond's (see `Digest::id_order`).
+-- Compared as numbers: Redis compares strings by its locale.
+local function pages_sooner(a, b)
+  local a_time, b_time = pages_number(a, 1), pages_number(b, 1)
+  return a_time < b_time or (a_time == b_time and pages_number(a, 7) < pages_number(b, 7))
+end
+
+-- This call's records asked for (see begin.lua) come in the id orders `range`: the soonest, then
+-- the latest, 12 bytes each; empty when there are none.
+local function pages_asking(range)
+  if #range == 24 then
+    pages.soonest, pages.latest = string.sub(range, 1, 12), string.sub(range, 13, 24)
+  end
 end
 
 -- The time in the digest that starts at `at` in `bytes` (1 when omitted), in milliseconds since
--- the epoch (exact in a Lua number), and its seventh byte. Read in place: Lua hashes every byte of
--- each string it makes, a digest cut out of a longer string included.
+-- the epoch, and its seventh byte. Read in place: Lua hashes every byte of each string it makes,
+-- a digest cut out of a longer string included.
 local function pages_millis(bytes, at)
   at = at or 1
-  local a, b, c, d, e, f, g = string.byte(bytes, at, at + 6)
-  return ((((a * 256 + b) * 256 + c) * 256 + d) * 256 + e) * 256 + f, g
+  return pages_number(bytes, at), string.byte(bytes, at + 6)
 end
 
 -- The rate of the marks of `book` among the `count` sorted digests whose times `time(k)` gives
@@ -83,16 +105,17 @@ end
 -- previous book, of the book's digests at hand from the `at`th of the `count` whose times
 -- `time(k)` gives, and of the stream around the first of them. Pages split a millisecond (bits
 -- above 0) only when a page holds no more than one (span 1): so the digests of a page are side by
--- side when sorted.
+-- side when sorted. With them, as `newest`, the latest id order of the book's records (see
+-- `pages_all_newer`): '' while it has none, false when unknown (a book made before it was kept).
 local function pages_book(book, count, time, at)
   local params = pages.books[book]
   if params then
     return params
   end
   local meta = pages.prefix .. string.format('%d', book)
-  local values = redis.call('HMGET', meta, 'span', 'bits')
+  local values = redis.call('HMGET', meta, 'span', 'bits', 'newest')
   if values[1] then
-    params = {tonumber(values[1]), tonumber(values[2])}
+    params = {tonumber(values[1]), tonumber(values[2]), newest = values[3] or false}
   else
     local rate = pages_rate(book, count, time, at)
     rate = math.max(rate, pages_stream_rate((time(at))))
@@ -105,8 +128,8 @@ local function pages_book(book, count, time, at)
     while rate / 2 ^ bits > pages.per_page and bits < 8 do
       bits = bits + 1
     end
-    params = {span, bits}
-    redis.call('HSET', meta, 'span', span, 'bits', bits, 'count', 0)
+    params = {span, bits, newest = ''}
+    redis.call('HSET', meta, 'span', span, 'bits', bits, 'count', 0, 'newest', '')
   end
   pages.books[book] = params
   return params
@@ -231,8 +254,20 @@ local function pages_record_mark(chain, bytes, at)
   end
 end
 
+-- Whether every record asked for in this call (see `pages_asking`) comes after every record of
+-- the current run's book, by id order: then none of their events has a record in its pages. So
+-- holds of events read in the order one generator made their ids, as a backlog of one publisher
+-- is, are written with no look-up in the records a page holds already, which costs Redis about
+-- half the begin script's time per call (an index of the page's records made in Lua, see
+-- `pages_record_mark`).
+local function pages_all_newer()
+  local newest = pages.books[pages.book].newest
+  return newest == '' or (newest and pages.soonest and pages_sooner(newest, pages.soonest))
+end
+
 -- Appends the `count` records `added` to the page `key` of the current run, whose records are
--- `chain`; the full strings of the chain are kept as long as the last.
+-- `chain`; the full strings of the chain are kept as long as the last. The book's newest record is
+-- then no later than the latest asked for (`pages_flush` writes it).
 local function pages_record(key, chain, added, count)
   for _ = 2, #chain do
     redis.call('PEXPIREAT', key .. ':r', pages_expiry())
@@ -249,6 +284,7 @@ local function pages_record(key, chain, added, count)
     key = key .. '+'
   end
   pages.added[pages.book] = (pages.added[pages.book] or 0) + count
+  pages.raised[pages.book] = true
 end
 
 -- Writes `list[from..to]` (digest, mark, ...) to the page `key` of the current run, with its
@@ -342,12 +378,16 @@ local function pages_write(list, first, count)
   end)
 end
 
--- Adds the marks counted to the counts of the books written to, and keeps those books as long as
--- their pages.
+-- Adds the marks counted to the counts of the books written to, raises the newest id order of
+-- those given records (when known), and keeps those books as long as their pages.
 local function pages_flush()
   for book, added in pairs(pages.added) do
     local meta = pages.prefix .. string.format('%d', book)
     redis.call('HINCRBY', meta, 'count', added)
+    local newest = pages.books[book].newest
+    if pages.raised[book] and newest and (newest == '' or pages_sooner(newest, pages.latest)) then
+      redis.call('HSET', meta, 'newest', pages.latest)
+    end
     local last = (book + 1) * PAGES_BOOK - 1
     redis.call('PEXPIREAT', meta, string.format('%d', math.max(last, marks.millis) + pages.window))
   end
