@@ -883,8 +883,8 @@ async fn marks_in_overflow_pages_are_found_for_the_window_of_their_own_writing()
 }
 
 #[tokio::test]
-async fn repeats_are_found_whether_their_ids_come_after_every_event_held_before_or_not() {
-    // A batch whose ids all come after every event its book holds is held without looking its
+async fn repeats_are_found_whether_their_ids_lie_apart_from_those_held_before_or_not() {
+    // A batch whose ids lie apart from every event its book holds is held without looking its
     // events up (see `Digest::id_order`): each phase here gives the scripts a reason to look.
     let server = RedisServer::start();
     let window = Duration::from_secs(3_600);
@@ -895,13 +895,24 @@ async fn repeats_are_found_whether_their_ids_come_after_every_event_held_before_
             .envelope(&Login { user }, PublishOptions::new())
             .unwrap()
     };
+    // Five events of the time `age` ago, labelled by `label`.
+    let aged = |label: &str, age: Duration| -> Vec<events::Envelope> {
+        let millis = millis_ago(age);
+        (0..5)
+            .map(|n| {
+                let mut envelope = fresh(format!("{label}{n}"));
+                envelope.id = id_at(millis, n);
+                envelope
+            })
+            .collect()
+    };
     let write = |envelopes: Vec<events::Envelope>| publisher.publish_envelopes(envelopes);
     let held: Vec<_> = (0..300).map(|n| fresh(format!("a{n}"))).collect();
     for chunk in held.chunks(100) {
         write(chunk.to_vec()).await.unwrap();
     }
     settled(&consumer, 300).await;
-    // The latest event held, alone: its id is its book's newest.
+    // The latest event held, alone: its id ends its book's range.
     write(vec![held[299].clone()]).await.unwrap();
     settled(&consumer, 301).await;
     // Copies among events newer than any held.
@@ -909,28 +920,45 @@ async fn repeats_are_found_whether_their_ids_come_after_every_event_held_before_
     batch.extend([held[100].clone(), held[200].clone()]);
     write(batch).await.unwrap();
     settled(&consumer, 353).await;
-    // Events older than every one held (ids of ten seconds ago), then their copies with new ones.
-    let older = logins_at(&publisher, &[millis_ago(Duration::from_secs(10)); 20]);
+    // Groups of events older than those held, each older than the one before, one read each: more
+    // ranges than a book keeps, so the soonest merge; then a copy of each group's first alone,
+    // within or at the end of a range.
+    let groups: Vec<_> = (0..6)
+        .map(|k| aged(&format!("g{k}-"), Duration::from_secs(40 - 5 * k)))
+        .collect();
+    for (written, group) in groups.iter().enumerate() {
+        write(group.clone()).await.unwrap();
+        settled(&consumer, 358 + 5 * written as u64).await;
+    }
+    for (copied, group) in groups.iter().enumerate() {
+        write(vec![group[0].clone()]).await.unwrap();
+        settled(&consumer, 384 + copied as u64).await;
+    }
+    // Events older than every one held, then their copies with new ones.
+    let older = aged("o", Duration::from_secs(50));
     write(older.clone()).await.unwrap();
-    settled(&consumer, 373).await;
+    settled(&consumer, 394).await;
     let mut batch = older;
     batch.extend((0..10).map(|n| fresh(format!("c{n}"))));
     write(batch).await.unwrap();
-    settled(&consumer, 403).await;
-    // Books written before they kept their newest id order: every event is looked up in them.
+    settled(&consumer, 409).await;
+    // Books written before they kept their ranges: every event is looked up in them.
     let mut redis = connection(&server).await;
     let books = book_meta_keys(&server, &stream).await;
     for book in &books {
-        let newest: Vec<u8> = redis::cmd("HGET")
+        let held: Vec<u8> = redis::cmd("HGET")
             .arg(book)
-            .arg("newest")
+            .arg("held")
             .query_async(&mut redis)
             .await
             .unwrap();
-        assert_eq!(newest.len(), 12, "{book} keeps its newest id order");
+        assert!(
+            !held.is_empty() && held.len().is_multiple_of(24) && held.len() <= 2 * 24,
+            "{book} keeps the ranges of its records: {held:?}"
+        );
         let _: () = redis::cmd("HDEL")
             .arg(book)
-            .arg("newest")
+            .arg("held")
             .query_async(&mut redis)
             .await
             .unwrap();
@@ -938,19 +966,19 @@ async fn repeats_are_found_whether_their_ids_come_after_every_event_held_before_
     let mut batch = held[..10].to_vec();
     batch.extend((0..10).map(|n| fresh(format!("d{n}"))));
     write(batch).await.unwrap();
-    settled(&consumer, 423).await;
+    settled(&consumer, 429).await;
     running.close().await;
-    assert_eq!(consumer.status().duplicates, 1 + 2 + 20 + 10);
-    assert_eq!(runs.total(), 300 + 50 + 20 + 10 + 10);
+    assert_eq!(consumer.status().duplicates, 1 + 2 + 6 + 5 + 10);
+    assert_eq!(runs.total(), 300 + 50 + 30 + 5 + 10 + 10);
     assert!(runs.0.lock().unwrap().values().all(|count| *count == 1));
     for book in &books {
-        let newest: Option<Vec<u8>> = redis::cmd("HGET")
+        let held: Option<Vec<u8>> = redis::cmd("HGET")
             .arg(book)
-            .arg("newest")
+            .arg("held")
             .query_async(&mut redis)
             .await
             .unwrap();
-        assert_eq!(newest, None, "{book}: an unknown newest stays unknown");
+        assert_eq!(held, None, "{book}: unknown ranges stay unknown");
     }
 }
 

@@ -113,8 +113,8 @@ impl Digest {
     /// Of a digest kept by time, the first twelve bytes of the event's id: its time, then where its
     /// generator put it among the ids of that millisecond. The ids of one generator that counts
     /// within a millisecond (as `Uuid::now_v7` does) come in this order, so a batch read from a
-    /// backlog of one publisher comes after every event held before it, and the scripts need not
-    /// look its events up among those (see `pages_all_newer` in `lua/pages.lua`).
+    /// backlog of one publisher lies apart from the events held before it, and the scripts need
+    /// not look its events up among those (see `pages_none_held` in `lua/pages.lua`).
     pub(crate) fn id_order(&self) -> Option<[u8; 12]> {
         self.timed.then(|| {
             let mut order = [0; 12];

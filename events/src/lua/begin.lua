@@ -180,9 +180,16 @@ end
 -- records as they came; else each is looked at as `hold` does (which follows the hash's overflow
 -- pages). Their records are looked for in the page's only when some may be there.
 local function hold_records(key, from, to)
-  local records = pages_records(key)
+  local function added()
+    return string.sub(asked, asked_at(from), asked_at(to + 1) - 1), to - from + 1
+  end
   local marked = redis.call('HLEN', key) > 0
-  if not marked and records[1] ~= '' and not pages_all_newer() then
+  if not marked and pages_none_held() then
+    local records, count = added()
+    return pages_record(key, records, count, pages_records_end(key))
+  end
+  local records = pages_records(key)
+  if not marked and records[1] ~= '' then
     for k = from, to do
       if pages_record_mark(records, asked, asked_at(k)) then
         marked = true
@@ -198,7 +205,8 @@ local function hold_records(key, from, to)
     end
     return hold(key, digests, positions, records)
   end
-  pages_record(key, records, string.sub(asked, asked_at(from), asked_at(to + 1) - 1), to - from + 1)
+  local added_records, count = added()
+  pages_record(key, added_records, count, #records - 1, records[#records])
 end
 pages_each(timed, function(k)
   return pages_millis(ARGV[pairs_at + 2 * k - 1])

@@ -36,7 +36,7 @@ local function pages_setup()
   pages.full = 4 * marks.load
   pages.books = {}
   pages.added = {}
-  pages.raised = {}
+  pages.recorded = {}
 end
 
 -- The number in the six bytes from `at` in `bytes`, big-endian (exact in a Lua number).
@@ -105,17 +105,17 @@ end
 -- previous book, of the book's digests at hand from the `at`th of the `count` whose times
 -- `time(k)` gives, and of the stream around the first of them. Pages split a millisecond (bits
 -- above 0) only when a page holds no more than one (span 1): so the digests of a page are side by
--- side when sorted. With them, as `newest`, the latest id order of the book's records (see
--- `pages_all_newer`): '' while it has none, false when unknown (a book made before it was kept).
+-- side when sorted. With them, as `held`, the id orders its records lie within (see
+-- `pages_none_held`): '' while it has none, false when unknown (a book made before they were kept).
 local function pages_book(book, count, time, at)
   local params = pages.books[book]
   if params then
     return params
   end
   local meta = pages.prefix .. string.format('%d', book)
-  local values = redis.call('HMGET', meta, 'span', 'bits', 'newest')
+  local values = redis.call('HMGET', meta, 'span', 'bits', 'held')
   if values[1] then
-    params = {tonumber(values[1]), tonumber(values[2]), newest = values[3] or false}
+    params = {tonumber(values[1]), tonumber(values[2]), held = values[3] or false}
   else
     local rate = pages_rate(book, count, time, at)
     rate = math.max(rate, pages_stream_rate((time(at))))
@@ -128,8 +128,8 @@ local function pages_book(book, count, time, at)
     while rate / 2 ^ bits > pages.per_page and bits < 8 do
       bits = bits + 1
     end
-    params = {span, bits, newest = ''}
-    redis.call('HSET', meta, 'span', span, 'bits', bits, 'count', 0, 'newest', '')
+    params = {span, bits, held = ''}
+    redis.call('HSET', meta, 'span', span, 'bits', bits, 'count', 0, 'held', '')
   end
   pages.books[book] = params
   return params
@@ -182,6 +182,18 @@ local function pages_records(key)
     key = key .. '+'
   until #records < pages.full * PAGES_RECORD
   return chain
+end
+
+-- How many full strings the records of the page `key` have, and its last string, read without the
+-- full ones: Redis's copies of a page's strings into Lua cost it about as much as the rest of a
+-- call that needs no look-up in them (2.8 strings of up to 3 kB a call in the consume bench).
+local function pages_records_end(key)
+  local full = 0
+  while redis.call('STRLEN', key .. ':r') >= pages.full * PAGES_RECORD do
+    full = full + 1
+    key = key .. '+'
+  end
+  return full, redis.call('GET', key .. ':r') or ''
 end
 
 -- The key of the record of `digest`: its last eight bytes, which are mixed, then its first, the
@@ -254,29 +266,85 @@ local function pages_record_mark(chain, bytes, at)
   end
 end
 
--- Whether every record asked for in this call (see `pages_asking`) comes after every record of
--- the current run's book, by id order: then none of their events has a record in its pages. So
--- holds of events read in the order one generator made their ids, as a backlog of one publisher
--- is, are written with no look-up in the records a page holds already, which costs Redis about
--- half the begin script's time per call (an index of the page's records made in Lua, see
--- `pages_record_mark`).
-local function pages_all_newer()
-  local newest = pages.books[pages.book].newest
-  return newest == '' or (newest and pages.soonest and pages_sooner(newest, pages.soonest))
+-- A book's records lie within a few ranges of id orders, its `held`: each call that gives it
+-- records adds the range of those it asked for (see `pages_asking`), merged with those it meets;
+-- past PAGES_RANGES, the two soonest are merged (which may cover orders no record has: the ranges
+-- only ever say where records may be). Consumers read a backlog's batches side by side, so a
+-- batch's holds may come just after those of the batch read after it: two ranges keep both
+-- apart, and keep the meta hash's values within Redis's default listpack limit of 64 bytes.
+local PAGES_RANGES = 2
+
+-- The ranges `held` (their soonest and latest id orders, 12 bytes each, side by side), as a list of
+-- {soonest, latest}.
+local function pages_ranges(held)
+  local ranges = {}
+  for at = 1, #held, 24 do
+    ranges[#ranges + 1] = {string.sub(held, at, at + 11), string.sub(held, at + 12, at + 23)}
+  end
+  return ranges
+end
+
+-- Whether no record of the current run's book can be one asked for in this call: the book has
+-- none, or none in the range of those asked for. So holds of events read in the order one
+-- generator made their ids, as a backlog of one publisher is, are written with no look-up in the
+-- records a page holds already (an index of them made in Lua every call, see
+-- `pages_record_mark`), which cost Redis about half the begin script's time.
+local function pages_none_held()
+  local held = pages.books[pages.book].held
+  if held == '' then
+    return true
+  elseif not held or not pages.soonest then
+    return false
+  end
+  for _, range in ipairs(pages_ranges(held)) do
+    if not (pages_sooner(pages.latest, range[1]) or pages_sooner(range[2], pages.soonest)) then
+      return false
+    end
+  end
+  return true
+end
+
+-- The ranges `held` with that of this call's records added, as `held` is kept.
+local function pages_held_adding(held)
+  local ranges = pages_ranges(held)
+  ranges[#ranges + 1] = {pages.soonest, pages.latest}
+  table.sort(ranges, function(a, b)
+    return pages_sooner(a[1], b[1])
+  end)
+  local merged = {}
+  for _, range in ipairs(ranges) do
+    local last = merged[#merged]
+    if last and not pages_sooner(last[2], range[1]) then
+      if pages_sooner(last[2], range[2]) then
+        last[2] = range[2]
+      end
+    else
+      merged[#merged + 1] = range
+    end
+  end
+  while #merged > PAGES_RANGES do
+    merged[2][1] = merged[1][1]
+    table.remove(merged, 1)
+  end
+  local parts = {}
+  for _, range in ipairs(merged) do
+    parts[#parts + 1] = range[1] .. range[2]
+  end
+  return table.concat(parts)
 end
 
 -- Appends the `count` records `added` to the page `key` of the current run, whose records are
--- `chain`; the full strings of the chain are kept as long as the last. The book's newest record is
--- then no later than the latest asked for (`pages_flush` writes it).
-local function pages_record(key, chain, added, count)
-  for _ = 2, #chain do
+-- `full` full strings and then `last`; the full strings are kept as long as the last. The book's
+-- ranges then take in those asked for (`pages_flush` writes them).
+local function pages_record(key, added, count, full, last)
+  for _ = 1, full do
     redis.call('PEXPIREAT', key .. ':r', pages_expiry())
     key = key .. '+'
   end
   -- Lua hashes every byte of each string it makes: a new page's records are written as they came.
   local records, room = added, pages.full * PAGES_RECORD
-  if chain[#chain] ~= '' then
-    records = chain[#chain] .. added
+  if last ~= '' then
+    records = last .. added
   end
   for at = 1, #records, room do
     local part = #records <= room and records or string.sub(records, at, at + room - 1)
@@ -284,7 +352,7 @@ local function pages_record(key, chain, added, count)
     key = key .. '+'
   end
   pages.added[pages.book] = (pages.added[pages.book] or 0) + count
-  pages.raised[pages.book] = true
+  pages.recorded[pages.book] = true
 end
 
 -- Writes `list[from..to]` (digest, mark, ...) to the page `key` of the current run, with its
@@ -378,15 +446,16 @@ local function pages_write(list, first, count)
   end)
 end
 
--- Adds the marks counted to the counts of the books written to, raises the newest id order of
--- those given records (when known), and keeps those books as long as their pages.
+-- Adds the marks counted to the counts of the books written to, adds the range of the records
+-- asked for to the ranges of those given records (when known), and keeps those books as long as
+-- their pages.
 local function pages_flush()
   for book, added in pairs(pages.added) do
     local meta = pages.prefix .. string.format('%d', book)
     redis.call('HINCRBY', meta, 'count', added)
-    local newest = pages.books[book].newest
-    if pages.raised[book] and newest and (newest == '' or pages_sooner(newest, pages.latest)) then
-      redis.call('HSET', meta, 'newest', pages.latest)
+    local held = pages.books[book].held
+    if pages.recorded[book] and held then
+      redis.call('HSET', meta, 'held', pages_held_adding(held))
     end
     local last = (book + 1) * PAGES_BOOK - 1
     redis.call('PEXPIREAT', meta, string.format('%d', math.max(last, marks.millis) + pages.window))
