@@ -186,7 +186,8 @@ local function hold_records(key, from, to)
   local marked = redis.call('HLEN', key) > 0
   if not marked and pages_none_held() then
     local records, count = added()
-    return pages_record(key, records, count, pages_records_end(key))
+    local last_key, last = pages_records_end(key)
+    return pages_record(last_key, records, count, last)
   end
   local records = pages_records(key)
   if not marked and records[1] ~= '' then
@@ -206,7 +207,7 @@ local function hold_records(key, from, to)
     return hold(key, digests, positions, records)
   end
   local added_records, count = added()
-  pages_record(key, added_records, count, #records - 1, records[#records])
+  pages_record(pages_keep_full(key, #records - 1), added_records, count, records[#records])
 end
 pages_each(timed, function(k)
   return pages_millis(ARGV[pairs_at + 2 * k - 1])

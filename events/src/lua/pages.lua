@@ -184,16 +184,33 @@ local function pages_records(key)
   return chain
 end
 
--- How many full strings the records of the page `key` have, and its last string, read without the
--- full ones: Redis's copies of a page's strings into Lua cost it about as much as the rest of a
--- call that needs no look-up in them (2.8 strings of up to 3 kB a call in the consume bench).
-local function pages_records_end(key)
-  local full = 0
-  while redis.call('STRLEN', key .. ':r') >= pages.full * PAGES_RECORD do
-    full = full + 1
+-- Keeps the first `full` strings of records of the page `key` of the current run as long as the
+-- page; returns the key of the page whose string of records comes next.
+local function pages_keep_full(key, full)
+  for _ = 1, full do
+    redis.call('PEXPIREAT', key .. ':r', pages_expiry())
     key = key .. '+'
   end
-  return full, redis.call('GET', key .. ':r') or ''
+  return key
+end
+
+-- The end of the records of the page `key` of the current run, read without its full strings:
+-- the key of the page whose string of records is the last, and that string ('' for a new one).
+-- Redis's copies of a page's strings into Lua cost it about as much as the rest of a call that
+-- needs no look-up in them (2.8 strings of up to 3 kB a call in the consume bench). The strings
+-- are kept as long as the page as they are walked: PEXPIREAT tells which exist, and is a command
+-- the consumers' users have (see the README's ACL).
+local function pages_records_end(key)
+  local last
+  while redis.call('PEXPIREAT', key .. ':r', pages_expiry()) == 1 do
+    last = key
+    key = key .. '+'
+  end
+  local records = last and redis.call('GET', last .. ':r')
+  if not records or #records >= pages.full * PAGES_RECORD then
+    return key, ''
+  end
+  return last, records
 end
 
 -- The key of the record of `digest`: its last eight bytes, which are mixed, then its first, the
@@ -333,14 +350,10 @@ local function pages_held_adding(held)
   return table.concat(parts)
 end
 
--- Appends the `count` records `added` to the page `key` of the current run, whose records are
--- `full` full strings and then `last`; the full strings are kept as long as the last. The book's
--- ranges then take in those asked for (`pages_flush` writes them).
-local function pages_record(key, added, count, full, last)
-  for _ = 1, full do
-    redis.call('PEXPIREAT', key .. ':r', pages_expiry())
-    key = key .. '+'
-  end
+-- Appends the `count` records `added` to the records of the page of the current run whose last
+-- string is `last` under the page `key` (see `pages_records_end`). The book's ranges then take in
+-- those asked for (`pages_flush` writes them).
+local function pages_record(key, added, count, last)
   -- Lua hashes every byte of each string it makes: a new page's records are written as they came.
   local records, room = added, pages.full * PAGES_RECORD
   if last ~= '' then
