@@ -112,7 +112,7 @@ impl ConsumerBuilder {
 
     /// How many entries one read asks for (default 100). With idempotency on, a read's holds are
     /// taken in one script call whose cost is mostly per call: draining a backlog with 500 cost
-    /// Redis about a quarter as much per event for idempotency as 100 (README, benchmarks).
+    /// Redis a fifth to a third as much per event for idempotency as 100 (README, benchmarks).
     pub fn batch_size(self, batch_size: usize) -> Self {
         self.settings(|settings| settings.batch_size = batch_size)
     }
