@@ -2,7 +2,8 @@
 //! than the concurrency with handlers slower than the claim time, Redis refusing writes, stalling
 //! and dropping connections, acknowledgements and dead-letter writes that keep failing, entries
 //! too big for a script, a stream replaced under a running consumer, keys whose order must hold
-//! while partitions change hands, consumers joining, stopping and crashing amid copies, handlers
+//! while partitions change hands, copies far behind their events amid ids out of order, consumers
+//! joining, stopping and crashing amid copies, handlers
 //! that block every thread of their runtime, pull consumers holding what they reserved past the
 //! claim time (through a stall of Redis too) or whose caller stops polling `reserve`, connections
 //! killed as often as consumers look for idle entries.
@@ -215,6 +216,62 @@ async fn a_backlog_deeper_than_concurrency_with_handlers_slower_than_claim_idle_
         "nothing taken from a live consumer"
     );
     assert_eq!(dead_letter_count(&server, &stream).await, 0);
+    assert_eq!(pending(&server, &stream, "workers").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_far_behind_their_events_amid_ids_out_of_order_run_nothing_twice_across_consumers() {
+    let server = RedisServer::start();
+    let stream = unique("far-copies");
+    let publisher = publisher_to(server.url(), &stream).await;
+    // 2,000 events whose ids come in the order they were made, written in runs of 50 with every
+    // other pair of runs swapped (as two publishers' batches interleave), and a copy of every
+    // seventh written again 400 entries after it: copies land in batches of events whose ids lie
+    // on either side of theirs, held by three consumers at once (see `Digest::id_order`).
+    let envelopes: Vec<_> = (0..2_000)
+        .map(|n| {
+            publisher
+                .envelope(&Job { n }, PublishOptions::new())
+                .unwrap()
+        })
+        .collect();
+    let mut written: Vec<events::Envelope> = Vec::new();
+    for pair in envelopes.chunks(100) {
+        let (first, second) = pair.split_at(50);
+        written.extend(second.iter().chain(first).cloned());
+    }
+    let copies: Vec<(usize, events::Envelope)> = (0..written.len())
+        .filter(|at| at % 7 == 0)
+        .map(|at| (at + 400, written[at].clone()))
+        .collect();
+    for (at, copy) in copies.iter().rev() {
+        written.insert((*at).min(written.len()), copy.clone());
+    }
+    for chunk in written.chunks(250) {
+        publisher.publish_envelopes(chunk.to_vec()).await.unwrap();
+    }
+    let (runs, consumers, running) =
+        start_workers(&server, &stream, 3, Duration::ZERO, |consumer| {
+            consumer.batch_size(20).max_unacked(60)
+        })
+        .await;
+    wait_until("every entry is settled", || {
+        sum(&consumers, |status| status.processed + status.duplicates) == written.len() as u64
+    })
+    .await;
+    running.close().await;
+
+    runs.assert_each_once(0..2_000);
+    assert_eq!(
+        sum(&consumers, |status| status.duplicates),
+        copies.len() as u64
+    );
+    assert!(
+        consumers
+            .iter()
+            .all(|consumer| consumer.status().processed > 0),
+        "all three consumers held batches"
+    );
     assert_eq!(pending(&server, &stream, "workers").await, 0);
 }
 
