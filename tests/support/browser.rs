@@ -50,8 +50,12 @@ impl Browser {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Err(error) => {
+                    let output = chromedriver_output(&tmp);
                     end(&mut chromedriver, &tmp);
-                    panic!("no chromium session from chromedriver within 20 s: {error}");
+                    panic!(
+                        "no chromium session from chromedriver within 20 s: {error}\n\
+                         chromedriver said, last:\n{output}"
+                    );
                 }
             }
         };
@@ -110,17 +114,35 @@ fn end(chromedriver: &mut Child, tmp: &Path) {
     let _ = std::fs::remove_dir_all(tmp);
 }
 
-/// Starts chromedriver on a free port, with its temporary files in `tmp`; with its URL.
+/// Where chromedriver's output goes, in its temporary directory `tmp`.
+fn output_path(tmp: &Path) -> PathBuf {
+    tmp.join("chromedriver.log")
+}
+
+/// The last lines chromedriver wrote (every start of it in `tmp`), to say why it gave no session.
+fn chromedriver_output(tmp: &Path) -> String {
+    let output = std::fs::read_to_string(output_path(tmp)).unwrap_or_default();
+    let lines: Vec<&str> = output.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// Starts chromedriver on a free port, with its temporary files in `tmp` and its output appended
+/// to `output_path(tmp)`; with its URL.
 fn chromedriver(tmp: &Path) -> (Child, String) {
     let port = TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .expect("a free port")
         .port();
+    let output = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(output_path(tmp))
+        .expect("open chromedriver's log");
     let chromedriver = Command::new("chromedriver")
         .arg(format!("--port={port}"))
         .env("TMPDIR", tmp)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(output.try_clone().expect("share chromedriver's log"))
+        .stderr(output)
         // A process group of its own, which the chromium it starts joins: `end` kills both.
         .process_group(0)
         .spawn()
