@@ -487,7 +487,7 @@ impl<C: ConnectionLike + Clone + Send + Sync> Group<C> {
         // records, those kept by time whose holders pack into a record and whose events are asked
         // for once here, most of them, which the script writes with no work per event.
         let (mut written, mut paired, mut recorded) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut records, mut recorded_digests) = (Vec::new(), Vec::new());
+        let mut records = Vec::new();
         for (k, &(digest, at)) in sorted.iter().enumerate() {
             let once = (k == 0 || sorted[k - 1].0 != digest)
                 && sorted.get(k + 1).is_none_or(|next| next.0 != digest);
@@ -499,7 +499,6 @@ impl<C: ConnectionLike + Clone + Send + Sync> Group<C> {
             } else if let Some(record) = record {
                 records.extend_from_slice(&record);
                 recorded.push(at);
-                recorded_digests.push(digest);
             } else {
                 paired.push((digest, at));
             }
@@ -536,7 +535,9 @@ impl<C: ConnectionLike + Clone + Send + Sync> Group<C> {
                 .arg(requests[at].borrow().holder.to_string());
         }
         // The soonest and the latest of the records' id orders, which spare most look-ups.
-        let orders = recorded_digests.iter().filter_map(Digest::id_order);
+        let orders = order[written.len() + paired.len()..]
+            .iter()
+            .filter_map(|&at| requests[at].borrow().digest.id_order());
         let range: Vec<u8> = orders
             .clone()
             .min()
