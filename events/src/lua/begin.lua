@@ -185,9 +185,9 @@ local function hold_records(key, from, to)
   end
   local marked = redis.call('HLEN', key) > 0
   if not marked and pages_none_held() then
-    local records, count = added()
+    local added_records, count = added()
     local last_key, last = pages_records_end(key)
-    return pages_record(last_key, records, count, last)
+    return pages_record(last_key, added_records, count, last)
   end
   local records = pages_records(key)
   if not marked and records[1] ~= '' then
