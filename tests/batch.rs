@@ -4,18 +4,19 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::support::faults::{ConnectionKiller, accept_writes, refuse_writes};
 use crate::support::{
     Captured, RedisServer, clients, connection, publisher_to, unique, wait_until,
 };
 use events::{
-    Backoff, BatchConfig, BatchedPublisher, BatchingStrategy, Error, Event, Overflow,
-    PublisherConfig, Router, read_range,
+    Backoff, BatchConfig, BatchedPublisher, BatchingStrategy, Envelope, Error, Event, Overflow,
+    PublishOptions, PublisherConfig, Route, Router, Trim, read_range,
 };
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use tracing_subscriber::fmt::format::FmtSpan;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
@@ -87,6 +88,35 @@ async fn publish_readings(batched: &BatchedPublisher, first: u64, count: u64) ->
     ids
 }
 
+/// Checks that `error` is a flush's or close's [`Error::Unwritten`]: `failed` of its events went to
+/// the failed list, which holds `failed_list`.
+fn assert_unwritten(error: &Error, failed: usize, failed_list: usize) {
+    let said = match error {
+        Error::Unwritten {
+            failed,
+            failed_list,
+        } => Some((*failed, *failed_list)),
+        _ => None,
+    };
+    assert_eq!(said, Some((failed, failed_list)), "{error}");
+}
+
+/// Checks that `batched`'s failed list holds the events of `ids`, each refused with WRONGTYPE.
+fn assert_refused(batched: &BatchedPublisher, ids: &BTreeSet<String>) {
+    let failed = batched.failed_messages();
+    let failed_ids: BTreeSet<String> = failed
+        .iter()
+        .map(|failed| failed.envelope.id.clone())
+        .collect();
+    assert_eq!(&failed_ids, ids);
+    assert!(
+        failed
+            .iter()
+            .all(|failed| failed.error.contains("WRONGTYPE")),
+        "{failed:?}"
+    );
+}
+
 /// What dropping `batched` logs.
 fn logged_on_drop(batched: BatchedPublisher) -> String {
     let captured = Captured::default();
@@ -102,15 +132,12 @@ async fn wait_for_len(
     what: &str,
     predicate: impl Fn(usize) -> bool,
 ) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if predicate(stream_len(server, stream).await) {
             return;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting until {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -296,8 +323,6 @@ async fn a_connected_batched_publisher_writes_its_batches_side_by_side_and_loses
     )
     .await
     .unwrap();
-    // Its own three, and the one that counts them.
-    assert_eq!(clients(&server).await.len(), before + 3);
     let mut ids = publish_readings(&batched, 0, 2_000).await;
     batched.flush().await.unwrap();
     let writing = clients(&server)
@@ -305,7 +330,18 @@ async fn a_connected_batched_publisher_writes_its_batches_side_by_side_and_loses
         .iter()
         .filter(|client| client.contains(" cmd=xadd "))
         .count();
-    assert_eq!(writing, 3, "ten batches went out through each connection");
+    assert_eq!(writing, 3, "ten batches went out through three connections");
+    // Its own three and the one that counts them: the connections that checked the server at
+    // connect are closed.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while clients(&server).await.len() != before + 3 {
+        assert!(
+            Instant::now() < deadline,
+            "connections left open: {:#?}",
+            clients(&server).await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     let killer = ConnectionKiller::start(&server, Duration::from_millis(50)).await;
     ids.extend(publish_readings(&batched, 2_000, 18_000).await);
@@ -417,16 +453,7 @@ async fn events_that_failed_while_redis_was_down_are_written_once_after_retry_fa
         batched.publish(&reading(n)).await.unwrap();
     }
     let error = batched.flush().await.unwrap_err();
-    assert!(
-        matches!(
-            error,
-            Error::Unwritten {
-                failed: 500,
-                failed_list: 500
-            }
-        ),
-        "{error}"
-    );
+    assert_unwritten(&error, 500, 500);
 
     let stats = batched.memory_stats();
     assert_eq!(
@@ -487,16 +514,7 @@ async fn drained_failed_events_release_their_memory() {
         batched.publish(&reading(n)).await.unwrap();
     }
     let error = batched.flush().await.unwrap_err();
-    assert!(
-        matches!(
-            error,
-            Error::Unwritten {
-                failed: 10,
-                failed_list: 10
-            }
-        ),
-        "{error}"
-    );
+    assert_unwritten(&error, 10, 10);
 
     let drained = batched.drain_failed();
 
@@ -546,36 +564,14 @@ async fn close_reports_events_it_could_not_write() {
 
     let error = batched.close().await.unwrap_err();
 
-    assert!(
-        matches!(
-            error,
-            Error::Unwritten {
-                failed: 5,
-                failed_list: 5
-            }
-        ),
-        "{error}"
-    );
+    assert_unwritten(&error, 5, 5);
     assert!(
         error.to_string().starts_with(
             "5 events could not be written by this flush and 5 are in the failed list"
         ),
         "{error}"
     );
-    let failed = batched.failed_messages();
-    assert_eq!(
-        failed
-            .iter()
-            .map(|failed| failed.envelope.id.clone())
-            .collect::<BTreeSet<_>>(),
-        published
-    );
-    assert!(
-        failed
-            .iter()
-            .all(|failed| failed.error.contains("WRONGTYPE")),
-        "{failed:?}"
-    );
+    assert_refused(&batched, &published);
 
     accept_writes_to(&server, &stream).await;
     assert_eq!(batched.retry_failed().await.unwrap(), 5);
@@ -601,16 +597,7 @@ async fn flush_reports_events_redis_refused_for_memory_until_they_are_retried() 
 
     let error = batched.flush().await.unwrap_err();
 
-    assert!(
-        matches!(
-            error,
-            Error::Unwritten {
-                failed: 4,
-                failed_list: 4
-            }
-        ),
-        "{error}"
-    );
+    assert_unwritten(&error, 4, 4);
     assert!(
         batched.failed_messages()[0].error.contains("OOM"),
         "{:?}",
@@ -647,16 +634,7 @@ async fn a_publish_waiting_for_room_fails_when_close_runs() {
     let batched = batched(&server, &stream, config).await;
     let first = publish_readings(&batched, 0, 1).await;
     let error = batched.flush().await.unwrap_err();
-    assert!(
-        matches!(
-            error,
-            Error::Unwritten {
-                failed: 1,
-                failed_list: 1
-            }
-        ),
-        "{error}"
-    );
+    assert_unwritten(&error, 1, 1);
     // The failed event holds the only room, and nothing will release it.
     let event = reading(1);
     let waiting = batched.publish(&event);
@@ -756,4 +734,123 @@ async fn dropping_with_unwritten_or_failed_events_warns_with_both_counts() {
         assert!(log.contains(counts), "{log}");
         assert!(log.contains("retry_failed() or drain_failed()"), "{log}");
     }
+}
+
+/// The entries of `stream` decoded, by event id.
+async fn envelopes_in(
+    server: &RedisServer,
+    stream: &str,
+) -> std::collections::BTreeMap<String, Envelope> {
+    let entries = read_range(&mut connection(server).await, stream, "-", "+", 10_000)
+        .await
+        .unwrap();
+    entries
+        .iter()
+        .map(|entry| {
+            let envelope = entry.decode().unwrap();
+            (envelope.id.clone(), envelope)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_connected_batched_publisher_writes_hostile_events_intact_and_keeps_what_redis_refuses() {
+    // Its batches are packed by hand on connections of its own: every kind of write goes through
+    // that path here, side by side with writes Redis refuses.
+    let server = RedisServer::start();
+    let (plain, refused, typescript) = (unique("packed"), unique("refused"), unique("packed-ts"));
+    refuse_writes_to(&server, &refused).await;
+    let router = Router::builder()
+        .route(Route::to("sensor.*", &plain).trim(Trim::max_len(100_000)))
+        .route(Route::to("refused.*", &refused))
+        .route(Route::to("ts.*", &typescript).typescript("shop"))
+        .build()
+        .unwrap();
+    let config = BatchConfig::new()
+        .max_size(25)
+        .max_wait(Duration::from_secs(3600))
+        .max_concurrent_batches(2);
+    let batched = BatchedPublisher::connect(
+        server.url(),
+        PublisherConfig::new("test").router(router),
+        config,
+    )
+    .await
+    .unwrap();
+
+    let mut expected = publish_readings(&batched, 0, 40).await;
+    let huge = format!("{}\u{0}\r\n\u{1b}é🦀", "x".repeat(2 << 20));
+    expected.insert(
+        batched
+            .publish_raw("sensor.huge", json!({ "text": huge }))
+            .await
+            .unwrap(),
+    );
+    let headers = (0..3_000).fold(PublishOptions::new(), |options, n| {
+        options.header(format!("h{n}"), format!("\r\n{n}\u{7}"))
+    });
+    let with_headers = batched
+        .publish_with(&reading(1_000), headers)
+        .await
+        .unwrap();
+    expected.insert(with_headers.clone());
+    let mut refused_ids = BTreeSet::new();
+    let mut typescript_ids = BTreeSet::new();
+    for n in 0..10 {
+        refused_ids.insert(
+            batched
+                .publish_raw("refused.thing", json!({ "n": n }))
+                .await
+                .unwrap(),
+        );
+        typescript_ids.insert(
+            batched
+                .publish_raw("ts.thing", json!({ "n": n }))
+                .await
+                .unwrap(),
+        );
+    }
+    let later = batched
+        .publish_with(
+            &reading(99),
+            PublishOptions::new().deliver_after(Duration::from_secs(3600)),
+        )
+        .await
+        .unwrap();
+
+    let error = batched.flush().await.unwrap_err();
+    assert_unwritten(&error, 10, 10);
+    assert_refused(&batched, &refused_ids);
+
+    let written = envelopes_in(&server, &plain).await;
+    assert_eq!(written.keys().cloned().collect::<BTreeSet<_>>(), expected);
+    let huge_body: serde_json::Value = serde_json::from_str(
+        &written
+            .values()
+            .find(|envelope| envelope.event_type == "sensor.huge")
+            .unwrap()
+            .body,
+    )
+    .unwrap();
+    assert_eq!(huge_body["text"], huge);
+    let headers = &written[&with_headers].headers;
+    assert_eq!(headers.len(), 3_000);
+    assert_eq!(headers["h2999"], "\r\n2999\u{7}");
+    assert_eq!(
+        envelopes_in(&server, &typescript)
+            .await
+            .keys()
+            .cloned()
+            .collect::<BTreeSet<_>>(),
+        typescript_ids
+    );
+    let delayed: Vec<String> = connection(&server)
+        .await
+        .zrange(events::delayed_events(&plain), 0, -1)
+        .await
+        .unwrap();
+    assert_eq!(delayed.len(), 1);
+    assert!(delayed[0].contains(&later), "{delayed:?}");
+    batched.drain_failed();
+    batched.close().await.unwrap();
 }

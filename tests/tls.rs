@@ -7,7 +7,8 @@ use crate::support::RedisServer;
 use crate::support::tls::TlsFiles;
 use crate::support::{Running, pending, quick, unique, wait_until};
 use events::{
-    Consumer, Context, Endpoint, Event, HandlerError, Publisher, PublisherConfig, Router,
+    BatchConfig, BatchedPublisher, Consumer, Context, Endpoint, Event, HandlerError, Publisher,
+    PublisherConfig, Router,
 };
 use serde::{Deserialize, Serialize};
 
@@ -17,7 +18,8 @@ struct Kept {
     n: u64,
 }
 
-/// Publishes 20 events through `endpoint` and consumes them through it; all must be handled.
+/// Publishes 20 events through `endpoint` with a publisher and 20 with a batched one (its
+/// batches on connections of its own), and consumes them through it; all must be handled.
 /// Idle then, the consumer stops without waiting out its 20 s blocking read: its reads are on
 /// connections of its own over TLS too, whose reads it can end.
 async fn round_trip(server: &RedisServer, endpoint: Endpoint) {
@@ -31,13 +33,24 @@ async fn round_trip(server: &RedisServer, endpoint: Endpoint) {
     for n in 0..20 {
         publisher.publish(&Kept { n }).await.unwrap();
     }
+    let batched = BatchedPublisher::connect(
+        endpoint.clone(),
+        PublisherConfig::new("test").router(Router::single(&stream)),
+        BatchConfig::new(),
+    )
+    .await
+    .unwrap();
+    for n in 20..40 {
+        batched.publish(&Kept { n }).await.unwrap();
+    }
+    batched.close().await.unwrap();
     let (consumer, running) = Running::build(
         quick(Consumer::builder(endpoint).stream(&stream).group("g"))
             .block(Duration::from_secs(20))
             .handle(|_: Kept, _: Context| async { Ok::<(), HandlerError>(()) }),
     )
     .await;
-    wait_until("all 20 are handled", || consumer.status().processed == 20).await;
+    wait_until("all 40 are handled", || consumer.status().processed == 40).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let stopping = Instant::now();
     running.close().await;

@@ -10,7 +10,7 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 
-use crate::direct_reader::DirectReader;
+use crate::direct_connection::DirectConnection;
 use crate::endpoint::{Client, Endpoint};
 use crate::error::is_authentication;
 use crate::replicas::Replicas;
@@ -34,8 +34,8 @@ enum Link {
     #[cfg(feature = "cluster")]
     Cluster(ClusterConnection),
     Sentinel(SentinelConnection),
-    /// A consumer's stream reads, on a connection of their own.
-    Direct(DirectReader),
+    /// A consumer's stream reads or a batched publisher's writes, on a connection of their own.
+    Direct(DirectConnection),
 }
 
 impl std::fmt::Debug for Connection {
@@ -175,6 +175,14 @@ impl Connection {
     pub(crate) fn reader_id(&self) -> Option<u64> {
         match &self.link {
             Link::Direct(reader) => reader.client_id(),
+            _ => None,
+        }
+    }
+
+    /// The connection of its own it is, if it is one (then no replicas are waited for).
+    pub(crate) fn direct(&self) -> Option<&DirectConnection> {
+        match &self.link {
+            Link::Direct(connection) if self.replicas.is_none() => Some(connection),
             _ => None,
         }
     }
@@ -359,12 +367,12 @@ pub(crate) async fn connect(endpoint: &Endpoint, response_timeout: Duration) -> 
     check_login(connection).await
 }
 
-/// Connects to `endpoint` as [`connect`] does, for a consumer's stream reads: on one server a URL
-/// names (over TLS too), they take a connection of their own (see `direct_reader`). A redis-rs
-/// client of the caller's own keeps them: it may bring what a URL cannot say (a credentials
-/// provider, its own TLS). So do reads that wait for replicas: a read records deliveries, and one
-/// that a failover loses must not be handled.
-pub(crate) async fn connect_reader(
+/// Connects to `endpoint` as [`connect`] does, for a consumer's stream reads or a batched
+/// publisher's writes: on one server a URL names (over TLS too), they take a connection of their
+/// own (see `direct_connection`). A redis-rs client of the caller's own keeps them: it may bring
+/// what a URL cannot say (a credentials provider, its own TLS). So do commands that wait for
+/// replicas: a read records deliveries, and one that a failover loses must not be handled.
+pub(crate) async fn connect_direct(
     endpoint: &Endpoint,
     response_timeout: Duration,
 ) -> Result<Connection> {
@@ -376,7 +384,7 @@ pub(crate) async fn connect_reader(
     }
     if let Client::Single(client) = endpoint.make_client(response_timeout)?
         && let Some(reader) =
-            DirectReader::for_server(client.get_connection_info(), endpoint, response_timeout)
+            DirectConnection::for_server(client.get_connection_info(), endpoint, response_timeout)
     {
         connection.link = Link::Direct(reader);
     }

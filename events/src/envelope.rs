@@ -7,6 +7,7 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
@@ -182,16 +183,30 @@ impl Envelope {
 
     /// The entry's fields, in the order they are written.
     pub fn fields(&self) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
-        let mut fields: Vec<(Cow<'_, str>, Cow<'_, str>)> =
-            Vec::with_capacity(10 + self.headers.len());
-        fields.extend([
-            ("id".into(), self.id.as_str().into()),
-            ("type".into(), self.event_type.as_str().into()),
-            ("v".into(), self.version.to_string().into()),
-            ("origin".into(), self.origin.as_str().into()),
-            ("ts".into(), format_timestamp(self.timestamp).into()),
-            ("hash".into(), self.hash.as_str().into()),
-            ("body".into(), self.body.as_str().into()),
+        let mut flat = Vec::with_capacity(2 * (11 + self.headers.len()));
+        self.push_fields(&mut flat);
+        let mut flat = flat.into_iter();
+        std::iter::from_fn(|| Some((flat.next()?, flat.next()?))).collect()
+    }
+
+    /// Appends the entry's field names and values to `out`, one after the other, in the order
+    /// they are written: as an `XADD` takes them.
+    pub(crate) fn push_fields<'a>(&'a self, out: &mut Vec<Cow<'a, str>>) {
+        out.extend([
+            "id".into(),
+            self.id.as_str().into(),
+            "type".into(),
+            self.event_type.as_str().into(),
+            "v".into(),
+            self.version.to_string().into(),
+            "origin".into(),
+            self.origin.as_str().into(),
+            "ts".into(),
+            format_timestamp(self.timestamp).into(),
+            "hash".into(),
+            self.hash.as_str().into(),
+            "body".into(),
+            self.body.as_str().into(),
         ]);
         let optional = [
             ("corr", &self.correlation_id),
@@ -201,16 +216,15 @@ impl Envelope {
         ];
         for (name, value) in optional {
             if let Some(value) = value {
-                fields.push((name.into(), value.as_str().into()));
+                out.extend([name.into(), value.as_str().into()]);
             }
         }
         for (name, value) in &self.headers {
-            fields.push((
+            out.extend([
                 format!("{HEADER_PREFIX}{name}").into(),
                 value.as_str().into(),
-            ));
+            ]);
         }
-        fields
     }
 
     /// About the bytes it takes in memory: the struct, its text, and the allocator's own per
@@ -506,7 +520,15 @@ const LAST_MILLIS: u64 = 253_402_300_799_999;
 /// `time` as RFC 3339 UTC to the millisecond, clamped to the years 1970 to 9999 that it can write.
 pub(crate) fn format_timestamp(time: SystemTime) -> String {
     let last = UNIX_EPOCH + Duration::from_millis(LAST_MILLIS);
-    humantime::format_rfc3339_millis(time.clamp(UNIX_EPOCH, last)).to_string()
+    // Sized at once: `to_string` would grow it three times.
+    let mut text = String::with_capacity(24);
+    write!(
+        text,
+        "{}",
+        humantime::format_rfc3339_millis(time.clamp(UNIX_EPOCH, last))
+    )
+    .expect("a time from 1970 to 9999 formats");
+    text
 }
 
 /// A time written as milliseconds since the Unix epoch, up to the end of year 9999.

@@ -7,7 +7,7 @@ mod batch;
 mod connection;
 mod consumer;
 mod dead_letters;
-mod direct_reader;
+mod direct_connection;
 mod endpoint;
 mod entry;
 mod envelope;

@@ -94,8 +94,14 @@ measure_by_len! {
 /// Checks `#[event(email)]`: one `@` between a non-empty local part and a dotted domain.
 pub fn email<S: AsRef<str> + ?Sized>(value: &S) -> Option<String> {
     let value = value.as_ref();
+    // In ASCII, white space and control characters are the bytes that are not graphic.
+    let plain = if value.is_ascii() {
+        value.bytes().all(|byte| byte.is_ascii_graphic())
+    } else {
+        !value.chars().any(|c| c.is_whitespace() || c.is_control())
+    };
     let valid = value.len() <= 254
-        && !value.chars().any(|c| c.is_whitespace() || c.is_control())
+        && plain
         && match value.split_once('@') {
             Some((local, domain)) => {
                 !local.is_empty()

@@ -1,5 +1,6 @@
 //! The publisher: validates, encodes, routes and writes events, one round trip per call.
 
+use std::any::Any;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -12,8 +13,10 @@ use serde_json::Value;
 use tracing::Instrument;
 
 use crate::connection::Connection;
+use crate::direct_connection::DirectConnection;
 use crate::instruments::PublishMetrics;
 use crate::keys;
+use crate::resp;
 use crate::routing::Format;
 use crate::typescript;
 use crate::{
@@ -423,14 +426,11 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Publisher<C> {
             .iter()
             .map(|envelope| self.config.router.destination(envelope))
             .collect::<Result<Vec<_>>>()?;
-        let (commands, delayed): (Vec<redis::Cmd>, Vec<bool>) = destinations
+        let writes = destinations
             .iter()
             .zip(envelopes)
-            .map(|(destination, envelope)| write_command(destination, envelope, now))
-            .collect::<Result<Vec<_>>>()?
-            .into_iter()
-            .unzip();
-        let mut commands: Vec<Option<redis::Cmd>> = commands.into_iter().map(Some).collect();
+            .map(|(destination, envelope)| Write::of(destination, envelope, now))
+            .collect::<Result<Vec<_>>>()?;
         let write_error = |envelope: &Envelope, stream: &str, source| Error::Write {
             event_type: envelope.event_type.clone(),
             stream: stream.to_owned(),
@@ -450,25 +450,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Publisher<C> {
         } else {
             vec![(0..envelopes.len()).collect()]
         };
-        let pipelines: Vec<redis::Pipeline> = groups
-            .iter()
-            .map(|indices| {
-                let mut pipeline = redis::pipe();
-                for &index in indices {
-                    pipeline.add_command(commands[index].take().expect("each write goes once"));
-                }
-                pipeline
-            })
-            .collect();
-        let round_trips = pipelines.into_iter().map(|mut pipeline| {
-            let mut connection = self.connection.clone();
-            async move {
-                pipeline
-                    .ignore_errors()
-                    .query_async::<Vec<redis::RedisResult<String>>>(&mut connection)
-                    .await
-            }
-        });
+        let round_trips = groups.iter().map(|indices| self.send(indices, &writes));
         let span = tracing::info_span!(
             "events.publish_many",
             events = envelopes.len(),
@@ -496,20 +478,24 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Publisher<C> {
                 }
             }
         }
-        let streams: Vec<Cow<'_, str>> = destinations
-            .into_iter()
-            .map(|destination| destination.stream)
+        let streams: Vec<&str> = destinations
+            .iter()
+            .map(|destination| destination.stream.as_ref())
             .collect();
         let replies = replies
             .into_iter()
             .map(|reply| reply.expect("every write has its reply"));
         let results: Vec<Result<T>> = replies
             .zip(envelopes.iter().zip(&streams))
-            .zip(delayed)
-            .map(|((reply, (envelope, stream)), delayed)| match reply {
+            .zip(&writes)
+            .map(|((reply, (envelope, stream)), write)| match reply {
                 Ok(entry_id) => {
                     // A delayed event has no entry yet.
-                    let entry_id = if delayed { String::new() } else { entry_id };
+                    let entry_id = if write.delayed {
+                        String::new()
+                    } else {
+                        entry_id
+                    };
                     Ok(written(envelope, stream, entry_id))
                 }
                 Err(source) => Err(write_error(envelope, stream, source)),
@@ -520,7 +506,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Publisher<C> {
             .iter()
             .zip(envelopes.iter().zip(&streams))
             .filter(|(result, _)| result.is_ok())
-            .map(|(_, (envelope, stream))| (stream.as_ref(), envelope.event_type.as_str()))
+            .map(|(_, (envelope, stream))| (*stream, envelope.event_type.as_str()))
             .collect();
         for run in counted.chunk_by(|one, next| one == next) {
             let (stream, event_type) = run[0];
@@ -529,9 +515,46 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Publisher<C> {
         Ok(results)
     }
 
+    /// Sends the `writes` at `indices` in one round trip: packed by hand on a connection of the
+    /// publisher's own (see `direct_connection`), as a redis-rs pipeline otherwise. Each one's
+    /// reply, the entry id or the error Redis gave.
+    async fn send(
+        &self,
+        indices: &[usize],
+        writes: &[Write<'_>],
+    ) -> redis::RedisResult<Vec<redis::RedisResult<String>>> {
+        let chosen = indices.iter().map(|&index| &writes[index]);
+        if let Some(direct) = self.direct() {
+            let mut request = Vec::with_capacity(chosen.clone().map(Write::packed_size).sum());
+            for write in chosen {
+                resp::pack_command(&write.arguments, &mut request);
+            }
+            return direct.send(&request, indices.len()).await;
+        }
+        let mut pipeline = redis::pipe();
+        for write in chosen {
+            pipeline.add_command(write.command());
+        }
+        pipeline
+            .ignore_errors()
+            .query_async(&mut self.connection.clone())
+            .await
+    }
+
+    /// The connection of its own this publisher writes on, if it has one: a batched publisher's
+    /// to a single server (see [`BatchedPublisher::connect`](crate::BatchedPublisher::connect)).
+    fn direct(&self) -> Option<&DirectConnection> {
+        (&self.connection as &dyn Any)
+            .downcast_ref::<Connection>()?
+            .direct()
+    }
+
     async fn write_one(&self, envelope: Envelope) -> Result<Published> {
         let destination = self.config.router.destination(&envelope)?;
-        let (command, delayed) = write_command(&destination, &envelope, SystemTime::now())?;
+        let (command, delayed) = {
+            let write = Write::of(&destination, &envelope, SystemTime::now())?;
+            (write.command(), write.delayed)
+        };
         let stream = destination.stream.into_owned();
         let span = tracing::info_span!(
             "events.publish",
@@ -562,75 +585,106 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Publisher<C> {
     }
 }
 
-/// The write of one envelope: `XADD <stream> [trim] * <fields>` in its destination's format, or,
-/// for an event delayed past `now`, `ZADD` into the stream's delayed set (see
-/// `lua/move_due.lua`). True for a delayed one.
-fn write_command(
-    destination: &crate::Destination<'_>,
-    envelope: &Envelope,
-    now: SystemTime,
-) -> Result<(redis::Cmd, bool)> {
-    let fields = entry_fields(destination, envelope)?;
-    if let Some(at) = envelope.deliver_at.filter(|at| *at > now) {
-        if fields.len() > 2 * MOST_DELAYED_FIELDS {
-            return Err(Error::Config(format!(
-                "event `{}`: a delayed event takes at most {MOST_DELAYED_FIELDS} fields (headers \
-                 included), and this one has {}",
-                envelope.event_type,
-                fields.len() / 2
-            )));
-        }
-        let trim = destination
-            .trim
-            .map_or_else(Default::default, |trim| trim.delayed_arguments());
-        let member: Vec<Cow<'_, str>> = trim.into_iter().map(Cow::Owned).chain(fields).collect();
-        let member = serde_json::to_string(&member).expect("strings serialize");
-        let due = at
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis();
-        let mut command = redis::cmd("ZADD");
-        command
-            .arg(keys::delayed_events(&destination.stream))
-            .arg(u64::try_from(due).unwrap_or(u64::MAX))
-            .arg(member);
-        return Ok((command, true));
-    }
-    let trim = destination.trim.as_ref().map(|trim| trim.arguments(now));
-    let head = ["XADD", destination.stream.as_ref()]
-        .into_iter()
-        .chain(trim.iter().flatten().map(String::as_str))
-        .chain(["*"]);
-    let arguments: Vec<&str> = head.chain(fields.iter().map(AsRef::as_ref)).collect();
-    // Sized at once: a command grows its buffer by doubling as arguments come.
-    let mut command = redis::Cmd::with_capacity(
-        arguments.len(),
-        arguments.iter().map(|argument| argument.len()).sum(),
-    );
-    for argument in arguments {
-        command.arg(argument);
-    }
-    Ok((command, false))
+/// The write of one envelope, as its command's arguments: `XADD <stream> [trim] * <fields>` in
+/// its destination's format or, for an event delayed past the time it is written, `ZADD` into the
+/// stream's delayed set (see `lua/move_due.lua`).
+struct Write<'a> {
+    arguments: Vec<Cow<'a, str>>,
+    /// Whether the event is delayed.
+    delayed: bool,
 }
 
-/// The entry's fields and values, one after the other, in the destination's format.
-fn entry_fields<'a>(
+impl<'a> Write<'a> {
+    /// The write of `envelope` to `destination` at `now`.
+    fn of(
+        destination: &'a crate::Destination<'_>,
+        envelope: &'a Envelope,
+        now: SystemTime,
+    ) -> Result<Self> {
+        if let Some(at) = envelope.deliver_at.filter(|at| *at > now) {
+            let mut fields = Vec::new();
+            push_entry_fields(destination, envelope, &mut fields)?;
+            if fields.len() > 2 * MOST_DELAYED_FIELDS {
+                return Err(Error::Config(format!(
+                    "event `{}`: a delayed event takes at most {MOST_DELAYED_FIELDS} fields \
+                     (headers included), and this one has {}",
+                    envelope.event_type,
+                    fields.len() / 2
+                )));
+            }
+            let trim = destination
+                .trim
+                .map_or_else(Default::default, |trim| trim.delayed_arguments());
+            let member: Vec<Cow<'_, str>> =
+                trim.into_iter().map(Cow::Owned).chain(fields).collect();
+            let member = serde_json::to_string(&member).expect("strings serialize");
+            let due = at
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis();
+            let arguments = vec![
+                "ZADD".into(),
+                keys::delayed_events(&destination.stream).into(),
+                u64::try_from(due).unwrap_or(u64::MAX).to_string().into(),
+                member.into(),
+            ];
+            return Ok(Self {
+                arguments,
+                delayed: true,
+            });
+        }
+        let trim = destination.trim.as_ref().map(|trim| trim.arguments(now));
+        let mut arguments = Vec::with_capacity(6 + 2 * (11 + envelope.headers.len()));
+        arguments.extend(["XADD".into(), destination.stream.as_ref().into()]);
+        arguments.extend(trim.into_iter().flatten().map(Cow::Owned));
+        arguments.push("*".into());
+        push_entry_fields(destination, envelope, &mut arguments)?;
+        Ok(Self {
+            arguments,
+            delayed: false,
+        })
+    }
+
+    /// About the bytes it takes packed as RESP.
+    fn packed_size(&self) -> usize {
+        16 + self
+            .arguments
+            .iter()
+            .map(|argument| argument.len() + 16)
+            .sum::<usize>()
+    }
+
+    /// The write as a redis-rs command.
+    fn command(&self) -> redis::Cmd {
+        // Sized at once: a command grows its buffer by doubling as arguments come.
+        let mut command = redis::Cmd::with_capacity(
+            self.arguments.len(),
+            self.arguments.iter().map(|argument| argument.len()).sum(),
+        );
+        for argument in &self.arguments {
+            command.arg(argument.as_ref());
+        }
+        command
+    }
+}
+
+/// Appends the entry's fields and values to `out`, one after the other, in the destination's
+/// format.
+fn push_entry_fields<'a>(
     destination: &crate::Destination<'_>,
     envelope: &'a Envelope,
-) -> Result<Vec<Cow<'a, str>>> {
-    Ok(match &destination.format {
-        Format::Native => envelope
-            .fields()
-            .into_iter()
-            .flat_map(|(name, value)| [name, value])
-            .collect(),
+    out: &mut Vec<Cow<'a, str>>,
+) -> Result<()> {
+    match &destination.format {
+        Format::Native => envelope.push_fields(out),
         Format::TypeScript { namespace } => {
             let data =
                 typescript::encode(envelope, namespace).map_err(|source| Error::Serialize {
                     event_type: envelope.event_type.clone(),
                     source,
                 })?;
-            vec![typescript::DATA_FIELD.into(), data.into()]
+            out.extend([typescript::DATA_FIELD.into(), data.into()]);
         }
-    })
+    }
+    Ok(())
 }

@@ -1,5 +1,5 @@
-//! Arguments and replies of stream commands: durations as milliseconds, and entries parsed from
-//! RESP2 arrays and RESP3 maps alike, without failing on an odd one.
+//! Arguments and replies of stream commands: durations as milliseconds, commands packed as RESP,
+//! and entries parsed from RESP2 arrays and RESP3 maps alike, without failing on an odd one.
 
 use std::time::Duration;
 
@@ -10,6 +10,24 @@ use crate::StreamEntry;
 /// A duration as whole milliseconds, the unit of every stream command.
 pub(crate) fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Appends the command of `arguments` to `out` as RESP sends it: an array of bulk strings.
+pub(crate) fn pack_command(arguments: &[impl AsRef<str>], out: &mut Vec<u8>) {
+    push_header(out, b'*', arguments.len());
+    for argument in arguments {
+        let argument = argument.as_ref().as_bytes();
+        push_header(out, b'$', argument.len());
+        out.extend_from_slice(argument);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Appends a RESP header line: `kind`, then `number` in decimal, then CRLF.
+fn push_header(out: &mut Vec<u8>, kind: u8, number: usize) {
+    out.push(kind);
+    out.extend_from_slice(itoa::Buffer::new().format(number).as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// The items of an array, set or map (keys and values in turn); nothing for anything else.
@@ -142,6 +160,31 @@ mod tests {
         )]);
         assert_eq!(parse_read_reply(reply)[0].1[0].id, "1-0");
         assert!(parse_read_reply(Value::Nil).is_empty());
+    }
+
+    #[test]
+    fn commands_are_packed_as_redis_rs_packs_them() {
+        let long = "x".repeat(12_345);
+        let commands: [&[&str]; 3] = [
+            &[
+                "XADD",
+                "orders",
+                "*",
+                "body",
+                "{\"a\":\"é\\r\\n\"}",
+                "",
+                "0",
+            ],
+            &["PING"],
+            &["SET", "k", &long],
+        ];
+        let mut packed = Vec::new();
+        let mut pipeline = redis::pipe();
+        for arguments in commands {
+            pack_command(arguments, &mut packed);
+            pipeline.cmd(arguments[0]).arg(&arguments[1..]);
+        }
+        assert_eq!(packed, pipeline.get_packed_pipeline());
     }
 
     #[test]

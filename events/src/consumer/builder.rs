@@ -15,7 +15,7 @@ use super::{
     NewerVersions, PullConsumer, StartFrom, Unhandled,
 };
 use crate::connection::Connection;
-use crate::connection::{check_server_version, connect, connect_reader};
+use crate::connection::{check_server_version, connect, connect_direct};
 use crate::instruments::HandlerMetrics;
 use crate::{Endpoint, Error, Event, Result, keys};
 use tokio::sync::Semaphore;
@@ -334,7 +334,7 @@ impl ConsumerBuilder {
         let mut settings = self.settings;
         settings.check()?;
         let reader =
-            connect_reader(&self.endpoint, settings.block + Duration::from_secs(5)).await?;
+            connect_direct(&self.endpoint, settings.block + Duration::from_secs(5)).await?;
         let commands = settings
             .connected(connect(&self.endpoint, Duration::from_secs(10)).await?)
             .await?;
@@ -390,7 +390,7 @@ impl ConsumerBuilder {
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
             let reader =
-                connect_reader(&self.endpoint, settings.block + Duration::from_secs(5)).await?;
+                connect_direct(&self.endpoint, settings.block + Duration::from_secs(5)).await?;
             readers.push(settings.group_on(reader));
         }
         let mut settings = settings;

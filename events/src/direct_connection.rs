@@ -1,7 +1,9 @@
-//! A consumer's reads on a connection of their own, to a single Redis over TCP or TLS: the
-//! `XREADGROUP` replies are read from the socket and parsed by [`crate::read_frame`], at a small
-//! part of the CPU redis-rs's general parser takes for them. Any other command (there are few on
-//! a reader) goes through redis-rs's parser. The connection is opened (and authenticated) at the
+//! A consumer's reads and a batched publisher's writes on a connection of their own, to a single
+//! Redis over TCP or TLS: the `XREADGROUP` replies are read from the socket and parsed by
+//! [`crate::read_frame`], and a batch's `XADD`s go out as the publisher packed them, their replies
+//! (entry ids) read straight from the bytes, at a small part of the CPU redis-rs's general
+//! encoder and parser take for them. Any other command (there are few) goes through redis-rs's
+//! parser. The connection is opened (and authenticated) at the
 //! first request and after any failure; a request that fails or is cancelled midway closes it, so
 //! that no half-read reply is ever taken for the next. Requests take turns. The server's id of the
 //! open connection is known, so that another connection can end a blocking read early
@@ -38,7 +40,7 @@ const KEPT_BUFFER: usize = 1024 * 1024;
 
 /// Where reads go, and the connection they take; cheap to clone, clones share the connection.
 #[derive(Debug, Clone)]
-pub(crate) struct DirectReader {
+pub(crate) struct DirectConnection {
     host: Arc<str>,
     port: u16,
     /// The credentials and database the server's URL names.
@@ -71,7 +73,7 @@ impl std::fmt::Debug for Socket {
     }
 }
 
-impl DirectReader {
+impl DirectConnection {
     /// A reader for the server `info` names, if it is one server reached over TCP, or over TLS
     /// with `endpoint`'s certificates (not `#insecure`); replies are given up on after
     /// `response_timeout`.
@@ -125,6 +127,22 @@ impl DirectReader {
     pub(crate) async fn read(&self, command: &Cmd) -> RedisResult<Vec<(String, Vec<StreamEntry>)>> {
         self.request(&command.get_packed_command(), 1, |received, frames| {
             parse_read_frame(&received[frames[0].clone()])
+        })
+        .await
+    }
+
+    /// Sends `request`, `commands` commands packed one after another, and gives each one's reply:
+    /// its text (a bulk string, such as an `XADD`'s entry id) or the error Redis gave.
+    pub(crate) async fn send(
+        &self,
+        request: &[u8],
+        commands: usize,
+    ) -> RedisResult<Vec<RedisResult<String>>> {
+        self.request(request, commands, |received, frames| {
+            Ok(frames
+                .iter()
+                .map(|frame| text_reply(&received[frame.clone()]))
+                .collect())
         })
         .await
     }
@@ -204,6 +222,20 @@ impl DirectReader {
     }
 }
 
+/// A reply's text: a bulk string's bytes read in place; any other reply through redis-rs's
+/// parser, an error reply as the error.
+fn text_reply(frame: &[u8]) -> RedisResult<String> {
+    if frame.first() == Some(&b'$')
+        && let Some(line) = frame.iter().position(|&byte| byte == b'\n')
+        && let Some(text) = frame.get(line + 1..frame.len().saturating_sub(2))
+        && let Ok(text) = std::str::from_utf8(text)
+    {
+        return Ok(text.to_owned());
+    }
+    let value = redis::parse_redis_value(frame)?.extract_error()?;
+    Ok(redis::from_redis_value(value)?)
+}
+
 /// Each frame of `received` as redis-rs parses it.
 fn values(received: &[u8], frames: &[Range<usize>]) -> RedisResult<Vec<Value>> {
     frames
@@ -245,7 +277,7 @@ impl Socket {
     }
 }
 
-impl ConnectionLike for DirectReader {
+impl ConnectionLike for DirectConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
             let mut replies = self.request(&cmd.get_packed_command(), 1, values).await?;
