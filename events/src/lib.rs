@@ -32,6 +32,7 @@ mod trace;
 mod transfer;
 mod typescript;
 mod validation;
+mod write;
 
 #[doc(hidden)]
 #[path = "private.rs"]

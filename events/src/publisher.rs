@@ -1,11 +1,10 @@
 //! The publisher: validates, encodes, routes and writes events, one round trip per call.
 
 use std::any::Any;
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use redis::aio::ConnectionLike;
 use serde_json::Value;
@@ -16,9 +15,7 @@ use crate::connection::Connection;
 use crate::direct_connection::DirectConnection;
 use crate::instruments::PublishMetrics;
 use crate::keys;
-use crate::resp;
-use crate::routing::Format;
-use crate::typescript;
+use crate::write::{Request, Write};
 use crate::{
     Envelope, Error, Event, Result, Router, TraceContext, ValidationReport, check_event_type,
 };
@@ -101,10 +98,6 @@ enum Deliver {
     At(SystemTime),
     After(Duration),
 }
-
-/// The most fields of a delayed event: its move into the stream (a script) passes them as
-/// arguments, which Lua limits.
-const MOST_DELAYED_FIELDS: usize = 3_000;
 
 /// The longest delay: anything further is more likely a unit mistake than a plan.
 const LONGEST_DELAY: Duration = Duration::from_secs(366 * 24 * 3600);
@@ -426,11 +419,6 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Publisher<C> {
             .iter()
             .map(|envelope| self.config.router.destination(envelope))
             .collect::<Result<Vec<_>>>()?;
-        let writes = destinations
-            .iter()
-            .zip(envelopes)
-            .map(|(destination, envelope)| Write::of(destination, envelope, now))
-            .collect::<Result<Vec<_>>>()?;
         let write_error = |envelope: &Envelope, stream: &str, source| Error::Write {
             event_type: envelope.event_type.clone(),
             stream: stream.to_owned(),
@@ -450,7 +438,20 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Publisher<C> {
         } else {
             vec![(0..envelopes.len()).collect()]
         };
-        let round_trips = groups.iter().map(|indices| self.send(indices, &writes));
+        // Each event's command is made and added to its round trip's request at once, so that
+        // no more than one copy of each waits for the reply.
+        let mut delayed = vec![false; envelopes.len()];
+        let mut requests = Vec::with_capacity(groups.len());
+        for indices in &groups {
+            let mut request = Request::new(self.direct().is_some());
+            for &index in indices {
+                let write = Write::of(&destinations[index], &envelopes[index], now)?;
+                request.push(&write);
+                delayed[index] = write.delayed;
+            }
+            requests.push(request);
+        }
+        let round_trips = requests.into_iter().map(|request| self.send(request));
         let span = tracing::info_span!(
             "events.publish_many",
             events = envelopes.len(),
@@ -487,15 +488,11 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Publisher<C> {
             .map(|reply| reply.expect("every write has its reply"));
         let results: Vec<Result<T>> = replies
             .zip(envelopes.iter().zip(&streams))
-            .zip(&writes)
-            .map(|((reply, (envelope, stream)), write)| match reply {
+            .zip(delayed)
+            .map(|((reply, (envelope, stream)), delayed)| match reply {
                 Ok(entry_id) => {
                     // A delayed event has no entry yet.
-                    let entry_id = if write.delayed {
-                        String::new()
-                    } else {
-                        entry_id
-                    };
+                    let entry_id = if delayed { String::new() } else { entry_id };
                     Ok(written(envelope, stream, entry_id))
                 }
                 Err(source) => Err(write_error(envelope, stream, source)),
@@ -515,30 +512,21 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Publisher<C> {
         Ok(results)
     }
 
-    /// Sends the `writes` at `indices` in one round trip: packed by hand on a connection of the
-    /// publisher's own (see `direct_connection`), as a redis-rs pipeline otherwise. Each one's
-    /// reply, the entry id or the error Redis gave.
-    async fn send(
-        &self,
-        indices: &[usize],
-        writes: &[Write<'_>],
-    ) -> redis::RedisResult<Vec<redis::RedisResult<String>>> {
-        let chosen = indices.iter().map(|&index| &writes[index]);
-        if let Some(direct) = self.direct() {
-            let mut request = Vec::with_capacity(chosen.clone().map(Write::packed_size).sum());
-            for write in chosen {
-                resp::pack_command(&write.arguments, &mut request);
+    /// Sends `request` in one round trip: each of its commands' reply, the entry id or the
+    /// error Redis gave.
+    async fn send(&self, request: Request) -> redis::RedisResult<Vec<redis::RedisResult<String>>> {
+        match request {
+            Request::Packed { bytes, commands } => {
+                let direct = self.direct().expect("packed for a connection of its own");
+                direct.send(&bytes, commands).await
             }
-            return direct.send(&request, indices.len()).await;
+            Request::Pipeline(mut pipeline) => {
+                pipeline
+                    .ignore_errors()
+                    .query_async(&mut self.connection.clone())
+                    .await
+            }
         }
-        let mut pipeline = redis::pipe();
-        for write in chosen {
-            pipeline.add_command(write.command());
-        }
-        pipeline
-            .ignore_errors()
-            .query_async(&mut self.connection.clone())
-            .await
     }
 
     /// The connection of its own this publisher writes on, if it has one: a batched publisher's
@@ -583,108 +571,4 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Publisher<C> {
             }),
         }
     }
-}
-
-/// The write of one envelope, as its command's arguments: `XADD <stream> [trim] * <fields>` in
-/// its destination's format or, for an event delayed past the time it is written, `ZADD` into the
-/// stream's delayed set (see `lua/move_due.lua`).
-struct Write<'a> {
-    arguments: Vec<Cow<'a, str>>,
-    /// Whether the event is delayed.
-    delayed: bool,
-}
-
-impl<'a> Write<'a> {
-    /// The write of `envelope` to `destination` at `now`.
-    fn of(
-        destination: &'a crate::Destination<'_>,
-        envelope: &'a Envelope,
-        now: SystemTime,
-    ) -> Result<Self> {
-        if let Some(at) = envelope.deliver_at.filter(|at| *at > now) {
-            let mut fields = Vec::new();
-            push_entry_fields(destination, envelope, &mut fields)?;
-            if fields.len() > 2 * MOST_DELAYED_FIELDS {
-                return Err(Error::Config(format!(
-                    "event `{}`: a delayed event takes at most {MOST_DELAYED_FIELDS} fields \
-                     (headers included), and this one has {}",
-                    envelope.event_type,
-                    fields.len() / 2
-                )));
-            }
-            let trim = destination
-                .trim
-                .map_or_else(Default::default, |trim| trim.delayed_arguments());
-            let member: Vec<Cow<'_, str>> =
-                trim.into_iter().map(Cow::Owned).chain(fields).collect();
-            let member = serde_json::to_string(&member).expect("strings serialize");
-            let due = at
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_millis();
-            let arguments = vec![
-                "ZADD".into(),
-                keys::delayed_events(&destination.stream).into(),
-                u64::try_from(due).unwrap_or(u64::MAX).to_string().into(),
-                member.into(),
-            ];
-            return Ok(Self {
-                arguments,
-                delayed: true,
-            });
-        }
-        let trim = destination.trim.as_ref().map(|trim| trim.arguments(now));
-        let mut arguments = Vec::with_capacity(6 + 2 * (11 + envelope.headers.len()));
-        arguments.extend(["XADD".into(), destination.stream.as_ref().into()]);
-        arguments.extend(trim.into_iter().flatten().map(Cow::Owned));
-        arguments.push("*".into());
-        push_entry_fields(destination, envelope, &mut arguments)?;
-        Ok(Self {
-            arguments,
-            delayed: false,
-        })
-    }
-
-    /// About the bytes it takes packed as RESP.
-    fn packed_size(&self) -> usize {
-        16 + self
-            .arguments
-            .iter()
-            .map(|argument| argument.len() + 16)
-            .sum::<usize>()
-    }
-
-    /// The write as a redis-rs command.
-    fn command(&self) -> redis::Cmd {
-        // Sized at once: a command grows its buffer by doubling as arguments come.
-        let mut command = redis::Cmd::with_capacity(
-            self.arguments.len(),
-            self.arguments.iter().map(|argument| argument.len()).sum(),
-        );
-        for argument in &self.arguments {
-            command.arg(argument.as_ref());
-        }
-        command
-    }
-}
-
-/// Appends the entry's fields and values to `out`, one after the other, in the destination's
-/// format.
-fn push_entry_fields<'a>(
-    destination: &crate::Destination<'_>,
-    envelope: &'a Envelope,
-    out: &mut Vec<Cow<'a, str>>,
-) -> Result<()> {
-    match &destination.format {
-        Format::Native => envelope.push_fields(out),
-        Format::TypeScript { namespace } => {
-            let data =
-                typescript::encode(envelope, namespace).map_err(|source| Error::Serialize {
-                    event_type: envelope.event_type.clone(),
-                    source,
-                })?;
-            out.extend([typescript::DATA_FIELD.into(), data.into()]);
-        }
-    }
-    Ok(())
 }
