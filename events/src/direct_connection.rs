@@ -262,7 +262,7 @@ impl Socket {
                 if let Some(length) = scan.advance(&self.received[start..])? {
                     frames.push(start..start + length);
                     start += length;
-                    scan = FrameScan::default();
+                    scan.restart();
                     continue;
                 }
                 self.received.reserve(READ_SIZE);

@@ -149,8 +149,8 @@ pub(crate) fn lowercase_hex(bytes: &[u8]) -> String {
 }
 
 impl Envelope {
-    /// A new envelope for a body of JSON text: a fresh UUID (v7, time-ordered), the current time,
-    /// and the body's hash.
+    /// A new envelope for a body of JSON text: a fresh UUID (v7, time-ordered), the current time
+    /// (the id's, to the millisecond), and the body's hash.
     pub fn new(
         event_type: impl Into<String>,
         version: u32,
@@ -158,19 +158,22 @@ impl Envelope {
         body: String,
     ) -> Self {
         let event_type = event_type.into();
-        let now = SystemTime::now();
-        let millis = now
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis();
+        let id = uuid::Uuid::now_v7();
+        // The event's time is its id's: one reading of the clock, to the millisecond, for both.
+        let (seconds, nanos) = id
+            .get_timestamp()
+            .expect("a UUIDv7 holds its time")
+            .to_unix();
         Self {
-            id: uuid::Uuid::now_v7().to_string(),
+            id: id
+                .hyphenated()
+                .encode_lower(&mut uuid::Uuid::encode_buffer())
+                .to_owned(),
             hash: hash_body(&event_type, &body),
             event_type,
             version,
             origin: origin.into(),
-            timestamp: UNIX_EPOCH
-                + Duration::from_millis(u64::try_from(millis).unwrap_or(u64::MAX)),
+            timestamp: UNIX_EPOCH + Duration::new(seconds, nanos),
             body,
             correlation_id: None,
             causation_id: None,
@@ -599,6 +602,23 @@ mod tests {
 
     fn decode_owned(pairs: Vec<(String, String)>) -> Result<Envelope, DecodeError> {
         Envelope::decode(&pairs)
+    }
+
+    #[test]
+    fn a_new_envelope_is_stamped_with_its_id_s_time_to_the_millisecond() {
+        let before = SystemTime::now();
+        let envelope = Envelope::new("user.created", 1, "test", "{}".into());
+        let after = SystemTime::now();
+        let id = uuid::Uuid::parse_str(&envelope.id).unwrap();
+        let (seconds, nanos) = id.get_timestamp().unwrap().to_unix();
+        assert_eq!(
+            envelope.timestamp,
+            UNIX_EPOCH + Duration::new(seconds, nanos)
+        );
+        assert_eq!(nanos % 1_000_000, 0);
+        assert!(before - Duration::from_millis(1) <= envelope.timestamp);
+        assert!(envelope.timestamp <= after);
+        assert_eq!(envelope.id, id.to_string());
     }
 
     #[test]

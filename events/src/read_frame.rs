@@ -20,6 +20,14 @@ pub(crate) struct FrameScan {
 }
 
 impl FrameScan {
+    /// Starts over, for the next frame (keeping its room for arrays: a reply of many frames
+    /// allocates once).
+    pub(crate) fn restart(&mut self) {
+        self.at = 0;
+        self.remaining.clear();
+        self.started = false;
+    }
+
     /// The frame's length once `bytes` (everything received, from the frame's first byte) hold
     /// all of it; `None` while more is to come. Each call goes on from where the last stopped.
     pub(crate) fn advance(&mut self, bytes: &[u8]) -> RedisResult<Option<usize>> {
