@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::support::faults::{ConnectionKiller, accept_writes, refuse_writes};
+use crate::support::faults::{ConnectionKiller, accept_writes, refuse_writes, stall};
 use crate::support::{
     Captured, RedisServer, clients, connection, publisher_to, unique, wait_until,
 };
@@ -34,6 +34,18 @@ fn reading(n: u64) -> SensorRead {
 async fn batched(server: &RedisServer, stream: &str, config: BatchConfig) -> BatchedPublisher {
     let publisher = publisher_to(server.url(), stream).await;
     BatchedPublisher::new(publisher, config)
+}
+
+/// A batched publisher to `stream` on connections of its own (`BatchedPublisher::connect`).
+async fn connected_batched(
+    server: &RedisServer,
+    stream: &str,
+    config: BatchConfig,
+) -> BatchedPublisher {
+    let publisher = PublisherConfig::new("test").router(Router::single(stream));
+    BatchedPublisher::connect(server.url(), publisher, config)
+        .await
+        .unwrap()
 }
 
 async fn stream_len(server: &RedisServer, stream: &str) -> usize {
@@ -316,13 +328,7 @@ async fn a_connected_batched_publisher_writes_its_batches_side_by_side_and_loses
             Duration::from_millis(10),
             Duration::from_millis(100),
         ));
-    let batched = BatchedPublisher::connect(
-        server.url(),
-        PublisherConfig::new("test").router(Router::single(&stream)),
-        config,
-    )
-    .await
-    .unwrap();
+    let batched = connected_batched(&server, &stream, config).await;
     let mut ids = publish_readings(&batched, 0, 2_000).await;
     batched.flush().await.unwrap();
     let writing = clients(&server)
@@ -581,45 +587,73 @@ async fn close_reports_events_it_could_not_write() {
 
 #[tokio::test]
 async fn flush_reports_events_redis_refused_for_memory_until_they_are_retried() {
-    let server = RedisServer::own();
-    let stream = unique("oom");
+    // Through one redis-rs connection, and through connections of its own (its commands packed
+    // by hand).
+    for connected in [false, true] {
+        let server = RedisServer::own();
+        let stream = unique("oom");
+        let config = BatchConfig::new()
+            .max_size(1000)
+            .max_wait(Duration::from_secs(3600))
+            .max_retries(1)
+            .retry_backoff(Backoff::exponential(
+                Duration::from_millis(10),
+                Duration::from_millis(10),
+            ));
+        let batched = if connected {
+            connected_batched(&server, &stream, config).await
+        } else {
+            batched(&server, &stream, config).await
+        };
+        refuse_writes(&server).await;
+        let published = publish_readings(&batched, 0, 4).await;
+
+        let error = batched.flush().await.unwrap_err();
+
+        assert_unwritten(&error, 4, 4);
+        assert!(
+            batched.failed_messages()[0].error.contains("OOM"),
+            "{:?}",
+            batched.failed_messages()
+        );
+        // A flush with nothing new still reports the failed list.
+        let error = batched.flush().await.unwrap_err();
+        assert_unwritten(&error, 0, 4);
+
+        accept_writes(&server).await;
+        assert_eq!(batched.retry_failed().await.unwrap(), 4);
+        batched.flush().await.unwrap();
+        assert_eq!(distinct_ids(&server, &stream).await, published);
+        assert_eq!(batched.memory_stats().held_messages, 0);
+    }
+}
+
+#[tokio::test]
+async fn a_connected_batched_publisher_waits_out_a_stalled_redis_and_loses_nothing() {
+    let server = RedisServer::start();
+    let stream = unique("stalled");
     let config = BatchConfig::new()
-        .max_size(1000)
-        .max_wait(Duration::from_secs(3600))
-        .max_retries(1)
-        .retry_backoff(Backoff::exponential(
-            Duration::from_millis(10),
-            Duration::from_millis(10),
-        ));
-    let batched = batched(&server, &stream, config).await;
-    refuse_writes(&server).await;
-    let published = publish_readings(&batched, 0, 4).await;
-
-    let error = batched.flush().await.unwrap_err();
-
-    assert_unwritten(&error, 4, 4);
-    assert!(
-        batched.failed_messages()[0].error.contains("OOM"),
-        "{:?}",
-        batched.failed_messages()
-    );
-    let error = batched.flush().await.unwrap_err();
-    assert!(
-        matches!(
-            error,
-            Error::Unwritten {
-                failed: 0,
-                failed_list: 4
-            }
-        ),
-        "a flush with nothing new still reports the failed list: {error}"
-    );
-
-    accept_writes(&server).await;
-    assert_eq!(batched.retry_failed().await.unwrap(), 4);
+        .max_size(100)
+        .max_wait(Duration::from_millis(5))
+        .max_concurrent_batches(2);
+    let batched = connected_batched(&server, &stream, config).await;
+    let mut ids = publish_readings(&batched, 0, 500).await;
     batched.flush().await.unwrap();
-    assert_eq!(distinct_ids(&server, &stream).await, published);
-    assert_eq!(batched.memory_stats().held_messages, 0);
+
+    let stalled = Instant::now();
+    let _stall = stall(&server, Duration::from_millis(1_500));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    ids.extend(publish_readings(&batched, 500, 500).await);
+    batched.flush().await.unwrap();
+
+    assert!(
+        stalled.elapsed() >= Duration::from_millis(1_400),
+        "the stall did not hold the writes back: {:?}",
+        stalled.elapsed()
+    );
+    assert_eq!(distinct_ids(&server, &stream).await, ids);
+    assert_eq!(batched.memory_stats().failed_total, 0);
+    batched.close().await.unwrap();
 }
 
 #[tokio::test]
