@@ -7,7 +7,8 @@
 //!
 //! `cargo bench --bench batch` (`EVENTS_BENCH_EVENTS` the events per round, 200,000;
 //! `EVENTS_BENCH_ROUNDS` the rounds, 5; `EVENTS_BENCH_ROWS` which rows to measure, such as `3` for
-//! a profile of that one alone: the baseline, row 0, always runs).
+//! a profile of that one alone: the baseline, row 0, always runs; `EVENTS_BENCH_BATCH` the events
+//! per batch and per raw pipeline, 1,000; `EVENTS_BENCH_AT_ONCE` the batches in flight, 4).
 
 use events::testing as redis_server;
 
@@ -82,7 +83,7 @@ struct Publishing {
     growth: usize,
 }
 
-/// Publishes `events` orders through `batched` (in batches of 1,000) and closes it.
+/// Publishes `events` orders through `batched` and closes it.
 async fn publish_through(batched: BatchedPublisher, events: usize) -> Publishing {
     let batched = Arc::new(batched);
     let orders: Vec<OrderPlaced> = (0..1000).map(OrderPlaced::sample).collect();
@@ -124,18 +125,19 @@ async fn publish_through(batched: BatchedPublisher, events: usize) -> Publishing
     }
 }
 
-/// Events per second of `events` orders' fields written by raw redis-rs pipelines of 1,000
+/// Events per second of `events` orders' fields written by raw redis-rs pipelines of `size`
 /// `XADD`s through `redis`.
 async fn raw_pipelines(
     redis: &mut redis::aio::MultiplexedConnection,
     stream: &str,
     events: usize,
+    size: usize,
     fields: &[(String, String)],
 ) -> f64 {
     let start = Instant::now();
-    for _ in 0..events.div_ceil(1000) {
+    for _ in 0..events.div_ceil(size) {
         let mut pipeline = redis::pipe();
-        for _ in 0..1000 {
+        for _ in 0..size {
             pipeline
                 .cmd("XADD")
                 .arg(stream)
@@ -145,7 +147,7 @@ async fn raw_pipelines(
         }
         let () = pipeline.query_async(redis).await.unwrap();
     }
-    (events.div_ceil(1000) * 1000) as f64 / start.elapsed().as_secs_f64()
+    (events.div_ceil(size) * size) as f64 / start.elapsed().as_secs_f64()
 }
 
 fn setting(name: &str, default: usize) -> usize {
@@ -155,18 +157,24 @@ fn setting(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// The rows, each printed with its rates and its ratios to the first, `redis-benchmark`.
-const ROWS: [&str; 4] = [
-    "redis-benchmark -P 64 XADD (baseline)",
-    "raw redis-rs pipelines of 1,000 XADD",
-    "BatchedPublisher::new (4 at once, one connection)",
-    "BatchedPublisher::connect (4 at once, 4 connections)",
-];
+/// The rows, each printed with its rates and its ratios to the first, `redis-benchmark`: for
+/// batches of `size` events, `at_once` of them in flight.
+fn row_names(size: usize, at_once: usize) -> [String; 4] {
+    [
+        "redis-benchmark -P 64 XADD (baseline)".into(),
+        format!("raw redis-rs pipelines of {size} XADD"),
+        format!("BatchedPublisher::new ({size} x {at_once}, one connection)"),
+        format!("BatchedPublisher::connect ({size} x {at_once}, {at_once} connections)"),
+    ]
+}
 
 #[tokio::main]
 async fn main() {
     let events = setting("EVENTS_BENCH_EVENTS", 200_000);
     let rounds = setting("EVENTS_BENCH_ROUNDS", 5);
+    let size = setting("EVENTS_BENCH_BATCH", 1000);
+    let at_once = setting("EVENTS_BENCH_AT_ONCE", 4);
+    let names = row_names(size, at_once);
     let server = redis_server::RedisServer::start();
     let url = server.url().to_owned();
     let publisher = Publisher::connect(&url, publisher_config("bench:batched"))
@@ -187,26 +195,26 @@ async fn main() {
         .await
         .unwrap();
     let config = BatchConfig::new()
-        .max_size(1000)
+        .max_size(size)
         .max_wait(Duration::from_millis(10))
-        .max_concurrent_batches(4)
+        .max_concurrent_batches(at_once)
         .max_queued_bytes(MAX_QUEUED_BYTES)
         .max_queued_messages(usize::MAX >> 1);
     println!("{events} events of 160-byte JSON bodies per round, {rounds} rounds, Redis at {url}");
 
-    let mut rates: [Vec<f64>; ROWS.len()] = Default::default();
+    let mut rates: [Vec<f64>; 4] = Default::default();
     // Each row's CPU per event, in microseconds: Redis's, and the client's (redis-benchmark's, or
     // this process's).
-    let mut redis_micros: [Vec<f64>; ROWS.len()] = Default::default();
-    let mut client_micros: [Vec<f64>; ROWS.len()] = Default::default();
+    let mut redis_micros: [Vec<f64>; 4] = Default::default();
+    let mut client_micros: [Vec<f64>; 4] = Default::default();
     let (mut held, mut growth) = (0, 0);
-    let rows = rows::chosen(ROWS.len());
+    let rows = rows::chosen(names.len());
     for _ in 0..rounds {
         for &row in &rows {
             let (busy, own, children) = (redis_busy(&mut redis).await, own_busy(), children_busy());
             let rate = match row {
                 0 => redis_benchmark(&url, "bench:redis-benchmark", events, &fields),
-                1 => raw_pipelines(&mut redis, "bench:raw", events, &fields).await,
+                1 => raw_pipelines(&mut redis, "bench:raw", events, size, &fields).await,
                 _ => {
                     let batched = if row == 2 {
                         BatchedPublisher::new(publisher.clone(), config.clone())
@@ -246,7 +254,7 @@ async fn main() {
         "{:<54} {:>22}   x redis-benchmark, per round   CPU/event: Redis, client",
         "events/s", "median (least..most)"
     );
-    for (row, name) in ROWS
+    for (row, name) in names
         .iter()
         .enumerate()
         .filter(|(row, _)| rows.contains(row))

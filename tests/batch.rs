@@ -629,7 +629,8 @@ async fn flush_reports_events_redis_refused_for_memory_until_they_are_retried() 
 }
 
 #[tokio::test]
-async fn a_connected_batched_publisher_waits_out_a_stalled_redis_and_loses_nothing() {
+async fn a_connected_batched_publisher_waits_out_stalls_shorter_and_longer_than_its_reply_timeout()
+{
     let server = RedisServer::start();
     let stream = unique("stalled");
     let config = BatchConfig::new()
@@ -652,6 +653,15 @@ async fn a_connected_batched_publisher_waits_out_a_stalled_redis_and_loses_nothi
         stalled.elapsed()
     );
     assert_eq!(distinct_ids(&server, &stream).await, ids);
+
+    // Longer than a reply is waited for (5 s): the batches out are sent again on new
+    // connections, and may be written twice once Redis wakes, under their one event id each.
+    let _stall = stall(&server, Duration::from_millis(6_500));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    ids.extend(publish_readings(&batched, 1_000, 500).await);
+    batched.flush().await.unwrap();
+    let written: BTreeSet<String> = event_ids(&server, &stream).await.into_iter().collect();
+    assert_eq!(written, ids);
     assert_eq!(batched.memory_stats().failed_total, 0);
     batched.close().await.unwrap();
 }
