@@ -100,16 +100,19 @@ pub fn email<S: AsRef<str> + ?Sized>(value: &S) -> Option<String> {
     } else {
         !value.chars().any(|c| c.is_whitespace() || c.is_control())
     };
+    // Looked at byte by byte: `@`, `.` and `-` are ASCII, never part of another character.
+    let bytes = value.as_bytes();
     let valid = value.len() <= 254
         && plain
-        && match value.split_once('@') {
-            Some((local, domain)) => {
+        && match bytes.iter().position(|&byte| byte == b'@') {
+            Some(at) => {
+                let (local, domain) = (&bytes[..at], &bytes[at + 1..]);
                 !local.is_empty()
                     && local.len() <= 64
-                    && !domain.contains('@')
-                    && domain.contains('.')
-                    && domain.split('.').all(|label| {
-                        !label.is_empty() && !label.starts_with('-') && !label.ends_with('-')
+                    && !domain.contains(&b'@')
+                    && domain.contains(&b'.')
+                    && domain.split(|&byte| byte == b'.').all(|label| {
+                        !label.is_empty() && !label.starts_with(b"-") && !label.ends_with(b"-")
                     })
             }
             None => false,
@@ -365,11 +368,24 @@ mod tests {
 
     #[test]
     fn emails() {
-        for ok in ["a@b.co", "first.last+tag@example.co.uk"] {
+        for ok in ["a@b.co", "first.last+tag@example.co.uk", "josé@bücher.de"] {
             assert_eq!(email(ok), None, "{ok}");
         }
         for bad in [
-            "", "a", "a@", "@b.co", "a@b", "a b@c.de", "a@b@c.de", "a@.co", "a@b..co", "a@-b.co",
+            "",
+            "a",
+            "a@",
+            "@b.co",
+            "a@b",
+            "a b@c.de",
+            "a@b@c.de",
+            "a@.co",
+            "a@b..co",
+            "a@-b.co",
+            "a@b-.co",
+            "a@b.co\n",
+            "a\u{a0}b@c.de",
+            "a@b.c\u{2028}o",
         ] {
             assert_eq!(
                 email(bad).as_deref(),
