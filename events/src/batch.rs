@@ -432,25 +432,31 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> BatchedPublisher<C> {
     /// fails with [`Error::Closed`] once the publisher is closed, also while waiting.
     async fn hold(&self, bytes: usize) -> Result<()> {
         let shared = &self.shared;
+        // Most events find room at once, without waiting for it.
+        let held = || {
+            if shared.closed.load(Ordering::Acquire) {
+                return Some(Err(Error::Closed));
+            }
+            shared.try_hold(bytes).then_some(Ok(()))
+        };
         loop {
+            if let Some(held) = held() {
+                return held;
+            }
+            if let Overflow::Reject = shared.config.overflow {
+                return Err(Error::Overloaded {
+                    messages: shared.held_messages.load(Ordering::Relaxed),
+                    bytes: shared.held_bytes.load(Ordering::Relaxed),
+                });
+            }
             let room = shared.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
-            if shared.closed.load(Ordering::Acquire) {
-                return Err(Error::Closed);
+            // Room made, or the publisher closed, before the wait began is seen here.
+            if let Some(held) = held() {
+                return held;
             }
-            if shared.try_hold(bytes) {
-                return Ok(());
-            }
-            match shared.config.overflow {
-                Overflow::Reject => {
-                    return Err(Error::Overloaded {
-                        messages: shared.held_messages.load(Ordering::Relaxed),
-                        bytes: shared.held_bytes.load(Ordering::Relaxed),
-                    });
-                }
-                Overflow::Wait => room.await,
-            }
+            room.await;
         }
     }
 
