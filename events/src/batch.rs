@@ -280,7 +280,7 @@ impl BatchedPublisher<Connection> {
     /// most 8): on one, the batches in flight would go out one after another. To a single server
     /// a URL names (over TLS too) these are connections of its own, without redis-rs's
     /// multiplexing: each batch's `XADD`s are packed straight into one request and their entry
-    /// ids read straight from the reply, at about half the client CPU of a redis-rs pipeline.
+    /// ids read straight from the reply, for about a fifth less client CPU per event.
     pub async fn connect(
         endpoint: impl Into<Endpoint>,
         publisher: PublisherConfig,

@@ -383,10 +383,10 @@ pub(crate) async fn connect_direct(
         return Ok(connection);
     }
     if let Client::Single(client) = endpoint.make_client(response_timeout)?
-        && let Some(reader) =
+        && let Some(direct) =
             DirectConnection::for_server(client.get_connection_info(), endpoint, response_timeout)
     {
-        connection.link = Link::Direct(reader);
+        connection.link = Link::Direct(direct);
     }
     Ok(connection)
 }

@@ -3,11 +3,10 @@
 //! [`crate::read_frame`], and a batch's `XADD`s go out as the publisher packed them, their replies
 //! (entry ids) read straight from the bytes, at a small part of the CPU redis-rs's general
 //! encoder and parser take for them. Any other command (there are few) goes through redis-rs's
-//! parser. The connection is opened (and authenticated) at the
-//! first request and after any failure; a request that fails or is cancelled midway closes it, so
-//! that no half-read reply is ever taken for the next. Requests take turns. The server's id of the
-//! open connection is known, so that another connection can end a blocking read early
-//! (`CLIENT UNBLOCK`).
+//! parser. The connection is opened (and authenticated) at the first request and after any
+//! failure; a request that fails or is cancelled midway closes it, so that no half-read reply is
+//! ever taken for the next. Requests take turns. The server's id of the open connection is known,
+//! so that another connection can end a blocking read early (`CLIENT UNBLOCK`).
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -38,7 +37,7 @@ const READ_SIZE: usize = 64 * 1024;
 /// fits in a fifth of it.
 const KEPT_BUFFER: usize = 1024 * 1024;
 
-/// Where reads go, and the connection they take; cheap to clone, clones share the connection.
+/// Where requests go, and the connection they take; cheap to clone, clones share the connection.
 #[derive(Debug, Clone)]
 pub(crate) struct DirectConnection {
     host: Arc<str>,
@@ -74,7 +73,7 @@ impl std::fmt::Debug for Socket {
 }
 
 impl DirectConnection {
-    /// A reader for the server `info` names, if it is one server reached over TCP, or over TLS
+    /// A connection for the server `info` names, if it is one server reached over TCP, or over TLS
     /// with `endpoint`'s certificates (not `#insecure`); replies are given up on after
     /// `response_timeout`.
     pub(crate) fn for_server(
@@ -308,7 +307,7 @@ impl ConnectionLike for DirectConnection {
 fn timed_out(doing: &str) -> redis::RedisError {
     std::io::Error::new(
         std::io::ErrorKind::TimedOut,
-        format!("the stream reader's connection timed out {doing}"),
+        format!("the connection to Redis timed out {doing}"),
     )
     .into()
 }
