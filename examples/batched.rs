@@ -11,8 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use events::{
-    BatchConfig, BatchedPublisher, BatchingStrategy, Event, Publisher, PublisherConfig, Route,
-    Router,
+    BatchConfig, BatchedPublisher, BatchingStrategy, Event, PublisherConfig, Route, Router,
 };
 use serde::{Deserialize, Serialize};
 
@@ -42,15 +41,15 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let router = Router::builder()
         .route(Route::prefixed("page.*", "example:"))
         .build()?;
-    let publisher =
-        Publisher::connect(server.url(), PublisherConfig::new("web").router(router)).await?;
     let config = BatchConfig::new()
         .max_size(500)
         .max_wait(Duration::from_millis(20))
         .max_concurrent_batches(4)
         .strategy(BatchingStrategy::Prefix(1))
         .max_queued_bytes(4 << 20);
-    let batched = Arc::new(BatchedPublisher::new(publisher, config));
+    // A connection of its own for each batch in flight, their XADDs packed by the publisher.
+    let publisher = PublisherConfig::new("web").router(router);
+    let batched = Arc::new(BatchedPublisher::connect(server.url(), publisher, config).await?);
 
     let reporter = tokio::spawn({
         let batched = Arc::clone(&batched);
