@@ -442,8 +442,9 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Publisher<C> {
         // no more than one copy of each waits for the reply.
         let mut delayed = vec![false; envelopes.len()];
         let mut requests = Vec::with_capacity(groups.len());
+        let direct = self.direct();
         for indices in &groups {
-            let mut request = Request::new(self.direct().is_some());
+            let mut request = Request::new(direct);
             for &index in indices {
                 let write = Write::of(&destinations[index], &envelopes[index], now)?;
                 request.push(&write);
@@ -514,12 +515,16 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Publisher<C> {
 
     /// Sends `request` in one round trip: each of its commands' reply, the entry id or the
     /// error Redis gave.
-    async fn send(&self, request: Request) -> redis::RedisResult<Vec<redis::RedisResult<String>>> {
+    async fn send(
+        &self,
+        request: Request<'_>,
+    ) -> redis::RedisResult<Vec<redis::RedisResult<String>>> {
         match request {
-            Request::Packed { bytes, commands } => {
-                let direct = self.direct().expect("packed for a connection of its own");
-                direct.send(&bytes, commands).await
-            }
+            Request::Packed {
+                to,
+                bytes,
+                commands,
+            } => to.send(&bytes, commands).await,
             Request::Pipeline(mut pipeline) => {
                 pipeline
                     .ignore_errors()

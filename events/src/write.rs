@@ -4,6 +4,7 @@
 use std::borrow::Cow;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::direct_connection::DirectConnection;
 use crate::routing::Format;
 use crate::{Destination, Envelope, Error, Result, keys, resp, typescript};
 
@@ -107,30 +108,36 @@ fn push_entry_fields<'a>(
 }
 
 /// A round trip's commands, as they go out.
-pub(crate) enum Request {
-    /// Packed as RESP, for a connection of the publisher's own.
-    Packed { bytes: Vec<u8>, commands: usize },
+pub(crate) enum Request<'a> {
+    /// Packed as RESP, for `to`, a connection of the publisher's own.
+    Packed {
+        to: &'a DirectConnection,
+        bytes: Vec<u8>,
+        commands: usize,
+    },
     /// A redis-rs pipeline, for any other connection.
     Pipeline(redis::Pipeline),
 }
 
-impl Request {
-    /// An empty request: packed by hand when `packed`.
-    pub(crate) fn new(packed: bool) -> Self {
-        if packed {
-            Self::Packed {
+impl<'a> Request<'a> {
+    /// An empty request: packed by hand for `direct` when there is one.
+    pub(crate) fn new(direct: Option<&'a DirectConnection>) -> Self {
+        match direct {
+            Some(to) => Self::Packed {
+                to,
                 bytes: Vec::new(),
                 commands: 0,
-            }
-        } else {
-            Self::Pipeline(redis::pipe())
+            },
+            None => Self::Pipeline(redis::pipe()),
         }
     }
 
     /// Adds `write`'s command.
     pub(crate) fn push(&mut self, write: &Write<'_>) {
         match self {
-            Self::Packed { bytes, commands } => {
+            Self::Packed {
+                bytes, commands, ..
+            } => {
                 resp::pack_command(&write.arguments, bytes);
                 *commands += 1;
             }
