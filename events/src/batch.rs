@@ -202,6 +202,8 @@ struct Batch {
     id: u64,
     queue: String,
     envelopes: Vec<Envelope>,
+    /// Their memory, as held for them under the bound.
+    bytes: usize,
 }
 
 /// Batches made and not yet finished, and the callers waiting for them.
@@ -403,20 +405,20 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> BatchedPublisher<C> {
                 shared.release(1, bytes);
                 return Err(Error::Closed);
             }
-            let queue = shared.config.strategy.queue_of(&envelope.event_type);
-            if !queues.contains_key(queue) {
-                let waiting = Queue {
+            let name = shared.config.strategy.queue_of(&envelope.event_type);
+            // One look-up for most events: a queue is made by its first event after each batch.
+            let queue = match queues.get_mut(name) {
+                Some(queue) => queue,
+                None => queues.entry(name.to_owned()).or_insert_with(|| Queue {
                     envelopes: Vec::with_capacity(shared.config.max_size.min(1024)),
                     bytes: 0,
                     oldest: Instant::now(),
-                };
-                queues.insert(queue.to_owned(), waiting);
-            }
-            let waiting = queues.get_mut(queue).expect("inserted above");
+                }),
+            };
             let full =
-                (waiting.envelopes.len() + 1 >= shared.config.max_size).then(|| queue.to_owned());
-            waiting.envelopes.push(envelope);
-            waiting.bytes += bytes;
+                (queue.envelopes.len() + 1 >= shared.config.max_size).then(|| name.to_owned());
+            queue.envelopes.push(envelope);
+            queue.bytes += bytes;
             let queued = shared.queued_messages.fetch_add(1, Ordering::Relaxed) + 1;
             shared.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
             shared.metrics.queued.set(queued as f64);
@@ -539,6 +541,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> BatchedPublisher<C> {
             shared.send(Batch {
                 id,
                 queue: "failed".into(),
+                bytes: chunk.iter().map(Envelope::memory_size).sum(),
                 envelopes: chunk,
             });
         }
@@ -643,6 +646,7 @@ impl<C> Shared<C> {
             id: self.new_batch_id(),
             queue,
             envelopes: waiting.envelopes,
+            bytes: waiting.bytes,
         }
     }
 
@@ -741,12 +745,12 @@ struct InFlight<'a, C> {
 }
 
 impl<'a, C> InFlight<'a, C> {
-    fn start(shared: &'a Shared<C>, envelopes: &[Envelope]) -> Self {
+    fn start(shared: &'a Shared<C>, bytes: usize) -> Self {
         // Writing copies each event into a command (its argument bytes, grown by doubling, and an
         // index of them: one to two times the envelope's memory) and then into the pipeline's
-        // buffer (about once more): count three times the envelopes' memory while the write
-        // lasts, so that publishers wait for it as for queued events.
-        let copies = 3 * envelopes.iter().map(Envelope::memory_size).sum::<usize>();
+        // buffer (about once more): count three times the envelopes' memory (`bytes`) while the
+        // write lasts, so that publishers wait for it as for queued events.
+        let copies = 3 * bytes;
         shared.held_bytes.fetch_add(copies, Ordering::AcqRel);
         shared.in_flight_batches.fetch_add(1, Ordering::AcqRel);
         Self { shared, copies }
@@ -766,7 +770,7 @@ where
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
     let _turn = shared.writers.acquire().await;
-    let in_flight = InFlight::start(&shared, &batch.envelopes);
+    let in_flight = InFlight::start(&shared, batch.bytes);
     let span = tracing::info_span!(
         "events.batch",
         queue = %batch.queue,
@@ -774,7 +778,7 @@ where
         written = tracing::field::Empty,
         failed = tracing::field::Empty,
     );
-    let failed = write_retrying(&shared, batch.envelopes)
+    let failed = write_retrying(&shared, batch.envelopes, batch.bytes)
         .instrument(span)
         .await;
     // Released before the batch counts as finished: a flush returns with its memory free.
@@ -782,14 +786,14 @@ where
     shared.finish(batch.id, failed);
 }
 
-/// Writes `pending`, retrying what failed for a retryable reason; whatever is left goes to the
-/// failed list. Returns how many events went there.
-async fn write_retrying<C>(shared: &Shared<C>, mut pending: Vec<Envelope>) -> usize
+/// Writes `pending` (holding `bytes` of memory), retrying what failed for a retryable reason;
+/// whatever is left goes to the failed list. Returns how many events went there.
+async fn write_retrying<C>(shared: &Shared<C>, mut pending: Vec<Envelope>, bytes: usize) -> usize
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
     let mut failed: Vec<FailedMessage> = Vec::new();
-    let (mut written, mut written_bytes) = (0usize, 0usize);
+    let mut written = 0usize;
     let mut last_error = String::new();
     for attempt in 0..=shared.config.max_retries {
         if attempt > 0 {
@@ -800,10 +804,7 @@ where
                 let mut retry = Vec::new();
                 for (envelope, result) in pending.into_iter().zip(results) {
                     match result {
-                        Ok(_) => {
-                            written += 1;
-                            written_bytes += envelope.memory_size();
-                        }
+                        Ok(_) => written += 1,
                         Err(error) if error.is_retryable() => {
                             last_error = error.to_string();
                             retry.push(envelope);
@@ -846,8 +847,13 @@ where
         .failed_total
         .fetch_add(count as u64, Ordering::Relaxed);
     shared.failed_messages.fetch_add(count, Ordering::Relaxed);
+    // The failed events keep the memory they hold; the written ones release theirs.
+    let kept_bytes = failed
+        .iter()
+        .map(|failed| failed.envelope.memory_size())
+        .sum::<usize>();
     lock(&shared.failed).extend(failed);
-    shared.release(written, written_bytes);
+    shared.release(written, bytes - kept_bytes);
     count
 }
 
