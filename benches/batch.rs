@@ -8,12 +8,15 @@
 //! `cargo bench --bench batch` (`EVENTS_BENCH_EVENTS` the events per round, 200,000;
 //! `EVENTS_BENCH_ROUNDS` the rounds, 5; `EVENTS_BENCH_ROWS` which rows to measure, such as `3` for
 //! a profile of that one alone: the baseline, row 0, always runs; `EVENTS_BENCH_BATCH` the events
-//! per batch and per raw pipeline, 1,000; `EVENTS_BENCH_AT_ONCE` the batches in flight, 4).
+//! per batch and per raw pipeline, 1,000; `EVENTS_BENCH_AT_ONCE` the batches in flight, 4). With
+//! `EVENTS_BENCH_PIN` set, Redis runs on a CPU of its own and the bench and `redis-benchmark` on
+//! the others.
 
 use events::testing as redis_server;
 
 mod cpu;
 mod order_placed;
+mod pin;
 mod rows;
 mod spread;
 
@@ -200,7 +203,10 @@ async fn main() {
         .max_concurrent_batches(at_once)
         .max_queued_bytes(MAX_QUEUED_BYTES)
         .max_queued_messages(usize::MAX >> 1);
-    println!("{events} events of 160-byte JSON bodies per round, {rounds} rounds, Redis at {url}");
+    let cores = pin::cores(&mut redis).await;
+    println!(
+        "{events} events of 160-byte JSON bodies per round, {rounds} rounds, Redis at {url}, {cores}"
+    );
 
     let mut rates: [Vec<f64>; 4] = Default::default();
     // Each row's CPU per event, in microseconds: Redis's, and the client's (redis-benchmark's, or

@@ -18,6 +18,7 @@ use events::testing as redis_server;
 mod backlog;
 mod cpu;
 mod order_placed;
+mod pin;
 mod rows;
 mod spread;
 mod timing;
@@ -127,35 +128,6 @@ impl Measured {
     }
 }
 
-/// Runs Redis on the first CPU and this process (every thread of it) on the others, as when Redis
-/// has a host of its own: Redis's CPU then no longer comes out of the consumers'. Needs `taskset`
-/// (util-linux) and a Redis on this machine.
-async fn pin_apart(redis: &mut redis::aio::MultiplexedConnection) -> &'static str {
-    let info: String = redis::cmd("INFO")
-        .arg("server")
-        .query_async(redis)
-        .await
-        .unwrap();
-    let redis_pid = info
-        .lines()
-        .find_map(|line| line.strip_prefix("process_id:"))
-        .expect("INFO names Redis's process")
-        .trim()
-        .to_owned();
-    let last = std::thread::available_parallelism().map_or(1, usize::from) - 1;
-    assert!(last > 0, "EVENTS_BENCH_PIN needs two CPUs or more");
-    let own_pid = std::process::id().to_string();
-    for (cpus, pid) in [("0".to_owned(), redis_pid), (format!("1-{last}"), own_pid)] {
-        let status = std::process::Command::new("taskset")
-            .args(["-a", "-p", "-c", &cpus, &pid])
-            .stdout(std::process::Stdio::null())
-            .status()
-            .expect("taskset runs");
-        assert!(status.success(), "taskset pins {pid} to {cpus}");
-    }
-    "Redis on CPU 0, the bench on the others"
-}
-
 #[tokio::main]
 async fn main() {
     let setting = |name: &str, default: u64| {
@@ -178,11 +150,7 @@ async fn main() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let cores = if std::env::var_os("EVENTS_BENCH_PIN").is_some() {
-        pin_apart(&mut redis).await
-    } else {
-        "cores shared by Redis and the bench"
-    };
+    let cores = pin::cores(&mut redis).await;
     println!(
         "{events} events of 160-byte JSON bodies, batches of {batch}, {rounds} rounds, Redis at {url}, {cores}"
     );
