@@ -148,6 +148,38 @@ pub(crate) fn lowercase_hex(bytes: &[u8]) -> String {
     String::from_utf8(text).expect("hex digits are ASCII")
 }
 
+/// Where an entry's fields go as [`Envelope::write_fields`] writes them, each name with its value:
+/// a list of arguments, or a command packed as RESP.
+pub(crate) trait FieldWriter<'a> {
+    /// A field whose value is text.
+    fn text(&mut self, name: &'static str, value: &'a str);
+    /// A field whose value is a number, written in decimal.
+    fn number(&mut self, name: &'static str, value: u32);
+    /// A field whose value is a time, written as [`format_timestamp`] writes it.
+    fn time(&mut self, name: &'static str, value: SystemTime);
+    /// A user header, written as the field `h.<name>`.
+    fn header(&mut self, name: &'a str, value: &'a str);
+}
+
+/// Names and values one after the other, as an `XADD` takes them.
+impl<'a> FieldWriter<'a> for Vec<Cow<'a, str>> {
+    fn text(&mut self, name: &'static str, value: &'a str) {
+        self.extend([name.into(), value.into()]);
+    }
+
+    fn number(&mut self, name: &'static str, value: u32) {
+        self.extend([name.into(), value.to_string().into()]);
+    }
+
+    fn time(&mut self, name: &'static str, value: SystemTime) {
+        self.extend([name.into(), format_timestamp(value).into()]);
+    }
+
+    fn header(&mut self, name: &'a str, value: &'a str) {
+        self.extend([format!("{HEADER_PREFIX}{name}").into(), value.into()]);
+    }
+}
+
 impl Envelope {
     /// A new envelope for a body of JSON text: a fresh UUID (v7, time-ordered), the current time
     /// (the id's, to the millisecond), and the body's hash.
@@ -186,47 +218,43 @@ impl Envelope {
 
     /// The entry's fields, in the order they are written.
     pub fn fields(&self) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
-        let mut flat = Vec::with_capacity(2 * (11 + self.headers.len()));
-        self.push_fields(&mut flat);
+        let mut flat = Vec::with_capacity(2 * self.field_count());
+        self.write_fields(&mut flat);
         let mut flat = flat.into_iter();
         std::iter::from_fn(|| Some((flat.next()?, flat.next()?))).collect()
     }
 
-    /// Appends the entry's field names and values to `out`, one after the other, in the order
-    /// they are written: as an `XADD` takes them.
-    pub(crate) fn push_fields<'a>(&'a self, out: &mut Vec<Cow<'a, str>>) {
-        out.extend([
-            "id".into(),
-            self.id.as_str().into(),
-            "type".into(),
-            self.event_type.as_str().into(),
-            "v".into(),
-            self.version.to_string().into(),
-            "origin".into(),
-            self.origin.as_str().into(),
-            "ts".into(),
-            format_timestamp(self.timestamp).into(),
-            "hash".into(),
-            self.hash.as_str().into(),
-            "body".into(),
-            self.body.as_str().into(),
-        ]);
-        let optional = [
+    /// How many fields its entry has.
+    pub(crate) fn field_count(&self) -> usize {
+        7 + self.optional_fields().count() + self.headers.len()
+    }
+
+    /// The optional fields that are set, by name.
+    fn optional_fields(&self) -> impl Iterator<Item = (&'static str, &String)> {
+        [
             ("corr", &self.correlation_id),
             ("cause", &self.causation_id),
             ("traceparent", &self.traceparent),
             ("key", &self.partition_key),
-        ];
-        for (name, value) in optional {
-            if let Some(value) = value {
-                out.extend([name.into(), value.as_str().into()]);
-            }
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| Some((name, value.as_ref()?)))
+    }
+
+    /// Writes the entry's fields to `out`, in the order they are written.
+    pub(crate) fn write_fields<'a>(&'a self, out: &mut impl FieldWriter<'a>) {
+        out.text("id", &self.id);
+        out.text("type", &self.event_type);
+        out.number("v", self.version);
+        out.text("origin", &self.origin);
+        out.time("ts", self.timestamp);
+        out.text("hash", &self.hash);
+        out.text("body", &self.body);
+        for (name, value) in self.optional_fields() {
+            out.text(name, value);
         }
         for (name, value) in &self.headers {
-            out.extend([
-                format!("{HEADER_PREFIX}{name}").into(),
-                value.as_str().into(),
-            ]);
+            out.header(name, value);
         }
     }
 

@@ -446,9 +446,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Publisher<C> {
         for indices in &groups {
             let mut request = Request::new(direct);
             for &index in indices {
-                let write = Write::of(&destinations[index], &envelopes[index], now)?;
-                request.push(&write);
-                delayed[index] = write.delayed;
+                delayed[index] = request.add(&destinations[index], &envelopes[index], now)?;
             }
             requests.push(request);
         }
@@ -524,6 +522,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Publisher<C> {
                 to,
                 bytes,
                 commands,
+                ..
             } => to.send(&bytes, commands).await,
             Request::Pipeline(mut pipeline) => {
                 pipeline

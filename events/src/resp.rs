@@ -16,15 +16,19 @@ pub(crate) fn millis(duration: Duration) -> u64 {
 pub(crate) fn pack_command(arguments: &[impl AsRef<str>], out: &mut Vec<u8>) {
     push_header(out, b'*', arguments.len());
     for argument in arguments {
-        let argument = argument.as_ref().as_bytes();
-        push_header(out, b'$', argument.len());
-        out.extend_from_slice(argument);
-        out.extend_from_slice(b"\r\n");
+        push_bulk(out, argument.as_ref().as_bytes());
     }
 }
 
+/// Appends `bytes` as a RESP bulk string.
+pub(crate) fn push_bulk(out: &mut Vec<u8>, bytes: &[u8]) {
+    push_header(out, b'$', bytes.len());
+    out.extend_from_slice(bytes);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// Appends a RESP header line: `kind`, then `number` in decimal, then CRLF.
-fn push_header(out: &mut Vec<u8>, kind: u8, number: usize) {
+pub(crate) fn push_header(out: &mut Vec<u8>, kind: u8, number: usize) {
     out.push(kind);
     out.extend_from_slice(itoa::Buffer::new().format(number).as_bytes());
     out.extend_from_slice(b"\r\n");

@@ -5,6 +5,7 @@ use std::borrow::Cow;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::direct_connection::DirectConnection;
+use crate::envelope::{FieldWriter, HEADER_PREFIX, format_timestamp};
 use crate::routing::Format;
 use crate::{Destination, Envelope, Error, Result, keys, resp, typescript};
 
@@ -94,7 +95,7 @@ fn push_entry_fields<'a>(
     out: &mut Vec<Cow<'a, str>>,
 ) -> Result<()> {
     match &destination.format {
-        Format::Native => envelope.push_fields(out),
+        Format::Native => envelope.write_fields(out),
         Format::TypeScript { namespace } => {
             let data =
                 typescript::encode(envelope, namespace).map_err(|source| Error::Serialize {
@@ -114,6 +115,8 @@ pub(crate) enum Request<'a> {
         to: &'a DirectConnection,
         bytes: Vec<u8>,
         commands: usize,
+        /// The last time packed, and its text.
+        last_time: Option<(SystemTime, String)>,
     },
     /// A redis-rs pipeline, for any other connection.
     Pipeline(redis::Pipeline),
@@ -127,23 +130,160 @@ impl<'a> Request<'a> {
                 to,
                 bytes: Vec::new(),
                 commands: 0,
+                last_time: None,
             },
             None => Self::Pipeline(redis::pipe()),
         }
     }
 
-    /// Adds `write`'s command.
-    pub(crate) fn push(&mut self, write: &Write<'_>) {
+    /// Adds the write of `envelope` to `destination` at `now`; tells whether the event is
+    /// delayed. A packed request takes the `XADD` of an event in the native format straight from
+    /// the envelope, without its arguments in between.
+    pub(crate) fn add(
+        &mut self,
+        destination: &Destination<'_>,
+        envelope: &Envelope,
+        now: SystemTime,
+    ) -> Result<bool> {
+        let delayed = envelope.deliver_at.is_some_and(|at| at > now);
         match self {
+            Self::Packed {
+                bytes,
+                commands,
+                last_time,
+                ..
+            } if !delayed && destination.format == Format::Native => {
+                pack_xadd(bytes, last_time, destination, envelope, now);
+                *commands += 1;
+                Ok(false)
+            }
             Self::Packed {
                 bytes, commands, ..
             } => {
+                let write = Write::of(destination, envelope, now)?;
                 resp::pack_command(&write.arguments, bytes);
                 *commands += 1;
+                Ok(write.delayed)
             }
             Self::Pipeline(pipeline) => {
+                let write = Write::of(destination, envelope, now)?;
                 pipeline.add_command(write.command());
+                Ok(write.delayed)
             }
+        }
+    }
+}
+
+/// Appends the `XADD` of `envelope` to `destination` at `now` to `bytes`, as RESP, straight from
+/// the envelope: the same command as its [`Write`] packed. `last_time` is the last time packed
+/// and its text, for the next event of the same millisecond.
+fn pack_xadd(
+    bytes: &mut Vec<u8>,
+    last_time: &mut Option<(SystemTime, String)>,
+    destination: &Destination<'_>,
+    envelope: &Envelope,
+    now: SystemTime,
+) {
+    let trim = destination.trim.as_ref().map(|trim| trim.arguments(now));
+    let trim = trim.as_ref().map_or(&[][..], |trim| &trim[..]);
+    resp::push_header(bytes, b'*', 3 + trim.len() + 2 * envelope.field_count());
+    let command = ["XADD", destination.stream.as_ref()].into_iter();
+    for argument in command.chain(trim.iter().map(String::as_str)).chain(["*"]) {
+        resp::push_bulk(bytes, argument.as_bytes());
+    }
+    envelope.write_fields(&mut PackedFields { bytes, last_time });
+}
+
+/// An entry's fields packed as RESP bulk strings, name and value in turn.
+struct PackedFields<'p> {
+    bytes: &'p mut Vec<u8>,
+    last_time: &'p mut Option<(SystemTime, String)>,
+}
+
+impl FieldWriter<'_> for PackedFields<'_> {
+    fn text(&mut self, name: &'static str, value: &str) {
+        resp::push_bulk(self.bytes, name.as_bytes());
+        resp::push_bulk(self.bytes, value.as_bytes());
+    }
+
+    fn number(&mut self, name: &'static str, value: u32) {
+        self.text(name, itoa::Buffer::new().format(value));
+    }
+
+    fn time(&mut self, name: &'static str, value: SystemTime) {
+        // Events written together mostly share their millisecond, and so their text.
+        let last = &mut *self.last_time;
+        if !matches!(last, Some((time, _)) if *time == value) {
+            *last = Some((value, format_timestamp(value)));
+        }
+        let text = last.as_ref().map_or("", |(_, text)| text.as_str());
+        resp::push_bulk(self.bytes, name.as_bytes());
+        resp::push_bulk(self.bytes, text.as_bytes());
+    }
+
+    fn header(&mut self, name: &str, value: &str) {
+        resp::push_header(self.bytes, b'$', HEADER_PREFIX.len() + name.len());
+        self.bytes.extend_from_slice(HEADER_PREFIX.as_bytes());
+        self.bytes.extend_from_slice(name.as_bytes());
+        self.bytes.extend_from_slice(b"\r\n");
+        resp::push_bulk(self.bytes, value.as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::Trim;
+
+    /// Events of one millisecond and of the next, with and without optional fields and headers.
+    fn envelopes() -> Vec<Envelope> {
+        let plain = Envelope::new("order.placed", 2, "shop", r#"{"total":1.5}"#.into());
+        let mut full = plain.clone();
+        full.body = "{\"note\":\"é\\r\\n\u{1b}\"}".into();
+        full.correlation_id = Some("corr-1".into());
+        full.causation_id = Some(String::new());
+        full.traceparent = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
+        full.partition_key = Some("customer-7".into());
+        full.headers = [
+            ("tenant", "ünïcode"),
+            ("empty", ""),
+            ("x".repeat(300).as_str(), "v"),
+        ]
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .collect();
+        let mut later = plain.clone();
+        later.timestamp += Duration::from_millis(1);
+        vec![plain.clone(), full, plain, later]
+    }
+
+    #[test]
+    fn an_xadd_packed_from_the_envelope_is_its_write_packed() {
+        let now = SystemTime::now();
+        let trims = [
+            None,
+            Some(Trim::max_len(1_000)),
+            Some(Trim::max_age(Duration::from_secs(60)).exact()),
+        ];
+        for trim in trims {
+            let destination = Destination {
+                stream: "orders".into(),
+                trim,
+                format: Format::Native,
+            };
+            let (mut straight, mut through_arguments) = (Vec::new(), Vec::new());
+            let mut last_time = None;
+            for envelope in &envelopes() {
+                pack_xadd(&mut straight, &mut last_time, &destination, envelope, now);
+                let write = Write::of(&destination, envelope, now).unwrap();
+                resp::pack_command(&write.arguments, &mut through_arguments);
+            }
+            assert_eq!(
+                String::from_utf8_lossy(&straight),
+                String::from_utf8_lossy(&through_arguments)
+            );
         }
     }
 }
