@@ -15,7 +15,7 @@ use crate::connection::Connection;
 use crate::direct_connection::DirectConnection;
 use crate::instruments::PublishMetrics;
 use crate::keys;
-use crate::write::{Request, Write};
+use crate::write::{Request, RequestKind, Write};
 use crate::{
     Envelope, Error, Event, Result, Router, TraceContext, ValidationReport, check_event_type,
 };
@@ -517,14 +517,14 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Publisher<C> {
         &self,
         request: Request<'_>,
     ) -> redis::RedisResult<Vec<redis::RedisResult<String>>> {
-        match request {
-            Request::Packed {
+        match request.into_kind() {
+            RequestKind::Packed {
                 to,
                 bytes,
                 commands,
                 ..
             } => to.send(&bytes, commands).await,
-            Request::Pipeline(mut pipeline) => {
+            RequestKind::Pipeline(mut pipeline) => {
                 pipeline
                     .ignore_errors()
                     .query_async(&mut self.connection.clone())

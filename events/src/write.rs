@@ -109,14 +109,19 @@ fn push_entry_fields<'a>(
 }
 
 /// A round trip's commands, as they go out.
-pub(crate) enum Request<'a> {
+pub(crate) struct Request<'a> {
+    kind: RequestKind<'a>,
+    /// The text of the last time written, for the next event of the same millisecond.
+    last_time: TimeText,
+}
+
+/// How a request's commands go out.
+pub(crate) enum RequestKind<'a> {
     /// Packed as RESP, for `to`, a connection of the publisher's own.
     Packed {
         to: &'a DirectConnection,
         bytes: Vec<u8>,
         commands: usize,
-        /// The last time packed, and its text.
-        last_time: Option<(SystemTime, String)>,
     },
     /// A redis-rs pipeline, for any other connection.
     Pipeline(redis::Pipeline),
@@ -125,20 +130,28 @@ pub(crate) enum Request<'a> {
 impl<'a> Request<'a> {
     /// An empty request: packed by hand for `direct` when there is one.
     pub(crate) fn new(direct: Option<&'a DirectConnection>) -> Self {
-        match direct {
-            Some(to) => Self::Packed {
+        let kind = match direct {
+            Some(to) => RequestKind::Packed {
                 to,
                 bytes: Vec::new(),
                 commands: 0,
-                last_time: None,
             },
-            None => Self::Pipeline(redis::pipe()),
+            None => RequestKind::Pipeline(redis::pipe()),
+        };
+        Self {
+            kind,
+            last_time: TimeText::default(),
         }
     }
 
+    /// How its commands go out.
+    pub(crate) fn into_kind(self) -> RequestKind<'a> {
+        self.kind
+    }
+
     /// Adds the write of `envelope` to `destination` at `now`; tells whether the event is
-    /// delayed. A packed request takes the `XADD` of an event in the native format straight from
-    /// the envelope, without its arguments in between.
+    /// delayed. The `XADD` of an event in the native format is taken straight from the envelope,
+    /// without its arguments in between.
     pub(crate) fn add(
         &mut self,
         destination: &Destination<'_>,
@@ -146,58 +159,146 @@ impl<'a> Request<'a> {
         now: SystemTime,
     ) -> Result<bool> {
         let delayed = envelope.deliver_at.is_some_and(|at| at > now);
-        match self {
-            Self::Packed {
-                bytes,
-                commands,
-                last_time,
-                ..
-            } if !delayed && destination.format == Format::Native => {
-                pack_xadd(bytes, last_time, destination, envelope, now);
-                *commands += 1;
-                Ok(false)
+        if delayed || destination.format != Format::Native {
+            let write = Write::of(destination, envelope, now)?;
+            match &mut self.kind {
+                RequestKind::Packed {
+                    bytes, commands, ..
+                } => {
+                    resp::pack_command(&write.arguments, bytes);
+                    *commands += 1;
+                }
+                RequestKind::Pipeline(pipeline) => {
+                    pipeline.add_command(write.command());
+                }
             }
-            Self::Packed {
+            return Ok(write.delayed);
+        }
+        let trim = destination.trim.as_ref().map(|trim| trim.arguments(now));
+        let start = XaddStart {
+            stream: &destination.stream,
+            trim: trim.as_ref().map_or(&[][..], |trim| &trim[..]),
+        };
+        match &mut self.kind {
+            RequestKind::Packed {
                 bytes, commands, ..
             } => {
-                let write = Write::of(destination, envelope, now)?;
-                resp::pack_command(&write.arguments, bytes);
+                pack_xadd(bytes, &mut self.last_time, &start, envelope);
                 *commands += 1;
-                Ok(write.delayed)
             }
-            Self::Pipeline(pipeline) => {
-                let write = Write::of(destination, envelope, now)?;
-                pipeline.add_command(write.command());
-                Ok(write.delayed)
+            RequestKind::Pipeline(pipeline) => {
+                pipeline.add_command(xadd_command(&mut self.last_time, &start, envelope));
             }
         }
+        Ok(false)
     }
 }
 
-/// Appends the `XADD` of `envelope` to `destination` at `now` to `bytes`, as RESP, straight from
-/// the envelope: the same command as its [`Write`] packed. `last_time` is the last time packed
-/// and its text, for the next event of the same millisecond.
+/// The arguments of an `XADD` before the entry's fields.
+struct XaddStart<'s> {
+    stream: &'s str,
+    trim: &'s [String],
+}
+
+impl XaddStart<'_> {
+    /// `XADD <stream> [trim] *`.
+    fn arguments(&self) -> impl Iterator<Item = &str> {
+        ["XADD", self.stream]
+            .into_iter()
+            .chain(self.trim.iter().map(String::as_str))
+            .chain(["*"])
+    }
+}
+
+/// Appends to `bytes` the `XADD` of `envelope` after `start`, packed as RESP straight from the
+/// envelope.
 fn pack_xadd(
     bytes: &mut Vec<u8>,
-    last_time: &mut Option<(SystemTime, String)>,
-    destination: &Destination<'_>,
+    last_time: &mut TimeText,
+    start: &XaddStart<'_>,
     envelope: &Envelope,
-    now: SystemTime,
 ) {
-    let trim = destination.trim.as_ref().map(|trim| trim.arguments(now));
-    let trim = trim.as_ref().map_or(&[][..], |trim| &trim[..]);
-    resp::push_header(bytes, b'*', 3 + trim.len() + 2 * envelope.field_count());
-    let command = ["XADD", destination.stream.as_ref()].into_iter();
-    for argument in command.chain(trim.iter().map(String::as_str)).chain(["*"]) {
+    let count = 3 + start.trim.len() + 2 * envelope.field_count();
+    resp::push_header(bytes, b'*', count);
+    for argument in start.arguments() {
         resp::push_bulk(bytes, argument.as_bytes());
     }
     envelope.write_fields(&mut PackedFields { bytes, last_time });
 }
 
+/// The `XADD` of `envelope` after `start`, as a redis-rs command made straight from the envelope.
+fn xadd_command(
+    last_time: &mut TimeText,
+    start: &XaddStart<'_>,
+    envelope: &Envelope,
+) -> redis::Cmd {
+    // Sized at once: a command grows its buffers by doubling as arguments come.
+    let mut size = Size::default();
+    envelope.write_fields(&mut size);
+    let mut command = redis::Cmd::with_capacity(
+        3 + start.trim.len() + size.arguments,
+        start.arguments().map(str::len).sum::<usize>() + size.bytes,
+    );
+    for argument in start.arguments() {
+        command.arg(argument);
+    }
+    envelope.write_fields(&mut CommandFields {
+        command: &mut command,
+        last_time,
+    });
+    command
+}
+
+/// A time's text, kept for the next time of the same millisecond: events written together
+/// mostly share theirs.
+#[derive(Default)]
+struct TimeText {
+    last: Option<(SystemTime, String)>,
+}
+
+impl TimeText {
+    /// The text of `time`, as [`format_timestamp`] writes it.
+    fn of(&mut self, time: SystemTime) -> &str {
+        if !matches!(&self.last, Some((last, _)) if *last == time) {
+            self.last = Some((time, format_timestamp(time)));
+        }
+        self.last.as_ref().map_or("", |(_, text)| text.as_str())
+    }
+}
+
+/// How many arguments an entry's fields make, and their bytes (a number's at most).
+#[derive(Default)]
+struct Size {
+    arguments: usize,
+    bytes: usize,
+}
+
+impl FieldWriter<'_> for Size {
+    fn text(&mut self, name: &'static str, value: &str) {
+        self.arguments += 2;
+        self.bytes += name.len() + value.len();
+    }
+
+    fn number(&mut self, name: &'static str, _: u32) {
+        self.arguments += 2;
+        self.bytes += name.len() + "4294967295".len();
+    }
+
+    fn time(&mut self, name: &'static str, _: SystemTime) {
+        self.arguments += 2;
+        self.bytes += name.len() + "2026-12-04T23:20:06.123Z".len();
+    }
+
+    fn header(&mut self, name: &str, value: &str) {
+        self.arguments += 2;
+        self.bytes += HEADER_PREFIX.len() + name.len() + value.len();
+    }
+}
+
 /// An entry's fields packed as RESP bulk strings, name and value in turn.
 struct PackedFields<'p> {
     bytes: &'p mut Vec<u8>,
-    last_time: &'p mut Option<(SystemTime, String)>,
+    last_time: &'p mut TimeText,
 }
 
 impl FieldWriter<'_> for PackedFields<'_> {
@@ -211,14 +312,8 @@ impl FieldWriter<'_> for PackedFields<'_> {
     }
 
     fn time(&mut self, name: &'static str, value: SystemTime) {
-        // Events written together mostly share their millisecond, and so their text.
-        let last = &mut *self.last_time;
-        if !matches!(last, Some((time, _)) if *time == value) {
-            *last = Some((value, format_timestamp(value)));
-        }
-        let text = last.as_ref().map_or("", |(_, text)| text.as_str());
         resp::push_bulk(self.bytes, name.as_bytes());
-        resp::push_bulk(self.bytes, text.as_bytes());
+        resp::push_bulk(self.bytes, self.last_time.of(value).as_bytes());
     }
 
     fn header(&mut self, name: &str, value: &str) {
@@ -227,6 +322,32 @@ impl FieldWriter<'_> for PackedFields<'_> {
         self.bytes.extend_from_slice(name.as_bytes());
         self.bytes.extend_from_slice(b"\r\n");
         resp::push_bulk(self.bytes, value.as_bytes());
+    }
+}
+
+/// An entry's fields as arguments of a redis-rs command, name and value in turn.
+struct CommandFields<'c> {
+    command: &'c mut redis::Cmd,
+    last_time: &'c mut TimeText,
+}
+
+impl FieldWriter<'_> for CommandFields<'_> {
+    fn text(&mut self, name: &'static str, value: &str) {
+        self.command.arg(name).arg(value);
+    }
+
+    fn number(&mut self, name: &'static str, value: u32) {
+        self.text(name, itoa::Buffer::new().format(value));
+    }
+
+    fn time(&mut self, name: &'static str, value: SystemTime) {
+        self.command.arg(name).arg(self.last_time.of(value));
+    }
+
+    fn header(&mut self, name: &str, value: &str) {
+        self.command
+            .arg(format!("{HEADER_PREFIX}{name}"))
+            .arg(value);
     }
 }
 
@@ -260,7 +381,7 @@ mod tests {
     }
 
     #[test]
-    fn an_xadd_packed_from_the_envelope_is_its_write_packed() {
+    fn an_xadd_taken_from_the_envelope_is_its_write() {
         let now = SystemTime::now();
         let trims = [
             None,
@@ -273,16 +394,26 @@ mod tests {
                 trim,
                 format: Format::Native,
             };
-            let (mut straight, mut through_arguments) = (Vec::new(), Vec::new());
-            let mut last_time = None;
+            let trim = destination.trim.as_ref().map(|trim| trim.arguments(now));
+            let start = XaddStart {
+                stream: &destination.stream,
+                trim: trim.as_ref().map_or(&[][..], |trim| &trim[..]),
+            };
+            let (mut packed, mut pipeline) = (Vec::new(), redis::pipe());
+            let (mut packed_time, mut command_time) = (TimeText::default(), TimeText::default());
+            let (mut arguments_packed, mut arguments_pipeline) = (Vec::new(), redis::pipe());
             for envelope in &envelopes() {
-                pack_xadd(&mut straight, &mut last_time, &destination, envelope, now);
+                pack_xadd(&mut packed, &mut packed_time, &start, envelope);
+                pipeline.add_command(xadd_command(&mut command_time, &start, envelope));
                 let write = Write::of(&destination, envelope, now).unwrap();
-                resp::pack_command(&write.arguments, &mut through_arguments);
+                resp::pack_command(&write.arguments, &mut arguments_packed);
+                arguments_pipeline.add_command(write.command());
             }
+            let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+            assert_eq!(text(&packed), text(&arguments_packed));
             assert_eq!(
-                String::from_utf8_lossy(&straight),
-                String::from_utf8_lossy(&through_arguments)
+                text(&pipeline.get_packed_pipeline()),
+                text(&arguments_pipeline.get_packed_pipeline())
             );
         }
     }
