@@ -180,6 +180,33 @@ impl<'a> FieldWriter<'a> for Vec<Cow<'a, str>> {
     }
 }
 
+/// How many fields an entry has, and the bytes of their names and values (a number's at most).
+#[derive(Debug, Default)]
+pub(crate) struct FieldsSize {
+    pub(crate) fields: usize,
+    pub(crate) bytes: usize,
+}
+
+impl FieldWriter<'_> for FieldsSize {
+    fn text(&mut self, name: &'static str, value: &str) {
+        self.fields += 1;
+        self.bytes += name.len() + value.len();
+    }
+
+    fn number(&mut self, name: &'static str, _: u32) {
+        self.text(name, "4294967295");
+    }
+
+    fn time(&mut self, name: &'static str, _: SystemTime) {
+        self.text(name, "2026-12-04T23:20:06.123Z");
+    }
+
+    fn header(&mut self, name: &str, value: &str) {
+        self.fields += 1;
+        self.bytes += HEADER_PREFIX.len() + name.len() + value.len();
+    }
+}
+
 impl Envelope {
     /// A new envelope for a body of JSON text: a fresh UUID (v7, time-ordered), the current time
     /// (the id's, to the millisecond), and the body's hash.
@@ -218,15 +245,17 @@ impl Envelope {
 
     /// The entry's fields, in the order they are written.
     pub fn fields(&self) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
-        let mut flat = Vec::with_capacity(2 * self.field_count());
+        let mut flat = Vec::with_capacity(2 * self.fields_size().fields);
         self.write_fields(&mut flat);
         let mut flat = flat.into_iter();
         std::iter::from_fn(|| Some((flat.next()?, flat.next()?))).collect()
     }
 
-    /// How many fields its entry has.
-    pub(crate) fn field_count(&self) -> usize {
-        7 + self.optional_fields().count() + self.headers.len()
+    /// How many fields its entry has, and their bytes.
+    pub(crate) fn fields_size(&self) -> FieldsSize {
+        let mut size = FieldsSize::default();
+        self.write_fields(&mut size);
+        size
     }
 
     /// The optional fields that are set, by name.

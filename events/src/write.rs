@@ -218,7 +218,7 @@ fn pack_xadd(
     start: &XaddStart<'_>,
     envelope: &Envelope,
 ) {
-    let count = 3 + start.trim.len() + 2 * envelope.field_count();
+    let count = 3 + start.trim.len() + 2 * envelope.fields_size().fields;
     resp::push_header(bytes, b'*', count);
     for argument in start.arguments() {
         resp::push_bulk(bytes, argument.as_bytes());
@@ -233,10 +233,9 @@ fn xadd_command(
     envelope: &Envelope,
 ) -> redis::Cmd {
     // Sized at once: a command grows its buffers by doubling as arguments come.
-    let mut size = Size::default();
-    envelope.write_fields(&mut size);
+    let size = envelope.fields_size();
     let mut command = redis::Cmd::with_capacity(
-        3 + start.trim.len() + size.arguments,
+        3 + start.trim.len() + 2 * size.fields,
         start.arguments().map(str::len).sum::<usize>() + size.bytes,
     );
     for argument in start.arguments() {
@@ -263,35 +262,6 @@ impl TimeText {
             self.last = Some((time, format_timestamp(time)));
         }
         self.last.as_ref().map_or("", |(_, text)| text.as_str())
-    }
-}
-
-/// How many arguments an entry's fields make, and their bytes (a number's at most).
-#[derive(Default)]
-struct Size {
-    arguments: usize,
-    bytes: usize,
-}
-
-impl FieldWriter<'_> for Size {
-    fn text(&mut self, name: &'static str, value: &str) {
-        self.arguments += 2;
-        self.bytes += name.len() + value.len();
-    }
-
-    fn number(&mut self, name: &'static str, _: u32) {
-        self.arguments += 2;
-        self.bytes += name.len() + "4294967295".len();
-    }
-
-    fn time(&mut self, name: &'static str, _: SystemTime) {
-        self.arguments += 2;
-        self.bytes += name.len() + "2026-12-04T23:20:06.123Z".len();
-    }
-
-    fn header(&mut self, name: &str, value: &str) {
-        self.arguments += 2;
-        self.bytes += HEADER_PREFIX.len() + name.len() + value.len();
     }
 }
 
