@@ -1,5 +1,7 @@
 //! An event's write: the arguments of its command, and the requests that carry a round trip's
 //! commands, packed by hand for a connection of the publisher's own or as a redis-rs pipeline.
+//! An event's `XADD` in the native format goes into a request straight from its envelope; delayed
+//! events and other formats go through their arguments.
 
 use std::borrow::Cow;
 use std::time::{SystemTime, UNIX_EPOCH};
