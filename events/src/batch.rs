@@ -746,10 +746,11 @@ struct InFlight<'a, C> {
 
 impl<'a, C> InFlight<'a, C> {
     fn start(shared: &'a Shared<C>, bytes: usize) -> Self {
-        // Writing copies each event into a command (its argument bytes, grown by doubling, and an
-        // index of them: one to two times the envelope's memory) and then into the pipeline's
-        // buffer (about once more): count three times the envelopes' memory (`bytes`) while the
-        // write lasts, so that publishers wait for it as for queued events.
+        // Writing through redis-rs copies each event into a command (its argument bytes and an
+        // index of them, about once the envelope's memory) and then into the pipeline's buffer
+        // (about once more); a request packed by hand holds one copy, in a buffer grown by
+        // doubling. Three times the envelopes' memory (`bytes`), more than either, is counted
+        // while the write lasts, so that publishers wait for it as for queued events.
         let copies = 3 * bytes;
         shared.held_bytes.fetch_add(copies, Ordering::AcqRel);
         shared.in_flight_batches.fetch_add(1, Ordering::AcqRel);
