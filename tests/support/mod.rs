@@ -85,8 +85,17 @@ pub(crate) async fn nothing_pending(
 }
 
 /// Polls `done` every 20 ms until it holds, failing the test with `what` after 30 seconds.
-pub(crate) async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+pub(crate) async fn wait_until(what: &str, done: impl FnMut() -> bool) {
+    wait_until_within(what, std::time::Duration::from_secs(30), done).await;
+}
+
+/// Polls `done` every 20 ms until it holds, failing the test with `what` after `within`.
+pub(crate) async fn wait_until_within(
+    what: &str,
+    within: std::time::Duration,
+    mut done: impl FnMut() -> bool,
+) {
+    let deadline = std::time::Instant::now() + within;
     while !done() {
         assert!(
             std::time::Instant::now() < deadline,
