@@ -517,11 +517,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> BatchedPublisher<C> {
         shared
             .failed_messages
             .fetch_sub(drained.len(), Ordering::Relaxed);
-        let bytes = drained
-            .iter()
-            .map(|failed| failed.envelope.memory_size())
-            .sum();
-        shared.release(drained.len(), bytes);
+        shared.release(drained.len(), held_by(&drained));
         drained
     }
 
@@ -699,6 +695,14 @@ impl<C> Shared<C> {
     }
 }
 
+/// The memory failed events hold under the bound.
+fn held_by(failed: &[FailedMessage]) -> usize {
+    failed
+        .iter()
+        .map(|failed| failed.envelope.memory_size())
+        .sum()
+}
+
 /// Locks `mutex`; a panic while it was held cannot leave the counters or lists half-changed, so
 /// poisoning is ignored.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -849,10 +853,7 @@ where
         .fetch_add(count as u64, Ordering::Relaxed);
     shared.failed_messages.fetch_add(count, Ordering::Relaxed);
     // The failed events keep the memory they hold; the written ones release theirs.
-    let kept_bytes = failed
-        .iter()
-        .map(|failed| failed.envelope.memory_size())
-        .sum::<usize>();
+    let kept_bytes = held_by(&failed);
     lock(&shared.failed).extend(failed);
     shared.release(written, bytes - kept_bytes);
     count
