@@ -177,10 +177,7 @@ impl<'a> Request<'a> {
             return Ok(write.delayed);
         }
         let trim = destination.trim.as_ref().map(|trim| trim.arguments(now));
-        let start = XaddStart {
-            stream: &destination.stream,
-            trim: trim.as_ref().map_or(&[][..], |trim| &trim[..]),
-        };
+        let start = XaddStart::of(destination, trim.as_ref());
         match &mut self.kind {
             RequestKind::Packed {
                 bytes, commands, ..
@@ -202,7 +199,15 @@ struct XaddStart<'s> {
     trim: &'s [String],
 }
 
-impl XaddStart<'_> {
+impl<'s> XaddStart<'s> {
+    /// The start of an `XADD` to `destination`, trimmed with `trim` (its trimming arguments).
+    fn of(destination: &'s Destination<'_>, trim: Option<&'s [String; 3]>) -> Self {
+        Self {
+            stream: &destination.stream,
+            trim: trim.map_or(&[], |trim| &trim[..]),
+        }
+    }
+
     /// `XADD <stream> [trim] *`.
     fn arguments(&self) -> impl Iterator<Item = &str> {
         ["XADD", self.stream]
@@ -367,10 +372,7 @@ mod tests {
                 format: Format::Native,
             };
             let trim = destination.trim.as_ref().map(|trim| trim.arguments(now));
-            let start = XaddStart {
-                stream: &destination.stream,
-                trim: trim.as_ref().map_or(&[][..], |trim| &trim[..]),
-            };
+            let start = XaddStart::of(&destination, trim.as_ref());
             let (mut packed, mut pipeline) = (Vec::new(), redis::pipe());
             let (mut packed_time, mut command_time) = (TimeText::default(), TimeText::default());
             let (mut arguments_packed, mut arguments_pipeline) = (Vec::new(), redis::pipe());
