@@ -2,7 +2,7 @@
 //! `valkey-server`) on a free port, stopped and its data directory removed when dropped. With
 //! `REDIS_URL` set, [`RedisServer::start`] uses that server instead and starts nothing.
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -220,7 +220,8 @@ pub fn redis_command(port: u16, dir: &Path) -> Command {
     command
 }
 
-/// Waits until the server answers PING, or fails if it exits or takes more than 10 seconds.
+/// Waits until `child`, the server started on `port`, answers PING there, or fails if it exits or
+/// takes more than 10 seconds.
 fn wait_until_ready(child: &mut Child, port: u16) -> io::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
@@ -229,7 +230,10 @@ fn wait_until_ready(child: &mut Child, port: u16) -> io::Result<()> {
                 "redis-server exited with {status}"
             )));
         }
-        if ping(port).is_ok() {
+        // Another server may answer on the port: another test's, started on it a moment after
+        // it was found free. Then `child` cannot listen on it, exits, and the caller tries
+        // another port.
+        if ping(port).is_ok() && server_process(port).is_none_or(|pid| pid == child.id()) {
             return Ok(());
         }
         sleep(Duration::from_millis(10));
@@ -254,6 +258,23 @@ fn ping(port: u16) -> io::Result<()> {
     }
 }
 
+/// The process id the server answering on `port` gives in `INFO server`, when it tells (one that
+/// wants a password first does not).
+fn server_process(port: u16) -> Option<u32> {
+    let stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    (&stream).write_all(b"INFO server\r\n").ok()?;
+    let mut reader = BufReader::new(stream);
+    let mut header = String::new();
+    reader.read_line(&mut header).ok()?;
+    let length: usize = header.strip_prefix('$')?.trim_end().parse().ok()?;
+    let mut info = vec![0; length];
+    reader.read_exact(&mut info).ok()?;
+    String::from_utf8_lossy(&info)
+        .lines()
+        .find_map(|line| line.strip_prefix("process_id:")?.parse().ok())
+}
+
 impl Drop for RedisServer {
     fn drop(&mut self) {
         if let Some(child) = &mut self.child {
@@ -263,5 +284,24 @@ impl Drop for RedisServer {
         if let Some(dir) = &self.dir {
             let _ = std::fs::remove_dir_all(dir);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_on_a_port_another_holds_is_not_taken_for_ready() {
+        let first = RedisServer::own();
+        let dir = std::env::temp_dir().join(format!("events-redis-{}-taken", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut second = redis_command(first.port(), &dir).spawn().unwrap();
+        let ready = wait_until_ready(&mut second, first.port());
+        let _ = second.kill();
+        let _ = second.wait();
+        let _ = std::fs::remove_dir_all(&dir);
+        let error = ready.expect_err("the first server answered, not the second");
+        assert!(error.to_string().contains("exited"), "{error}");
     }
 }
