@@ -56,6 +56,23 @@ fn recording(
     }
 }
 
+/// A handler that waits `wait`, then records the event, as one awaiting a slow service would.
+fn recording_after(
+    seen: &Seen,
+    wait: Duration,
+) -> impl Fn(TaskCreated, Context) -> futures::future::BoxFuture<'static, Result<(), HandlerError>> + use<>
+{
+    let seen = Arc::clone(seen);
+    move |task: TaskCreated, context: Context| {
+        let seen = Arc::clone(&seen);
+        Box::pin(async move {
+            tokio::time::sleep(wait).await;
+            record(&seen, task.n, context.attempt());
+            Ok(())
+        })
+    }
+}
+
 /// A handler that counts its starts in `started`, then never finishes.
 fn stuck(
     started: &Arc<AtomicU32>,
@@ -1403,22 +1420,11 @@ async fn never_more_entries_unacknowledged_than_max_unacked() {
     let server = RedisServer::start();
     let stream = unique("backpressure");
     let seen = seen();
-    let slow = {
-        let seen = Arc::clone(&seen);
-        move |task: TaskCreated, context: Context| {
-            let seen = Arc::clone(&seen);
-            async move {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                record(&seen, task.n, context.attempt());
-                Ok::<(), HandlerError>(())
-            }
-        }
-    };
     let consumer = quick_consumer(&server, &stream, "g")
         .max_unacked(5)
         .batch_size(100)
         .concurrency(100)
-        .handle(slow)
+        .handle(recording_after(&seen, Duration::from_millis(20)))
         .build()
         .await
         .unwrap();
@@ -1537,4 +1543,49 @@ async fn events_arriving_one_by_one_are_handled_without_waiting_for_the_next() {
         slowest < Duration::from_millis(500),
         "an event waited {slowest:?} (a blocking read is 5 s)"
     );
+}
+
+/// How many times the server has run `command` (lowercase), from `INFO commandstats`.
+async fn calls(server: &RedisServer, command: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut connection(server).await)
+        .await
+        .unwrap();
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|line| line.strip_prefix(&prefix)?.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn handlers_slower_than_the_reads_take_a_backlog_in_full_batches() {
+    // A server of the test's own: its command counts are this consumer's.
+    let server = RedisServer::own();
+    let stream = unique("fair-reads");
+    let publisher = publisher_to(server.url(), &stream).await;
+    publish_tasks(&publisher, 0..2_000).await;
+    let seen = seen();
+    let consumer = quick_consumer(&server, &stream, "workers")
+        .batch_size(100)
+        .max_unacked(400)
+        .concurrency(8)
+        .handle(recording_after(&seen, Duration::from_millis(1)))
+        .build()
+        .await
+        .unwrap();
+    let before = calls(&server, "xreadgroup").await;
+    let running = spawn(&consumer);
+    wait_until("every task handled", || count(&seen) == 2_000).await;
+    let reads = calls(&server, "xreadgroup").await - before;
+    stop(running).await;
+    // 2,000 entries are 20 reads of 100; a read for each few deliveries settled would be hundreds.
+    assert!(reads <= 40, "{reads} reads for 2,000 entries");
+    assert!(
+        seen.lock()
+            .unwrap()
+            .values()
+            .all(|attempts| attempts == &[1])
+    );
+    assert_eq!(pending(&server, &stream, "workers").await, 0);
 }

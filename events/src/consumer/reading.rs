@@ -110,6 +110,10 @@ impl Reading {
         // the order they come, whatever order the reads were sent in: Redis may serve a later
         // read first, and the earlier one then waits out its block.
         let mut out: Vec<Option<Read>> = (0..readers.len()).map(|_| None).collect();
+        // While every handler is busy and more entries wait for one, a read waits until it can
+        // fetch this many: reading the few entries each settled delivery makes room for would
+        // cost Redis a read per handful of entries, and the handlers lose nothing by the wait.
+        let fair_read = settings.batch_size.min(settings.max_unacked / 2).max(1);
         let mut replies: JoinSet<(usize, ReadResult)> = JoinSet::new();
         let mut busy = false;
         // Whether the reads under way were ended early, at shutdown.
@@ -130,7 +134,11 @@ impl Reading {
                 };
                 let requested: usize = out.iter().flatten().map(|read| read.count).sum();
                 let room = self.unacked.available_permits().saturating_sub(requested);
-                if room == 0 || (!busy && !replies.is_empty()) {
+                let handlers_busy = session.inner.concurrency.available_permits() == 0;
+                if room == 0
+                    || (!busy && !replies.is_empty())
+                    || (room < fair_read && handlers_busy)
+                {
                     break;
                 }
                 let count = settings.batch_size.min(room);
@@ -153,10 +161,16 @@ impl Reading {
                     }
                     continue;
                 }
-                // No room for a read: wait until a delivery is settled, or shutdown.
+                // No room for a read, or, every handler busy, none for a fair one: wait until
+                // there is, a handler has nothing to do, or shutdown.
+                let handlers_busy = session.inner.concurrency.available_permits() == 0;
+                let wanted = if handlers_busy { fair_read } else { 1 };
                 tokio::select! {
                     () = shutdown.cancelled() => break,
-                    permit = Arc::clone(&self.unacked).acquire_owned() => drop(permit),
+                    permits = Arc::clone(&self.unacked).acquire_many_owned(wanted as u32) => {
+                        drop(permits);
+                    }
+                    _idle = session.inner.concurrency.acquire(), if handlers_busy => {}
                 }
                 continue;
             }
