@@ -67,7 +67,7 @@ fn pair(path: &str, message: &str) -> (String, String) {
 fn constants_come_from_the_attribute() {
     assert_eq!(UserCreated::NAME, "user.created");
     assert_eq!(UserCreated::VERSION, 3);
-    assert_eq!(Unmarked::NAME, "audit.entry-added");
+    assert_eq!(Unmarked::NAME, "audit_log.entry-added.v2");
     assert_eq!(Unmarked::VERSION, 1, "the version defaults to 1");
 }
 
@@ -438,7 +438,7 @@ fn the_idempotency_key_combines_fields_in_declaration_order() {
 }
 
 #[derive(Debug, Serialize, Deserialize, Event)]
-#[event(name = "audit.entry-added")]
+#[event(name = "audit_log.entry-added.v2")]
 struct Unmarked {
     note: String,
 }

@@ -216,3 +216,82 @@ fn flattened_fields_are_the_structs_own() {
     let shipped: Shipped = serde_json::from_value(blank).unwrap();
     assert!(shipped.validate().is_err());
 }
+
+/// The names an event's schema gives its properties and the keys serde writes for it, when serde
+/// names its fields by the `rename_all` rule `$rule`.
+macro_rules! names_under {
+    ($rule:tt) => {{
+        #[derive(Serialize, Deserialize, Event)]
+        #[event(name = "names.checked")]
+        #[serde(rename_all = $rule)]
+        struct Named {
+            user_id: u32,
+            home_page_url: String,
+        }
+        let named = Named {
+            user_id: 1,
+            home_page_url: String::new(),
+        };
+        let written = serde_json::to_value(&named).unwrap();
+        (keys(&event_schema::<Named>()["properties"]), keys(&written))
+    }};
+}
+
+fn keys(object: &Value) -> Vec<String> {
+    object.as_object().unwrap().keys().cloned().collect()
+}
+
+#[test]
+fn the_schema_names_fields_as_serde_does_under_every_rule() {
+    for (rule, (in_schema, written)) in [
+        ("lowercase", names_under!("lowercase")),
+        ("UPPERCASE", names_under!("UPPERCASE")),
+        ("PascalCase", names_under!("PascalCase")),
+        ("camelCase", names_under!("camelCase")),
+        ("snake_case", names_under!("snake_case")),
+        ("SCREAMING_SNAKE_CASE", names_under!("SCREAMING_SNAKE_CASE")),
+        ("kebab-case", names_under!("kebab-case")),
+        ("SCREAMING-KEBAB-CASE", names_under!("SCREAMING-KEBAB-CASE")),
+    ] {
+        assert_eq!(in_schema, written, "{rule}");
+    }
+}
+
+fn zero() -> u32 {
+    0
+}
+
+/// A field serde reads and writes under different names, with a default, and an `Option` named
+/// by its full path.
+#[derive(Debug, Serialize, Deserialize, Event)]
+#[event(name = "reading.taken")]
+struct ReadingTaken {
+    #[serde(rename(serialize = "out", deserialize = "in"), default = "zero")]
+    value: u32,
+    #[event(range(max = 10))]
+    level: std::option::Option<u8>,
+    unit: String,
+}
+
+#[test]
+fn the_schema_describes_what_serde_reads() {
+    let schema = event_schema::<ReadingTaken>();
+    assert_eq!(keys(&schema["properties"]), ["in", "level", "unit"]);
+    assert_eq!(schema["required"], json!(["unit"]));
+    assert_eq!(
+        schema["properties"]["level"],
+        json!({"anyOf": [{"type": "integer", "minimum": 0, "maximum": 10}, {"type": "null"}]})
+    );
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let read = json!({"in": 3, "unit": "kPa"});
+    assert!(validator.is_valid(&read));
+    let reading: ReadingTaken = serde_json::from_value(read).unwrap();
+    assert_eq!((reading.value, reading.level), (3, None));
+    assert_eq!(reading.validate(), Ok(()));
+    let too_high = ReadingTaken {
+        level: Some(11),
+        ..reading
+    };
+    assert!(!validator.is_valid(&json!({"unit": "kPa", "level": 11})));
+    assert_eq!(too_high.validate().unwrap_err().errors()[0].path, "level");
+}

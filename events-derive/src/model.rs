@@ -214,31 +214,3 @@ impl Number {
         if self.negative { -value } else { value }
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::Shape;
-    use syn::parse_quote;
-
-    /// `(optional, sequence, float)` of the type.
-    fn shape(ty: syn::Type) -> (bool, bool, bool) {
-        let shape = Shape::of(&ty);
-        (shape.optional, shape.sequence, shape.float)
-    }
-
-    #[test]
-    fn reads_options_vecs_and_floats_from_the_syntax() {
-        assert_eq!(shape(parse_quote!(String)), (false, false, false));
-        assert_eq!(shape(parse_quote!(f64)), (false, false, true));
-        assert_eq!(shape(parse_quote!(Option<f32>)), (true, false, true));
-        assert_eq!(
-            shape(parse_quote!(std::option::Option<u8>)),
-            (true, false, false)
-        );
-        assert_eq!(shape(parse_quote!(Vec<Item>)), (false, true, false));
-        assert_eq!(shape(parse_quote!(Option<Vec<Item>>)), (true, true, false));
-        assert_eq!(shape(parse_quote!(Vec<Option<Item>>)), (false, true, false));
-        assert_eq!(shape(parse_quote!(Option<(u8, u8)>)), (true, false, false));
-        assert_eq!(shape(parse_quote!(Result<f64, E>)), (false, false, false));
-    }
-}

@@ -107,38 +107,3 @@ fn skip(meta: &ParseNestedMeta) -> syn::Result<()> {
     }
     Ok(())
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use syn::parse_quote;
-
-    #[test]
-    fn renames_as_serde_does() {
-        for (rule, expected) in [
-            ("camelCase", "userId"),
-            ("PascalCase", "UserId"),
-            ("kebab-case", "user-id"),
-            ("SCREAMING_SNAKE_CASE", "USER_ID"),
-            ("SCREAMING-KEBAB-CASE", "USER-ID"),
-            ("lowercase", "user_id"),
-            ("snake_case", "user_id"),
-        ] {
-            assert_eq!(rename("user_id", rule), expected, "{rule}");
-        }
-    }
-
-    #[test]
-    fn reads_names_presence_and_flattening() {
-        let field = field(&[
-            parse_quote!(#[serde(rename(serialize = "out", deserialize = "in"), default = "zero")]),
-            parse_quote!(#[serde(with = "some::module")]),
-        ]);
-        assert_eq!(field.rename.as_deref(), Some("in"));
-        assert!(field.optional && !field.skip && !field.flatten);
-        let container =
-            container(&[parse_quote!(#[serde(rename_all = "camelCase", deny_unknown_fields)])]);
-        assert_eq!(container.rename_all.as_deref(), Some("camelCase"));
-        assert!(container.deny_unknown_fields && !container.default);
-    }
-}

@@ -7,4 +7,16 @@ struct UserCreated {
     id: u64,
 }
 
+#[derive(Serialize, Deserialize, Event)]
+#[event(name = ".user")]
+struct Leading {
+    id: u64,
+}
+
+#[derive(Serialize, Deserialize, Event)]
+#[event(name = "user.")]
+struct Trailing {
+    id: u64,
+}
+
 fn main() {}
