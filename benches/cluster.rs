@@ -9,7 +9,7 @@ mod timing;
 use std::time::{Duration, Instant};
 
 use events::testing::{RedisCluster, RedisServer};
-use events::{Consumer, HandlerOptions, Publisher, PublisherConfig, Route, Router, StartFrom};
+use events::{Consumer, Publisher, PublisherConfig, Route, Router, StartFrom};
 use order_placed::OrderPlaced;
 
 /// Publishes `events` orders in batches of 1,000 to `stream` (partitioned `partitions` ways when
@@ -58,7 +58,7 @@ async fn consume(url: &str, stream: &str, partitions: u32, events: u64) -> f64 {
     };
     let elapsed = timing::time_until_acknowledged(
         vec![builder],
-        &HandlerOptions::new(),
+        &timing::Handling::default(),
         events,
         url,
         &streams,

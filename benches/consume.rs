@@ -2,7 +2,9 @@
 //! time until nothing is pending), next to a raw redis-rs `XREADGROUP` + `XACK` loop over the
 //! same entries, all in this run against the same throwaway `redis-server` (or `REDIS_URL`): one
 //! consumer with and without idempotency, and consumers of a stream partitioned 8 ways; the cost
-//! of a middleware layer (tower's identity) and of a rate limit that never waits. Rounds of
+//! of a middleware layer (tower's identity) and of a rate limit that never waits; one and three
+//! consumers of the partitions whose handlers wait 2 ms for each event, 32 at a time each, as
+//! handlers that call a database do (there the handlers are the limit, not the CPU). Rounds of
 //! each alternate, every run reading its stream anew in a group of its own; each row gives the
 //! median, least and most of the rounds, the Redis CPU each event cost (`INFO cpu`) and this
 //! process's own CPU per event (the consumers', or the raw loop's).
@@ -31,9 +33,14 @@ use events::{
 };
 use redis::Value;
 use spread::Spread;
+use timing::Handling;
 
 const STREAM: &str = "bench:consume";
 const PARTITIONED: &str = "bench:partitioned";
+/// How long the waiting handlers wait for each event, as for a call to a database.
+const HANDLER_WAIT: Duration = Duration::from_millis(2);
+/// How many events each consumer with waiting handlers handles at a time.
+const WAITING_AT_ONCE: usize = 32;
 
 /// A stream entry as the raw loop reads it: its id and field-value pairs.
 type Entry = (String, Vec<(Vec<u8>, Vec<u8>)>);
@@ -171,6 +178,8 @@ async fn main() {
         "3 consumers sharing 8 partitions",
         "Consumer, one middleware layer (identity)",
         "Consumer, a rate limit that never waits",
+        "Consumer of 8 partitions, handlers waiting 2 ms",
+        "3 consumers sharing 8 partitions, the same",
     ];
     let mut measured: Vec<Measured> = names.iter().map(|_| Measured::default()).collect();
     let rows = rows::chosen(names.len());
@@ -185,19 +194,19 @@ async fn main() {
                 0 => raw_loop(&url, &group, events, batch).await,
                 1 | 2 | 5 | 6 => {
                     let mut builder = consumer(&url, &group, batch, index == 2).stream(STREAM);
-                    let mut options = HandlerOptions::new();
+                    let mut handling = Handling::default();
                     if index == 5 {
                         builder = builder.layer(tower::layer::util::Identity::new());
                     }
                     if index == 6 {
                         // A million a second, all at once: the cost of asking, never a wait.
                         let limit = RateLimit::new(1_000_000, Duration::from_secs(1));
-                        options = options.rate_limit(limit.burst(1_000_000));
+                        handling.options = HandlerOptions::new().rate_limit(limit.burst(1_000_000));
                     }
                     let streams = [STREAM.to_owned()];
                     timing::time_until_acknowledged(
                         vec![builder],
-                        &options,
+                        &handling,
                         events,
                         &url,
                         &streams,
@@ -206,18 +215,30 @@ async fn main() {
                     .await
                 }
                 _ => {
-                    let count = if index == 3 { 1 } else { 3 };
+                    let count = if index == 3 || index == 7 { 1 } else { 3 };
+                    // Handlers bound by what they wait for, not by the CPU: each consumer
+                    // handles WAITING_AT_ONCE at a time, as a pool of connections would allow.
+                    let waiting = index >= 7;
                     let builders = (0..count)
                         .map(|n| {
-                            consumer(&url, &group, batch, false)
+                            let builder = consumer(&url, &group, batch, false)
                                 .partitioned_stream(PARTITIONED, 8)
                                 .partition_lease(Duration::from_secs(2))
-                                .consumer_name(format!("c{n}"))
+                                .consumer_name(format!("c{n}"));
+                            if waiting {
+                                builder.concurrency(WAITING_AT_ONCE)
+                            } else {
+                                builder
+                            }
                         })
                         .collect();
+                    let handling = Handling {
+                        wait: waiting.then_some(HANDLER_WAIT),
+                        ..Handling::default()
+                    };
                     timing::time_until_acknowledged(
                         builders,
-                        &HandlerOptions::new(),
+                        &handling,
                         events,
                         &url,
                         &partitions,
@@ -235,14 +256,24 @@ async fn main() {
             measure.row(name, &measured[0]);
         }
     }
-    // Idempotency's cost, round by round: the two ran one after the other, so that a machine
-    // slower for a while slows both.
-    let (off, on) = (&measured[1].rates, &measured[2].rates);
-    if !off.is_empty() && !on.is_empty() {
-        let ratios: Vec<f64> = on.iter().zip(off).map(|(on, off)| on / off).collect();
-        println!(
-            "idempotency on / off, round by round: {} (ratios)",
-            Spread::of(&ratios).show(0, 2)
-        );
+    // Pairs that ran one after the other in each round, so that a machine slower for a while
+    // slows both: idempotency's cost, and what three consumers make of what one does.
+    for (label, one, other) in [
+        ("idempotency on / off", 1, 2),
+        ("3 consumers / 1, the CPU the limit", 3, 4),
+        ("3 consumers / 1, handlers waiting", 7, 8),
+    ] {
+        let (one, other) = (&measured[one].rates, &measured[other].rates);
+        if !one.is_empty() && !other.is_empty() {
+            let ratios: Vec<f64> = other
+                .iter()
+                .zip(one)
+                .map(|(other, one)| other / one)
+                .collect();
+            println!(
+                "{label}, round by round: {} (ratios)",
+                Spread::of(&ratios).show(0, 2)
+            );
+        }
     }
 }

@@ -13,7 +13,7 @@ mod timing;
 
 use std::time::Duration;
 
-use events::{Consumer, HandlerOptions, Router, StartFrom};
+use events::{Consumer, Router, StartFrom};
 use redis::aio::MultiplexedConnection;
 
 const STREAM: &str = "bench:marks";
@@ -110,7 +110,7 @@ async fn main() {
     let streams = [STREAM.to_owned()];
     let elapsed = timing::time_until_acknowledged(
         vec![builder],
-        &HandlerOptions::new(),
+        &timing::Handling::default(),
         events,
         &url,
         &streams,

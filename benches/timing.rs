@@ -5,16 +5,25 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use events::{Consumer, ConsumerBuilder, Context, HandlerError, HandlerOptions};
+use futures::future::Either;
 use redis::Value;
 
 use crate::order_placed::OrderPlaced;
 
-/// Runs the consumers `builders` make (of one group, handling orders, the handler with `options`)
-/// until they have handled `events` and nothing is pending on `streams` in `group` any more: the
-/// time until the last acknowledgement landed in Redis.
+/// How the benches' handler handles an order: registered with `options`, and done at once or
+/// after `wait`, as a handler that awaits a database or another service would be.
+#[derive(Clone, Default)]
+pub(crate) struct Handling {
+    pub(crate) options: HandlerOptions,
+    pub(crate) wait: Option<Duration>,
+}
+
+/// Runs the consumers `builders` make (of one group, handling orders as `handling` says) until
+/// they have handled `events` and nothing is pending on `streams` in `group` any more: the time
+/// until the last acknowledgement landed in Redis.
 pub(crate) async fn time_until_acknowledged(
     builders: Vec<ConsumerBuilder>,
-    options: &HandlerOptions,
+    handling: &Handling,
     events: u64,
     url: &str,
     streams: &[String],
@@ -23,7 +32,7 @@ pub(crate) async fn time_until_acknowledged(
     let handled = Arc::new(AtomicU64::new(0));
     let mut consumers = Vec::new();
     for builder in builders {
-        consumers.push(counting(builder, options.clone(), &handled).await);
+        consumers.push(counting(builder, handling.clone(), &handled).await);
     }
     let mut redis = redis::Client::open(url)
         .unwrap()
@@ -66,19 +75,27 @@ pub(crate) async fn time_until_acknowledged(
     elapsed
 }
 
-/// Builds the consumer of `builder` with a handler (with `options`) that counts the orders it
-/// handles.
+/// Builds the consumer of `builder` with a handler (as `handling` says) that counts the orders
+/// it handles.
 async fn counting(
     builder: ConsumerBuilder,
-    options: HandlerOptions,
+    handling: Handling,
     handled: &Arc<AtomicU64>,
 ) -> Consumer {
     let counter = Arc::clone(handled);
+    let wait = handling.wait;
     builder
-        .handle_with(options, move |order: OrderPlaced, _: Context| {
+        .handle_with(handling.options, move |order: OrderPlaced, _: Context| {
             std::hint::black_box(order);
             counter.fetch_add(1, Ordering::Relaxed);
-            std::future::ready(Ok::<(), HandlerError>(()))
+            let done = std::future::ready(Ok::<(), HandlerError>(()));
+            match wait {
+                None => Either::Left(done),
+                Some(wait) => Either::Right(async move {
+                    tokio::time::sleep(wait).await;
+                    done.await
+                }),
+            }
         })
         .build()
         .await
