@@ -110,9 +110,9 @@ impl Reading {
         // the order they come, whatever order the reads were sent in: Redis may serve a later
         // read first, and the earlier one then waits out its block.
         let mut out: Vec<Option<Read>> = (0..readers.len()).map(|_| None).collect();
-        // While every handler is busy and more entries wait for one, a read waits until it can
-        // fetch this many: reading the few entries each settled delivery makes room for would
-        // cost Redis a read per handful of entries, and the handlers lose nothing by the wait.
+        // While every handler is busy, a read waits until it can fetch this many: reading the
+        // few entries each settled delivery makes room for would cost Redis a read per handful
+        // of entries, and no handler is left without work by the wait.
         let fair_read = settings.batch_size.min(settings.max_unacked / 2).max(1);
         let mut replies: JoinSet<(usize, ReadResult)> = JoinSet::new();
         let mut busy = false;
@@ -134,10 +134,9 @@ impl Reading {
                 };
                 let requested: usize = out.iter().flatten().map(|read| read.count).sum();
                 let room = self.unacked.available_permits().saturating_sub(requested);
-                let handlers_busy = session.inner.concurrency.available_permits() == 0;
                 if room == 0
                     || (!busy && !replies.is_empty())
-                    || (room < fair_read && handlers_busy)
+                    || (room < fair_read && self.handlers_busy())
                 {
                     break;
                 }
@@ -163,13 +162,12 @@ impl Reading {
                 }
                 // No room for a read, or, every handler busy, none for a fair one: wait until
                 // there is, a handler has nothing to do, or shutdown.
-                let handlers_busy = session.inner.concurrency.available_permits() == 0;
+                let handlers_busy = self.handlers_busy();
                 let wanted = if handlers_busy { fair_read } else { 1 };
+                let wanted = u32::try_from(wanted).unwrap_or(u32::MAX);
                 tokio::select! {
                     () = shutdown.cancelled() => break,
-                    permits = Arc::clone(&self.unacked).acquire_many_owned(wanted as u32) => {
-                        drop(permits);
-                    }
+                    permits = Arc::clone(&self.unacked).acquire_many_owned(wanted) => drop(permits),
                     _idle = session.inner.concurrency.acquire(), if handlers_busy => {}
                 }
                 continue;
@@ -281,6 +279,11 @@ impl Reading {
             .filter(|stream| self.leases.may_read(stream, &settings.partitioned))
             .cloned()
             .collect()
+    }
+
+    /// Whether every handler is busy: no delivery could start now.
+    fn handlers_busy(&self) -> bool {
+        self.session.inner.concurrency.available_permits() == 0
     }
 
     /// Sends a read of up to `count` entries from the `readable` streams, on reader connection
