@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::support::{
-    RedisServer, clients, connection, dead_letter_entries, pending, publish_retrying, publisher_to,
-    quick_consumer, quick_consumer_at, unique, wait_until,
+    RedisServer, calls, clients, connection, dead_letter_entries, pending, publish_retrying,
+    publisher_to, quick_consumer, quick_consumer_at, unique, wait_until,
 };
 use events::{
     Backoff, Consumer, ConsumerBuilder, Context, Event, HandlerError, PublishOptions, Publisher,
@@ -1543,19 +1543,6 @@ async fn events_arriving_one_by_one_are_handled_without_waiting_for_the_next() {
         slowest < Duration::from_millis(500),
         "an event waited {slowest:?} (a blocking read is 5 s)"
     );
-}
-
-/// How many times the server has run `command` (lowercase), from `INFO commandstats`.
-async fn calls(server: &RedisServer, command: &str) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut connection(server).await)
-        .await
-        .unwrap();
-    let prefix = format!("cmdstat_{command}:calls=");
-    info.lines()
-        .find_map(|line| line.strip_prefix(&prefix)?.split(',').next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -4,7 +4,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::support::{RedisServer, Running, connection, publisher_to, quick_consumer, unique};
+use crate::support::{
+    RedisServer, Running, calls, connection, publisher_to, quick_consumer, unique,
+};
 use events::{BatchConfig, BatchedPublisher, Context, Event, HandlerError, PublishOptions};
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
@@ -249,4 +251,31 @@ async fn due_events_wait_out_a_redis_that_refuses_them_and_arrive_once() {
         .await
         .unwrap();
     assert_eq!(aside, 0, "nothing set aside for a refusal");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_runs_the_move_script_only_when_events_are_delayed() {
+    // A server of the test's own: its command counts are this consumer's.
+    let server = RedisServer::own();
+    let stream = unique("delayed-looks");
+    let handled: Handled = Arc::default();
+    let (_, running) = Running::build(consumer(&server, &stream, &handled)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while calls(&server, "zcard").await < 5 {
+        assert!(Instant::now() < deadline, "no look at the delayed set");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The script's first command: it has not run while nothing was delayed.
+    assert_eq!(calls(&server, "zrangebyscore").await, 0);
+    let publisher = publisher_to(server.url(), &stream).await;
+    publisher
+        .publish_with(
+            &Reminder { n: 1 },
+            PublishOptions::new().deliver_after(Duration::from_millis(100)),
+        )
+        .await
+        .unwrap();
+    wait_for(&handled, 1, Duration::from_secs(10)).await;
+    running.close().await;
+    assert!(calls(&server, "zrangebyscore").await > 0);
 }

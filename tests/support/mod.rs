@@ -84,6 +84,19 @@ pub(crate) async fn nothing_pending(
     }
 }
 
+/// How many times the server has run `command` (lowercase, as `INFO commandstats` names it;
+/// commands scripts run count too).
+pub(crate) async fn calls(server: &RedisServer, command: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut connection(server).await)
+        .await
+        .unwrap();
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|line| line.strip_prefix(&prefix)?.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
 /// Polls `done` every 20 ms until it holds, failing the test with `what` after 30 seconds.
 pub(crate) async fn wait_until(what: &str, done: impl FnMut() -> bool) {
     wait_until_within(what, std::time::Duration::from_secs(30), done).await;
