@@ -97,6 +97,7 @@ pub(crate) async fn calls(server: &RedisServer, command: &str) -> u64 {
         .find_map(|line| line.strip_prefix(&prefix)?.split(',').next()?.parse().ok())
         .unwrap_or(0)
 }
+
 /// Polls `done` every 20 ms until it holds, failing the test with `what` after 30 seconds.
 pub(crate) async fn wait_until(what: &str, done: impl FnMut() -> bool) {
     wait_until_within(what, std::time::Duration::from_secs(30), done).await;
