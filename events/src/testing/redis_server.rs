@@ -2,10 +2,12 @@
 //! `valkey-server`) on a free port, stopped and its data directory removed when dropped. With
 //! `REDIS_URL` set, [`RedisServer::start`] uses that server instead and starts nothing.
 
+use std::collections::BTreeSet;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -183,11 +185,27 @@ impl RedisServer {
     }
 }
 
-/// A port no one listens on right now.
+/// Ports [`free_port`] gave out, but for the ports of servers this process has dropped since: a
+/// server stopped for a restart leaves its port free for a while, and another test's server must
+/// not take it then. (Ports given out for other uses, such as TLS, stay in: a test process starts
+/// a few hundred servers, out of some 28,000 ports.)
+static GIVEN_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+
+/// A port no one listens on right now, and not one given out before for a server this process
+/// still holds, running or stopped.
 pub fn free_port() -> io::Result<u16> {
-    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
-        .local_addr()?
-        .port())
+    loop {
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+            .local_addr()?
+            .port();
+        if given_out().insert(port) {
+            return Ok(port);
+        }
+    }
+}
+
+fn given_out() -> MutexGuard<'static, BTreeSet<u16>> {
+    GIVEN_OUT.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The server binary tests start: `EVENTS_TEST_SERVER` (such as a `valkey-server`), or else
@@ -281,6 +299,9 @@ impl Drop for RedisServer {
             let _ = child.kill();
             let _ = child.wait();
         }
+        if self.dir.is_some() {
+            given_out().remove(&self.port());
+        }
         if let Some(dir) = &self.dir {
             let _ = std::fs::remove_dir_all(dir);
         }
@@ -290,6 +311,20 @@ impl Drop for RedisServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stopped_servers_port_is_not_given_out_again_until_it_is_dropped() {
+        let mut server = RedisServer::own();
+        let port = server.port();
+        server.stop();
+        assert!(given_out().contains(&port));
+        let others: Vec<u16> = (0..200).map(|_| free_port().unwrap()).collect();
+        given_out().retain(|given| !others.contains(given));
+        assert!(!others.contains(&port));
+        server.resume();
+        drop(server);
+        assert!(!given_out().contains(&port));
+    }
 
     #[test]
     fn a_server_on_a_port_another_holds_is_not_taken_for_ready() {
