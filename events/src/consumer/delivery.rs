@@ -44,6 +44,15 @@ pub(crate) struct Delivery {
 /// An event's hold as its read batch's call took it, before its delivery started.
 type Ahead = Option<(Digest, Hold)>;
 
+/// An entry's events as its delivery runs them: one, shared from the start with its handler's
+/// context (so that no delivery's future carries an envelope), or a packed batch.
+enum Events {
+    /// An entry of one event.
+    One(Arc<Envelope>),
+    /// A batch the TypeScript batched publisher packed into one entry, in order.
+    Packed(Vec<PackedEvent>),
+}
+
 /// What the hold on an event says.
 enum Look {
     /// This entry holds it.
@@ -88,11 +97,11 @@ impl Delivery {
     }
 
     /// The entry's events, each with its type as this consumer knows it.
-    fn decode(&self) -> Result<Decoded, DecodeError> {
+    fn decode(&self) -> Result<Events, DecodeError> {
         let names = &self.session.inner.settings.type_names;
         Ok(match Envelope::decode_entry(&self.entry.fields)? {
-            Decoded::One(envelope) => Decoded::One(names.apply(envelope)),
-            Decoded::Packed(events) => Decoded::Packed(
+            Decoded::One(envelope) => Events::One(Arc::new(names.apply(envelope))),
+            Decoded::Packed(events) => Events::Packed(
                 events
                     .into_iter()
                     .map(|event| PackedEvent {
@@ -108,7 +117,7 @@ impl Delivery {
     /// in one call; none where that call fails, and those deliveries ask on their own.
     async fn holds_ahead(
         deliveries: &[Self],
-        decoded: &[Result<Decoded, DecodeError>],
+        decoded: &[Result<Events, DecodeError>],
     ) -> Vec<Ahead> {
         let mut ahead = vec![None; deliveries.len()];
         let Some(first) = deliveries.first() else {
@@ -119,7 +128,7 @@ impl Delivery {
             .zip(decoded)
             .enumerate()
             .filter_map(|(at, (delivery, decoded))| match decoded {
-                Ok(Decoded::One(envelope)) => {
+                Ok(Events::One(envelope)) => {
                     let inner = &delivery.session.inner;
                     let registration = inner
                         .registry
@@ -163,43 +172,59 @@ impl Delivery {
 
     /// Handles the entry's events (`decoded`, the first's hold taken `ahead` when it has one)
     /// until each is settled or left pending.
-    async fn run(mut self, decoded: Result<Decoded, DecodeError>, ahead: Ahead) {
-        let session = Arc::clone(&self.session);
-        let _in_flight = Counted::new(&session.inner.counters.in_flight);
-        if let Some(after) = self.after.take() {
-            tokio::select! {
-                () = session.shutdown.cancelled() => return,
-                _ = after => {}
+    ///
+    /// Not an `async fn`: one would keep its arguments twice in its future (as arguments and as
+    /// locals), and a future of over about 1 KB costs each delivery's allocation a sweep of the
+    /// allocator's small free chunks (glibc's `malloc_consolidate`).
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn's future holds its arguments twice"
+    )]
+    fn run(
+        mut self,
+        decoded: Result<Events, DecodeError>,
+        ahead: Ahead,
+    ) -> impl Future<Output = ()> + Send {
+        async move {
+            let _in_flight = Counted::new(&self.session.inner.counters.in_flight);
+            if let Some(after) = self.after.take() {
+                tokio::select! {
+                    () = self.session.shutdown.cancelled() => return,
+                    _ = after => {}
+                }
             }
-        }
-        // Typed handlers check the body while deserializing it; everything else checks it later.
-        match decoded {
-            Ok(Decoded::One(envelope)) => {
-                let end = self.handle(envelope, None, ahead).await;
-                self.settle(end, None).await;
-            }
-            Ok(Decoded::Packed(events)) => {
-                self.unsettled.holds_events(events.len());
-                let this = &self;
-                let events = events
-                    .into_iter()
-                    .enumerate()
-                    .map(|(index, event)| async move {
-                        let part = Part {
-                            index,
-                            data: event.data,
-                        };
-                        let end = match event.envelope {
-                            Ok(envelope) => this.handle(envelope, Some(&part), None).await,
-                            Err(error) => this.failed_at_once(None, Failure::Decode(error)),
-                        };
-                        this.settle(end, Some(&part)).await;
-                    });
-                futures::future::join_all(events).await;
-            }
-            Err(error) => {
-                let end = self.failed_at_once(None, Failure::Decode(error));
-                self.settle(end, None).await;
+            // Typed handlers check the body while deserializing it; everything else checks it
+            // later.
+            match decoded {
+                Ok(Events::One(envelope)) => {
+                    let end = self.handle(envelope, None, ahead).await;
+                    self.settle(end, None).await;
+                }
+                Ok(Events::Packed(events)) => {
+                    self.unsettled.holds_events(events.len());
+                    let this = &self;
+                    let events = events
+                        .into_iter()
+                        .enumerate()
+                        .map(|(index, event)| async move {
+                            let part = Part {
+                                index,
+                                data: event.data,
+                            };
+                            let end = match event.envelope {
+                                Ok(envelope) => {
+                                    this.handle(Arc::new(envelope), Some(&part), None).await
+                                }
+                                Err(error) => this.failed_at_once(None, Failure::Decode(error)),
+                            };
+                            this.settle(end, Some(&part)).await;
+                        });
+                    futures::future::join_all(events).await;
+                }
+                Err(error) => {
+                    let end = self.failed_at_once(None, Failure::Decode(error));
+                    self.settle(end, None).await;
+                }
             }
         }
     }
@@ -218,8 +243,8 @@ impl Delivery {
                 attempts,
                 holds,
             } => {
-                self.dead_letter(event_type, &failure, attempts, holds, part)
-                    .await;
+                // Boxed: a rare path, whose future would make every delivery's larger.
+                Box::pin(self.dead_letter(event_type, &failure, attempts, holds, part)).await;
             }
             End::Abandon => {}
         }
@@ -227,13 +252,12 @@ impl Delivery {
 
     /// Runs the handler of an event of the entry (`part` of it when it is packed) until an attempt
     /// succeeds, the event is to be dead-lettered, or it is left pending.
-    async fn handle(&self, envelope: Envelope, part: Option<&Part>, mut ahead: Ahead) -> End {
+    async fn handle(&self, envelope: Arc<Envelope>, part: Option<&Part>, mut ahead: Ahead) -> End {
         let session = Arc::clone(&self.session);
         let inner = &session.inner;
         let Some(registration) = inner.registry.find(&envelope.event_type, envelope.version) else {
-            return self.unhandled(envelope);
+            return self.unhandled(&envelope);
         };
-        let envelope = Arc::new(envelope);
         let identity = self.identity(registration);
         let kept = &self.unsettled.kept;
         let mut attempts = Attempts::default();
@@ -270,10 +294,15 @@ impl Delivery {
                 // knows it, such as the next deployment of this one: stopping leaves it pending.
                 Err(failure) => match inner.settings.retry_delay(&failure, attempt) {
                     Some(delay) => {
-                        if !self
-                            .retry(registration, &context, &failure, delay, &mut attempts, part)
-                            .await
-                        {
+                        let retry = self.retry(
+                            registration,
+                            &context,
+                            &failure,
+                            delay,
+                            &mut attempts,
+                            part,
+                        );
+                        if !Box::pin(retry).await {
                             return End::Abandon;
                         }
                         continue;
@@ -306,7 +335,7 @@ impl Delivery {
             };
             let holds = EventHolds::dead([hold, early.filter(|&early| Some(early) != hold)]);
             if let Some(limiter) = &registration.limiter
-                && !self.wait_for_place(registration, limiter, &context).await
+                && !Box::pin(self.wait_for_place(registration, limiter, &context)).await
             {
                 return End::Abandon;
             }
@@ -329,14 +358,16 @@ impl Delivery {
                     holds,
                 };
             }
-            let outcome = attempt::run(
+            // Boxed, as every attempt's future (its handler's timer, span and trace around it)
+            // would make every delivery's larger.
+            let outcome = Box::pin(attempt::run(
                 registration,
                 &inner.hooks,
                 inner.settings.handler_timeout,
                 &context,
                 prepared.run,
                 &registration.metrics[self.stream_index],
-            )
+            ))
             .await;
             drop(slot);
             let failure = match outcome {
@@ -349,10 +380,8 @@ impl Delivery {
             let Some(delay) = inner.settings.retry_delay(&failure, attempt) else {
                 return self.failed(&context, failure, holds);
             };
-            if !self
-                .retry(registration, &context, &failure, delay, &mut attempts, part)
-                .await
-            {
+            let retry = self.retry(registration, &context, &failure, delay, &mut attempts, part);
+            if !Box::pin(retry).await {
                 return End::Abandon;
             }
         }
@@ -424,7 +453,8 @@ impl Delivery {
         let inner = &self.session.inner;
         let hold = match ahead.filter(|&hold| hold != Hold::Busy) {
             Some(hold) => Some(hold),
-            None => self.take_hold(digest, part).await,
+            // Boxed: most holds come with the read batch's call.
+            None => Box::pin(self.take_hold(digest, part)).await,
         };
         match hold {
             None => Look::End(End::Abandon),
@@ -444,7 +474,8 @@ impl Delivery {
             }
             Some(Hold::Busy) => {
                 *busy_looks += 1;
-                if self.sleep(inner.settings.backoff.delay(*busy_looks)).await {
+                // Boxed: a rare wait, whose future would make every delivery's larger.
+                if Box::pin(self.sleep(inner.settings.backoff.delay(*busy_looks))).await {
                     Look::Again
                 } else {
                     Look::End(End::Abandon)
@@ -495,14 +526,14 @@ impl Delivery {
     }
 
     /// An event without a handler for its type: skipped (if its body is JSON) or dead-lettered.
-    fn unhandled(&self, envelope: Envelope) -> End {
+    fn unhandled(&self, envelope: &Envelope) -> End {
         let inner = &self.session.inner;
-        match attempt::unhandled(&inner.settings, &envelope) {
+        match attempt::unhandled(&inner.settings, envelope) {
             None => {
                 Counters::add(&inner.counters.skipped, 1);
                 End::Ack { done: None }
             }
-            Some(failure) => self.failed_at_once(Some(envelope.event_type), failure),
+            Some(failure) => self.failed_at_once(Some(envelope.event_type.clone()), failure),
         }
     }
 

@@ -293,10 +293,10 @@ impl Kept {
         };
         if now.duration_since(fresh_since) >= claim_idle / 2 {
             // The keeper's sender lives as long as this entry: the wait ends with a round.
+            // Boxed: a rare wait, whose future would make every delivery's larger.
             let mut rounds = self.keeper.rounds.subscribe();
-            let _ = rounds
-                .wait_for(|began| began.is_some_and(|began| began >= now))
-                .await;
+            let _ =
+                Box::pin(rounds.wait_for(|began| began.is_some_and(|began| began >= now))).await;
         }
         !self.is_lost()
     }
