@@ -2,15 +2,14 @@
 //! and an entry, filter the dead letters, replay one type through the confirmation, and find the
 //! events back in their stream. Screenshots of each page go to `target/screenshots/`.
 
-use fantoccini::{Client, Locator};
 use redis::AsyncCommands;
 
 use super::{Admin, TOKEN};
-use crate::browser::Browser;
+use crate::browser::{Browser, Locator};
 use crate::support::{RedisServer, connection};
 
 /// Clicks what `css` finds, waits for the page titled `title` and returns its main text.
-async fn click(page: &Client, css: &str, title: &str) -> String {
+async fn click(page: &Browser, css: &str, title: &str) -> String {
     page.find(Locator::Css(css))
         .await
         .unwrap()
@@ -21,9 +20,9 @@ async fn click(page: &Client, css: &str, title: &str) -> String {
 }
 
 /// Waits for the page titled `title`; its main text.
-async fn arrive(page: &Client, title: &str) -> String {
+async fn arrive(page: &Browser, title: &str) -> String {
     let heading = format!("//main/h1[text()='{title}']");
-    if let Err(error) = page.wait().for_element(Locator::XPath(&heading)).await {
+    if let Err(error) = page.wait_for(Locator::XPath(&heading)).await {
         let source = page.source().await.unwrap_or_default();
         panic!("no page titled {title:?} ({error}): {source}");
     }
@@ -41,7 +40,7 @@ async fn an_operator_replays_dead_letters_in_a_browser() {
     let (stream, ..) = crate::stream_with_dead_letters(&server).await;
     let admin = Admin::start(server.url(), true, &[]);
     let browser = Browser::start().await;
-    let page = browser.client();
+    let page = &browser;
 
     page.goto(&format!("{}/login", admin.base)).await.unwrap();
     page.find(Locator::Css("input[name=token]"))
@@ -97,7 +96,7 @@ async fn an_operator_replays_dead_letters_in_a_browser() {
         .unwrap();
     // The filtered page shows its filter in the box.
     let filtered = Locator::Css("input[name=type][value='task.created']");
-    page.wait().for_element(filtered).await.unwrap();
+    page.wait_for(filtered).await.unwrap();
     let letters = arrive(page, &title).await;
     assert_eq!(letters.matches("is broken").count(), 2, "{letters}");
     assert!(!letters.contains("audit.login"), "{letters}");

@@ -1,5 +1,5 @@
 //! A real browser for the tests: Debian's chromium, headless, driven through chromium-driver's
-//! chromedriver with fantoccini.
+//! chromedriver with the few W3C WebDriver commands the tests use, as JSON over HTTP.
 
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
@@ -7,16 +7,40 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fantoccini::{Client, ClientBuilder};
-use hyper_util::client::legacy::connect::HttpConnector;
-use serde_json::{Map, json};
+use base64::Engine;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+/// The key under which WebDriver names a found element.
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+/// How long [`Browser::wait_for`] looks for an element.
+const WAIT: Duration = Duration::from_secs(30);
 
 /// A chromedriver of the test's own, with a session open in a headless chromium.
 pub(crate) struct Browser {
     chromedriver: Child,
-    client: Client,
+    http: reqwest::Client,
+    /// The session's URL, which its commands' paths follow.
+    session: String,
     /// Their temporary files (chromium's profile among them), removed with them.
     tmp: PathBuf,
+}
+
+/// How to find an element.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Locator<'a> {
+    /// By CSS selector.
+    Css(&'a str),
+    /// By XPath expression.
+    XPath(&'a str),
+}
+
+/// An element found on the page.
+pub(crate) struct Element<'a> {
+    browser: &'a Browser,
+    /// Its path under the session.
+    path: String,
 }
 
 impl Browser {
@@ -33,16 +57,23 @@ impl Browser {
         if Path::new("/usr/bin/chromium").exists() {
             options["binary"] = json!("/usr/bin/chromium");
         }
-        let mut capabilities = Map::new();
-        capabilities.insert("goog:chromeOptions".to_owned(), options);
-        let mut builder = ClientBuilder::new(HttpConnector::new());
-        builder.capabilities(capabilities);
+        let capabilities =
+            json!({ "capabilities": { "alwaysMatch": { "goog:chromeOptions": options } } });
+        let http = reqwest::Client::new();
         // chromedriver refuses connections until it listens: retry until it gives a session. It
         // exits when another process took its port in the meantime: then it starts on another.
         let deadline = Instant::now() + Duration::from_secs(20);
-        let client = loop {
-            match builder.connect(&url).await {
-                Ok(client) => break client,
+        let session = loop {
+            let answer = command(
+                &http,
+                Method::POST,
+                &format!("{url}/session"),
+                Some(&capabilities),
+            )
+            .await;
+            match answer.map(|value| value["sessionId"].as_str().map(str::to_owned)) {
+                Ok(Some(id)) => break format!("{url}/session/{id}"),
+                Ok(None) => panic!("chromedriver gave a session without an id"),
                 Err(_) if Instant::now() < deadline => {
                     if matches!(chromedriver.try_wait(), Ok(Some(_))) {
                         (chromedriver, url) = self::chromedriver(&tmp);
@@ -61,14 +92,74 @@ impl Browser {
         };
         Browser {
             chromedriver,
-            client,
+            http,
+            session,
             tmp,
         }
     }
 
-    /// The WebDriver session, to navigate, find elements and click.
-    pub(crate) fn client(&self) -> &Client {
-        &self.client
+    /// Runs the session's command at `path` (such as `url`, or `element/<id>/click`).
+    async fn run(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value, String> {
+        command(
+            &self.http,
+            method,
+            &format!("{}/{path}", self.session),
+            body,
+        )
+        .await
+    }
+
+    /// Opens `url`.
+    pub(crate) async fn goto(&self, url: &str) -> Result<(), String> {
+        self.run(Method::POST, "url", Some(&json!({ "url": url })))
+            .await
+            .map(drop)
+    }
+
+    /// Goes back to the page before.
+    pub(crate) async fn back(&self) -> Result<(), String> {
+        self.run(Method::POST, "back", Some(&json!({})))
+            .await
+            .map(drop)
+    }
+
+    /// The page's HTML as the browser holds it now.
+    pub(crate) async fn source(&self) -> Result<String, String> {
+        text(self.run(Method::GET, "source", None).await?)
+    }
+
+    /// The first element `locator` finds on the page.
+    pub(crate) async fn find(&self, locator: Locator<'_>) -> Result<Element<'_>, String> {
+        let (using, value) = match locator {
+            Locator::Css(css) => ("css selector", css),
+            Locator::XPath(xpath) => ("xpath", xpath),
+        };
+        let found = self
+            .run(
+                Method::POST,
+                "element",
+                Some(&json!({ "using": using, "value": value })),
+            )
+            .await?;
+        let id = found[ELEMENT]
+            .as_str()
+            .ok_or_else(|| format!("no element id in {found}"))?;
+        Ok(Element {
+            browser: self,
+            path: format!("element/{id}"),
+        })
+    }
+
+    /// The first element `locator` finds, looking again until one is there or 30 s passed.
+    pub(crate) async fn wait_for(&self, locator: Locator<'_>) -> Result<Element<'_>, String> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let found = self.find(locator).await;
+            if found.is_ok() || Instant::now() >= deadline {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Saves what the page shows to `target/screenshots/<name>.png` and returns its path.
@@ -78,7 +169,14 @@ impl Browser {
             .expect("a workspace");
         let dir = workspace.join("target").join("screenshots");
         std::fs::create_dir_all(&dir).expect("create target/screenshots");
-        let png = self.client.screenshot().await.expect("take a screenshot");
+        let encoded = self
+            .run(Method::GET, "screenshot", None)
+            .await
+            .and_then(text)
+            .expect("take a screenshot");
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .expect("a screenshot in base64");
         let path = dir.join(format!("{name}.png"));
         std::fs::write(&path, png).expect("write the screenshot");
         path
@@ -86,11 +184,75 @@ impl Browser {
 
     /// Closes the session (chromedriver quits its chromium), then ends chromedriver.
     pub(crate) async fn close(self) {
-        self.client
-            .clone()
-            .close()
+        command(&self.http, Method::DELETE, &self.session, None)
             .await
             .expect("close the browser session");
+    }
+}
+
+impl Element<'_> {
+    /// Clicks it.
+    pub(crate) async fn click(&self) -> Result<(), String> {
+        let path = format!("{}/click", self.path);
+        self.browser
+            .run(Method::POST, &path, Some(&json!({})))
+            .await
+            .map(drop)
+    }
+
+    /// Types `keys` into it.
+    pub(crate) async fn send_keys(&self, keys: &str) -> Result<(), String> {
+        let path = format!("{}/value", self.path);
+        self.browser
+            .run(Method::POST, &path, Some(&json!({ "text": keys })))
+            .await
+            .map(drop)
+    }
+
+    /// The text it shows.
+    pub(crate) async fn text(&self) -> Result<String, String> {
+        let path = format!("{}/text", self.path);
+        text(self.browser.run(Method::GET, &path, None).await?)
+    }
+}
+
+/// Sends a WebDriver command to `url`: its value, or the error chromedriver or the connection
+/// gave.
+async fn command(
+    http: &reqwest::Client,
+    method: Method,
+    url: &str,
+    body: Option<&Value>,
+) -> Result<Value, String> {
+    let mut request = http.request(method.clone(), url);
+    if let Some(body) = body {
+        request = request.json(body);
+    }
+    let answer = request
+        .send()
+        .await
+        .map_err(|error| format!("{method} {url}: {error}"))?;
+    let status = answer.status();
+    let mut reply: Value = answer
+        .json()
+        .await
+        .map_err(|error| format!("{method} {url}: {status}, not JSON: {error}"))?;
+    let value = reply["value"].take();
+    if status.is_success() {
+        Ok(value)
+    } else {
+        Err(format!(
+            "{method} {url}: {status}: {} ({})",
+            value["error"], value["message"]
+        ))
+    }
+}
+
+/// A command's value that is text.
+fn text(value: Value) -> Result<String, String> {
+    match value {
+        Value::String(text) => Ok(text),
+        other => Err(format!("not text: {other}")),
     }
 }
 
