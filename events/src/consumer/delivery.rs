@@ -629,3 +629,24 @@ impl Delivery {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future `run` returns, without making one.
+    fn future_size<F, R>(_: &F) -> usize
+    where
+        F: FnOnce(Delivery, Result<Events, DecodeError>, Ahead) -> R,
+    {
+        std::mem::size_of::<R>()
+    }
+
+    /// Each delivery's future is allocated in a task of its read batch (about 70 bytes more):
+    /// glibc sweeps its small free chunks on every allocation of over 1,008 bytes.
+    #[test]
+    fn a_delivery_s_future_stays_small_enough_to_allocate_without_a_sweep() {
+        let size = future_size(&Delivery::run);
+        assert!(size <= 900, "a delivery's future takes {size} bytes");
+    }
+}
