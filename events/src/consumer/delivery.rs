@@ -5,6 +5,10 @@
 //! all of them are settled. Every wait happens here (for its key's turn, a handler slot, a busy
 //! idempotency hold, a retry's backoff), so it never holds up other entries, and the entry stays
 //! kept throughout, so no reclaim takes it meanwhile.
+//!
+//! Each delivery's future stays under a kilobyte (see [`Delivery::run`]): the entry's envelope is
+//! shared in an `Arc`, and the attempt and the rare paths (a retry, a rate limit's wait, a hold not
+//! taken with the read batch, a busy hold's backoff, a dead letter) are boxed where awaited.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -243,7 +247,6 @@ impl Delivery {
                 attempts,
                 holds,
             } => {
-                // Boxed: a rare path, whose future would make every delivery's larger.
                 Box::pin(self.dead_letter(event_type, &failure, attempts, holds, part)).await;
             }
             End::Abandon => {}
@@ -358,8 +361,6 @@ impl Delivery {
                     holds,
                 };
             }
-            // Boxed, as every attempt's future (its handler's timer, span and trace around it)
-            // would make every delivery's larger.
             let outcome = Box::pin(attempt::run(
                 registration,
                 &inner.hooks,
@@ -453,7 +454,6 @@ impl Delivery {
         let inner = &self.session.inner;
         let hold = match ahead.filter(|&hold| hold != Hold::Busy) {
             Some(hold) => Some(hold),
-            // Boxed: most holds come with the read batch's call.
             None => Box::pin(self.take_hold(digest, part)).await,
         };
         match hold {
@@ -474,7 +474,6 @@ impl Delivery {
             }
             Some(Hold::Busy) => {
                 *busy_looks += 1;
-                // Boxed: a rare wait, whose future would make every delivery's larger.
                 if Box::pin(self.sleep(inner.settings.backoff.delay(*busy_looks))).await {
                     Look::Again
                 } else {
