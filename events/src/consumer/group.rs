@@ -667,7 +667,7 @@ impl Group<Connection> {
 /// use (the first command on a connection dropped while idle fails, and the connection is made
 /// anew): for commands that may run twice, asked periodically, which connections dropped as
 /// often would otherwise fail every time.
-async fn again_if_dropped<T, F>(mut ask: impl FnMut() -> F) -> redis::RedisResult<T>
+pub(crate) async fn again_if_dropped<T, F>(mut ask: impl FnMut() -> F) -> redis::RedisResult<T>
 where
     F: std::future::Future<Output = redis::RedisResult<T>>,
 {

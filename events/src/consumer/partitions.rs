@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redis::{Script, Value};
 
-use super::group::Group;
+use super::group::{Group, again_if_dropped};
 use super::keeper::Keeper;
 use crate::connection::Connection;
 use crate::keys::{lease_members, lease_owner, lease_reader};
@@ -139,13 +139,19 @@ impl Leases {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_millis();
-        let members: u32 = MEMBERS
-            .key(lease_members(&logical.stream, &group.group))
-            .arg(&group.consumer)
-            .arg(u64::try_from(now).unwrap_or(u64::MAX))
-            .arg(millis(lease * 3))
-            .invoke_async(&mut group.connection.clone())
-            .await?;
+        // The first command of a round: asked again at once when its connection dropped since the
+        // last round (connections dropped as often as rounds come would keep every round from
+        // happening, and every lease would lapse). Counting the consumer in twice does no harm.
+        let members: u32 = again_if_dropped(|| async {
+            MEMBERS
+                .key(lease_members(&logical.stream, &group.group))
+                .arg(&group.consumer)
+                .arg(u64::try_from(now).unwrap_or(u64::MAX))
+                .arg(millis(lease * 3))
+                .invoke_async(&mut group.connection.clone())
+                .await
+        })
+        .await?;
         let share = logical.partitions.div_ceil(members.max(1)) as usize;
         let partitions = partition_streams(&logical.stream, logical.partitions);
         // Start from a place of this consumer's own, so that consumers try different partitions.
