@@ -299,10 +299,8 @@ impl Drop for RedisServer {
             let _ = child.kill();
             let _ = child.wait();
         }
-        if self.dir.is_some() {
-            given_out().remove(&self.port());
-        }
         if let Some(dir) = &self.dir {
+            given_out().remove(&self.port());
             let _ = std::fs::remove_dir_all(dir);
         }
     }
